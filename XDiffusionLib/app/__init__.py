@@ -1,0 +1,1 @@
+"""Thin user-facing layers over the library: the command line and the web app."""

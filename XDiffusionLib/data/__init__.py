@@ -1,0 +1,1 @@
+"""Data that ships with the package: real MRI samples and templates (see samples/README.md)."""
