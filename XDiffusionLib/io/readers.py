@@ -1,0 +1,245 @@
+"""Read volumes from NIfTI, NRRD, MetaImage and DICOM series with one reader: SimpleITK.
+
+Using ITK for every format keeps geometry in one convention (LPS, ``Grid`` docs) whatever the
+file stores (NIfTI's RAS qform/sform is converted by ITK). Every problem with the user's file is
+an ``XDiffusionError`` whose one-line message names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import XDiffusionError
+from .volume import Grid, Volume
+
+# suffix -> (format name, ITK ImageIO); longest suffixes first so ".nii.gz" wins over ".gz".
+FORMATS: dict[str, tuple[str, str]] = {
+    ".nii.gz": ("NIfTI", "NiftiImageIO"),
+    ".nii": ("NIfTI", "NiftiImageIO"),
+    ".nrrd": ("NRRD", "NrrdImageIO"),
+    ".nhdr": ("NRRD", "NrrdImageIO"),
+    ".mha": ("MetaImage", "MetaImageIO"),
+    ".mhd": ("MetaImage", "MetaImageIO"),
+    ".dcm": ("DICOM", "GDCMImageIO"),
+}
+READ_SUFFIXES = tuple(FORMATS)
+
+
+def volume_suffix(path: str | os.PathLike) -> str | None:
+    """The known volume suffix of ``path`` (lower case, e.g. ``.nii.gz``), or None."""
+    name = Path(path).name.lower()
+    for suffix in FORMATS:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return suffix
+    return None
+
+
+def read_volume(path: str | os.PathLike, volume_index: int | None = None) -> Volume:
+    """Read a 3D scalar volume as float32 ``array[i, j, k]`` with its full geometry.
+
+    ``path`` is a .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file, a DICOM folder holding one series, or
+    one .dcm file of a series (the whole series is read). ``volume_index`` picks one volume of a
+    4D file (or one component of a multi-component file).
+    Raises XDiffusionError for a missing, unreadable, truncated, 2D, 4D (without
+    ``volume_index``), non-finite or constant input.
+    """
+    image, label = _read_3d_image(path, volume_index)
+    array = image_to_array(image, np.float32)
+    if not np.isfinite(array).all():
+        n_nan = int(np.isnan(array).sum())
+        n_inf = int(np.isinf(array).sum())
+        parts = [f"{n} {kind} voxel{'s' if n != 1 else ''}" for n, kind in ((n_nan, "NaN"), (n_inf, "infinite")) if n]
+        raise XDiffusionError(f"{label} has {' and '.join(parts)}: fix or mask them before reconstruction")
+    low, high = float(array.min()), float(array.max())
+    if low == high:
+        raise XDiffusionError(f"{label} is constant (every voxel is {low:g}): it holds no image")
+    return Volume(array, grid_from_image(image))
+
+
+def read_labelmap(path: str | os.PathLike, volume_index: int | None = None) -> Volume:
+    """Read an integer label map (int32 ``array[i, j, k]``); an empty (all zero) map is allowed."""
+    image, label = _read_3d_image(path, volume_index)
+    raw = image_to_array(image, None)
+    if raw.dtype.kind == "f":
+        if not np.isfinite(raw).all():
+            raise XDiffusionError(f"{label} has NaN or infinite voxels: not a label map")
+        if not np.array_equal(raw, np.round(raw)):
+            raise XDiffusionError(f"{label} holds non-integer values: not a label map")
+    elif raw.dtype.kind not in "iub":
+        raise XDiffusionError(f"{label} has voxel type {raw.dtype}: not a label map")
+    if raw.size and (raw.min() < np.iinfo(np.int32).min or raw.max() > np.iinfo(np.int32).max):
+        raise XDiffusionError(f"{label} has labels outside the 32-bit integer range")
+    return Volume(raw.astype(np.int32), grid_from_image(image))
+
+
+def image_to_array(image: sitk.Image, dtype: np.dtype | type | None = np.float32) -> np.ndarray:
+    """Voxels of a 3D SimpleITK image as a C-contiguous ``array[i, j, k]`` (ITK's view is [k, j, i])."""
+    view = sitk.GetArrayViewFromImage(image)
+    return np.ascontiguousarray(view.transpose(2, 1, 0), dtype=dtype)
+
+
+def grid_from_image(image: sitk.Image) -> Grid:
+    """The Grid (shape, spacing, LPS origin, direction columns) of a 3D SimpleITK image."""
+    return Grid(
+        shape=image.GetSize(),
+        spacing=image.GetSpacing(),
+        origin=image.GetOrigin(),
+        direction=np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3),
+    )
+
+
+def image_to_volume(image: sitk.Image) -> Volume:
+    """A 3D scalar SimpleITK image as a float32 Volume (no input checks: for images made in code)."""
+    return Volume(image_to_array(image, np.float32), grid_from_image(image))
+
+
+def _read_3d_image(path: str | os.PathLike, volume_index: int | None) -> tuple[sitk.Image, str]:
+    """Read ``path`` as one 3D scalar image; also return how to name it in messages."""
+    path = Path(path)
+    if not path.exists():
+        raise XDiffusionError(f"{path}: no such file or folder")
+    if path.is_dir():
+        files, label = _dicom_series_files(path, None)
+        return _finish(_execute_series(files, label), label, volume_index), label
+    suffix = volume_suffix(path)
+    if suffix is None:
+        raise XDiffusionError(
+            f"{path}: unsupported file type; read {', '.join(READ_SUFFIXES)} files or a DICOM series folder"
+        )
+    if suffix == ".dcm":
+        files, label = _dicom_series_files(path.parent, path)
+        return _finish(_execute_series(files, label), label, volume_index), label
+
+    fmt, io_name = FORMATS[suffix]
+    label = str(path)
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(io_name)
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise XDiffusionError(f"{label} is not a readable {fmt} file ({_itk_reason(error)})") from None
+    _check_dimensions(label, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), volume_index)
+    if fmt == "NIfTI":
+        # ITK fills a truncated NIfTI with zeros without complaint, so check the length ourselves.
+        _check_nifti_complete(path, label)
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise XDiffusionError(f"{label} is truncated or corrupt: not a readable {fmt} file ({_itk_reason(error)})") from None
+    return _finish(image, label, volume_index), label
+
+
+def _check_dimensions(label: str, dimension: int, size, components: int, volume_index: int | None) -> None:
+    """Refuse 2D and >4D images and ambiguous 4D ones before reading any voxels."""
+    size = tuple(int(s) for s in size)
+    if dimension == 2:
+        raise XDiffusionError(f"{label} is a 2D image ({'x'.join(map(str, size))}): a 3D volume is needed")
+    if dimension not in (3, 4):
+        raise XDiffusionError(f"{label} has {dimension} dimensions: a 3D volume is needed")
+    n_volumes = (size[3] if dimension == 4 else 1) * components
+    if dimension == 4 and components > 1:
+        raise XDiffusionError(f"{label} is 4D with {components}-component voxels: not supported, save one 3D volume")
+    if volume_index is None:
+        if n_volumes > 1:
+            raise XDiffusionError(
+                f"{label} is 4D with {n_volumes} volumes; pick one with volume_index / --volume N (0..{n_volumes - 1})"
+            )
+    elif not 0 <= volume_index < n_volumes:
+        raise XDiffusionError(
+            f"{label}: volume index {volume_index} is out of range; it holds {n_volumes} volume"
+            f"{'s' if n_volumes != 1 else ''} (0..{n_volumes - 1})"
+        )
+    spatial = size[:3]
+    if min(spatial) < 2:
+        raise XDiffusionError(f"{label} is 2D (size {'x'.join(map(str, spatial))}): a 3D volume is needed")
+
+
+def _finish(image: sitk.Image, label: str, volume_index: int | None) -> sitk.Image:
+    """Reduce a checked image to the chosen 3D scalar volume."""
+    # Series readers have no information step, so check here too (cheap when already checked).
+    _check_dimensions(label, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(), volume_index)
+    index = volume_index or 0
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        image = sitk.VectorIndexSelectionCast(image, index)
+    if image.GetDimension() == 4:
+        size = list(image.GetSize())
+        extractor = sitk.ExtractImageFilter()
+        extractor.SetSize(size[:3] + [0])
+        extractor.SetIndex([0, 0, 0, index])
+        extractor.SetDirectionCollapseToStrategy(sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
+        image = extractor.Execute(image)
+    return image
+
+
+def _check_nifti_complete(path: Path, label: str) -> None:
+    import nibabel
+
+    try:
+        proxy = nibabel.load(str(path)).dataobj
+        expected = int(proxy.offset) + int(np.prod(proxy.shape)) * np.dtype(proxy.dtype).itemsize
+    except Exception as error:  # nibabel raises many types for a bad header
+        raise XDiffusionError(f"{label} is not a readable NIfTI file ({type(error).__name__}: {error})") from None
+    if path.name.lower().endswith(".gz"):
+        # Stream through the whole gzip member: detects a cut-off stream and CRC errors too.
+        available = 0
+        try:
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(1 << 22):
+                    available += len(chunk)
+        except (EOFError, OSError, gzip.BadGzipFile) as error:
+            raise XDiffusionError(f"{label} is truncated or corrupt: {error}") from None
+    else:
+        available = path.stat().st_size
+    if available < expected:
+        raise XDiffusionError(f"{label} is truncated: {available} bytes of data where the header promises {expected}")
+
+
+def _dicom_series_files(folder: Path, member: Path | None) -> tuple[list[str], str]:
+    """File names (in slice order) of the one DICOM series in ``folder`` (or the one holding ``member``)."""
+    label = str(member if member is not None else folder)
+    try:
+        series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError as error:
+        raise XDiffusionError(f"{label}: cannot scan for DICOM files ({_itk_reason(error)})") from None
+    if not series:
+        raise XDiffusionError(f"{label}: no DICOM series found")
+    if member is not None:
+        target = os.path.realpath(member)
+        for uid in series:
+            files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+            if target in {os.path.realpath(f) for f in files}:
+                return files, label
+        raise XDiffusionError(f"{label} is not a readable DICOM image")
+    if len(series) > 1:
+        raise XDiffusionError(
+            f"{label} holds {len(series)} DICOM series ({', '.join(series)}): put one series per folder "
+            "or give one .dcm file of the series to read"
+        )
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])), label
+
+
+def _execute_series(files: list[str], label: str) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise XDiffusionError(f"{label}: cannot read the DICOM series ({_itk_reason(error)})") from None
+
+
+def _itk_reason(error: Exception) -> str:
+    """The informative last line of an ITK exception, without source paths and object addresses."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith(("Exception thrown", "/", "Reason: Success")) or ".cxx:" in line:
+            continue
+        reason = re.sub(r"\w+\(0x[0-9a-fA-F]+\): ", "", line.split("ERROR: ", 1)[-1])
+        return reason[:160]
+    return "ITK could not read it"
