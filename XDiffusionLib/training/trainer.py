@@ -1,0 +1,321 @@
+"""The training loop (paper eq. 2) on HuggingFace Accelerate: CPU, one GPU or many, same code.
+
+- Loss: MSE between the model output and epsilon or v (``config.prediction_type``) at a uniform
+  random timestep, for cross-sections at random (R, d) with classifier-free-guidance dropout of
+  the condition (``drop_condition`` with the config's probabilities).
+- AdamW, linear warmup then cosine decay (diffusers' schedule), gradient clipping, EMA weights.
+- Randomness: every random number of step ``s`` on rank ``r`` comes from a generator seeded by
+  (seed, s, r), so a resumed run draws exactly the batches the uninterrupted run would have.
+  Data parallel: each rank draws its own batch; gradients are averaged by DDP.
+- Checkpoints (``state.py``) every ``checkpoint_every`` steps and at the end; the EMA weights go
+  to ``RUN_DIR/final`` in ``save_pretrained`` format (what ``xdiffusion reconstruct --model`` loads).
+- Logs: ``train_log.csv`` (step, loss, lr, steps_per_s), ``validation.csv`` + ``validation.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import XDiffusionError
+from . import state as ckpt
+from .config import TrainConfig
+from .data import VolumeDataset
+from .ema import EMA
+from .examples import ExampleSettings, sample_batch
+
+TRAIN_LOG = "train_log.csv"
+TRAIN_LOG_FIELDS = ("step", "loss", "lr", "steps_per_s")
+FINAL_DIR = "final"
+STATE_FORMAT = 1
+
+
+@dataclass
+class RunSpec:
+    """Everything a run needs: where it writes, what it learns from, and how."""
+
+    run_dir: Path
+    model_config: object  # XDiffusionConfig
+    train_config: TrainConfig
+    data: list[str]
+    val_data: list[str] = field(default_factory=list)
+    resume_from: Path | None = None
+    progress: bool = True
+
+
+def training_noise_scheduler(config):
+    """The forward process of eq. 2 (betas, alphas) from the model config: a diffusers DDPM scheduler."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        beta_start=config.beta_start,
+        beta_end=config.beta_end,
+        prediction_type=config.prediction_type,
+    )
+
+
+def diffusion_loss(model, scheduler, target: torch.Tensor, condition, generator: torch.Generator, prediction_type: str) -> torch.Tensor:
+    """Eq. 2: || goal - model(x_t, t, c) ||^2 with goal = epsilon or v, t uniform, epsilon ~ N(0, I)."""
+    batch = target.shape[0]
+    noise = torch.randn(target.shape, generator=generator, dtype=torch.float32).to(target.device)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(target.device)
+    noisy = scheduler.add_noise(target, noise, timesteps)
+    if prediction_type == "epsilon":
+        goal = noise
+    elif prediction_type == "v_prediction":
+        goal = scheduler.get_velocity(target, noise, timesteps)
+    else:
+        raise XDiffusionError(f"unknown prediction_type {prediction_type!r}")
+    prediction = model(noisy, timesteps, condition)
+    return F.mse_loss(prediction.float(), goal.float())
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(ckpt.step_seed(seed, step, rank))
+
+
+class Trainer:
+    """One training run. ``Trainer(spec, dataset).run()`` returns the final model folder."""
+
+    def __init__(self, spec: RunSpec, dataset: VolumeDataset, val_volumes: Sequence | None = None) -> None:
+        from accelerate import Accelerator
+        from diffusers.optimization import get_cosine_schedule_with_warmup
+
+        from ..model.factory import build_denoiser
+
+        self.spec = spec
+        self.config = spec.model_config
+        self.tc = spec.train_config
+        self.dataset = dataset
+        self.run_dir = Path(spec.run_dir)
+        # Accelerate needs cpu=True to pick the gloo backend for multi-process CPU runs.
+        self.accelerator = Accelerator(mixed_precision=self.tc.mixed_precision, cpu=not torch.cuda.is_available())
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+
+        torch.manual_seed(self.tc.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+        model = build_denoiser(self.config)
+        self.ema = EMA(model, self.tc.ema_decay)
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=self.tc.lr,
+            betas=(self.tc.adam_beta1, self.tc.adam_beta2),
+            eps=self.tc.adam_eps,
+            weight_decay=self.tc.weight_decay,
+        )
+        # Stepped by hand once per optimizer step (a prepared scheduler steps once per process).
+        self.lr_scheduler = get_cosine_schedule_with_warmup(optimizer, self.tc.warmup_steps, self.tc.steps)
+        self.step = 0
+        if spec.resume_from is not None:
+            self._load(Path(spec.resume_from), model, optimizer)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.noise_scheduler = training_noise_scheduler(self.config)
+        self.settings = ExampleSettings(
+            k_max=self.tc.k_max,
+            so3_fraction=self.tc.so3_fraction,
+            foreground_depth_fraction=self.tc.foreground_depth_fraction,
+        )
+        self.validator = None
+        if val_volumes and self.tc.validate_every > 0:
+            from .validation import Validator
+
+            self.validator = Validator(val_volumes, self.tc, self.run_dir)
+
+    # --- state -----------------------------------------------------------------------------------
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _load(self, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        import json
+
+        meta = json.loads((folder / ckpt.STATE_JSON).read_text())
+        weights = ckpt.load_tensors(folder / "model.safetensors")
+        model.load_state_dict(weights, strict=True)
+        ema_weights = ckpt.load_tensors(folder / ckpt.EMA_FILE)
+        self.ema.load_shadow(ema_weights, meta["ema"]["num_updates"])
+        tensors = ckpt.load_tensors(folder / ckpt.STATE_TENSORS)
+        optimizer.load_state_dict(ckpt.unflatten_optimizer_state(tensors, meta["optimizer"]))
+        self.lr_scheduler.load_state_dict(meta["lr_scheduler"])
+        ckpt.restore_rng_state(tensors, self.rank)
+        self.step = int(meta["step"])
+
+    def _state_meta(self) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            "step": self.step,
+            "seed": self.tc.seed,
+            "world_size": self.world,
+            "train_config": self.tc.to_dict(),
+            "data_sources": [str(p) for p in self.dataset.sources],
+            "val_data": [str(p) for p in self.spec.val_data],
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "ema": {"decay": self.ema.decay, "num_updates": self.ema.num_updates},
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step-XXXXXX`` (main process; every rank must call: RNG states are gathered)."""
+        from accelerate.utils import gather_object
+
+        from ..model.checkpoint import save_pretrained
+
+        rng = gather_object([ckpt.rng_state_tensors(self.rank)])
+        if not self.accelerator.is_main_process:
+            return None
+        model = self.unwrapped
+        optimizer_tensors, optimizer_meta = ckpt.flatten_optimizer_state(self.optimizer.state_dict())
+        meta = self._state_meta()
+        meta["optimizer"] = optimizer_meta
+        tensors = dict(optimizer_tensors)
+        for per_rank in rng:
+            tensors.update(per_rank)
+
+        def fill(tmp: Path) -> None:
+            save_pretrained(model, self.config, tmp / "weights")
+            for name in ("model.safetensors", "config.json"):
+                os.replace(tmp / "weights" / name, tmp / name)
+            (tmp / "weights").rmdir()
+            ckpt.save_tensors_atomic(self.ema.averaged_state_dict(model), tmp / ckpt.EMA_FILE)
+            ckpt.save_tensors_atomic(tensors, tmp / ckpt.STATE_TENSORS)
+            ckpt.write_json_atomic(tmp / ckpt.STATE_JSON, meta)
+
+        return ckpt.write_checkpoint(self.run_dir, self.step, fill, self.tc.keep_last)
+
+    def ema_model(self) -> torch.nn.Module:
+        """A CPU copy of the model holding the EMA weights, in eval mode."""
+        from ..model.factory import build_denoiser
+
+        model = build_denoiser(self.config)
+        model.load_state_dict({k: v.cpu() for k, v in self.ema.averaged_state_dict(self.unwrapped).items()})
+        return model.eval()
+
+    def save_final(self) -> Path:
+        from ..model.checkpoint import save_pretrained
+
+        return save_pretrained(self.ema_model(), self.config, self.run_dir / FINAL_DIR)
+
+    # --- loop ------------------------------------------------------------------------------------
+
+    def train_step(self) -> float:
+        """One optimizer step (``self.step`` + 1); returns this rank's loss."""
+        step = self.step + 1
+        generator = step_generator(self.tc.seed, step, self.rank)
+        device = self.accelerator.device
+        target, condition = sample_batch(self.dataset, self.tc.batch_size, generator, self.config, self.settings)
+        from ..model.conditioning import drop_condition
+
+        condition = drop_condition(condition, generator, self.config.cond_dropout)
+        self.model.train()
+        loss = diffusion_loss(
+            self.model, self.noise_scheduler, target.to(device), condition.to(device), generator, self.config.prediction_type
+        )
+        self.accelerator.backward(loss)
+        if self.tc.grad_clip > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.unwrapped)
+        self.step = step
+        return float(loss.detach())
+
+    def run(self) -> Path:
+        acc = self.accelerator
+        main = acc.is_main_process
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _truncate_csv(self.run_dir / TRAIN_LOG, self.step)
+            if self.validator is not None:
+                self.validator.truncate(self.step)
+        acc.wait_for_everyone()
+        bar = None
+        if main and self.spec.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.tc.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True)
+        window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
+        while self.step < self.tc.steps:
+            loss = self.train_step()
+            window_steps += 1
+            window_loss += loss
+            last = self.step == self.tc.steps
+            if self.step % self.tc.log_every == 0 or last:
+                mean_loss = acc.reduce(torch.tensor([window_loss / window_steps], device=acc.device), "mean").item()
+                rate = window_steps / max(time.perf_counter() - window_start, 1e-9)
+                lr = self.lr_scheduler.get_last_lr()[0]
+                if main:
+                    _append_csv(self.run_dir / TRAIN_LOG, TRAIN_LOG_FIELDS, [self.step, f"{mean_loss:.6g}", f"{lr:.6g}", f"{rate:.4g}"])
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", steps_per_s=f"{rate:.2f}")
+                window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
+                if not math.isfinite(mean_loss):
+                    raise XDiffusionError(f"training diverged at step {self.step} (loss {mean_loss}): lower --lr")
+            if bar is not None:
+                bar.update(1)
+            if self.step % self.tc.checkpoint_every == 0 or last:
+                self.save_checkpoint()
+            if self.validator is not None and (self.step % self.tc.validate_every == 0 or last):
+                if main:
+                    self.validator.run(self.ema_model(), self.config, self.step)
+                acc.wait_for_everyone()
+                window_start = time.perf_counter()  # validation time is not training speed
+        if bar is not None:
+            bar.close()
+        final = self.save_final() if main else self.run_dir / FINAL_DIR
+        acc.wait_for_everyone()
+        return final
+
+
+# --- small CSV helpers (append-only logs that a resume cuts back to the resumed step) -------------
+
+def _append_csv(path: Path, header: Sequence[str], row: Sequence) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(header)
+        writer.writerow(row)
+
+
+def _truncate_csv(path: Path, step: int) -> None:
+    """Drop rows logged after ``step`` (a resumed run logs them again); atomic rewrite."""
+    if not path.exists():
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    kept = [r for r in body if r and int(r[0]) <= step]
+    if len(kept) == len(body):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(kept)
+    os.replace(tmp, path)
+
+
+def train(spec: RunSpec) -> Path:
+    """Load the data, build the trainer and run it; returns ``RUN_DIR/final``.
+
+    All reading (and every check that can fail on the user's input) happens before the run
+    folder is created.
+    """
+    from .validation import load_validation_volumes
+
+    dataset = VolumeDataset(spec.data, spec.model_config.side, progress=spec.progress)
+    val_volumes = load_validation_volumes(spec.val_data, spec.train_config) if spec.train_config.validate_every > 0 else []
+    return Trainer(spec, dataset, val_volumes).run()
