@@ -17,12 +17,12 @@ def rotation(angles_deg: tuple[float, float, float]) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def smooth_array(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
-    """A smooth, non-symmetric float32 pattern with a little noise (no two axes alike)."""
+def smooth_array(shape: tuple[int, int, int], seed: int = 0, noise: float = 0.5) -> np.ndarray:
+    """A smooth, non-symmetric float32 pattern (values about 60..175) plus Gaussian noise of sd ``noise``."""
     rng = np.random.default_rng(seed)
     i, j, k = np.meshgrid(*[np.linspace(0.0, 1.0, n) for n in shape], indexing="ij")
     values = 100 + 40 * np.sin(2.1 * i + 0.3) * np.cos(1.7 * j) + 25 * k**2 + 10 * i * j
-    return (values + rng.normal(0, 0.5, shape)).astype(np.float32)
+    return (values + rng.normal(0, noise, shape)).astype(np.float32)
 
 
 @pytest.fixture

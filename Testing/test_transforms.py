@@ -110,3 +110,179 @@ def test_invert_refuses_a_foreign_grid(oblique_volume):
         reorientation.invert(Volume(canonical.array, shifted))
     with pytest.raises(ValueError):
         reorientation.invert_array(np.zeros((2, 2, 2)))
+
+
+# ---- model space --------------------------------------------------------------------------------
+
+from XDiffusionLib.transforms.model_space import ModelSpace  # noqa: E402
+
+from conftest import smooth_array  # noqa: E402
+
+
+def cross_section(space: ModelSpace, cube: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """The cube's plane at canonical slice ``index``: linear along ``axis`` at slice_position, read
+    only from data voxels (as from_cube does)."""
+    first, last = space.cube_data_range(axis)
+    u = np.clip((space.slice_position(axis, index) + 1) * (space.side - 1) / 2, first, last)
+    low = int(min(np.floor(u), max(last - 1, first)))
+    high = min(low + 1, last)
+    planes = np.moveaxis(cube, axis, 0)
+    return planes[low] * (1 - (u - low)) + planes[high] * (u - low)
+
+
+def test_identity_when_grid_is_the_cube():
+    grid = Grid((16, 16, 16), (1.5, 1.5, 1.5), (3.0, -2.0, 1.0))
+    space = ModelSpace.for_grid(grid, 16)
+    array = smooth_array(grid.shape)
+    np.testing.assert_array_equal(space.to_cube(array), array)
+    np.testing.assert_array_equal(space.from_cube(array), array)
+    np.testing.assert_allclose(space.cube_to_canonical, np.eye(4), atol=1e-12)
+    assert space.slice_position(2, 0) == -1.0 and space.slice_position(2, 15) == 1.0
+    assert space.cube_grid.same_geometry(grid)
+
+
+@pytest.mark.parametrize(
+    "shape, spacing, side",
+    [((20, 14, 10), (1.0, 1.0, 2.0), 24), ((20, 14, 10), (1.0, 1.0, 2.0), 16), ((10, 10, 8), (2.0, 2.0, 3.0), 16)],
+)
+def test_to_cube_then_from_cube_reproduces_smooth_volume(shape, spacing, side):
+    space = ModelSpace.for_grid(Grid(shape, spacing), side)
+    array = smooth_array(shape, noise=0.0)
+    cube = space.to_cube(array)
+    assert cube.shape == (side,) * 3 and cube.dtype == np.float32
+    back = space.from_cube(cube)
+    assert back.shape == shape and back.dtype == np.float32
+    error = np.abs(back - array) / np.ptp(array)
+    assert error.max() < 0.03 and error.mean() < 0.01
+
+
+def test_anisotropic_2x2x3_grid_maps_to_the_centred_cube():
+    # kmeans_t1 after to_canonical: 128 x 62 x 128 voxels of 2 x 3 x 2 mm: extents 256 x 186 x 256 mm.
+    grid = Grid((128, 62, 128), (2.0, 3.0, 2.0), (10.0, -20.0, 5.0), np.diag([-1.0, -1.0, 1.0]))
+    space = ModelSpace.for_grid(grid, 64)
+    assert space.cube_spacing == 4.0
+    np.testing.assert_allclose(space.scale, (2.0, 4.0 / 3.0, 2.0))
+    # Axis 1 is 186 of 256 mm: cube voxels whose centre falls in the grid box are 9..54.
+    assert space.cube_data_range(0) == (0, 63)
+    assert space.cube_data_range(1) == (9, 54)
+    cube = space.to_cube(np.ones(grid.shape, np.float32))
+    profile = cube[32, :, 32]
+    assert np.all(profile[9:55] == 1.0) and np.all(profile[:9] == 0.0) and np.all(profile[55:] == 0.0)
+    # The cube and the grid share their centre, and cube voxels sit where the index maps say.
+    cube_grid = space.cube_grid
+    centre = lambda g: (g.index_to_physical @ np.array([*(np.array(g.shape) - 1) / 2, 1.0]))[:3]  # noqa: E731
+    np.testing.assert_allclose(centre(cube_grid), centre(grid), atol=1e-9)
+    for u in [(0, 0, 0), (63, 9, 17), (5, 54, 63)]:
+        x = space.cube_index_to_canonical_index(np.array(u))
+        np.testing.assert_allclose(
+            cube_grid.index_to_physical @ np.array([*u, 1.0]), grid.index_to_physical @ np.array([*x, 1.0]), atol=1e-9
+        )
+        np.testing.assert_allclose(space.canonical_index_to_cube_index(x), u, atol=1e-12)
+    np.testing.assert_allclose(space.cube_to_canonical @ space.canonical_to_cube, np.eye(4), atol=1e-12)
+    # Canonical slice 0 along axis 1 sits at 1.5 mm + 35 mm padding into the cube: u = 8.625.
+    assert space.slice_position(1, 0) == pytest.approx(2 * 8.625 / 63 - 1)
+    assert space.position_to_index(1, space.slice_position(1, 17)) == pytest.approx(17)
+
+
+def test_slice_positions_are_monotonic_and_within_the_cube():
+    space = ModelSpace.for_grid(Grid((20, 14, 10), (1.0, 1.0, 2.0)), 16)
+    for axis in range(3):
+        positions = [space.slice_position(axis, i) for i in range(space.grid.shape[axis])]
+        assert np.all(np.diff(positions) > 0)
+        half_voxel = 1.0 / (space.side - 1)
+        assert -1 - half_voxel <= positions[0] and positions[-1] <= 1 + half_voxel
+        # Centred: first and last slices are symmetric about 0.
+        assert positions[0] == pytest.approx(-positions[-1])
+
+
+def test_positions_follow_grid_sample_align_corners_true():
+    import torch
+    # Longest axis 32 voxels into a 16-cube: cube voxel 0 is the mean of canonical voxels 0 and 1.
+    space = ModelSpace.for_grid(Grid((32, 20, 12), (1.0, 1.0, 1.0)), 16)
+    assert space.slice_position(0, 0.5) == pytest.approx(-1.0)
+    assert space.slice_position(0, 30.5) == pytest.approx(1.0)
+    assert space.position_to_index(0, -1.0) == pytest.approx(0.5)
+    cube = space.to_cube(smooth_array((32, 20, 12)))
+    volume = torch.from_numpy(cube)[None, None]  # (N, C, D, H, W) = axes 0, 1, 2
+    for index in (3, 10, 27):
+        position = space.slice_position(0, index)
+        # grid_sample's (x, y, z) address (W, H, D) = cube axes (2, 1, 0).
+        ys, zs = np.meshgrid(np.linspace(-1, 1, 16), np.linspace(-1, 1, 16), indexing="ij")
+        points = np.stack([zs, ys, np.full_like(ys, position)], axis=-1)[None, None]
+        sampled = torch.nn.functional.grid_sample(
+            volume, torch.from_numpy(points).float(), mode="bilinear", align_corners=True
+        )[0, 0, 0].numpy()
+        np.testing.assert_allclose(sampled, cross_section(space, cube, 0, index), atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, spacing, side", [((20, 14, 10), (1.0, 1.0, 2.0), 16), ((10, 10, 8), (2.0, 2.0, 3.0), 16)])
+def test_slice_to_cube_plane_matches_cube_cross_section(shape, spacing, side):
+    space = ModelSpace.for_grid(Grid(shape, spacing), side)
+    array = smooth_array(shape, noise=0.0)
+    cube = space.to_cube(array)
+    for axis in range(3):
+        for index in range(shape[axis]):
+            plane = space.slice_to_cube_plane(axis, np.take(array, index, axis=axis))
+            assert plane.shape == (side, side)
+            reference = cross_section(space, cube, axis, index)
+            assert np.abs(plane - reference).max() < 0.03 * np.ptp(array)
+            # Same zero padding as the cube.
+            assert np.array_equal(plane == 0, reference == 0)
+
+
+def test_slice_to_cube_plane_is_exact_for_a_linear_profile():
+    # Linear along the slice axis: interpolating the cube's planes reproduces the slice exactly.
+    shape = (12, 9, 7)
+    space = ModelSpace.for_grid(Grid(shape, (1.0, 1.5, 2.0)), 10)
+    in_plane = smooth_array((12, 9, 1), noise=0.0)[:, :, 0]
+    array = in_plane[:, :, None] * (1.0 + 0.1 * np.arange(7))[None, None, :]
+    cube = space.to_cube(array.astype(np.float32))
+    for index in range(1, 6):
+        plane = space.slice_to_cube_plane(2, array[:, :, index])
+        np.testing.assert_allclose(plane, cross_section(space, cube, 2, index), rtol=1e-5, atol=1e-4)
+
+
+def test_cube_plane_back_to_slice_and_batches():
+    shape = (20, 14, 10)
+    space = ModelSpace.for_grid(Grid(shape, (1.0, 1.0, 2.0)), 16)
+    array = smooth_array(shape, noise=0.0)
+    image = array[:, 6, :]
+    plane = space.slice_to_cube_plane(1, image)
+    back = space.cube_plane_to_slice(1, plane)
+    assert back.shape == image.shape
+    assert np.abs(back - image).max() < 0.03 * np.ptp(array)
+    batch = space.slice_to_cube_plane(1, np.stack([image, 2 * image]))
+    np.testing.assert_allclose(batch[1], 2 * plane, rtol=1e-6)
+    cubes = space.to_cube(np.stack([array, array + 1]))
+    assert cubes.shape == (2, 16, 16, 16)
+    with pytest.raises(ValueError):
+        space.to_cube(np.zeros((20, 14, 9)))
+    with pytest.raises(ValueError):
+        space.slice_to_cube_plane(0, image)
+
+
+def test_nearest_order_keeps_labels():
+    labels = np.zeros((20, 14, 10), np.float32)
+    labels[5:12, 3:9, 2:7] = 3
+    labels[12:16, 3:9, 2:7] = 7
+    space = ModelSpace.for_grid(Grid(labels.shape, (1.0, 1.0, 2.0)), 16)
+    cube = space.to_cube(labels, order=0)
+    assert set(np.unique(cube)) == {0.0, 3.0, 7.0}
+    back = space.from_cube(cube, order=0)
+    assert set(np.unique(back)) == {0.0, 3.0, 7.0}
+    assert np.mean(back == labels) > 0.85
+    with pytest.raises(ValueError):
+        space.to_cube(labels, order=3)
+
+
+def test_antialias_removes_aliasing_of_fine_stripes():
+    shape = (62, 62, 16)
+    stripes = np.zeros(shape, np.float32)
+    stripes[::2] = 1.0  # one-voxel stripes along axis 0: should average to 0.5 at ~4x fewer voxels
+    space = ModelSpace.for_grid(Grid(shape, (1.0, 1.0, 1.0)), 16)
+    plain = space.to_cube(stripes)[1:-1, 8, 8]
+    smooth = space.to_cube(stripes, antialias=True)[1:-1, 8, 8]
+    assert np.abs(plain - 0.5).max() > 0.3  # trilinear alone beats against the stripes
+    assert np.abs(smooth - 0.5).max() < 0.01
+    plane = space.slice_to_cube_plane(2, stripes[:, :, 8], antialias=True)[1:-1, 1:-1]
+    assert np.abs(plane - 0.5).max() < 0.01
