@@ -1,0 +1,224 @@
+"""``XDiffusionPipeline``: sparse input slices -> a model-space volume (paper eq. 3 and §3.2).
+
+For each of M samples and each of N views R_i = R_azim(360 deg * i / N) about the canonical
+vertical axis (axis 2, I->S):
+  1. all D depth planes d of R_i.X are denoised together from pure noise, each conditioned on
+     c(x, d, R_i) (``model/conditioning.py``); the batch is cut into chunks only for the network
+     evaluation, so the scheduler state and the random draws do not depend on the chunk size;
+  2. the D generated sections are stacked: the view-conditional volume X_{R_i} (= R_i.X estimate);
+  3. it is rotated back with R_i^T to the canonical cube.
+The views are aggregated per voxel over the views that cover it (same-size rotated cubes cut the
+corners of oblique views): ``mean`` = the paper's X = 1/N sum_i R_i^T X_{R_i}, or ``max`` (the
+max-pool variant of the paper's Table V). Samples are averaged; the uncertainty is the per-voxel
+standard deviation across all views x samples.
+
+Determinism: every (sample, view) pair has its own torch.Generator seeded from (seed, sample,
+view), so a seed fixes the output, whatever the chunk size.
+Memory: on CUDA out-of-memory the chunk is halved and the evaluation retried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import XDiffusionError
+from ..geometry.rotation import azimuth_rotations
+from ..geometry.sampling import depth_index_to_normalised, rotate_back
+from ..model.conditioning import Condition, ConditionBuilder, SparseCube, from_network, null_condition
+from ..model.config import XDiffusionConfig
+from .schedulers import check_sampler, make_scheduler
+
+AGGREGATES = ("mean", "max")
+DEVICES = ("auto", "cpu", "cuda")
+Progress = Callable[[float, str], None]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is an error."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise XDiffusionError(f"device {name!r} requested but CUDA is not available: use --device cpu or auto")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise XDiffusionError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)}")
+
+
+def check_aggregate(name: str) -> str:
+    if name not in AGGREGATES:
+        raise XDiffusionError(f"unknown aggregation {name!r}: choose one of {', '.join(AGGREGATES)}")
+    return name
+
+
+def view_generator(seed: int, sample: int, view: int) -> torch.Generator:
+    """Independent, reproducible random stream for one (sample, view) pair."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, sample, view]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom_type is not None and isinstance(error, oom_type)) or "out of memory" in str(error).lower()
+
+
+@dataclass
+class PipelineOutput:
+    """Model-space results, all (S, S, S) on the CPU."""
+
+    cube: torch.Tensor  # intensities in [0, 1]
+    uncertainty: torch.Tensor  # std across views x samples, same units
+    coverage: torch.Tensor  # how many view x sample volumes covered each voxel
+
+
+class XDiffusionPipeline:
+    """Runs a denoiser ``model(noisy, timesteps, cond)`` over views, depths and samples."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module | Callable,
+        config: XDiffusionConfig,
+        device: str | torch.device = "auto",
+        chunk_size: int | None = None,
+        bf16: bool = False,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
+        if chunk_size is not None and int(chunk_size) < 1:
+            raise XDiffusionError(f"chunk size {chunk_size} must be at least 1")
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.bf16 = bool(bf16) and self.device.type == "cuda"
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        sparse: SparseCube,
+        views: int = 4,
+        steps: int = 10,
+        sampler: str = "dpmpp",
+        guidance: float = 1.0,
+        samples: int = 1,
+        seed: int = 0,
+        aggregate: str = "mean",
+        progress: Progress | None = None,
+    ) -> PipelineOutput:
+        check_sampler(sampler)
+        check_aggregate(aggregate)
+        if int(steps) < 1 or int(samples) < 1 or int(views) < 1:
+            raise XDiffusionError(f"views ({views}), steps ({steps}) and samples ({samples}) must each be at least 1")
+        side = self.config.side
+        builder = ConditionBuilder(sparse, self.config, device=self.device)
+        rotations = azimuth_rotations(int(views)).to(torch.float32)
+        depths = depth_index_to_normalised(torch.arange(side, dtype=torch.float32), side)
+        total = int(samples) * int(views) * int(steps)
+        done = 0
+
+        weight = torch.zeros((side,) * 3, dtype=torch.float64)
+        total_sum = torch.zeros_like(weight)
+        total_sq = torch.zeros_like(weight)
+        sample_sum = torch.zeros_like(weight)  # per-sample aggregates, averaged over samples
+        for m in range(int(samples)):
+            best = torch.full((side,) * 3, -torch.inf, dtype=torch.float64)
+            view_weight = torch.zeros_like(weight)
+            view_sum = torch.zeros_like(weight)
+            for i, R in enumerate(rotations):
+
+                def step_done(k: int, m=m, i=i) -> None:
+                    if progress is not None:
+                        progress((done + k) / total, f"sample {m + 1}/{samples}, view {i + 1}/{views}, step {k}/{steps}")
+
+                rotated = self.sample_view(builder, R, depths, view_generator(seed, m, i), sampler, int(steps), guidance, step_done)
+                done += int(steps)
+                back, covered = rotate_back(rotated[None].float().cpu(), R, side, return_coverage=True)
+                back, covered = back[0].double(), covered[0].double()
+                view_weight += covered
+                view_sum += back * covered
+                total_sq += back * back * covered
+                best = torch.where(covered > 0, torch.maximum(best, back), best)
+            total_sum += view_sum
+            weight += view_weight
+            if aggregate == "mean":
+                sample_sum += view_sum / view_weight.clamp_min(1.0)
+            else:
+                sample_sum += torch.where(view_weight > 0, best, torch.zeros_like(best))
+        # Voxels no view covers (none with the identity view among them) read background (-1).
+        result = torch.where(weight > 0, sample_sum / int(samples), torch.full_like(weight, -1.0))
+        mean = total_sum / weight.clamp_min(1.0)
+        variance = (total_sq / weight.clamp_min(1.0) - mean * mean).clamp_min(0.0)
+        # Network range spans 2 intensity units, so a std in network units halves in [0, 1] units.
+        return PipelineOutput(
+            cube=from_network(result).clamp(0.0, 1.0).float(),
+            uncertainty=(variance.sqrt() * 0.5).float(),
+            coverage=weight.float(),
+        )
+
+    def sample_view(
+        self,
+        builder: ConditionBuilder,
+        R: torch.Tensor,
+        depths: torch.Tensor,
+        generator: torch.Generator,
+        sampler: str,
+        steps: int,
+        guidance: float,
+        step_done: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """The view-conditional volume R.X (D, S, S) in network range: all depths sampled from noise."""
+        side = self.config.side
+        scheduler = make_scheduler(sampler, self.config)
+        scheduler.set_timesteps(steps, device=self.device)
+        cond = builder(R.to(self.device), depths.to(self.device))
+        x = torch.randn(depths.numel(), 1, side, side, generator=generator).to(self.device)
+        x = x * scheduler.init_noise_sigma
+        for k, t in enumerate(scheduler.timesteps):
+            model_input = scheduler.scale_model_input(x, t)
+            prediction = self.predict(model_input, t, cond, guidance)
+            x = scheduler.step(prediction, t, x, generator=generator).prev_sample
+            if step_done is not None:
+                step_done(k + 1)  # may raise to cancel the run
+        return x[:, 0].clamp(-1.0, 1.0)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, cond: Condition, guidance: float) -> torch.Tensor:
+        """Model output for the whole batch, evaluated in chunks; halves the chunk on out-of-memory."""
+        n = x.shape[0]
+        outputs = []
+        start = 0
+        while start < n:
+            size = min(self.chunk_size or n, n - start)
+            try:
+                out = self._guided(x[start : start + size], t, cond[start : start + size], guidance)
+            except RuntimeError as error:
+                if not _is_out_of_memory(error):
+                    raise
+                if size <= 1:
+                    raise XDiffusionError(
+                        f"out of memory on {self.device} even for one cross-section: try --device cpu"
+                    ) from None
+                self.chunk_size = max(1, size // 2)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            outputs.append(out)
+            start += size
+        return torch.cat(outputs)
+
+    def _guided(self, x: torch.Tensor, t: torch.Tensor, cond: Condition, guidance: float) -> torch.Tensor:
+        # Classifier-free guidance: conditional and unconditional branches share one batch.
+        if guidance == 1.0:
+            return self._evaluate(x, t, cond)
+        both = self._evaluate(torch.cat([x, x]), t, Condition.cat([cond, null_condition(cond)]))
+        conditional, unconditional = both.chunk(2)
+        return unconditional + guidance * (conditional - unconditional)
+
+    def _evaluate(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+        timesteps = t.reshape(1).to(self.device).expand(x.shape[0])
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model(x, timesteps, cond)
+        return out.float()
