@@ -286,3 +286,132 @@ def test_antialias_removes_aliasing_of_fine_stripes():
     assert np.abs(smooth - 0.5).max() < 0.01
     plane = space.slice_to_cube_plane(2, stripes[:, :, 8], antialias=True)[1:-1, 1:-1]
     assert np.abs(plane - 0.5).max() < 0.01
+
+
+# ---- resampling -----------------------------------------------------------------------------------
+
+from XDiffusionLib.transforms.resample import isotropic_grid, resample_isotropic, resample_to_grid  # noqa: E402
+
+
+def test_isotropic_grid_keeps_box_centre_and_direction():
+    grid = Grid((10, 12, 8), (1.0, 1.0, 2.0), (4.0, -3.0, 2.0), rotation((10.0, 20.0, -30.0)))
+    iso = isotropic_grid(grid)
+    assert iso.spacing == (1.0, 1.0, 1.0) and iso.shape == (10, 12, 16)
+    np.testing.assert_allclose(iso.direction, grid.direction)
+    centre = lambda g: (g.index_to_physical @ np.array([*(np.array(g.shape) - 1) / 2, 1.0]))[:3]  # noqa: E731
+    np.testing.assert_allclose(centre(iso), centre(grid), atol=1e-9)
+    assert isotropic_grid(grid, 2.0).shape == (5, 6, 8)
+
+
+def test_isotropic_and_back_reproduces_smooth_oblique_volume(volume_factory):
+    volume = volume_factory(shape=(16, 14, 9), spacing=(1.0, 1.0, 2.0))
+    volume = volume.with_array(smooth_array(volume.shape, noise=0.0))
+    iso = resample_isotropic(volume)
+    assert iso.spacing == (1.0, 1.0, 1.0) and iso.shape == (16, 14, 18)
+    assert iso.array.dtype == np.float32 and iso.array.min() > 0  # edges extended, no zero rim
+    back = resample_to_grid(iso, volume.grid)
+    assert back.grid is volume.grid
+    error = np.abs(back.array - volume.array) / np.ptp(volume.array)
+    assert error.max() < 0.02 and error.mean() < 0.005
+
+
+def test_resample_onto_the_same_grid_is_identity(oblique_volume):
+    same = resample_to_grid(oblique_volume, oblique_volume.grid)
+    np.testing.assert_allclose(same.array, oblique_volume.array, rtol=1e-5)
+
+
+def test_resample_follows_physical_space(volume_factory):
+    # Target grid shifted by exactly one source voxel along axis 0: values shift by one index.
+    volume = volume_factory(shape=(8, 7, 6), spacing=(1.5, 1.0, 2.0))
+    step = volume.direction[:, 0] * volume.spacing[0]
+    shifted = Grid(volume.shape, volume.spacing, np.add(volume.origin, step), volume.direction)
+    out = resample_to_grid(volume, shifted, fill=-1.0)
+    np.testing.assert_allclose(out.array[:-1], volume.array[1:], rtol=1e-5)
+    assert np.all(out.array[-1] == -1.0)
+    extended = resample_to_grid(volume, shifted, extrapolate=True)
+    np.testing.assert_allclose(extended.array[-1], volume.array[-1], rtol=1e-5)
+
+
+def test_resample_nearest_keeps_label_type():
+    labels = np.zeros((8, 8, 4), np.int16)
+    labels[2:6, 2:6, 1:3] = 5
+    volume = Volume.from_array(labels, spacing=(1.0, 1.0, 2.0))
+    iso = resample_isotropic(volume, order=0)
+    assert iso.array.dtype == np.int16 and set(np.unique(iso.array)) == {0, 5}
+    np.testing.assert_array_equal(resample_to_grid(iso, volume.grid, order=0).array, labels)
+    with pytest.raises(ValueError):
+        resample_to_grid(volume, volume.grid, order=2)
+
+
+# ---- intensity ------------------------------------------------------------------------------------
+
+from XDiffusionLib.errors import XDiffusionError  # noqa: E402
+from XDiffusionLib.transforms.intensity import IntensityNormalizer  # noqa: E402
+
+
+def test_normalizer_uses_foreground_percentiles_and_round_trips():
+    rng = np.random.default_rng(3)
+    values = np.zeros((20, 20, 20), np.float32)
+    values[5:15, 5:15, 5:15] = rng.uniform(100.0, 900.0, (10, 10, 10))
+    values[6, 6, 6] = 50_000.0  # one bright outlier must not set the scale
+    normalizer = IntensityNormalizer().fit(values)
+    foreground = values[values != 0]
+    assert normalizer.low == pytest.approx(np.percentile(foreground, 0.5))
+    assert normalizer.high == pytest.approx(np.percentile(foreground, 99.5))
+    assert normalizer.high < 1000.0
+    unit = normalizer.forward(values)
+    assert unit.dtype == np.float32 and unit.min() == 0.0 and unit.max() == 1.0
+    back = normalizer.inverse(unit)
+    inside = (values >= normalizer.low) & (values <= normalizer.high)
+    np.testing.assert_allclose(back[inside], values[inside], rtol=1e-5)
+    assert back.min() >= normalizer.low and back.max() <= normalizer.high + 1e-3
+    assert normalizer.inverse(np.array([-0.5, 1.5])).tolist() == pytest.approx([normalizer.low, normalizer.high])
+
+
+def test_normalizer_serialises():
+    normalizer = IntensityNormalizer(1.0, 99.0).fit(np.arange(1, 101, dtype=np.float32))
+    again = IntensityNormalizer.from_dict(normalizer.to_dict())
+    assert again == normalizer
+    x = np.linspace(0, 120, 7)
+    np.testing.assert_array_equal(again.forward(x), normalizer.forward(x))
+
+
+def test_normalizer_edge_cases():
+    binary = np.zeros(100)
+    binary[:3] = 7.0  # percentiles of the foreground meet: fall back to its range, then to [0, max]
+    normalizer = IntensityNormalizer().fit(binary)
+    assert (normalizer.low, normalizer.high) == (0.0, 7.0)
+    with pytest.raises(XDiffusionError, match="every value is 0"):
+        IntensityNormalizer().fit(np.zeros(10))
+    with pytest.raises(XDiffusionError, match="no finite values"):
+        IntensityNormalizer().fit(np.array([np.nan, np.inf]))
+    with pytest.raises(XDiffusionError, match="percentiles"):
+        IntensityNormalizer(60.0, 40.0)
+    with pytest.raises(RuntimeError):
+        IntensityNormalizer().forward(np.ones(3))
+
+
+# ---- centred cube ---------------------------------------------------------------------------------
+
+from XDiffusionLib.transforms.cube import CenteredCube  # noqa: E402
+
+
+def test_centred_cube_pads_and_crops_and_inverts():
+    array = smooth_array((5, 12, 8))
+    cube = CenteredCube.for_shape(array.shape, 8)
+    out = cube.forward(array)
+    assert out.shape == (8, 8, 8)
+    # axis 0 padded 1 before and 2 after, axis 1 cropped 2 before and 2 after, axis 2 unchanged.
+    assert cube.start == (-1, 2, 0)
+    np.testing.assert_array_equal(out[1:6, :, :], array[:, 2:10, :])
+    assert np.all(out[0] == 0) and np.all(out[6:] == 0)
+    back = cube.inverse(out)
+    np.testing.assert_array_equal(back[:, 2:10], array[:, 2:10])
+    assert np.all(back[:, :2] == 0) and np.all(back[:, 10:] == 0)
+    for axis, index in [(0, 0), (1, 2), (2, 7)]:
+        assert cube.array_index(axis, cube.cube_index(axis, index)) == index
+    assert cube.cube_index(0, 0) == 1 and cube.cube_index(1, 2) == 0
+    batched = cube.forward(np.stack([array, -array]))
+    np.testing.assert_array_equal(batched[1], -out)
+    with pytest.raises(ValueError):
+        cube.forward(np.zeros((5, 12, 7)))
