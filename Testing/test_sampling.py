@@ -1,0 +1,316 @@
+"""Schedulers, the view-averaging pipeline and the X-Diffusion reconstructor (tiny: S=16, 2 steps)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from XDiffusionLib.errors import XDiffusionError
+from XDiffusionLib.io.volume import Volume
+from XDiffusionLib.methods import SliceInput, get_method
+from XDiffusionLib.model.checkpoint import save_pretrained
+from XDiffusionLib.model.conditioning import SparseCube
+from XDiffusionLib.model.config import XDiffusionConfig
+from XDiffusionLib.model.factory import build_denoiser
+from XDiffusionLib.sampling.pipeline import XDiffusionPipeline, resolve_device
+from XDiffusionLib.sampling.reconstructor import (
+    ReconstructionSettings,
+    XDiffusionReconstructor,
+    reconstruct_volume,
+)
+from XDiffusionLib.sampling.schedulers import SAMPLERS, make_scheduler
+
+S = 16
+
+
+def tiny_config(**changes) -> XDiffusionConfig:
+    options = dict(side=S, block_out_channels=(8, 16), attention_levels=(1,), max_slices=4, depth_frequencies=4)
+    options.update(changes)
+    return XDiffusionConfig(**options)
+
+
+class ExactModel(torch.nn.Module):
+    """A 'denoiser' that knows the answer is the constant ``value`` (network range): it returns the
+    epsilon or v that makes every sampler land exactly on it. Counts the batches it sees."""
+
+    def __init__(self, config: XDiffusionConfig, value: float) -> None:
+        super().__init__()
+        self.alphas = make_scheduler("ddpm", config).alphas_cumprod
+        self.value = value
+        self.prediction_type = config.prediction_type
+        self.batches: list[int] = []
+
+    def forward(self, x, t, cond):
+        self.batches.append(x.shape[0])
+        ab = self.alphas[t.long().cpu()].view(-1, 1, 1, 1).to(x)
+        x0 = torch.full_like(x, self.value)
+        eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return eps if self.prediction_type == "epsilon" else ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+
+class ViewModel(torch.nn.Module):
+    """Lands on a value that depends on the view (read from the pose's rotation code): for max pooling."""
+
+    def __init__(self, config: XDiffusionConfig) -> None:
+        super().__init__()
+        self.exact = ExactModel(config, 0.0)
+
+    def forward(self, x, t, cond):
+        # rotation_6d's first entry is R[0, 0] = cos(angle): views differ, identity gives 1.
+        self.exact.value = 0.0
+        ab = self.exact.alphas[t.long().cpu()].view(-1, 1, 1, 1).to(x)
+        x0 = (0.5 * cond.pose[:, 0]).view(-1, 1, 1, 1).expand_as(x)
+        eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+
+def sparse_cube(seed: int = 0, positions=(4, 11)) -> SparseCube:
+    cube = torch.rand(S, S, S, generator=torch.Generator().manual_seed(seed))
+    return SparseCube.from_cube(cube, axis=2, positions=list(positions))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    config = tiny_config()
+    return build_denoiser(config).eval(), config
+
+
+# ------------------------------------------------------------------ schedulers
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_schedulers_follow_the_config(name):
+    config = tiny_config(prediction_type="epsilon", beta_schedule="linear")
+    scheduler = make_scheduler(name, config)
+    assert scheduler.config.num_train_timesteps == 1000
+    assert scheduler.config.prediction_type == "epsilon"
+    scheduler.set_timesteps(10)
+    assert int(scheduler.timesteps[0]) == 999 and len(scheduler.timesteps) == 10
+
+
+def test_dpmpp_is_second_order_dpmsolver_plus_plus():
+    scheduler = make_scheduler("dpmpp", tiny_config())
+    assert scheduler.config.algorithm_type == "dpmsolver++" and scheduler.config.solver_order == 2
+    assert scheduler.config.prediction_type == "v_prediction"
+
+
+def test_unknown_sampler_lists_the_choices():
+    with pytest.raises(XDiffusionError, match="unknown sampler 'euler'.*ddpm, ddim, dpmpp"):
+        make_scheduler("euler", tiny_config())
+
+
+# ------------------------------------------------------------------ pipeline
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_view_averaging_with_coverage_returns_the_constant(sampler, prediction_type):
+    config = tiny_config(prediction_type=prediction_type)
+    out = XDiffusionPipeline(ExactModel(config, 0.3), config, device="cpu")(sparse_cube(), views=3, steps=2, sampler=sampler)
+    # Network 0.3 is intensity 0.65 everywhere, also in the corners only the identity view covers.
+    assert torch.allclose(out.cube, torch.full((S, S, S), 0.65), atol=1e-5)
+    assert float(out.coverage.min()) == 1.0 and float(out.coverage.max()) == 3.0
+    assert float(out.uncertainty.max()) < 1e-5
+
+
+def test_max_aggregation_takes_the_largest_view():
+    config = tiny_config()
+    pipeline = XDiffusionPipeline(ViewModel(config), config, device="cpu")
+    # Views at 90, 180, 270, 360 degrees: cos = 0, -1, 0, 1 -> network 0, -0.5, 0, 0.5.
+    mean = pipeline(sparse_cube(), views=4, steps=2, aggregate="mean")
+    largest = pipeline(sparse_cube(), views=4, steps=2, aggregate="max")
+    assert torch.allclose(largest.cube, torch.full((S, S, S), 0.75), atol=1e-4)
+    centre = S // 2
+    assert abs(float(mean.cube[centre, centre, centre]) - 0.5) < 1e-4, "all four views cover the centre"
+    assert float(mean.uncertainty[centre, centre, centre]) > 0.1
+
+
+def test_pipeline_is_deterministic_per_seed(tiny_model):
+    model, config = tiny_model
+    pipeline = XDiffusionPipeline(model, config, device="cpu")
+    first = pipeline(sparse_cube(), views=2, steps=2, seed=3)
+    again = pipeline(sparse_cube(), views=2, steps=2, seed=3)
+    other = pipeline(sparse_cube(), views=2, steps=2, seed=4)
+    assert torch.equal(first.cube, again.cube) and torch.equal(first.uncertainty, again.uncertainty)
+    assert not torch.allclose(first.cube, other.cube)
+    # Chunking only splits the network evaluation: same noise, same result (up to float rounding).
+    chunked = XDiffusionPipeline(model, config, device="cpu", chunk_size=5)(sparse_cube(), views=2, steps=2, seed=3)
+    assert torch.allclose(first.cube, chunked.cube, atol=1e-5)
+
+
+def test_samples_and_guidance_change_the_work(tiny_model):
+    config = tiny_config()
+    exact = ExactModel(config, -0.2)
+    out = XDiffusionPipeline(exact, config, device="cpu")(sparse_cube(), views=2, steps=2, samples=2, guidance=3.0)
+    # 2 samples x 2 views x 2 steps, each one batch of S sections doubled for the unconditional branch.
+    assert exact.batches == [2 * S] * 8
+    assert torch.allclose(out.cube, torch.full((S, S, S), 0.4), atol=1e-5)
+    assert float(out.coverage.max()) == 4.0
+
+
+def test_out_of_memory_halves_the_chunk_and_retries():
+    config = tiny_config()
+
+    class FakeOOM(ExactModel):
+        def forward(self, x, t, cond):
+            if x.shape[0] > 4:
+                self.batches.append(-x.shape[0])
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().forward(x, t, cond)
+
+    model = FakeOOM(config, 0.1)
+    pipeline = XDiffusionPipeline(model, config, device="cpu")
+    out = pipeline(sparse_cube(), views=1, steps=2)
+    assert model.batches[:3] == [-16, -8, 4], "16 -> 8 -> 4 sections per chunk"
+    assert pipeline.chunk_size == 4 and all(b == 4 for b in model.batches[3:])
+    assert torch.allclose(out.cube, torch.full((S, S, S), 0.55), atol=1e-5)
+
+    class AlwaysOOM(ExactModel):
+        def forward(self, x, t, cond):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(XDiffusionError, match="out of memory.*even for one cross-section"):
+        XDiffusionPipeline(AlwaysOOM(config, 0.1), config, device="cpu")(sparse_cube(), views=1, steps=1)
+
+
+def test_other_runtime_errors_are_not_retried():
+    config = tiny_config()
+
+    class Broken(ExactModel):
+        def forward(self, x, t, cond):
+            self.batches.append(x.shape[0])
+            raise RuntimeError("shape mismatch")
+
+    model = Broken(config, 0.0)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        XDiffusionPipeline(model, config, device="cpu")(sparse_cube(), views=1, steps=1)
+    assert model.batches == [S]
+
+
+def test_progress_reports_and_cancels():
+    config = tiny_config()
+    seen = []
+    XDiffusionPipeline(ExactModel(config, 0.0), config, device="cpu")(
+        sparse_cube(), views=2, steps=3, progress=lambda f, m: seen.append((f, m))
+    )
+    assert [round(f, 4) for f, _ in seen] == [round(k / 6, 4) for k in range(1, 7)]
+    assert seen[-1][1] == "sample 1/1, view 2/2, step 3/3"
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(fraction, message):
+        if fraction > 0.3:
+            raise Cancelled
+
+    model = ExactModel(config, 0.0)
+    with pytest.raises(Cancelled):
+        XDiffusionPipeline(model, config, device="cpu")(sparse_cube(), views=2, steps=3, progress=cancel)
+    assert len(model.batches) == 2
+
+
+def test_devices():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(XDiffusionError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(XDiffusionError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+# ------------------------------------------------------------------ reconstructor
+
+
+def anisotropic_volume(shape=(14, 12, 10), spacing=(1.2, 1.0, 1.6), seed=0) -> Volume:
+    rng = np.random.default_rng(seed)
+    i, j, k = np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij")
+    array = 300 + 200 * np.sin(3 * i) * np.cos(2 * j) + 150 * k + rng.normal(0, 5, shape)
+    return Volume.from_array(array.astype(np.float32), spacing=spacing, origin=(3.0, -4.0, 5.0))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_model):
+    model, config = tiny_model
+    return save_pretrained(model, config, tmp_path_factory.mktemp("models") / "tiny")
+
+
+def test_reconstruct_keeps_grid_inputs_and_range(model_dir):
+    volume = anisotropic_volume()
+    inputs = SliceInput.from_volume(volume, "axial", [2, 7])
+    method = get_method("xdiffusion", model_dir=model_dir, steps=2, views=2, device="cpu")
+    assert method.name == "xdiffusion"
+    result = method.reconstruct_with_uncertainty(inputs)
+    assert result.volume.grid.same_geometry(inputs.grid) and result.uncertainty.grid.same_geometry(inputs.grid)
+    for n, index in enumerate(inputs.indices):
+        assert np.array_equal(result.volume.array[:, :, index], inputs.slices[n]), "input slices pasted exactly"
+        assert np.all(result.uncertainty.array[:, :, index] == 0)
+    low, high = float(inputs.slices.min()), float(inputs.slices.max())
+    assert low <= float(result.volume.array.min()) and float(result.volume.array.max()) <= high
+    assert np.all(np.isfinite(result.volume.array)) and float(result.uncertainty.array.min()) >= 0
+    again = method.reconstruct(inputs)
+    assert np.array_equal(again.array, result.volume.array), "same seed, same volume"
+
+
+def test_reconstruct_constant_model_lands_on_the_normalised_value(tiny_model):
+    _, config = tiny_model
+    volume = anisotropic_volume()
+    inputs = SliceInput.from_volume(volume, "coronal", [5])
+    method = XDiffusionReconstructor(model=ExactModel(config, 0.0), config=config, steps=2, views=3, device="cpu")
+    out = method.reconstruct(inputs).array
+    from XDiffusionLib.transforms.intensity import IntensityNormalizer
+
+    expected = float(np.asarray(IntensityNormalizer().fit(inputs.slices).inverse(np.float32(0.5))))
+    others = np.delete(out, 5, axis=1)
+    assert np.allclose(others, expected, atol=1e-3 * abs(expected) + 1e-3)
+
+
+def test_reconstruct_volume_any_orientation(model_dir):
+    from XDiffusionLib.transforms.orientation import to_canonical
+
+    lsa = np.array([[-1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])  # a direction that is not RAS+
+    volume = Volume.from_array(anisotropic_volume().array, spacing=(1.2, 1.0, 1.6), direction=lsa)
+    canonical, _ = to_canonical(volume)
+    result = reconstruct_volume(volume, "sagittal", [3, 9], model_dir=model_dir, steps=2, views=2, device="cpu")
+    assert result.volume.grid.same_geometry(volume.grid) and result.uncertainty.grid.same_geometry(volume.grid)
+    recon_canonical, _ = to_canonical(result.volume)
+    for index in (3, 9):
+        assert np.array_equal(recon_canonical.array[index], canonical.array[index])
+
+
+@pytest.mark.parametrize(
+    "indices, settings, words",
+    [
+        ([2, 40], {}, "outside the volume"),
+        ([0, 1, 2, 3, 4], {}, "at most 4"),
+        (list(range(11)), {}, "only 10"),
+        ([2], {"sampler": "euler"}, "unknown sampler"),
+        ([2], {"aggregate": "median"}, "unknown aggregation"),
+        ([2], {"views": 0}, "views must be a positive integer"),
+    ],
+)
+def test_bad_inputs_fail_before_any_work(model_dir, monkeypatch, indices, settings, words):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the pipeline ran")
+
+    monkeypatch.setattr(XDiffusionPipeline, "__call__", no_work)
+    with pytest.raises(XDiffusionError, match=words):
+        reconstruct_volume(anisotropic_volume(), "axial", indices, model_dir=model_dir, device="cpu", **settings)
+
+
+def test_nan_inputs_are_refused(model_dir, monkeypatch):
+    monkeypatch.setattr(XDiffusionPipeline, "__call__", lambda *a, **k: pytest.fail("the pipeline ran"))
+    array = anisotropic_volume().array.copy()
+    array[4, 4, 2] = np.nan
+    with pytest.raises(XDiffusionError, match="NaN"):
+        reconstruct_volume(Volume.from_array(array), "axial", [2], model_dir=model_dir, device="cpu")
+
+
+def test_missing_model_folder_and_unknown_settings(tmp_path):
+    with pytest.raises(XDiffusionError, match="model folder not found"):
+        reconstruct_volume(anisotropic_volume(), "axial", [2], model_dir=tmp_path / "none", device="cpu")
+    with pytest.raises(XDiffusionError, match="unknown reconstruction settings"):
+        XDiffusionReconstructor(colour="red")
+    assert ReconstructionSettings().sampler == "dpmpp"

@@ -1,0 +1,236 @@
+"""``XDiffusionReconstructor``: the X-Diffusion method behind the common ``Reconstructor`` interface.
+
+Input slices (``SliceInput``, canonical grid) -> model space -> pipeline -> back:
+1. an ``IntensityNormalizer`` is fitted on the input slices only (leak-free) and maps them to [0, 1];
+2. ``ModelSpace.for_grid`` fits the canonical grid into the model's S^3 cube; the slices become a
+   ``SparseCube`` (their cube plane and normalised position);
+3. ``XDiffusionPipeline`` generates the cube (N views x M samples, see pipeline.py);
+4. the cube is resampled onto exactly ``inputs.grid``, mapped back to the inputs' intensities, and
+   the input slices are pasted in unchanged; the uncertainty (std across views x samples) follows
+   the same way (0 on the input slices, which are known).
+
+``reconstruct_volume`` does the same for a volume in any orientation: it reorients to canonical
+RAS+ (``to_canonical``; indices are canonical indices), reconstructs, and inverts the
+reorientation so the output lies on exactly the input volume's grid.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import XDiffusionError
+from ..io.volume import Volume
+from ..methods import SliceInput, plane_axis
+from .pipeline import AGGREGATES, DEVICES, Progress, check_aggregate
+from .schedulers import check_sampler
+
+
+@dataclass(frozen=True)
+class ReconstructionSettings:
+    """Sampling settings of one reconstruction (the CLI flags of ``xdiffusion reconstruct``)."""
+
+    views: int = 4
+    steps: int = 10
+    sampler: str = "dpmpp"
+    guidance: float = 1.0
+    samples: int = 1
+    seed: int = 0
+    device: str = "auto"
+    aggregate: str = "mean"
+    chunk_size: int | None = None
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        check_sampler(self.sampler)
+        check_aggregate(self.aggregate)
+        if str(self.device) not in DEVICES and not str(self.device).startswith("cuda:"):
+            raise XDiffusionError(f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        for name in ("views", "steps", "samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or int(value) < 1:
+                raise XDiffusionError(f"{name} must be a positive integer, got {value!r}")
+        if not np.isfinite(self.guidance) or self.guidance < 0:
+            raise XDiffusionError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+        if self.chunk_size is not None and int(self.chunk_size) < 1:
+            raise XDiffusionError(f"chunk size must be at least 1, got {self.chunk_size!r}")
+
+    @classmethod
+    def from_options(cls, options: dict) -> "ReconstructionSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise XDiffusionError(f"unknown reconstruction settings {unknown}: choose from {', '.join(sorted(known))}")
+        return cls(**options)
+
+
+@dataclass(frozen=True)
+class ReconstructionResult:
+    volume: Volume
+    uncertainty: Volume
+
+
+class XDiffusionReconstructor:
+    """The ``xdiffusion`` method: ``reconstruct(inputs) -> Volume`` on exactly ``inputs.grid``.
+
+    ``model_dir`` is a folder from ``save_pretrained`` (default: the shipped weights). A ready
+    ``model`` and ``config`` can be passed instead (training evaluation, tests). ``progress``
+    (fraction, message) is called every denoising step; raising from it cancels the run.
+    """
+
+    name = "xdiffusion"
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike | None = None,
+        progress: Progress | None = None,
+        model=None,
+        config=None,
+        **settings,
+    ) -> None:
+        self.settings = ReconstructionSettings.from_options(settings)
+        if (model is None) != (config is None):
+            raise ValueError("pass both model and config, or neither")
+        self.progress = progress
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self._model = model
+        self._config = config
+        self._pipeline = None
+
+    # ---- model, loaded on first use ---------------------------------------------------------
+
+    def _directory(self) -> Path:
+        from ..model.checkpoint import WEIGHTS_NAME, default_model_dir
+
+        if self.model_dir is not None:
+            return self.model_dir
+        directory = default_model_dir()
+        if not (directory / WEIGHTS_NAME).is_file():
+            raise XDiffusionError(f"no shipped weights at {directory}: train a model or pass --model DIR")
+        return directory
+
+    @property
+    def config(self):
+        """The model's config (read from ``config.json`` alone, before any weights are loaded)."""
+        if self._config is None:
+            from ..model.checkpoint import _read_config
+
+            directory = self._directory()
+            if not directory.is_dir():
+                raise XDiffusionError(f"{directory}: model folder not found")
+            self._config = _read_config(directory)
+        return self._config
+
+    @property
+    def pipeline(self):
+        if self._pipeline is None:
+            from .pipeline import XDiffusionPipeline, resolve_device
+
+            device = resolve_device(self.settings.device)
+            if self._model is None:
+                from ..model.checkpoint import load_pretrained
+
+                self._model, self._config = load_pretrained(self._directory(), device)
+            self._pipeline = XDiffusionPipeline(
+                self._model, self._config, device, self.settings.chunk_size, self.settings.bf16
+            )
+        return self._pipeline
+
+    # ---- the Reconstructor interface --------------------------------------------------------
+
+    def validate(self, inputs: SliceInput) -> None:
+        """Every check that needs no model run: raises XDiffusionError before any work."""
+        from .pipeline import resolve_device
+
+        resolve_device(self.settings.device)
+        if not np.all(np.isfinite(inputs.slices)):
+            raise XDiffusionError("the input slices contain NaN or infinite values: fix or mask the volume first")
+        if len(inputs.indices) > self.config.max_slices:
+            raise XDiffusionError(
+                f"{len(inputs.indices)} input slices: this model takes at most {self.config.max_slices}"
+            )
+
+    def reconstruct(self, inputs: SliceInput) -> Volume:
+        return self.reconstruct_with_uncertainty(inputs).volume
+
+    def reconstruct_with_uncertainty(self, inputs: SliceInput) -> ReconstructionResult:
+        from ..model.conditioning import SparseCube
+        from ..transforms.intensity import IntensityNormalizer
+        from ..transforms.model_space import ModelSpace
+
+        self.validate(inputs)
+        config = self.config
+        pipeline = self.pipeline
+        normalizer = IntensityNormalizer().fit(inputs.slices)
+        space = ModelSpace.for_grid(inputs.grid, config.side)
+        template = self._template_cube(inputs, space, normalizer) if "template" in config.priors else None
+        sparse = SparseCube.from_slice_input(inputs, space, normalizer, template)
+        s = self.settings
+        out = pipeline(
+            sparse,
+            views=s.views,
+            steps=s.steps,
+            sampler=s.sampler,
+            guidance=s.guidance,
+            samples=s.samples,
+            seed=s.seed,
+            aggregate=s.aggregate,
+            progress=self.progress,
+        )
+        cube = out.cube.numpy()
+        spread = out.uncertainty.numpy()
+        intensities = np.asarray(normalizer.inverse(space.from_cube(cube)), dtype=np.float32)
+        # The normaliser is linear: a std in [0, 1] units scales by its (high - low).
+        scale = float(normalizer.inverse(np.float32(1.0)) - normalizer.inverse(np.float32(0.0)))
+        uncertainty = np.clip(space.from_cube(spread), 0.0, None) * np.float32(scale)
+        volume = Volume(inputs.paste_into(intensities), inputs.grid)
+        known = SliceInput(inputs.grid, inputs.plane, inputs.indices, np.zeros_like(inputs.slices))
+        return ReconstructionResult(volume, Volume(known.paste_into(uncertainty), inputs.grid))
+
+    @staticmethod
+    def _template_cube(inputs: SliceInput, space, normalizer) -> np.ndarray:
+        from ..baselines.template import TemplateBaseline
+
+        fitted = TemplateBaseline().reconstruct(inputs)
+        return np.asarray(normalizer.forward(space.to_cube(fitted.array)), dtype=np.float32)
+
+
+def reconstruct_volume(
+    volume: Volume,
+    plane: str,
+    indices,
+    model_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    reconstructor: XDiffusionReconstructor | None = None,
+    **settings,
+) -> ReconstructionResult:
+    """Reconstruct ``volume`` (any orientation) from its slices ``indices`` (canonical RAS+ indices) of ``plane``.
+
+    Only the chosen slices are read from ``volume``; the result and its uncertainty lie on exactly
+    ``volume.grid``.
+    """
+    from ..transforms.orientation import to_canonical
+
+    if reconstructor is None:
+        reconstructor = XDiffusionReconstructor(model_dir=model_dir, progress=progress, **settings)
+    axis = plane_axis(plane)
+    indices = [int(i) for i in indices]
+    canonical, reorientation = to_canonical(volume)
+    depth = canonical.shape[axis]
+    if len(indices) > depth:
+        raise XDiffusionError(f"{len(indices)} input slices but the volume has only {depth} {plane} slices")
+    inputs = SliceInput.from_volume(canonical, plane, indices)
+    result = reconstructor.reconstruct_with_uncertainty(inputs)
+    return ReconstructionResult(reorientation.invert(result.volume), reorientation.invert(result.uncertainty))
+
+
+__all__ = [
+    "AGGREGATES",
+    "ReconstructionResult",
+    "ReconstructionSettings",
+    "XDiffusionReconstructor",
+    "reconstruct_volume",
+]
