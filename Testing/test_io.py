@@ -125,6 +125,26 @@ def test_4d_volume_index_selects_one_volume(four_d_path, oblique_volume):
     assert_one_line_error(excinfo, str(four_d_path), "out of range", "0..2")
 
 
+@pytest.mark.parametrize("ext", ["nhdr", "mhd"])
+def test_detached_header_formats_read(oblique_volume, tmp_path, ext):
+    path = tmp_path / f"vol.{ext}"
+    sitk.WriteImage(volume_to_image(oblique_volume), str(path))
+    assert len(os.listdir(tmp_path)) == 2  # header + data file
+    back = read_volume(path)
+    np.testing.assert_array_equal(back.array, oblique_volume.array)
+    assert_same_grid(back.grid, oblique_volume.grid, 1e-12)
+
+
+def test_multi_component_voxels_need_a_choice(oblique_volume, tmp_path):
+    frames = [volume_to_image(oblique_volume.with_array(oblique_volume.array * (c + 1))) for c in range(3)]
+    path = tmp_path / "rgb.nrrd"
+    sitk.WriteImage(sitk.Compose(frames), str(path))
+    with pytest.raises(XDiffusionError) as excinfo:
+        read_volume(path)
+    assert_one_line_error(excinfo, str(path), "3 values per voxel", "0..2")
+    np.testing.assert_allclose(read_volume(path, volume_index=1).array, oblique_volume.array * 2)
+
+
 # ---- bad inputs: one line naming the file -----------------------------------------------------
 
 

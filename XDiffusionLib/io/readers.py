@@ -101,7 +101,7 @@ def image_to_volume(image: sitk.Image) -> Volume:
 
 def _read_3d_image(path: str | os.PathLike, volume_index: int | None) -> tuple[sitk.Image, str]:
     """Read ``path`` as one 3D scalar image; also return how to name it in messages."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise XDiffusionError(f"{path}: no such file or folder")
     if path.is_dir():
@@ -148,9 +148,8 @@ def _check_dimensions(label: str, dimension: int, size, components: int, volume_
         raise XDiffusionError(f"{label} is 4D with {components}-component voxels: not supported, save one 3D volume")
     if volume_index is None:
         if n_volumes > 1:
-            raise XDiffusionError(
-                f"{label} is 4D with {n_volumes} volumes; pick one with volume_index / --volume N (0..{n_volumes - 1})"
-            )
+            what = f"is 4D with {n_volumes} volumes" if dimension == 4 else f"has {n_volumes} values per voxel"
+            raise XDiffusionError(f"{label} {what}; pick one with volume_index / --volume N (0..{n_volumes - 1})")
     elif not 0 <= volume_index < n_volumes:
         raise XDiffusionError(
             f"{label}: volume index {volume_index} is out of range; it holds {n_volumes} volume"

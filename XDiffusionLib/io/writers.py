@@ -42,7 +42,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, dtype: np.dtype | type
     the array's own type is kept. The file appears complete or not at all: it is written to a
     temporary file in the same folder and renamed. Missing parent folders are created.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     suffix = volume_suffix(path)
     if suffix not in WRITE_SUFFIXES:
         raise XDiffusionError(f"{path}: cannot write this file type; write one of {', '.join(WRITE_SUFFIXES)}")
