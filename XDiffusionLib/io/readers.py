@@ -129,10 +129,16 @@ def _read_3d_image(path: str | os.PathLike, volume_index: int | None) -> tuple[s
     if fmt == "NIfTI":
         # ITK fills a truncated NIfTI with zeros without complaint, so check the length ourselves.
         _check_nifti_complete(path, label)
+    if reader.GetDimension() == 4:
+        # Read only the chosen volume of a 4D file (the 4th axis collapses away).
+        reader.SetExtractSize([*reader.GetSize()[:3], 0])
+        reader.SetExtractIndex([0, 0, 0, volume_index or 0])
     try:
         image = reader.Execute()
     except RuntimeError as error:
         raise XDiffusionError(f"{label} is truncated or corrupt: not a readable {fmt} file ({_itk_reason(error)})") from None
+    if reader.GetDimension() == 4:
+        return image, label  # already the one chosen (checked) volume
     return _finish(image, label, volume_index), label
 
 
