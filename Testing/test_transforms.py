@@ -8,10 +8,15 @@ import numpy as np
 import pytest
 
 from XDiffusionLib.data.samples import sample_path
+from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.io import Grid, Volume, read_volume
-from XDiffusionLib.transforms.orientation import Reorientation, orientation_code, to_canonical
+from XDiffusionLib.transforms.cube import CenteredCube
+from XDiffusionLib.transforms.intensity import IntensityNormalizer
+from XDiffusionLib.transforms.model_space import ModelSpace
+from XDiffusionLib.transforms.orientation import orientation_code, to_canonical
+from XDiffusionLib.transforms.resample import isotropic_grid, resample_isotropic, resample_to_grid
 
-from conftest import rotation
+from conftest import rotation, smooth_array
 
 
 def physical_points(grid: Grid) -> np.ndarray:
@@ -113,10 +118,6 @@ def test_invert_refuses_a_foreign_grid(oblique_volume):
 
 
 # ---- model space --------------------------------------------------------------------------------
-
-from XDiffusionLib.transforms.model_space import ModelSpace  # noqa: E402
-
-from conftest import smooth_array  # noqa: E402
 
 
 def cross_section(space: ModelSpace, cube: np.ndarray, axis: int, index: int) -> np.ndarray:
@@ -290,8 +291,6 @@ def test_antialias_removes_aliasing_of_fine_stripes():
 
 # ---- resampling -----------------------------------------------------------------------------------
 
-from XDiffusionLib.transforms.resample import isotropic_grid, resample_isotropic, resample_to_grid  # noqa: E402
-
 
 def test_isotropic_grid_keeps_box_centre_and_direction():
     grid = Grid((10, 12, 8), (1.0, 1.0, 2.0), (4.0, -3.0, 2.0), rotation((10.0, 20.0, -30.0)))
@@ -345,9 +344,6 @@ def test_resample_nearest_keeps_label_type():
 
 # ---- intensity ------------------------------------------------------------------------------------
 
-from XDiffusionLib.errors import XDiffusionError  # noqa: E402
-from XDiffusionLib.transforms.intensity import IntensityNormalizer  # noqa: E402
-
 
 def test_normalizer_uses_foreground_percentiles_and_round_trips():
     rng = np.random.default_rng(3)
@@ -392,8 +388,6 @@ def test_normalizer_edge_cases():
 
 
 # ---- centred cube ---------------------------------------------------------------------------------
-
-from XDiffusionLib.transforms.cube import CenteredCube  # noqa: E402
 
 
 def test_centred_cube_pads_and_crops_and_inverts():
