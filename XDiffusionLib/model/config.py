@@ -75,7 +75,8 @@ class XDiffusionConfig:
         levels = len(self.block_out_channels)
         if self.side < 8:
             raise XDiffusionError(f"config side {self.side} is too small: use at least 8")
-        if levels < 1 or self.side % (2 ** (levels - 1)):
+        # Only a pixel-space U-Net runs on the S x S section itself (latent profiles resize it).
+        if levels < 1 or (self.profile == "compact" and self.side % (2 ** (levels - 1))):
             raise XDiffusionError(
                 f"config side {self.side} must be divisible by 2**{levels - 1} for {levels} U-Net levels"
             )

@@ -175,7 +175,10 @@ class XDiffusionPipeline:
         scheduler = make_scheduler(sampler, self.config)
         scheduler.set_timesteps(steps, device=self.device)
         cond = builder(R.to(self.device), depths.to(self.device))
-        x = torch.randn(depths.numel(), 1, side, side, generator=generator).to(self.device)
+        # Latent profiles (paper) denoise in their VAE latent space and decode at the end.
+        latent_shape = getattr(self.model, "latent_shape", None)
+        shape = tuple(latent_shape) if latent_shape is not None else (1, side, side)
+        x = torch.randn(depths.numel(), *shape, generator=generator).to(self.device)
         x = x * scheduler.init_noise_sigma
         for k, t in enumerate(scheduler.timesteps):
             model_input = scheduler.scale_model_input(x, t)
@@ -183,6 +186,8 @@ class XDiffusionPipeline:
             x = scheduler.step(prediction, t, x, generator=generator).prev_sample
             if step_done is not None:
                 step_done(k + 1)  # may raise to cancel the run
+        if latent_shape is not None:
+            x = self.model.decode(x).float()
         return x[:, 0].clamp(-1.0, 1.0)
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, cond: Condition, guidance: float) -> torch.Tensor:
@@ -213,7 +218,8 @@ class XDiffusionPipeline:
         # Classifier-free guidance: conditional and unconditional branches share one batch.
         if guidance == 1.0:
             return self._evaluate(x, t, cond)
-        both = self._evaluate(torch.cat([x, x]), t, Condition.cat([cond, null_condition(cond)]))
+        null = getattr(self.model, "null_condition", null_condition)  # a profile may define its own
+        both = self._evaluate(torch.cat([x, x]), t, Condition.cat([cond, null(cond)]))
         conditional, unconditional = both.chunk(2)
         return unconditional + guidance * (conditional - unconditional)
 

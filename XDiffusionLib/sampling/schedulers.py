@@ -36,13 +36,15 @@ def make_scheduler(name: str, config: XDiffusionConfig):
         beta_end=config.beta_end,
         prediction_type=config.prediction_type,
     )
+    # Pixel profiles clip x0 to the image range; latent profiles (paper) set clip_sample False.
+    clip = bool(config.profile_options.get("clip_sample", True))
     if name == "ddpm":
         return DDPMScheduler(
-            **common, clip_sample=True, clip_sample_range=1.0, variance_type="fixed_small", timestep_spacing="trailing"
+            **common, clip_sample=clip, clip_sample_range=1.0, variance_type="fixed_small", timestep_spacing="trailing"
         )
     if name == "ddim":
         return DDIMScheduler(
-            **common, clip_sample=True, clip_sample_range=1.0, set_alpha_to_one=True, timestep_spacing="trailing"
+            **common, clip_sample=clip, clip_sample_range=1.0, set_alpha_to_one=True, timestep_spacing="trailing"
         )
     return DPMSolverMultistepScheduler(
         **common,
