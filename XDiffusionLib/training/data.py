@@ -95,10 +95,13 @@ def load_cube(path: Path, side: int, rng: np.random.Generator) -> CachedVolume:
     volume, _ = to_canonical(read_volume(path))
     space = ModelSpace.for_grid(volume.grid, side)
     cube = np.asarray(space.to_cube(volume.array), dtype=np.float32)
-    low, high = np.percentile(cube, [0.0, 99.9])
+    # Scale only (no shift) when intensities are non-negative, so zero background stays exactly
+    # zero: the IntensityNormalizer fitted per example ignores zeros, as it does at inference.
+    low = min(float(cube.min()), 0.0)
+    high = float(cube.max())
     if not high > low:
-        raise XDiffusionError(f"{path} is (nearly) constant in model space: it holds no image")
-    cube = np.clip((cube - low) / (high - low), 0.0, 1.0).astype(np.float32)
+        raise XDiffusionError(f"{path} is constant in model space: it holds no image")
+    cube = ((cube - low) / (high - low)).astype(np.float32)
     mask = foreground_mask(cube)
     boxes = [bounding_box(mask, axis) for axis in range(3)]
     if any(box is None for box in boxes):

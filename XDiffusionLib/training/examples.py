@@ -138,7 +138,7 @@ def sample_batch(
     cubes = []
     for v, a, pos in zip(volume_index, axes, positions):
         cube = dataset.cubes[int(v)]
-        normalizer = IntensityNormalizer.fit(np.take(cube, pos, axis=int(a)))
+        normalizer = IntensityNormalizer().fit(np.take(cube, pos, axis=int(a)))
         cubes.append(torch.from_numpy(np.asarray(normalizer.forward(cube), dtype=np.float32)))
     cube_batch = torch.stack(cubes).to(device)  # (B, S, S, S) in the examples' normalised intensities
     rotations = rotations.to(device)

@@ -52,16 +52,10 @@ class RunSpec:
 
 
 def training_noise_scheduler(config):
-    """The forward process of eq. 2 (betas, alphas) from the model config: a diffusers DDPM scheduler."""
-    from diffusers import DDPMScheduler
+    """The forward process of eq. 2 (betas, alphas): the DDPM scheduler every sampler shares."""
+    from ..sampling.schedulers import make_scheduler
 
-    return DDPMScheduler(
-        num_train_timesteps=config.num_train_timesteps,
-        beta_schedule=config.beta_schedule,
-        beta_start=config.beta_start,
-        beta_end=config.beta_end,
-        prediction_type=config.prediction_type,
-    )
+    return make_scheduler("ddpm", config)
 
 
 def diffusion_loss(model, scheduler, target: torch.Tensor, condition, generator: torch.Generator, prediction_type: str) -> torch.Tensor:
@@ -78,6 +72,18 @@ def diffusion_loss(model, scheduler, target: torch.Tensor, condition, generator:
         raise XDiffusionError(f"unknown prediction_type {prediction_type!r}")
     prediction = model(noisy, timesteps, condition)
     return F.mse_loss(prediction.float(), goal.float())
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """Hash of every tensor of the model's state dict (names, dtypes, shapes, bytes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -114,7 +120,9 @@ class Trainer:
             weight_decay=self.tc.weight_decay,
         )
         # Stepped by hand once per optimizer step (a prepared scheduler steps once per process).
-        self.lr_scheduler = get_cosine_schedule_with_warmup(optimizer, self.tc.warmup_steps, self.tc.steps)
+        # Warmup is capped at a tenth of the run so short runs still reach the peak rate.
+        warmup = min(self.tc.warmup_steps, self.tc.steps // 10)
+        self.lr_scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, self.tc.steps)
         self.step = 0
         if spec.resume_from is not None:
             self._load(Path(spec.resume_from), model, optimizer)
@@ -171,12 +179,19 @@ class Trainer:
         from ..model.checkpoint import save_pretrained
 
         rng = gather_object([ckpt.rng_state_tensors(self.rank)])
+        # Data-parallel ranks must hold identical weights; a checkpoint records each rank's hash.
+        hashes = gather_object([weights_sha256(self.unwrapped)])
         if not self.accelerator.is_main_process:
             return None
+        if len(set(hashes)) > 1:
+            import warnings
+
+            warnings.warn(f"data-parallel ranks hold different weights at step {self.step}: {hashes}")
         model = self.unwrapped
         optimizer_tensors, optimizer_meta = ckpt.flatten_optimizer_state(self.optimizer.state_dict())
         meta = self._state_meta()
         meta["optimizer"] = optimizer_meta
+        meta["rank_weight_sha256"] = hashes
         tensors = dict(optimizer_tensors)
         for per_rank in rng:
             tensors.update(per_rank)
@@ -230,8 +245,14 @@ class Trainer:
         self.step = step
         return float(loss.detach())
 
-    def run(self) -> Path:
+    def run(self, stop_after: int | None = None) -> Path | None:
+        """Train to ``steps``; returns ``RUN_DIR/final``.
+
+        ``stop_after`` N: stop after N steps of this invocation (time-sliced jobs), with a
+        checkpoint there and no final model; returns None then. ``--resume`` continues exactly.
+        """
         acc = self.accelerator
+        stop_at = self.tc.steps if stop_after is None else min(self.tc.steps, self.step + int(stop_after))
         main = acc.is_main_process
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -245,11 +266,11 @@ class Trainer:
 
             bar = tqdm(total=self.tc.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True)
         window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
-        while self.step < self.tc.steps:
+        while self.step < stop_at:
             loss = self.train_step()
             window_steps += 1
             window_loss += loss
-            last = self.step == self.tc.steps
+            last = self.step == stop_at
             if self.step % self.tc.log_every == 0 or last:
                 mean_loss = acc.reduce(torch.tensor([window_loss / window_steps], device=acc.device), "mean").item()
                 rate = window_steps / max(time.perf_counter() - window_start, 1e-9)
@@ -265,13 +286,15 @@ class Trainer:
                 bar.update(1)
             if self.step % self.tc.checkpoint_every == 0 or last:
                 self.save_checkpoint()
-            if self.validator is not None and (self.step % self.tc.validate_every == 0 or last):
+            if self.validator is not None and (self.step % self.tc.validate_every == 0 or self.step == self.tc.steps):
                 if main:
                     self.validator.run(self.ema_model(), self.config, self.step)
                 acc.wait_for_everyone()
                 window_start = time.perf_counter()  # validation time is not training speed
         if bar is not None:
             bar.close()
+        if self.step < self.tc.steps:
+            return None
         final = self.save_final() if main else self.run_dir / FINAL_DIR
         acc.wait_for_everyone()
         return final
@@ -308,7 +331,7 @@ def _truncate_csv(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def train(spec: RunSpec) -> Path:
+def train(spec: RunSpec, stop_after: int | None = None) -> Path | None:
     """Load the data, build the trainer and run it; returns ``RUN_DIR/final``.
 
     All reading (and every check that can fail on the user's input) happens before the run
@@ -318,4 +341,4 @@ def train(spec: RunSpec) -> Path:
 
     dataset = VolumeDataset(spec.data, spec.model_config.side, progress=spec.progress)
     val_volumes = load_validation_volumes(spec.val_data, spec.train_config) if spec.train_config.validate_every > 0 else []
-    return Trainer(spec, dataset, val_volumes).run()
+    return Trainer(spec, dataset, val_volumes).run(stop_after)

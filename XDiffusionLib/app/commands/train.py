@@ -42,6 +42,8 @@ def register(subparsers) -> None:
     parser.add_argument("--mixed-precision", help="no, bf16 or fp16 (bf16 is for GPUs)")
     parser.add_argument("--config", metavar="JSON",
                         help="overrides as a JSON object or a .json file: model config keys and/or training keys")
+    parser.add_argument("--stop-after", type=int, metavar="N",
+                        help="stop after N steps of this invocation with a checkpoint (continue with --resume)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -145,7 +147,12 @@ def prepare_run(args):
 def run(args: argparse.Namespace) -> int:
     from ...training.trainer import train
 
+    if args.stop_after is not None and args.stop_after <= 0:
+        raise XDiffusionError(f"--stop-after must be a positive number of steps, got {args.stop_after}")
     spec = prepare_run(args)
-    final = train(spec)
-    print(f"trained model (EMA weights): {final}")
+    final = train(spec, args.stop_after)
+    if final is None:
+        print(f"stopped with a checkpoint in {Path(args.out) / 'checkpoints'}: continue with --resume")
+    else:
+        print(f"trained model (EMA weights): {final}")
     return 0
