@@ -1,0 +1,174 @@
+"""Volume nodes <-> Volume on a real MRML scene: exact geometry (checked against Slicer's own NRRD
+reader and writer), output names, the input left untouched, slice views -> canonical indices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import slicer  # real MRML classes from trame-slicer[standalone] (the project's [slicer] extra)
+import vtk
+from conftest import rotation, smooth_array
+
+from XDiffusionLib.errors import XDiffusionError
+from XDiffusionLib.io import read_volume, write_volume
+from XDiffusionLib.io.volume import Volume
+from XDiffusionLib.methods import plane_axis
+from XDiffusionLib.slicer import nodes, slices
+from XDiffusionLib.transforms.orientation import to_canonical
+
+
+@pytest.fixture
+def scene():
+    scene = slicer.vtkMRMLScene()
+    yield scene
+    scene.Clear(1)
+
+
+def oblique_volume(shape=(12, 10, 8), direction=None) -> Volume:
+    direction = rotation((20.0, -10.0, 35.0)) if direction is None else direction
+    return Volume.from_array(smooth_array(shape), (0.9, 1.3, 2.0), (-20.5, 13.25, 7.0), direction)
+
+
+def read_with_slicer(scene, path):
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "read")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    return node
+
+
+def test_node_from_file_matches_volume_from_same_file(scene, tmp_path):
+    """Slicer's NRRD reader (its own LPS->RAS) and our conversion agree voxel for voxel."""
+    volume = oblique_volume()
+    path = write_volume(volume, tmp_path / "v.nrrd")
+    node = read_with_slicer(scene, path)
+    converted = nodes.volume_from_node(node)
+    assert converted.grid.same_geometry(volume.grid, tol=1e-9)
+    np.testing.assert_array_equal(converted.array, volume.array)
+    # array order: Volume is [i, j, k], Slicer's numpy view is [k, j, i]
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node)[3, 2, 1], volume.array[1, 2, 3])
+
+
+@pytest.mark.parametrize("direction", [
+    rotation((20.0, -10.0, 35.0)),
+    np.array([[-1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]]),  # LSA-like, axes permuted and flipped
+    np.diag([1.0, 1.0, -1.0]) @ rotation((5.0, 40.0, -15.0)),  # left-handed oblique
+])
+def test_node_written_by_slicer_reads_back_as_same_volume(scene, tmp_path, direction):
+    volume = oblique_volume(direction=direction)
+    node = nodes.add_volume_node(scene, volume, "out")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(tmp_path / "slicer.nrrd"))
+    assert storage.WriteData(node)
+    back = read_volume(tmp_path / "slicer.nrrd")
+    assert back.grid.same_geometry(volume.grid, tol=1e-6)
+    np.testing.assert_allclose(back.array, volume.array)
+    # and exactly through the node itself
+    again = nodes.volume_from_node(node)
+    assert again.grid.same_geometry(volume.grid, tol=0.0)
+    np.testing.assert_array_equal(again.array, volume.array)
+
+
+def test_ijk_to_ras_matrix_maps_voxels_like_the_node(scene):
+    volume = oblique_volume()
+    node = nodes.add_volume_node(scene, volume, "out")
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    from_node = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    np.testing.assert_allclose(nodes.ijk_to_ras(volume.grid), from_node, atol=1e-12)
+    ijk = np.array([3.0, 7.0, 5.0, 1.0])
+    lps = volume.grid.index_to_physical @ ijk
+    np.testing.assert_allclose(from_node @ ijk, [-lps[0], -lps[1], lps[2], 1.0], atol=1e-9)
+
+
+def test_output_nodes_are_new_named_after_input_and_input_untouched(scene):
+    volume = oblique_volume()
+    source = nodes.add_volume_node(scene, volume, "T1 head")
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+    source.SetAndObserveTransformNodeID(transform.GetID())
+    before = np.array(slicer.util.arrayFromVolume(source), copy=True)
+    grid = nodes.grid_from_node(source)
+    displays = source.GetNumberOfDisplayNodes()
+
+    copy = nodes.volume_from_node(source)
+    copy.array[:] = 0  # the copy is independent of the node
+    first = nodes.add_volume_node(scene, volume, nodes.output_name(source, "reconstruction"), like=source)
+    second = nodes.add_volume_node(scene, volume, nodes.output_name(source, "reconstruction"), like=source)
+
+    assert first.GetName() == "T1 head XDiffusion"
+    assert second.GetName() != first.GetName() and second.GetName().startswith("T1 head XDiffusion")
+    assert nodes.output_name("T1 head", "uncertainty") == "T1 head uncertainty"
+    assert nodes.output_name(source, "difference") == "T1 head difference"
+    assert first.GetTransformNodeID() == transform.GetID()  # overlays the input exactly
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(source), before)
+    assert nodes.grid_from_node(source).same_geometry(grid, tol=0.0)
+    assert source.GetNumberOfDisplayNodes() == displays
+    assert source.GetTransformNodeID() == transform.GetID()
+    assert source.GetName() == "T1 head"
+
+
+def test_check_scalar_volume_messages(scene):
+    with pytest.raises(XDiffusionError, match="no input volume selected"):
+        nodes.check_scalar_volume(None)
+    flat = nodes.add_volume_node(scene, Volume.from_array(np.ones((8, 9, 1), np.float32)), "scout")
+    with pytest.raises(XDiffusionError, match=r"'scout' is 2D \(8x9x1\)"):
+        nodes.check_scalar_volume(flat)
+    labels = nodes.add_volume_node(scene, Volume.from_array(np.ones((4, 4, 4), np.int16)), "seg",
+                                   class_name="vtkMRMLLabelMapVolumeNode")
+    with pytest.raises(XDiffusionError, match="needs a scalar volume"):
+        nodes.check_scalar_volume(labels)
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(XDiffusionError, match="has no voxels"):
+        nodes.check_scalar_volume(empty)
+    nodes.check_scalar_volume(nodes.add_volume_node(scene, oblique_volume(), "ok"))
+
+
+@pytest.mark.parametrize("direction", [
+    np.eye(3),
+    np.array([[-1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]]),
+    rotation((12.0, -8.0, 25.0)),
+])
+@pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+def test_slice_view_position_gives_the_canonical_index(direction, plane):
+    """A view through a voxel centre picks the index whose canonical slice holds that voxel."""
+    volume = oblique_volume(shape=(9, 11, 7), direction=direction)
+    canonical, reorientation = to_canonical(volume)
+    axis = plane_axis(plane)
+    for index in range(canonical.shape[axis]):
+        centre = slices.ras_point_of_slice(volume.grid, plane, index)
+        assert slices.slice_index_at_point(volume.grid, plane, centre) == index
+        # the voxel at that RAS point belongs to canonical slice `index`
+        lps = np.diag([-1.0, -1.0, 1.0]) @ centre
+        ijk = np.linalg.solve(volume.grid.direction @ np.diag(volume.grid.spacing), lps - np.asarray(volume.grid.origin))
+        original_axis, original_index = reorientation.original_index(axis, index)
+        assert round(ijk[original_axis]) == original_index
+    slice_to_ras = np.eye(4)
+    normal = np.eye(3)[axis]
+    slice_to_ras[:3, 2] = normal
+    slice_to_ras[:3, 3] = slices.ras_point_of_slice(volume.grid, plane, 2)
+    assert slices.slice_index_from_view(volume.grid, plane, slice_to_ras) == 2
+
+
+def test_slice_view_errors():
+    volume = oblique_volume(direction=np.eye(3))
+    far = np.eye(4)
+    far[:3, 3] = [0.0, 0.0, 500.0]
+    with pytest.raises(XDiffusionError, match="outside the volume: move the Red view"):
+        slices.slice_index_from_view(volume.grid, "axial", far)
+    sagittal_view = np.eye(4)[:, [1, 2, 0, 3]]  # normal along R
+    with pytest.raises(XDiffusionError, match="is not in the axial orientation"):
+        slices.slice_index_from_view(volume.grid, "axial", sagittal_view)
+    with pytest.raises(XDiffusionError, match="slice index 99 is outside"):
+        slices.ras_point_of_slice(volume.grid, "axial", 99)
+
+
+def test_parse_indices():
+    assert slices.parse_indices("40, 64 90;12") == [12, 40, 64, 90]
+    assert slices.parse_indices("10-13, 12") == [10, 11, 12, 13]
+    assert slices.parse_indices("  ") == []
+    with pytest.raises(XDiffusionError, match="'4a' is not a whole number"):
+        slices.parse_indices("3, 4a")
+    with pytest.raises(XDiffusionError, match="runs backwards"):
+        slices.parse_indices("9-3")
+    assert slices.format_indices([3, 9]) == "3, 9"
