@@ -1,0 +1,163 @@
+"""``xdiffusion reconstruct``: a 3D volume from a few of its slices with the X-Diffusion model.
+
+Reads IN, takes the slices ``--slices``/``--indices-file`` of ``--plane`` (canonical RAS+ indices,
+as ``xdiffusion`` shows them), runs ``sampling.reconstructor.reconstruct_volume`` and writes OUT
+and its uncertainty (std across views x samples) on exactly IN's grid. Outputs are written only
+at the end: both go to hidden temporary files in OUT's folder and are renamed into place together,
+so Ctrl-C or a kill at any point leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+from pathlib import Path
+
+from ...errors import XDiffusionError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "reconstruct",
+        help="reconstruct a 3D volume from one or a few of its slices (X-Diffusion)",
+        description=(
+            "Reconstruct a volume from the chosen slices of IN (only those slices are read from it). "
+            "Slice indices refer to the canonical RAS+ orientation: sagittal = axis 0 (L->R), "
+            "coronal = axis 1 (P->A), axial = axis 2 (I->S)."
+        ),
+    )
+    parser.add_argument("input", metavar="IN", help="volume file (.nii, .nii.gz, .nrrd, .mha, ...) or DICOM folder")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--slices", type=int, nargs="+", metavar="I", help="input slice indices")
+    which.add_argument("--indices-file", metavar="F", help="text file of slice indices (spaces, commas or lines; # comments)")
+    parser.add_argument("--plane", required=True, choices=("sagittal", "coronal", "axial"), help="plane of the input slices")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output volume (.nii.gz, .nii, .nrrd, .mha)")
+    parser.add_argument("--uncertainty", metavar="PATH", help="uncertainty volume (default: OUT with _uncertainty)")
+    parser.add_argument("--views", type=int, default=4, help="azimuth views averaged (default 4)")
+    parser.add_argument("--steps", type=int, default=10, help="denoising steps per view (default 10)")
+    parser.add_argument("--sampler", default="dpmpp", help="ddpm, ddim or dpmpp (default dpmpp)")
+    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
+    parser.add_argument("--samples", type=int, default=1, help="independent samples averaged (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--aggregate", default="mean", help="view aggregation: mean or max (default mean)")
+    parser.add_argument("--model", metavar="DIR", help="model folder (config.json + model.safetensors); default: shipped")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--chunk-size", type=int, metavar="N", help="cross-sections per network call (default: a whole view)")
+    parser.add_argument("--volume", type=int, metavar="N", help="volume N of a 4D file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def uncertainty_path(output: Path) -> Path:
+    """OUT with ``_uncertainty`` before its (possibly double) suffix."""
+    from ...io.readers import volume_suffix
+
+    suffix = volume_suffix(output) or output.suffix
+    return output.with_name(output.name[: len(output.name) - len(suffix)] + "_uncertainty" + suffix)
+
+
+def read_indices_file(path: str) -> list[int]:
+    file = Path(path)
+    if not file.is_file():
+        raise XDiffusionError(f"{file}: indices file not found")
+    text = "\n".join(line.split("#", 1)[0] for line in file.read_text().splitlines())
+    tokens = [t for t in re.split(r"[\s,;]+", text) if t]
+    try:
+        indices = [int(t) for t in tokens]
+    except ValueError:
+        bad = next(t for t in tokens if not re.fullmatch(r"[+-]?\d+", t))
+        raise XDiffusionError(f"{file}: {bad!r} is not a slice index (integers only)") from None
+    if not indices:
+        raise XDiffusionError(f"{file}: no slice indices in the file")
+    return indices
+
+
+def _check_output(path: Path, what: str) -> None:
+    from ...io.readers import volume_suffix
+    from ...io.writers import WRITE_SUFFIXES
+
+    if volume_suffix(path) not in WRITE_SUFFIXES:
+        raise XDiffusionError(f"{path}: cannot write this {what} file type; use one of {', '.join(WRITE_SUFFIXES)}")
+    if path.is_dir():
+        raise XDiffusionError(f"{path} is a folder: give a file name for the {what}")
+
+
+def _terminate(signum, frame):
+    # SIGTERM unwinds like Ctrl-C, so temporary files are removed on the way out.
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    uncertainty = Path(args.uncertainty) if args.uncertainty else uncertainty_path(output)
+    _check_output(output, "output")
+    _check_output(uncertainty, "uncertainty")
+    if output.resolve() == uncertainty.resolve():
+        raise XDiffusionError(f"{output}: the output and the uncertainty must be different files")
+    indices = args.slices if args.slices is not None else read_indices_file(args.indices_file)
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _reconstruct_and_write(args, indices, output, uncertainty)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: Path) -> int:
+    import sys
+
+    from tqdm import tqdm
+
+    from ...io.readers import read_volume
+    from ...io.writers import write_volume
+    from ...sampling.reconstructor import XDiffusionReconstructor, reconstruct_volume
+
+    settings = dict(
+        views=args.views, steps=args.steps, sampler=args.sampler, guidance=args.guidance, samples=args.samples,
+        seed=args.seed, device=args.device, aggregate=args.aggregate, chunk_size=args.chunk_size,
+    )
+    reconstructor = XDiffusionReconstructor(model_dir=args.model, **settings)  # checks the settings first
+    volume = read_volume(args.input, args.volume)
+
+    bars = []  # opened at the first step, so validation errors print alone on their line
+
+    def progress(fraction: float, message: str) -> None:
+        if args.no_progress:
+            return
+        if not bars:
+            bars.append(tqdm(total=100, desc="reconstruct", unit="%", file=sys.stderr, leave=False))
+        bars[0].n = round(100 * fraction, 1)
+        bars[0].set_postfix_str(message, refresh=False)
+        bars[0].refresh()
+
+    reconstructor.progress = progress
+    try:
+        result = reconstruct_volume(volume, args.plane, indices, reconstructor=reconstructor)
+    finally:
+        for bar in bars:
+            bar.close()
+
+    temporaries = [_temporary_name(output), _temporary_name(uncertainty)]
+    try:
+        write_volume(result.volume, temporaries[0])
+        write_volume(result.uncertainty, temporaries[1])
+        os.replace(temporaries[1], uncertainty)
+        os.replace(temporaries[0], output)
+    finally:
+        for name in temporaries:
+            if name.exists():
+                name.unlink()
+    print(f"wrote {output} and {uncertainty}")
+    return 0
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial-{os.getpid()}{_suffix(path)}")
+
+
+def _suffix(path: Path) -> str:
+    from ...io.readers import volume_suffix
+
+    return volume_suffix(path) or path.suffix
