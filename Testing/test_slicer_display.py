@@ -1,0 +1,193 @@
+"""Segmentation overlays, difference/uncertainty display and the comparison layout on a real MRML
+scene (Slicer's own segmentation, layout, slice and slice-link logic classes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import slicer
+from conftest import rotation
+
+from XDiffusionLib.errors import XDiffusionError
+from XDiffusionLib.io.volume import Volume
+from XDiffusionLib.slicer import display, layout, nodes, segmentation as seg
+
+
+@pytest.fixture
+def scene():
+    scene = slicer.vtkMRMLScene()
+    yield scene
+    scene.Clear(1)
+
+
+def phantom(shape=(20, 18, 16)) -> Volume:
+    """Background 0, a 'head' with three nested intensity classes (30, 60, 100), plus mild noise."""
+    i, j, k = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = np.sqrt(i**2 + j**2 + k**2)
+    array = np.zeros(shape, np.float32)
+    array[r < 0.9] = 30
+    array[r < 0.65] = 60
+    array[r < 0.4] = 100
+    array += np.random.default_rng(0).normal(0, 2, shape).astype(np.float32)
+    return Volume.from_array(array, (1.1, 0.9, 2.0), (4.0, -3.0, 12.0), rotation((10.0, 0.0, -20.0)))
+
+
+def node_count(scene, class_name: str) -> int:
+    return scene.GetNumberOfNodesByClass(class_name)
+
+
+def test_automatic_tissue_classes_recover_the_three_shells():
+    volume = phantom()
+    thresholds = seg.tissue_thresholds(volume)
+    assert 2 < thresholds.head < 30 < thresholds.t1 < 60 < thresholds.t2 < 100
+    labels = seg.tissue_labels(volume, thresholds)
+    assert labels.grid is volume.grid
+    i, j, k = np.meshgrid(*[np.linspace(-1, 1, n) for n in volume.shape], indexing="ij")
+    r = np.sqrt(i**2 + j**2 + k**2)
+    expected = np.select([r < 0.4, r < 0.65, r < 0.9], [3, 2, 1], 0)
+    assert (labels.array == expected).mean() > 0.99
+    with pytest.raises(XDiffusionError, match="constant"):
+        seg.tissue_thresholds(volume.with_array(np.ones(volume.shape, np.float32)))
+
+
+def test_labels_become_a_segmentation_and_export_back_exactly(scene):
+    volume = phantom()
+    reference = nodes.add_volume_node(scene, volume, "T1")
+    labels = seg.tissue_labels(volume, seg.tissue_thresholds(volume))
+    before = scene.GetNumberOfNodes()
+    segmentation = seg.segmentation_from_labels(scene, labels, "T1 tissue (real)", reference)
+    # only the segmentation (and its display node) were added: helper labelmaps and colours are gone
+    assert scene.GetNumberOfNodes() == before + 2
+    assert node_count(scene, "vtkMRMLLabelMapVolumeNode") == 0
+    names = [segmentation.GetSegmentation().GetNthSegment(n).GetName()
+             for n in range(segmentation.GetSegmentation().GetNumberOfSegments())]
+    assert names == [seg.TISSUE_CLASSES[v][0] for v in (1, 2, 3)]
+    back, classes = seg.labels_from_node(scene, segmentation, reference)
+    assert back.grid.same_geometry(volume.grid, tol=1e-6)
+    np.testing.assert_array_equal(back.array, labels.array)
+    assert [classes[v][0] for v in (1, 2, 3)] == names
+    assert scene.GetNumberOfNodes() == before + 2  # exporting left nothing behind
+
+
+def test_labelmap_node_is_read_on_the_reference_grid_or_refused(scene):
+    volume = phantom()
+    reference = nodes.add_volume_node(scene, volume, "T1")
+    labels = np.zeros(volume.shape, np.int16)
+    labels[5:9, 4:8, 3:6] = 7
+    labelmap = nodes.add_volume_node(scene, volume.with_array(labels), "lesion",
+                                     class_name="vtkMRMLLabelMapVolumeNode")
+    back, classes = seg.labels_from_node(scene, labelmap, reference)
+    np.testing.assert_array_equal(back.array, labels)
+    assert set(classes) == {7}
+    shifted = Volume.from_array(labels, volume.spacing, (0.0, 0.0, 0.0), volume.direction)
+    moved = nodes.add_volume_node(scene, shifted, "moved", class_name="vtkMRMLLabelMapVolumeNode")
+    with pytest.raises(XDiffusionError, match="'moved' has the input's size but another position"):
+        seg.labels_from_node(scene, moved, reference)
+    with pytest.raises(XDiffusionError, match="choose a segmentation or a labelmap"):
+        seg.labels_from_node(scene, reference, reference)
+
+
+def test_difference_display_is_diverging_and_centred_on_zero(scene):
+    rng = np.random.default_rng(1)
+    difference = rng.normal(3.0, 10.0, (10, 10, 10)).astype(np.float32)
+    node = nodes.add_volume_node(scene, Volume.from_array(difference), "T1 difference")
+    shown = display.show_difference(node, scene)
+    assert shown.GetLevel() == 0.0
+    limit = np.percentile(np.abs(difference), 99.5)
+    assert shown.GetWindow() == pytest.approx(2 * limit)
+    assert not shown.GetAutoWindowLevel()
+    table = shown.GetColorNode()
+    assert table.GetName() == display.DIVERGING_NAME
+    n = table.GetNumberOfColors()
+    low, mid, high = [0.0] * 4, [0.0] * 4, [0.0] * 4
+    table.GetColor(0, low)
+    table.GetColor(n // 2, mid)
+    table.GetColor(n - 1, high)
+    assert low[2] > low[0] and high[0] > high[2]  # blue below 0, red above
+    assert min(mid[:3]) > 0.95  # white at 0
+    # a second difference reuses the same table
+    other = nodes.add_volume_node(scene, Volume.from_array(-difference), "other")
+    assert display.show_difference(other, scene).GetColorNodeID() == table.GetID()
+    assert node_count(scene, "vtkMRMLColorTableNode") == 1
+
+
+def test_uncertainty_display_starts_at_zero(scene):
+    spread = np.abs(np.random.default_rng(2).normal(0, 5, (8, 8, 8))).astype(np.float32)
+    node = nodes.add_volume_node(scene, Volume.from_array(spread), "T1 uncertainty")
+    shown = display.show_uncertainty(node, scene)
+    assert shown.GetWindowLevelMin() == pytest.approx(0.0)
+    assert shown.GetWindowLevelMax() == pytest.approx(np.percentile(spread, 99.5), rel=1e-5)
+    assert shown.GetColorNode().GetName() == display.SEQUENTIAL_NAME
+    zeros = nodes.add_volume_node(scene, Volume.from_array(np.zeros((4, 4, 4), np.float32)), "exact")
+    assert display.show_uncertainty(zeros, scene).GetWindowLevelMax() == pytest.approx(1.0)
+
+
+def show_layout(scene, spec):
+    """What Slicer's application does when a layout is chosen: layout node -> views -> slice logics."""
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+    link = slicer.vtkMRMLSliceLinkLogic()
+    link.SetMRMLScene(scene)
+    layout_logic = slicer.vtkMRMLLayoutLogic()
+    layout_logic.SetMRMLScene(scene)
+    layout_node = layout_logic.GetLayoutNode()
+    assert layout_node.AddLayoutDescription(spec.layout_id, layout.layout_xml(spec))
+    layout_node.SetViewArrangement(spec.layout_id)
+    logics = []
+    for view in spec.views:
+        slice_logic = slicer.vtkMRMLSliceLogic()
+        slice_logic.SetMRMLScene(scene)
+        slice_logic.SetSliceNode(scene.GetNodeByID(spec.slice_node_id(view)))
+        logics.append(slice_logic)
+    return [link, layout_logic, *logics]
+
+
+def test_comparison_layout_fills_linked_views(scene):
+    volume = phantom()
+    real = nodes.add_volume_node(scene, volume, "T1")
+    generated = nodes.add_volume_node(scene, volume, "T1 XDiffusion")
+    difference = nodes.add_volume_node(scene, volume.with_array(np.zeros(volume.shape, np.float32)), "T1 difference")
+    thresholds = seg.tissue_thresholds(volume)
+    seg_real = seg.segmentation_from_labels(scene, seg.tissue_labels(volume, thresholds), "real", real)
+    seg_generated = seg.segmentation_from_labels(scene, seg.tissue_labels(volume, thresholds), "generated", generated)
+    spec = layout.comparison_layout(real.GetID(), generated.GetID(), difference_id=difference.GetID(),
+                                    real_segmentation_id=seg_real.GetID(),
+                                    generated_segmentation_id=seg_generated.GetID(), plane="coronal")
+    assert [v.role for v in spec.views] == ["real", "generated", "difference"]
+    with pytest.raises(XDiffusionError, match="show the XDiffusion layout first"):
+        layout.apply_to_scene(scene, spec)
+    keep_alive = show_layout(scene, spec)  # noqa: F841 - the logics must live while the scene is used
+    layout.apply_to_scene(scene, spec)
+
+    slice_nodes = [scene.GetNodeByID(spec.slice_node_id(v)) for v in spec.views]
+    composites = [layout._composite_node(scene, v.name) for v in spec.views]
+    assert [c.GetBackgroundVolumeID() for c in composites] == [real.GetID(), generated.GetID(), difference.GetID()]
+    assert all(c.GetLinkedControl() for c in composites)
+    assert all(s.GetOrientation() == "Coronal" for s in slice_nodes)
+    assert list(seg_real.GetDisplayNode().GetViewNodeIDs()) == [slice_nodes[0].GetID()]
+    assert list(seg_generated.GetDisplayNode().GetViewNodeIDs()) == [slice_nodes[1].GetID()]
+
+    # Scrolling one view moves the other two (Slicer's slice link logic), and only them.
+    red = scene.GetNodeByID("vtkMRMLSliceNodeRed")
+    red_offset = red.GetSliceOffset()
+    moved = slice_nodes[1]
+    moved.SetInteracting(1)
+    moved.SetInteractionFlags(moved.SliceToRASFlag)
+    moved.SetSliceOffset(7.5)
+    moved.SetInteracting(0)
+    assert [s.GetSliceOffset() for s in slice_nodes] == pytest.approx([7.5, 7.5, 7.5])
+    assert red.GetSliceOffset() == red_offset
+
+    data = spec.to_dict()
+    assert data["orientation"] == "Coronal" and data["linked"] is True
+    assert [v["background"] for v in data["views"]] == [real.GetID(), generated.GetID(), difference.GetID()]
+
+
+def test_layout_without_reference_shows_uncertainty():
+    spec = layout.comparison_layout("vtkMRMLScalarVolumeNode1", "vtkMRMLScalarVolumeNode2",
+                                    uncertainty_id="vtkMRMLScalarVolumeNode3")
+    assert [v.role for v in spec.views] == ["real", "generated", "uncertainty"]
+    assert spec.view("uncertainty").background == "vtkMRMLScalarVolumeNode3"
+    xml = layout.layout_xml(spec)
+    assert xml.count('class="vtkMRMLSliceNode"') == 3 and "Axial" in xml
+    with pytest.raises(XDiffusionError, match="unknown plane"):
+        layout.comparison_layout("a", "b", plane="oblique")

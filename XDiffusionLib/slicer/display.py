@@ -1,0 +1,96 @@
+"""How results look in slice views: a diverging difference map and a sequential uncertainty map.
+
+The difference (reference - reconstruction) uses a blue-white-red table whose white middle sits
+exactly at 0: red where the reconstruction is too dark, blue where it is too bright. Its window is
+symmetric, +/- the 99.5th percentile of |difference|, so a few outliers do not wash out the rest.
+Uncertainty (spread across samples, >= 0) uses a black-to-yellow table from 0 up to its 99.5th
+percentile. The colour tables are built here (not taken from Slicer's shipped files) so they exist
+in any scene, and are reused when already present.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import slicer.util
+
+DIVERGING_NAME = "XDiffusion diverging"
+SEQUENTIAL_NAME = "XDiffusion uncertainty"
+_TAG = "XDiffusion.ColorTable"
+
+# Anchor colours (position 0..1, RGB), linearly interpolated to 256 entries.
+_DIVERGING = [(0.0, (0.15, 0.25, 0.75)), (0.5, (1.0, 1.0, 1.0)), (1.0, (0.75, 0.05, 0.10))]
+_SEQUENTIAL = [(0.0, (0.0, 0.0, 0.0)), (0.35, (0.35, 0.05, 0.55)), (0.7, (0.95, 0.45, 0.10)), (1.0, (1.0, 1.0, 0.75))]
+
+
+def ramp(anchors, count: int = 256) -> np.ndarray:
+    """``count`` RGB colours interpolated between ``anchors``."""
+    positions = np.array([p for p, _ in anchors])
+    colours = np.array([c for _, c in anchors])
+    t = np.linspace(0.0, 1.0, count)
+    return np.stack([np.interp(t, positions, colours[:, c]) for c in range(3)], axis=1)
+
+
+def color_table(scene, name: str, anchors) -> "slicer.vtkMRMLColorTableNode":
+    """The colour table ``name`` made by XDiffusion in ``scene``; created the first time."""
+    nodes = scene.GetNodesByClassByName("vtkMRMLColorTableNode", name)
+    for index in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(index)
+        if node.GetAttribute(_TAG) == name:
+            return node
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
+    node.SetAttribute(_TAG, name)
+    node.SetTypeToUser()
+    colours = ramp(anchors)
+    node.SetNumberOfColors(len(colours))
+    for index, (r, g, b) in enumerate(colours):
+        node.SetColor(index, f"{index}", float(r), float(g), float(b), 1.0)
+    return node
+
+
+def symmetric_limit(array: np.ndarray, percentile: float = 99.5) -> float:
+    """Half-width of a window centred on 0 that covers ``percentile`` % of |values| (never 0)."""
+    values = np.abs(np.asarray(array, dtype=np.float64))
+    limit = float(np.percentile(values, percentile)) if values.size else 0.0
+    if limit <= 0.0:
+        limit = float(values.max()) if values.size else 0.0
+    return limit if limit > 0.0 else 1.0
+
+
+def show_difference(node, scene) -> "slicer.vtkMRMLScalarVolumeDisplayNode":
+    """Diverging colours centred on 0, symmetric window, for a difference volume node."""
+    limit = symmetric_limit(slicer.util.arrayFromVolume(node))
+    display = _display_node(node)
+    display.SetAndObserveColorNodeID(color_table(scene, DIVERGING_NAME, _DIVERGING).GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevel(2.0 * limit, 0.0)
+    return display
+
+
+def show_uncertainty(node, scene) -> "slicer.vtkMRMLScalarVolumeDisplayNode":
+    """Sequential colours from 0 (certain) to the 99.5th percentile of the spread."""
+    values = np.asarray(slicer.util.arrayFromVolume(node), dtype=np.float64)
+    high = float(np.percentile(values, 99.5)) if values.size else 0.0
+    high = high if high > 0.0 else (float(values.max()) if values.size and values.max() > 0 else 1.0)
+    display = _display_node(node)
+    display.SetAndObserveColorNodeID(color_table(scene, SEQUENTIAL_NAME, _SEQUENTIAL).GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, high)
+    return display
+
+
+def show_like(node, template) -> None:
+    """Display ``node`` with the grey-scale window of ``template`` (a reconstruction like its input)."""
+    source = template.GetDisplayNode() if template is not None else None
+    display = _display_node(node)
+    if source is None:
+        return
+    if source.GetColorNodeID():
+        display.SetAndObserveColorNodeID(source.GetColorNodeID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevel(source.GetWindow(), source.GetLevel())
+
+
+def _display_node(node):
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node.GetDisplayNode()

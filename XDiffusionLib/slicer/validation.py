@@ -1,0 +1,79 @@
+"""Everything the panel checks before a run, without torch and without touching the scene.
+
+Each check raises one XDiffusionError whose message the panel shows as it is: no model, no
+slices, a 2D input, a reference or labelmap on another voxel grid, a slice outside the volume.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import XDiffusionError
+from ..io.volume import Grid
+from ..worker.protocol import JobSettings
+from .nodes import check_scalar_volume, grid_from_node
+from .slices import canonical_depth
+
+# The files of a model folder (``XDiffusionLib.model.checkpoint``, which imports torch; the panel
+# must work before torch is installed, so the names are repeated here and a test keeps them equal).
+MODEL_FILES = ("config.json", "model.safetensors")
+
+
+def default_model_dir() -> Path:
+    """Where the shipped weights live (same place as ``XDiffusionLib.model.checkpoint.default_model_dir``)."""
+    return Path(__file__).resolve().parents[1] / "model" / "weights" / "compact"
+
+
+def check_model_dir(model_dir: str | os.PathLike | None) -> Path:
+    """The model folder to use (None or "": the shipped default), or a clear error if it is unusable."""
+    if model_dir is None or str(model_dir).strip() == "":
+        directory = default_model_dir()
+        if not all((directory / name).is_file() for name in MODEL_FILES):
+            raise XDiffusionError(f"the default model is not installed (no weights in {directory}): "
+                                  "choose a model folder (config.json + model.safetensors)")
+        return directory
+    directory = Path(model_dir).expanduser()
+    if not directory.is_dir():
+        raise XDiffusionError(f"model folder {directory} not found")
+    missing = [name for name in MODEL_FILES if not (directory / name).is_file()]
+    if missing:
+        raise XDiffusionError(f"model folder {directory} has no {' and no '.join(missing)}: "
+                              "choose a folder written by 'xdiffusion train' (config.json + model.safetensors)")
+    return directory
+
+
+def check_same_grid(node, grid: Grid, role: str, input_name: str) -> None:
+    """``node`` lies on exactly ``grid`` (voxel-by-voxel comparable), else a clear error."""
+    other = grid_from_node(node)
+    if other.shape != grid.shape:
+        raise XDiffusionError(
+            f"{role} {node.GetName()!r} is {_size(other.shape)} voxels but the input {input_name!r} is "
+            f"{_size(grid.shape)}: resample it onto the input first")
+    if not other.same_geometry(grid, tol=1e-3):
+        raise XDiffusionError(
+            f"{role} {node.GetName()!r} has the input's size but another position, spacing or orientation: "
+            "resample it onto the input first")
+
+
+def check_request(input_node, settings: JobSettings, reference_node=None, segmentation_node=None) -> Grid:
+    """Check a whole request before anything is created; returns the input's grid."""
+    check_scalar_volume(input_node, "input volume")
+    grid = grid_from_node(input_node)
+    settings.check()
+    depth = canonical_depth(grid, settings.plane)
+    outside = [i for i in settings.indices if i >= depth]
+    if outside:
+        raise XDiffusionError(f"slice index {outside[0]} is outside the volume: "
+                              f"{settings.plane} indices run 0..{depth - 1}")
+    check_model_dir(settings.model_dir)
+    if reference_node is not None:
+        check_scalar_volume(reference_node, "reference volume")
+        check_same_grid(reference_node, grid, "reference volume", input_node.GetName())
+    if segmentation_node is not None and segmentation_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        check_same_grid(segmentation_node, grid, "labelmap", input_node.GetName())
+    return grid
+
+
+def _size(shape) -> str:
+    return "x".join(str(int(s)) for s in shape)
