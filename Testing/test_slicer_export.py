@@ -1,0 +1,143 @@
+"""Export: NIfTI/NRRD files and a DICOM pseudo-MRI series that reads back with the right geometry
+and cannot be mistaken for an acquisition (read back with SimpleITK and pydicom)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from conftest import rotation, smooth_array
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from XDiffusionLib.errors import XDiffusionError
+from XDiffusionLib.io import read_volume
+from XDiffusionLib.io.volume import Volume
+from XDiffusionLib.slicer.export import (
+    SERIES_DESCRIPTION,
+    Provenance,
+    export_dicom_series,
+    export_volume,
+)
+
+PROVENANCE = Provenance("axial", (2, 5), "/models/tiny", {"steps": 2, "views": 1}, "T1 head")
+
+
+def oblique_volume() -> Volume:
+    return Volume.from_array(smooth_array((12, 10, 8)), (0.9, 1.3, 2.0), (-20.5, 13.25, 7.0),
+                             rotation((20.0, -10.0, 35.0)))
+
+
+def read_series(folder) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    names = reader.GetGDCMSeriesFileNames(str(folder))
+    reader.SetFileNames(names)
+    return reader.Execute()
+
+
+def source_dicom(path) -> Dataset:
+    """A minimal MR file standing for the input's own DICOM."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = "P123"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.SeriesNumber = 3
+    ds.Modality = "MR"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M"]
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_volume_files_keep_geometry(tmp_path, suffix):
+    volume = oblique_volume()
+    path = export_volume(volume, tmp_path / f"out{suffix}")
+    back = read_volume(path)
+    assert back.grid.same_geometry(volume.grid, tol=1e-4)
+    np.testing.assert_allclose(back.array, volume.array, rtol=1e-6)
+
+
+def test_dicom_series_geometry_and_values_read_back(tmp_path):
+    volume = oblique_volume()
+    files = export_dicom_series(volume, tmp_path / "series", PROVENANCE)
+    assert len(files) == volume.shape[2] and all(f.is_file() for f in files)
+    assert not [p for p in tmp_path.iterdir() if p.name != "series"]  # no temporary folder left
+    image = read_series(tmp_path / "series")
+    assert image.GetSize() == volume.shape
+    np.testing.assert_allclose(image.GetSpacing(), volume.spacing, atol=1e-6)
+    np.testing.assert_allclose(image.GetOrigin(), volume.origin, atol=1e-6)
+    np.testing.assert_allclose(np.reshape(image.GetDirection(), (3, 3)), volume.direction, atol=1e-6)
+    values = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    slope = float(pydicom.dcmread(files[0]).RescaleSlope)
+    assert np.abs(values - volume.array).max() <= slope  # 16-bit quantisation
+    assert np.abs(values - volume.array).max() < 1e-3 * np.ptp(volume.array)
+
+
+def test_dicom_header_says_what_it_is(tmp_path):
+    files = export_dicom_series(oblique_volume(), tmp_path / "series", PROVENANCE)
+    datasets = [pydicom.dcmread(f) for f in files]
+    first = datasets[0]
+    assert list(first.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert first.SeriesDescription == SERIES_DESCRIPTION == "AI-generated pseudo-MRI (X-Diffusion) - not for diagnosis"
+    assert first.ContentQualification == "RESEARCH" and first.BurnedInAnnotation == "NO"
+    for text in (first.DerivationDescription, first.ImageComments):
+        assert "axial" in text and "[2, 5]" in text and "/models/tiny" in text and "steps 2" in text
+    assert "not for diagnosis" in first.ImageComments
+    assert len({ds.SOPInstanceUID for ds in datasets}) == len(datasets)
+    assert len({ds.SeriesInstanceUID for ds in datasets}) == 1
+    assert [int(ds.InstanceNumber) for ds in datasets] == list(range(1, len(datasets) + 1))
+    assert not any(element.tag.is_private for ds in datasets for element in ds)
+    # per-slice geometry: positions step along the slice axis by the spacing
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    steps = np.diff(positions, axis=0)
+    np.testing.assert_allclose(np.linalg.norm(steps, axis=1), 2.0, atol=1e-6)
+    assert float(first.SliceThickness) == 2.0
+    assert [float(v) for v in first.PixelSpacing] == [1.3, 0.9]  # row spacing (j), column spacing (i)
+
+
+def test_dicom_keeps_the_source_study_with_new_series(tmp_path):
+    source = source_dicom(tmp_path / "source.dcm")
+    files = export_dicom_series(oblique_volume(), tmp_path / "series", PROVENANCE, source=tmp_path / "source.dcm")
+    ds = pydicom.dcmread(files[0])
+    assert ds.StudyInstanceUID == source.StudyInstanceUID
+    assert ds.PatientID == "P123" and str(ds.PatientName) == "Doe^Jane"
+    assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+    assert ds.SOPInstanceUID != source.SOPInstanceUID
+    assert int(ds.SeriesNumber) == 9003
+    # without a source: a new study unless one is given
+    alone = pydicom.dcmread(export_dicom_series(oblique_volume(), tmp_path / "alone", PROVENANCE)[0])
+    assert alone.StudyInstanceUID != source.StudyInstanceUID
+    given = pydicom.dcmread(export_dicom_series(oblique_volume(), tmp_path / "given", PROVENANCE,
+                                                study_instance_uid=source.StudyInstanceUID)[0])
+    assert given.StudyInstanceUID == source.StudyInstanceUID
+
+
+def test_dicom_refuses_to_mix_into_an_existing_folder(tmp_path):
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "other.txt").write_text("keep me")
+    with pytest.raises(XDiffusionError, match="already exists and is not an empty folder"):
+        export_dicom_series(oblique_volume(), tmp_path / "series", PROVENANCE)
+    assert [p.name for p in (tmp_path / "series").iterdir()] == ["other.txt"]
+    (tmp_path / "empty").mkdir()
+    assert len(export_dicom_series(oblique_volume(), tmp_path / "empty", PROVENANCE)) == 8
+    with pytest.raises(XDiffusionError, match="DICOM source .* not found"):
+        export_dicom_series(oblique_volume(), tmp_path / "new", PROVENANCE, source=tmp_path / "missing.dcm")
+    assert not (tmp_path / "new").exists()
+
+
+def test_provenance_round_trips_through_node_attributes():
+    attributes = PROVENANCE.to_attributes()
+    assert Provenance.from_attributes(attributes.get) == PROVENANCE
+    with pytest.raises(XDiffusionError, match="not an XDiffusion reconstruction"):
+        Provenance.from_attributes({}.get)

@@ -1,0 +1,182 @@
+"""A reconstruction in a Slicer scene, from the input node to the result nodes.
+
+``SceneReconstruction`` checks the request, copies the input node's voxels into a ``Volume``
+(the input node is only read), starts a worker job (``XDiffusionLib.worker.launcher``) and, when
+the job is done, adds the results as new nodes:
+- "<input> XDiffusion": the reconstruction, shown with the input's window/level;
+- "<input> uncertainty": spread across views x samples, sequential colours;
+- "<input> difference": reference - reconstruction, diverging colours centred on 0 (with a reference);
+- segmentation overlays on the real and the generated volume (automatic tissue classes, or the
+  user's labelmap/segmentation), and the description of the side-by-side layout.
+A job that fails or is cancelled adds nothing; if creating the result nodes fails half-way, the
+ones already added are removed again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import XDiffusionError
+from ..worker.launcher import CANCELLED, DONE, FAILED, RUNNING, WorkerJob, WorkerLauncher
+from ..worker.protocol import JobSettings
+from . import display, segmentation as seg
+from .export import Provenance
+from .layout import ComparisonLayout, comparison_layout
+from .nodes import add_volume_node, node_ids, output_name, remove_nodes_added_since, volume_from_node
+from .validation import check_request
+
+AUTOMATIC = "automatic"
+
+
+@dataclass
+class ResultNodes:
+    reconstruction: object
+    uncertainty: object | None = None
+    difference: object | None = None
+    segmentation_real: object | None = None
+    segmentation_generated: object | None = None
+    layout: ComparisonLayout | None = None
+
+
+class SceneReconstruction:
+    """One run for ``input_node`` in ``scene``.
+
+    ``overlay``: None (no segmentation), ``AUTOMATIC`` (tissue classes computed on the real volume,
+    applied to both) or a labelmap/segmentation node (shown on both).
+    """
+
+    def __init__(self, scene, input_node, settings: JobSettings, reference_node=None, overlay=None,
+                 launcher: WorkerLauncher | None = None):
+        self.scene = scene
+        self.input_node = input_node
+        self.settings = settings
+        self.reference_node = reference_node
+        self.overlay = overlay
+        self.launcher = launcher or WorkerLauncher("auto")
+        self.job: WorkerJob | None = None
+        self.result: ResultNodes | None = None
+        overlay_node = None if overlay in (None, AUTOMATIC) else overlay
+        check_request(input_node, settings, reference_node, overlay_node)
+        self._input_name = input_node.GetName()
+        self._input_transform = input_node.GetTransformNodeID()
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def start(self) -> "SceneReconstruction":
+        volume = volume_from_node(self.input_node)
+        self._input = volume
+        self.job = self.launcher.start(volume, self.settings)
+        return self
+
+    @property
+    def state(self) -> str:
+        return RUNNING if self.job is None else self.job.state
+
+    @property
+    def fraction(self) -> float:
+        return 0.0 if self.job is None else self.job.fraction
+
+    @property
+    def message(self) -> str:
+        return "" if self.job is None else self.job.message
+
+    @property
+    def error(self) -> str | None:
+        return None if self.job is None else self.job.error
+
+    def poll(self) -> list[dict]:
+        return [] if self.job is None else self.job.poll()
+
+    def wait(self, timeout: float | None = None) -> str:
+        return self.job.wait(timeout) if self.job is not None else RUNNING
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def provenance(self) -> Provenance:
+        """What this run used (recorded on the reconstruction node and in exported DICOM)."""
+        model = self.settings.model_dir or "default (shipped compact model)"
+        return Provenance(self.settings.plane, self.settings.indices, model, dict(self.settings.options),
+                          self._input_name)
+
+    def finish(self) -> ResultNodes:
+        """Add the result nodes (once the job is done); raises XDiffusionError if it failed or was cancelled."""
+        if self.result is not None:
+            return self.result
+        if self.job is None:
+            raise XDiffusionError("the reconstruction was not started")
+        if self.job.state == RUNNING:
+            self.job.wait()
+        if self.job.state in (FAILED, CANCELLED):
+            raise XDiffusionError(self.job.error or f"the reconstruction was {self.job.state}")
+        assert self.job.state == DONE
+        outputs = self.job.result()
+        before = node_ids(self.scene)
+        try:
+            self.result = self._add_results(outputs)
+        except BaseException:
+            remove_nodes_added_since(self.scene, before)
+            raise
+        return self.result
+
+    def _add_results(self, outputs) -> ResultNodes:
+        scene = self.scene
+        like = self.input_node if self.scene.IsNodePresent(self.input_node) else None
+
+        def add(volume, kind):
+            return add_volume_node(scene, volume, output_name(self._input_name, kind), like=like)
+
+        reconstruction = add(outputs.reconstruction.with_array(outputs.reconstruction.array.astype(np.float32)),
+                             "reconstruction")
+        display.show_like(reconstruction, like)
+        for key, value in self.provenance().to_attributes().items():
+            reconstruction.SetAttribute(key, value)
+        result = ResultNodes(reconstruction)
+        if outputs.uncertainty is not None:
+            result.uncertainty = add(outputs.uncertainty, "uncertainty")
+            display.show_uncertainty(result.uncertainty, scene)
+        real = self._input
+        if self.reference_node is not None:
+            real = volume_from_node(self.reference_node)
+            difference = np.asarray(real.array, np.float32) - np.asarray(outputs.reconstruction.array, np.float32)
+            result.difference = add(real.with_array(difference), "difference")
+            display.show_difference(result.difference, scene)
+        real_node = self.reference_node if self.reference_node is not None else like
+        self._add_overlays(result, real, outputs.reconstruction, real_node)
+        result.layout = comparison_layout(
+            real_node.GetID() if real_node is not None else reconstruction.GetID(),
+            reconstruction.GetID(),
+            difference_id=result.difference.GetID() if result.difference is not None else None,
+            uncertainty_id=result.uncertainty.GetID() if result.uncertainty is not None else None,
+            real_segmentation_id=result.segmentation_real.GetID() if result.segmentation_real is not None else None,
+            generated_segmentation_id=(result.segmentation_generated.GetID()
+                                       if result.segmentation_generated is not None else None),
+            plane=self.settings.plane,
+        )
+        return result
+
+    def _add_overlays(self, result: ResultNodes, real, generated, real_node) -> None:
+        if self.overlay is None:
+            return
+        scene = self.scene
+        reference = real_node if real_node is not None else result.reconstruction
+        if self.overlay == AUTOMATIC:
+            thresholds = seg.tissue_thresholds(real)
+            result.segmentation_real = seg.segmentation_from_labels(
+                scene, seg.tissue_labels(real, thresholds), output_name(self._input_name, "segmentation_real"), reference)
+            result.segmentation_generated = seg.segmentation_from_labels(
+                scene, seg.tissue_labels(generated, thresholds),
+                output_name(self._input_name, "segmentation_generated"), result.reconstruction)
+            return
+        # The user's structures: one copy of them, shown on both the real and the generated volume.
+        labels, classes = seg.labels_from_node(scene, self.overlay, reference)
+        overlay = seg.segmentation_from_labels(scene, labels, f"{self.overlay.GetName()} overlay", reference, classes)
+        result.segmentation_real = result.segmentation_generated = overlay
+
+
+__all__ = ["AUTOMATIC", "ResultNodes", "SceneReconstruction", "output_name"]

@@ -1,0 +1,60 @@
+"""``python -m XDiffusionLib.worker REQUEST.json``: one reconstruction in its own process.
+
+stdout carries only protocol lines (JSON, one per line); everything else any library prints goes
+to stderr. Exit codes: 0 done, 2 user-facing error (XDiffusionError), 1 anything else.
+The process makes itself the leader of a new process group so that a caller can end it together
+with anything it started (``launcher.WorkerJob.cancel``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from .protocol import encode, error_message
+
+
+def _own_process_group() -> None:
+    if hasattr(os, "setsid"):
+        try:
+            os.setsid()
+        except OSError:
+            pass  # already a group leader (started with start_new_session)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    _own_process_group()
+    # Keep a private handle on the real stdout for protocol lines, then point fd 1 at stderr so
+    # stray prints (Python or C) cannot corrupt the protocol stream.
+    sys.stdout.flush()
+    protocol = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def emit(message: dict) -> None:
+        protocol.write(encode(message) + "\n")
+        protocol.flush()
+
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        emit(error_message("usage: python -m XDiffusionLib.worker REQUEST.json"))
+        return 2
+    from ..errors import XDiffusionError
+    from .protocol import read_request
+    from .run import describe_failure, run_request
+
+    try:
+        run_request(read_request(argv[0]), emit)
+    except XDiffusionError as error:
+        emit(error_message(describe_failure(error)))
+        return 2
+    except BaseException as error:  # noqa: BLE001 - the caller must always get one error line
+        traceback.print_exc(file=sys.stderr)
+        emit(error_message(describe_failure(error)))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""One reconstruction request, start to finish: read input, reconstruct, write outputs, report.
+
+Shared by the worker process (``python -m XDiffusionLib.worker``) and the launcher's in-process
+mode, so both behave the same. ``emit`` receives protocol messages (see ``protocol``);
+``should_stop`` is polled at every progress report and ends the run with ``Cancelled``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import XDiffusionError
+from .protocol import OUTPUT_NAMES, Request, done_message, progress_message
+
+Emit = Callable[[dict[str, Any]], None]
+
+# Share of the progress bar before and after the sampling itself.
+_LOADED = 0.05
+_SAMPLED = 0.95
+
+
+class Cancelled(Exception):
+    """The caller asked the run to stop."""
+
+
+def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = lambda: False) -> dict[str, str]:
+    """Run ``request``; returns the written outputs {name: path} after emitting ``done``."""
+    from ..io import read_volume, write_volume
+
+    settings = request.settings.check()
+
+    def report(fraction: float, message: str) -> None:
+        if should_stop():
+            raise Cancelled()
+        emit(progress_message(fraction, message))
+
+    report(0.0, "reading the input volume")
+    volume = read_volume(request.input_path)
+    report(0.01, "loading PyTorch and the model")
+    from ..sampling.reconstructor import reconstruct_volume
+
+    def sampling_progress(fraction: float, message: str = "") -> None:
+        report(_LOADED + (_SAMPLED - _LOADED) * min(max(float(fraction), 0.0), 1.0), message or "sampling")
+
+    result = reconstruct_volume(
+        volume,
+        settings.plane,
+        list(settings.indices),
+        model_dir=settings.model_dir,
+        progress=sampling_progress,
+        **settings.options,
+    )
+    report(_SAMPLED, "writing the results")
+    output_dir = Path(request.output_dir)
+    outputs = {"reconstruction": str(write_volume(result.volume, output_dir / OUTPUT_NAMES["reconstruction"]))}
+    if getattr(result, "uncertainty", None) is not None:
+        outputs["uncertainty"] = str(write_volume(result.uncertainty, output_dir / OUTPUT_NAMES["uncertainty"]))
+    report(1.0, "finished")
+    emit(done_message(outputs))
+    return outputs
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line for the user: our own errors as they are, the rest with their kind."""
+    if isinstance(error, XDiffusionError):
+        return str(error)
+    if isinstance(error, MemoryError):
+        return "the computer ran out of memory: use fewer views or samples, or a smaller volume"
+    name = type(error).__name__
+    if name == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+        return "the GPU ran out of memory: use fewer views or samples, or choose device 'cpu'"
+    text = str(error).strip().splitlines()
+    return f"unexpected {name}: {text[0] if text else 'no message'}"
