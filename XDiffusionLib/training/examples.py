@@ -97,6 +97,57 @@ def draw_positions(generator: torch.Generator, extent: tuple[int, int], k: int) 
     return sorted(int(i) + low for i in order)
 
 
+@dataclass(frozen=True)
+class ExampleDraws:
+    """The random choices of a batch (everything ``build_examples`` needs besides the data)."""
+
+    volume_index: list[int]
+    axes: list[int]
+    positions: list[list[int]]  # per example: sorted integer cube indices along its axis
+    rotations: torch.Tensor  # (B, 3, 3)
+    depths: torch.Tensor  # (B,) normalised
+
+
+def draw_examples(dataset: VolumeDataset, batch_size: int, generator: torch.Generator, k_max: int,
+                  settings: ExampleSettings) -> ExampleDraws:
+    """Steps 1, 2, 4 and 5 of the module docstring, all from ``generator``."""
+    n = int(batch_size)
+    volume_index = torch.randint(0, len(dataset), (n,), generator=generator)
+    axes = torch.randint(0, 3, (n,), generator=generator)
+    counts = draw_slice_counts(generator, n, k_max, settings.k1_fraction)
+    positions = [
+        draw_positions(generator, dataset[int(v)].extent[int(a)], int(k))
+        for v, a, k in zip(volume_index, axes, counts)
+    ]
+    rotations = draw_rotations(generator, n, settings.so3_fraction)
+    depths = draw_depths(
+        generator, rotations, [dataset[int(v)].points for v in volume_index], settings.foreground_depth_fraction
+    )
+    return ExampleDraws([int(v) for v in volume_index], [int(a) for a in axes], positions, rotations, depths)
+
+
+def build_examples(dataset: VolumeDataset, draws: ExampleDraws, config, device: torch.device | str = "cpu"):
+    """Steps 3 and 6: normalise each cube on its input slices, cut targets (one batched call) and conditions."""
+    from ..geometry.sampling import cross_section
+    from ..model.conditioning import Condition, SparseCube, build_condition, to_network
+    from ..transforms.intensity import IntensityNormalizer
+
+    cubes = []
+    for v, axis, pos in zip(draws.volume_index, draws.axes, draws.positions):
+        cube = dataset.cubes[v]
+        normalizer = IntensityNormalizer().fit(np.take(cube, pos, axis=axis))
+        cubes.append(torch.from_numpy(np.asarray(normalizer.forward(cube), dtype=np.float32)))
+    cube_batch = torch.stack(cubes).to(device)  # (B, S, S, S) in the examples' normalised intensities
+    rotations = draws.rotations.to(device)
+    depths = draws.depths.to(device)
+    target = to_network(cross_section(cube_batch[:, None], rotations, depths))  # (B, 1, S, S)
+    conditions = [
+        build_condition(SparseCube.from_cube(cube_batch[b], axis, pos), rotations[b : b + 1], depths[b : b + 1], config)
+        for b, (axis, pos) in enumerate(zip(draws.axes, draws.positions))
+    ]
+    return target, Condition.cat(conditions)
+
+
 def sample_batch(
     dataset: VolumeDataset,
     batch_size: int,
@@ -110,10 +161,6 @@ def sample_batch(
     ``config`` is the model's ``XDiffusionConfig`` (side, priors, K_max of the pose). Deterministic
     given the generator state; ``device`` is where the tensors are built and returned.
     """
-    from ..geometry.sampling import cross_section
-    from ..model.conditioning import Condition, SparseCube, build_condition, to_network
-    from ..transforms.intensity import IntensityNormalizer
-
     if len(dataset) == 0:
         raise XDiffusionError("the training set holds no volumes")
     if dataset.side != config.side:
@@ -121,33 +168,5 @@ def sample_batch(
     if "template" in config.priors:
         raise XDiffusionError("training a model with the template prior is not supported: remove 'template' from priors")
     k_max = max(1, min(int(settings.k_max), int(config.max_slices)))
-    n = int(batch_size)
-
-    volume_index = torch.randint(0, len(dataset), (n,), generator=generator)
-    axes = torch.randint(0, 3, (n,), generator=generator)
-    counts = draw_slice_counts(generator, n, k_max, settings.k1_fraction)
-    positions = [
-        draw_positions(generator, dataset[int(v)].extent[int(a)], int(k))
-        for v, a, k in zip(volume_index, axes, counts)
-    ]
-    rotations = draw_rotations(generator, n, settings.so3_fraction)
-    depths = draw_depths(
-        generator, rotations, [dataset[int(v)].points for v in volume_index], settings.foreground_depth_fraction
-    )
-
-    cubes = []
-    for v, a, pos in zip(volume_index, axes, positions):
-        cube = dataset.cubes[int(v)]
-        normalizer = IntensityNormalizer().fit(np.take(cube, pos, axis=int(a)))
-        cubes.append(torch.from_numpy(np.asarray(normalizer.forward(cube), dtype=np.float32)))
-    cube_batch = torch.stack(cubes).to(device)  # (B, S, S, S) in the examples' normalised intensities
-    rotations = rotations.to(device)
-    depths = depths.to(device)
-    target = to_network(cross_section(cube_batch[:, None], rotations, depths))  # (B, 1, S, S)
-    conditions = [
-        build_condition(
-            SparseCube.from_cube(cube_batch[b], int(axes[b]), positions[b]), rotations[b : b + 1], depths[b : b + 1], config
-        )
-        for b in range(n)
-    ]
-    return target, Condition.cat(conditions)
+    draws = draw_examples(dataset, batch_size, generator, k_max, settings)
+    return build_examples(dataset, draws, config, device)

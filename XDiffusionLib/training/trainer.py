@@ -339,6 +339,9 @@ def train(spec: RunSpec, stop_after: int | None = None) -> Path | None:
     """
     from .validation import load_validation_volumes
 
+    tc, config = spec.train_config, spec.model_config
+    if tc.validate_every > 0 and max(tc.val_slices) > config.max_slices:
+        raise XDiffusionError(f"validation uses K = {max(tc.val_slices)} input slices but the model takes at most {config.max_slices}")
     dataset = VolumeDataset(spec.data, spec.model_config.side, progress=spec.progress)
     val_volumes = load_validation_volumes(spec.val_data, spec.train_config) if spec.train_config.validate_every > 0 else []
     return Trainer(spec, dataset, val_volumes).run(stop_after)
