@@ -1,0 +1,261 @@
+"""The worker process and its launcher, alone and driven from a real MRML scene, on a tiny randomly
+initialised model (side 16, two U-Net levels) saved with save_pretrained.
+
+Real ``python -m XDiffusionLib.worker`` subprocesses: success (result nodes on the input's grid),
+cancel mid-run (process group gone, no node, temporary folder gone), a corrupt model file and a
+killed process (clear error, scene unchanged), bad input (clear error)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer
+import torch
+from conftest import rotation, smooth_array
+
+from XDiffusionLib.errors import XDiffusionError
+from XDiffusionLib.io.volume import Volume
+from XDiffusionLib.model.checkpoint import save_pretrained
+from XDiffusionLib.model.config import XDiffusionConfig
+from XDiffusionLib.model.factory import build_denoiser
+from XDiffusionLib.slicer import nodes
+from XDiffusionLib.slicer.reconstruction import AUTOMATIC, SceneReconstruction
+from XDiffusionLib.worker import protocol
+from XDiffusionLib.worker.launcher import CANCELLED, DONE, FAILED, WorkerLauncher
+
+FAST = {"views": 1, "steps": 2, "samples": 1, "device": "cpu", "seed": 3}
+# Long enough to be cancelled mid-run on any machine (the test never waits for it to finish).
+SLOW = {"views": 8, "steps": 500, "samples": 4, "device": "cpu", "sampler": "ddpm"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    config = XDiffusionConfig(side=16, block_out_channels=(8, 16), attention_levels=(1,), max_slices=4,
+                              depth_frequencies=4)
+    return save_pretrained(build_denoiser(config), config, tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture
+def corrupt_model(tiny_model, tmp_path) -> Path:
+    folder = tmp_path / "corrupt"
+    folder.mkdir()
+    (folder / "config.json").write_text((tiny_model / "config.json").read_text())
+    (folder / "model.safetensors").write_bytes((tiny_model / "model.safetensors").read_bytes()[:200])
+    return folder
+
+
+@pytest.fixture
+def scene():
+    scene = slicer.vtkMRMLScene()
+    yield scene
+    scene.Clear(1)
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch) -> Path:
+    """Point tempfile at a folder of our own so the test sees every job folder come and go."""
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(folder))
+    return folder
+
+
+def head_volume() -> Volume:
+    return Volume.from_array(smooth_array((12, 10, 8)), (0.9, 1.3, 2.0), (-20.5, 13.25, 7.0),
+                             rotation((20.0, -10.0, 35.0)))
+
+
+def snapshot(scene) -> list[str]:
+    return sorted(scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes()))
+
+
+def wait_for_progress(job, word: str = "step", timeout: float = 120.0) -> None:
+    """Poll until the worker reports progress containing ``word`` ("step": the model is sampling)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in job.poll():
+            if message.get("type") == "progress" and word in message.get("message", ""):
+                return
+        assert not job.finished, f"job ended early: {job.state} {job.error}"
+        time.sleep(0.05)
+    raise AssertionError(f"the worker never reported {word!r}")
+
+
+# ------------------------------------------------------------------------------ protocol
+
+
+def test_messages_and_request_round_trip(tmp_path):
+    line = protocol.encode(protocol.progress_message(1.7, "step 3/10"))
+    assert "\n" not in line
+    assert protocol.decode(line + "\n") == {"type": "progress", "fraction": 1.0, "message": "step 3/10"}
+    assert protocol.decode("UserWarning: something\n") == {"type": "log", "message": "UserWarning: something"}
+    assert protocol.decode('{"type": "other"}')["type"] == "log"
+    settings = protocol.JobSettings("coronal", (4, 1), str(tmp_path), dict(FAST))
+    request = protocol.Request(str(tmp_path / "input.nrrd"), str(tmp_path), settings)
+    path = protocol.write_request(request, tmp_path / "request.json")
+    assert protocol.read_request(path) == request
+    assert [p.name for p in tmp_path.iterdir()] == ["request.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not a readable JSON request"),
+    (json.dumps({"protocol": 99}), "protocol 99"),
+    (json.dumps({"protocol": 1, "input": "a", "output_dir": "b"}), "missing 'settings'"),
+    (json.dumps({"protocol": 1, "input": "a", "output_dir": "b", "settings": {"plane": "axial"}}),
+     "no input slices given"),
+    (json.dumps({"protocol": 1, "input": "a", "output_dir": "b",
+                 "settings": {"plane": "oblique", "indices": [1]}}), "unknown plane 'oblique'"),
+    (json.dumps({"protocol": 1, "input": "a", "output_dir": "b",
+                 "settings": {"indices": [1], "colour": "red"}}), "unknown settings \\['colour'\\]"),
+])
+def test_bad_request_files_are_clear_errors(tmp_path, content, message):
+    path = tmp_path / "request.json"
+    path.write_text(content)
+    with pytest.raises(XDiffusionError, match=message):
+        protocol.read_request(path)
+
+
+def test_worker_process_reports_a_bad_request_as_one_error_line(tmp_path):
+    completed = subprocess.run([sys.executable, "-m", "XDiffusionLib.worker", str(tmp_path / "missing.json")],
+                               capture_output=True, text=True, timeout=120,
+                               cwd=Path(__file__).resolve().parents[1])
+    assert completed.returncode == 2
+    lines = [protocol.decode(line) for line in completed.stdout.splitlines()]
+    assert lines == [{"type": "error", "message": f"{tmp_path / 'missing.json'}: request file not found"}]
+
+
+# ------------------------------------------------------------------------------ launcher alone
+
+
+def test_in_process_mode_same_api(tiny_model, private_tmp):
+    volume = head_volume()
+    job = WorkerLauncher("inprocess").start(volume, protocol.JobSettings("axial", (2, 5), tiny_model, FAST))
+    assert job.wait(120) == DONE
+    assert job.fraction == 1.0
+    result = job.result()
+    assert result.reconstruction.grid.same_geometry(volume.grid, tol=1e-6)
+    assert list(private_tmp.iterdir()) == []
+    # cancel: the run stops at its next progress report and leaves nothing behind
+    job = WorkerLauncher("inprocess").start(volume, protocol.JobSettings("axial", (2, 5), tiny_model, SLOW))
+    wait_for_progress(job)
+    job.cancel()
+    assert job.state == CANCELLED
+    assert list(private_tmp.iterdir()) == []
+    with pytest.raises(XDiffusionError, match="cancelled"):
+        job.result()
+
+
+@pytest.mark.slow
+def test_subprocess_bad_input_is_a_clear_error(tiny_model, private_tmp):
+    array = smooth_array((12, 10, 8))
+    array[3, 4, 5] = np.nan
+    volume = Volume.from_array(array)
+    job = WorkerLauncher("subprocess").start(volume, protocol.JobSettings("axial", (2, 5), tiny_model, FAST))
+    assert job.wait(120) == FAILED
+    assert job.error.endswith("input.nrrd has 1 NaN voxel: fix or mask them before reconstruction")
+    assert list(private_tmp.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ from a scene
+
+
+@pytest.mark.slow
+def test_scene_reconstruction_in_a_worker_process(scene, tiny_model, private_tmp):
+    volume = head_volume()
+    source = nodes.add_volume_node(scene, volume, "T1")
+    before_array = np.array(slicer.util.arrayFromVolume(source), copy=True)
+    settings = protocol.JobSettings("axial", (2, 5), str(tiny_model), FAST)
+    run = SceneReconstruction(scene, source, settings, reference_node=source, overlay=AUTOMATIC,
+                              launcher=WorkerLauncher("subprocess")).start()
+    assert len(list(private_tmp.iterdir())) == 1  # the job's private folder, while it runs
+    fractions = []
+    while not run.job.finished:
+        fractions += [m["fraction"] for m in run.poll() if m["type"] == "progress"]
+        time.sleep(0.05)
+    assert run.state == DONE, run.error
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    result = run.finish()
+
+    assert result.reconstruction.GetName() == "T1 XDiffusion"
+    assert result.uncertainty.GetName() == "T1 uncertainty"
+    assert result.difference.GetName() == "T1 difference"
+    reconstruction = nodes.volume_from_node(result.reconstruction)
+    assert reconstruction.grid.same_geometry(volume.grid, tol=1e-6)
+    # the input slices come back unchanged (canonical axial = the axis closest to S)
+    difference = nodes.volume_from_node(result.difference)
+    np.testing.assert_allclose(difference.array, volume.array - reconstruction.array, atol=1e-4)
+    assert result.segmentation_real.GetSegmentation().GetNumberOfSegments() >= 1
+    assert [v.background for v in result.layout.views] == [
+        source.GetID(), result.reconstruction.GetID(), result.difference.GetID()]
+    assert json.loads(result.reconstruction.GetAttribute("XDiffusion.indices")) == [2, 5]
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(source), before_array)
+    assert source.GetName() == "T1"
+    assert list(private_tmp.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_cancel_mid_run_leaves_nothing(scene, tiny_model, private_tmp):
+    source = nodes.add_volume_node(scene, head_volume(), "T1")
+    before = snapshot(scene)
+    run = SceneReconstruction(scene, source, protocol.JobSettings("axial", (2, 5), str(tiny_model), SLOW),
+                              launcher=WorkerLauncher("subprocess")).start()
+    wait_for_progress(run.job)
+    pid = run.job.process.pid
+    run.cancel()
+    assert run.state == CANCELLED
+    assert run.job.process.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)  # the whole process group is gone
+    assert list(private_tmp.iterdir()) == []
+    with pytest.raises(XDiffusionError, match="cancelled"):
+        run.finish()
+    assert snapshot(scene) == before
+
+
+@pytest.mark.slow
+def test_corrupt_model_is_a_clear_error_and_scene_unchanged(scene, corrupt_model, private_tmp):
+    source = nodes.add_volume_node(scene, head_volume(), "T1")
+    before = snapshot(scene)
+    run = SceneReconstruction(scene, source, protocol.JobSettings("axial", (2, 5), str(corrupt_model), FAST),
+                              overlay=AUTOMATIC, launcher=WorkerLauncher("subprocess")).start()
+    assert run.wait(120) == FAILED
+    assert "model.safetensors: corrupt or truncated safetensors file" in run.error
+    assert "\n" not in run.error
+    with pytest.raises(XDiffusionError, match="corrupt or truncated"):
+        run.finish()
+    assert snapshot(scene) == before
+    assert list(private_tmp.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_killed_worker_is_reported_and_scene_unchanged(scene, tiny_model, private_tmp):
+    source = nodes.add_volume_node(scene, head_volume(), "T1")
+    before = snapshot(scene)
+    run = SceneReconstruction(scene, source, protocol.JobSettings("axial", (2, 5), str(tiny_model), SLOW),
+                              launcher=WorkerLauncher("subprocess")).start()
+    wait_for_progress(run.job, "reading")
+    os.kill(run.job.process.pid, signal.SIGKILL)  # what the out-of-memory killer does
+    assert run.wait(60) == FAILED
+    assert run.error.startswith("the reconstruction process was killed by signal 9 (often: out of memory)")
+    assert snapshot(scene) == before
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_scene_checks_happen_before_any_work(scene, tiny_model, private_tmp):
+    source = nodes.add_volume_node(scene, head_volume(), "T1")
+    before = snapshot(scene)
+    with pytest.raises(XDiffusionError, match="slice index 40 is outside the volume"):
+        SceneReconstruction(scene, source, protocol.JobSettings("axial", (2, 40), str(tiny_model), FAST))
+    with pytest.raises(XDiffusionError, match="model folder .* not found"):
+        SceneReconstruction(scene, source, protocol.JobSettings("axial", (2,), str(private_tmp / "nope"), FAST))
+    assert snapshot(scene) == before
+    assert list(private_tmp.iterdir()) == []
