@@ -3,9 +3,10 @@
 Validation volumes are synthetic subjects generated with a seed the training data does not use
 (``--val-data``, or ``VALIDATION_SEED`` in memory); the shipped real held-out volumes are never
 touched here. Each validation reconstructs every volume from K = ``val_slices`` input slices
-of ``val_plane`` with the EMA weights at small settings (``val_views`` azimuth views,
+of ``val_plane`` (chosen as ``xdiffusion evaluate`` chooses them) with the EMA weights at small settings (``val_views`` azimuth views,
 ``val_steps`` DPM-Solver++ steps, the model cube) and appends one row per (volume, K) and one
-mean row per K to ``validation.csv``; ``validation.png`` plots mean PSNR against step.
+mean row per K to ``validation.csv`` (``psnr_paper`` over the whole volume and over
+the non-input slices, the evaluation protocol's two PSNRs); ``validation.png`` plots mean PSNR against step.
 """
 
 from __future__ import annotations
@@ -24,20 +25,8 @@ from ..methods import SliceInput, plane_axis
 
 VALIDATION_CSV = "validation.csv"
 VALIDATION_PNG = "validation.png"
-VALIDATION_FIELDS = ("step", "volume", "k", "psnr_paper", "views", "sampler_steps", "seconds")
+VALIDATION_FIELDS = ("step", "volume", "k", "psnr_paper", "psnr_paper_noninput", "views", "sampler_steps", "seconds")
 VALIDATION_SEED = 90_001  # synthetic validation subjects when no --val-data is given
-
-
-def input_indices(volume: Volume, plane: str, k: int) -> list[int]:
-    """K input slices evenly spaced inside the foreground along the plane axis (K = 1: its middle)."""
-    from ..baselines.foreground import bounding_box, foreground_mask
-
-    axis = plane_axis(plane)
-    box = bounding_box(foreground_mask(volume.array), axis) or (0, volume.shape[axis] - 1)
-    low, high = box
-    positions = np.linspace(low, high, k + 2)[1:-1]
-    indices = sorted({int(round(p)) for p in positions})
-    return indices
 
 
 def load_validation_volumes(paths: Sequence[str], train_config) -> list[tuple[str, Volume]]:
@@ -80,6 +69,7 @@ class Validator:
         _truncate_csv(self.csv_path, step)
 
     def run(self, model, config, step: int) -> list[dict]:
+        from ..evaluation.protocol import choose_indices, noninput_mask
         from ..metrics.psnr import psnr_paper
         from ..sampling.reconstructor import XDiffusionReconstructor
         from .trainer import _append_csv
@@ -93,20 +83,22 @@ class Validator:
             scores = []
             for name, volume in self.volumes:
                 start = time.perf_counter()
-                inputs = SliceInput.from_volume(volume, self.plane, input_indices(volume, self.plane, k))
-                output = reconstructor.reconstruct(inputs)
-                score = psnr_paper(volume.array, output.array)
+                indices = choose_indices(volume.array, self.plane, k)  # the evaluation protocol's inputs
+                output = reconstructor.reconstruct(SliceInput.from_volume(volume, self.plane, indices))
+                seconds = time.perf_counter() - start
+                mask = noninput_mask(volume.shape, self.plane, indices)
+                score = (psnr_paper(volume.array, output.array), psnr_paper(volume.array, output.array, mask))
                 scores.append(score)
-                rows.append(self._row(step, name, k, score, time.perf_counter() - start))
-            rows.append(self._row(step, "mean", k, float(np.mean(scores)), float("nan")))
+                rows.append(self._row(step, name, k, score, seconds))
+            rows.append(self._row(step, "mean", k, tuple(np.mean(scores, axis=0)), float("nan")))
         for row in rows:
             _append_csv(self.csv_path, VALIDATION_FIELDS, [row[f] for f in VALIDATION_FIELDS])
         self.plot()
         return rows
 
-    def _row(self, step: int, name: str, k: int, score: float, seconds: float) -> dict:
+    def _row(self, step: int, name: str, k: int, score: tuple[float, float], seconds: float) -> dict:
         return {
-            "step": step, "volume": name, "k": k, "psnr_paper": f"{score:.4f}",
+            "step": step, "volume": name, "k": k, "psnr_paper": f"{score[0]:.4f}", "psnr_paper_noninput": f"{score[1]:.4f}",
             "views": self.tc.val_views, "sampler_steps": self.tc.val_steps, "seconds": f"{seconds:.2f}",
         }
 
