@@ -135,7 +135,7 @@ def test_concat_latent_is_unscaled_mode_and_target_latent_is_scaled():
     model, config = tiny_model()
     images = torch.rand(2, 1, S, S) * 2 - 1
     with torch.no_grad():
-        concat, _ = model._image_features(images)
+        concat, _ = model.image_features(images)
         target = model.encode(images)
     assert torch.allclose(target, concat * 0.18215, atol=1e-6)
     assert not torch.allclose(target, concat)
@@ -145,7 +145,7 @@ def test_cc_projection_starts_as_identity_on_the_clip_token():
     model, config = tiny_model()
     cond = view_condition(config)
     with torch.no_grad():
-        _, embeds = model._image_features(model.condition_image(cond))
+        _, embeds = model.image_features(model.condition_image(cond))
         zero_pose = replace(cond, pose=torch.zeros_like(cond.pose))
         context = model.context(embeds, zero_pose)
         assert context.shape == (S, 1, CONTEXT)

@@ -279,7 +279,7 @@ class PaperDenoiser(nn.Module):
             reduced = torch.tanh(self.to_image(reduced))
         return reduced
 
-    def _image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(concat latent (mode, unscaled), CLIP embedding) of (B,1,S,S) conditioning images."""
         latents, embeds = [], []
         clip_side = int(self.image_encoder.config.image_size)
@@ -310,7 +310,7 @@ class PaperDenoiser(nn.Module):
                 None,
             )
             if hit is None:
-                latent, embed = self._image_features(row.reshape(1, *images.shape[1:]))
+                latent, embed = self.image_features(row.reshape(1, *images.shape[1:]))
                 hit = (key, row.clone(), latent, embed)
                 self._feature_cache = [hit] + self._feature_cache[:7]
             latents.append(hit[2])
@@ -328,7 +328,7 @@ class PaperDenoiser(nn.Module):
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Condition) -> torch.Tensor:
         images = self.condition_image(cond)
         if torch.is_grad_enabled():
-            latents, embeds = self._image_features(images)
+            latents, embeds = self.image_features(images)
         else:
             latents, embeds = self._cached_features(images)
         concat = latents.to(noisy.dtype) * cond.keep[:, 0, None, None, None].to(noisy.dtype)
