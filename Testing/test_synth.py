@@ -1,0 +1,278 @@
+"""Synthetic subjects: reproducibility, geometry, tissue contrasts, lesion labels, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from XDiffusionLib.app.cli import main
+from XDiffusionLib.data.samples import sample_path
+from XDiffusionLib.errors import XDiffusionError
+from XDiffusionLib.io import read_labelmap, read_volume
+from XDiffusionLib.synth.contrast import RENDER_CLASSES
+from XDiffusionLib.synth.lesions import LESION_LABELS
+from XDiffusionLib.synth.subject import subject_rng, synthesize_subject
+from XDiffusionLib.synth.tissues import working_shape
+
+SPACING = 4.0  # coarse grid keeps every subject at a fraction of a second
+CLASS = {name: i for i, name in enumerate(RENDER_CLASSES)}
+BRAIN_CLASSES = [CLASS[n] for n in ("csf", "gm", "wm", "necrotic", "enhancing", "edema")]
+
+
+def make(seed: int, index: int = 0, **kwargs):
+    kwargs.setdefault("spacing", SPACING)
+    return synthesize_subject(subject_rng(seed, index), **kwargs)
+
+
+def class_mean(subject, name: str) -> float:
+    mask = subject.classes.array == CLASS[name]
+    assert mask.sum() > 20, f"too few {name} voxels to measure"
+    return float(subject.image.array[mask].mean())
+
+
+# --- library ---------------------------------------------------------------------------------
+
+
+def test_same_seed_gives_identical_subject():
+    a, b = make(7, 3, lesion_probability=1.0), make(7, 3, lesion_probability=1.0)
+    assert a.image.array.tobytes() == b.image.array.tobytes()
+    assert a.labels.array.tobytes() == b.labels.array.tobytes()
+    assert a.classes.array.tobytes() == b.classes.array.tobytes()
+    assert a.params == b.params
+    assert a.image.grid.same_geometry(b.image.grid)
+
+
+def test_different_seeds_or_indices_differ():
+    base = make(7, 0).image.array
+    assert not np.array_equal(base, make(8, 0).image.array)
+    assert not np.array_equal(base, make(7, 1).image.array)
+
+
+def test_subject_rng_is_the_spawned_child_whatever_the_run_size():
+    for n in (4, 50):
+        child = np.random.SeedSequence(11).spawn(n)[3]
+        np.testing.assert_array_equal(np.random.default_rng(child).random(5), subject_rng(11, 3).random(5))
+
+
+def test_image_geometry_and_range():
+    subject = make(1)
+    grid = subject.image.grid
+    assert grid.shape == working_shape(SPACING) == subject.classes.grid.shape
+    assert grid.spacing == (SPACING,) * 3
+    np.testing.assert_array_equal(grid.direction, np.diag([-1.0, -1.0, 1.0]))
+    # The grid is centred on the template's field of view.
+    template = read_volume(sample_path("icbm152_t1")).grid
+    centre = lambda g: g.index_to_physical @ np.append((np.asarray(g.shape) - 1) / 2.0, 1.0)  # noqa: E731
+    np.testing.assert_allclose(centre(grid)[:3], centre(template)[:3], atol=SPACING)
+    image = subject.image.array
+    assert image.dtype == np.float32 and image.min() >= 0.0 and image.max() <= 1.0
+    # Robust normalisation: the head fills a good part of the range, not a few hot voxels.
+    head = image[subject.classes.array != CLASS["background"]]
+    assert 0.2 < float(np.median(head)) < 0.9
+
+
+def test_other_spacing_changes_grid_not_field_of_view():
+    subject = make(2, spacing=6.0)
+    assert subject.image.shape == working_shape(6.0)
+    extent = (np.asarray(subject.image.shape) - 1) * 6.0
+    assert np.all(np.abs(extent - np.array([196, 232, 188])) <= 6.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_t1_like_orders_wm_gm_csf(seed):
+    subject = make(seed, contrast="t1", lesion_probability=0.0)
+    assert subject.params["contrast"] == "t1"
+    assert class_mean(subject, "wm") > class_mean(subject, "gm") > class_mean(subject, "csf")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_t2_like_orders_csf_gm_wm(seed):
+    subject = make(seed, contrast="t2", lesion_probability=0.0)
+    assert class_mean(subject, "csf") > class_mean(subject, "gm") > class_mean(subject, "wm")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_flair_like_has_dark_csf_and_bright_edema(seed):
+    subject = make(seed, contrast="flair", lesion_probability=1.0)
+    gm, wm, csf = (class_mean(subject, n) for n in ("gm", "wm", "csf"))
+    assert csf < wm and csf < gm
+    edema = float(subject.image.array[subject.labels.array == 2].mean())
+    assert edema > max(gm, wm) + 0.1
+
+
+def test_t1_like_lesion_has_bright_rim_and_dark_core():
+    # Seed 0 draws an enhancing tumour (checked below, so a change of draws shows up here).
+    subject = make(0, contrast="t1", lesion_probability=1.0)
+    assert any(lesion["enhancing"] for lesion in subject.params["lesions"])
+    labels, image = subject.labels.array, subject.image.array
+    assert float(image[labels == 4].mean()) > class_mean(subject, "gm")
+    assert float(image[labels == 2].mean()) < class_mean(subject, "wm")
+
+
+@pytest.mark.parametrize("seed", [0, 3, 5])
+def test_lesions_lie_inside_the_brain_with_documented_labels(seed):
+    subject = make(seed, lesion_probability=1.0)
+    labels = subject.labels
+    assert labels is not None and labels.grid.same_geometry(subject.image.grid)
+    values = set(np.unique(labels.array).tolist())
+    assert values <= {0} | set(LESION_LABELS) and {1, 2} <= values
+    enhancing = any(lesion["enhancing"] for lesion in subject.params["lesions"])
+    assert (4 in values) == enhancing
+    lesion = labels.array > 0
+    assert np.isin(subject.classes.array[lesion], BRAIN_CLASSES).all()
+    # The lesion is a compact region, not scattered voxels: most of it is one connected blob.
+    from scipy import ndimage
+
+    components, count = ndimage.label(lesion)
+    largest = np.bincount(components.ravel())[1:].max()
+    assert largest >= 0.5 * lesion.sum()
+
+
+def test_no_lesion_when_probability_is_zero():
+    for index in range(4):
+        subject = make(4, index, lesion_probability=0.0)
+        assert subject.labels is None and subject.params["lesions"] == []
+        assert not np.isin(subject.classes.array, [CLASS["necrotic"], CLASS["enhancing"], CLASS["edema"]]).any()
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"contrast": "pd"}, "contrast"),
+        ({"lesion_probability": 1.5}, "lesion probability"),
+        ({"lesion_probability": -0.1}, "lesion probability"),
+        ({"lesion_probability": float("nan")}, "lesion probability"),
+        ({"spacing": 0.0}, "spacing"),
+        ({"spacing": -2.0}, "spacing"),
+        ({"spacing": float("inf")}, "spacing"),
+    ],
+)
+def test_bad_settings_raise_one_line_error(kwargs, fragment):
+    with pytest.raises(XDiffusionError) as excinfo:
+        synthesize_subject(np.random.default_rng(0), **kwargs)
+    assert fragment in str(excinfo.value) and "\n" not in str(excinfo.value)
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def run_cli(*args: str) -> int:
+    return main(["synth", *args])
+
+
+def test_cli_writes_subjects_labels_and_manifest(tmp_path):
+    out = tmp_path / "data"
+    assert run_cli("--n", "3", "--out", str(out), "--seed", "5", "--spacing", "4", "--lesion-probability", "0.5",
+                   "--quiet") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 5 and manifest["n"] == 3 and manifest["spacing_mm"] == 4.0
+    assert manifest["lesion_labels"] == {str(k): v for k, v in LESION_LABELS.items()}
+    assert manifest["version"]
+    expected = {"manifest.json"}
+    for index, entry in enumerate(manifest["subjects"]):
+        assert entry["image"] == f"subject_{index:04d}.nii.gz"
+        expected.add(entry["image"])
+        image = read_volume(out / entry["image"])
+        assert image.shape == working_shape(4.0) and image.spacing == pytest.approx((4.0,) * 3)
+        assert entry["params"]["contrast"] in ("t1", "t2", "flair", "random")
+        if entry["labels"]:
+            expected.add(entry["labels"])
+            labels = read_labelmap(out / entry["labels"])
+            assert labels.grid.same_geometry(image.grid, tol=1e-4)
+            assert set(np.unique(labels.array)) <= {0, 1, 2, 4}
+            assert entry["params"]["lesions"]
+        else:
+            assert entry["params"]["lesions"] == []
+    assert set(os.listdir(out)) == expected  # no temporary leftovers
+    # The file holds exactly what the library makes for that seed and index.
+    again = synthesize_subject(subject_rng(5, 1), lesion_probability=0.5, spacing=4.0)
+    np.testing.assert_array_equal(read_volume(out / "subject_0001.nii.gz").array, again.image.array)
+
+
+def test_cli_subject_does_not_depend_on_n_and_files_are_reproducible(tmp_path):
+    args = ("--seed", "9", "--spacing", "5", "--lesion-probability", "1", "--contrast", "flair", "--quiet")
+    assert run_cli("--n", "2", "--out", str(tmp_path / "a"), *args) == 0
+    assert run_cli("--n", "1", "--out", str(tmp_path / "b"), *args) == 0
+    for name in ("subject_0000.nii.gz", "subject_0000_seg.nii.gz"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    first = json.loads((tmp_path / "a" / "manifest.json").read_text())["subjects"][0]
+    assert first == json.loads((tmp_path / "b" / "manifest.json").read_text())["subjects"][0]
+    assert first["params"]["contrast"] == "flair"
+
+
+def test_cli_fills_an_existing_empty_folder_and_writes_a_preview(tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    preview = tmp_path / "look.png"
+    assert run_cli("--n", "2", "--out", str(out), "--spacing", "6", "--lesion-probability", "0",
+                   "--preview", str(preview), "--quiet") == 0
+    assert sorted(os.listdir(out)) == ["manifest.json", "subject_0000.nii.gz", "subject_0001.nii.gz"]
+    assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and preview.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--n", "0"], "--n"),
+        (["--n", "-3"], "--n"),
+        (["--n", "two"], "--n"),
+        (["--spacing", "0"], "spacing"),
+        (["--spacing", "-1"], "spacing"),
+        (["--spacing", "nan"], "--spacing"),
+        (["--lesion-probability", "1.5"], "lesion probability"),
+        (["--lesion-probability", "-0.2"], "lesion probability"),
+        (["--contrast", "pd"], "contrast"),
+        (["--seed", "-1"], "seed"),
+        (["--preview", "look.jpg"], "preview"),
+    ],
+)
+def test_cli_bad_values_write_nothing(tmp_path, capsys, args, fragment):
+    out = tmp_path / "data"
+    full = ["--n", "2", "--out", str(out), "--quiet", *args]
+    # Later flags override the defaults above (argparse keeps the last value).
+    assert run_cli(*full) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and fragment in error
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_refuses_a_file_or_a_non_empty_folder(tmp_path, capsys):
+    existing = tmp_path / "taken.nii.gz"
+    existing.write_bytes(b"data")
+    assert run_cli("--n", "1", "--out", str(existing), "--quiet") == 2
+    assert "not a folder" in capsys.readouterr().err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("keep me")
+    assert run_cli("--n", "1", "--out", str(busy), "--quiet") == 2
+    assert "not empty" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["busy", "taken.nii.gz"] and os.listdir(busy) == ["notes.txt"]
+    assert existing.read_bytes() == b"data"
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_failure_midway_leaves_nothing(tmp_path, monkeypatch, existing):
+    from XDiffusionLib.synth import dataset
+
+    calls = {"n": 0}
+    real = dataset.synthesize_subject
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise XDiffusionError("simulated failure on the second subject")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dataset, "synthesize_subject", failing)
+    out = tmp_path / "deep" / "data"
+    if existing:
+        out.mkdir(parents=True)
+    with pytest.raises(XDiffusionError, match="simulated"):
+        dataset.write_synthetic_dataset(out, 3, seed=1, spacing=6.0)
+    if existing:
+        assert os.listdir(out) == []
+    else:
+        assert os.listdir(tmp_path) == []
