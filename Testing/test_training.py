@@ -372,3 +372,15 @@ def test_two_processes_train_data_parallel_with_identical_weights(tmp_path, tiny
     initial = build_denoiser(_tiny_config()).state_dict()
     assert any(not torch.equal(trained[k], initial[k]) for k in initial)
     assert {"rng.rank0.torch", "rng.rank1.torch"} <= set(_tensors(out / "checkpoints" / "step-000002" / ckpt.STATE_TENSORS))
+
+
+def test_checkpoint_ema_exports_as_a_loadable_model(tmp_path, tiny_data):
+    from XDiffusionLib.model.checkpoint import load_pretrained
+
+    out = tmp_path / "run"
+    assert _cli(_train_args(tiny_data, out, "--steps", "2")) == 0
+    exported = ckpt.export_ema_model(out / "checkpoints" / "step-000002", tmp_path / "ema-model")
+    model, config = load_pretrained(exported)
+    assert config.side == 16
+    ema = _tensors(out / "checkpoints" / "step-000002" / "ema.safetensors")
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())

@@ -29,6 +29,7 @@ class TrainConfig:
     # examples (paper eq. 2 + C.4): K in 1..k_max input slices along a random plane axis;
     # half the rotations uniform on SO(3), the rest about the vertical axis (inference views)
     k_max: int = 8
+    plane_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # input plane axis 0, 1, 2 (sagittal, coronal, axial)
     so3_fraction: float = 0.5
     foreground_depth_fraction: float = 0.8
     # bookkeeping
@@ -63,10 +64,15 @@ class TrainConfig:
         if not 0.0 <= float(self.so3_fraction) <= 1.0 or not 0.0 <= float(self.foreground_depth_fraction) <= 1.0:
             raise XDiffusionError("so3_fraction and foreground_depth_fraction must lie in [0, 1]")
         object.__setattr__(self, "val_slices", tuple(int(k) for k in self.val_slices))
+        weights = tuple(float(w) for w in self.plane_weights)
+        if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
+            raise XDiffusionError(f"plane_weights must be 3 non-negative numbers, not all 0, got {list(self.plane_weights)}")
+        object.__setattr__(self, "plane_weights", weights)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["val_slices"] = list(self.val_slices)
+        data["plane_weights"] = list(self.plane_weights)
         return data
 
     @classmethod

@@ -2,7 +2,8 @@
 
 Per example, all from one ``torch.Generator`` (so a step's batch is a pure function of its seed):
 
-1. a random training volume (model-space cube) and a random input plane axis (0, 1, 2);
+1. a random training volume (model-space cube) and a random input plane axis (0, 1, 2; by
+   ``plane_weights``, uniform by default);
 2. K input slices, K in 1..K_max (a quarter of the examples use K = 1, the paper's headline
    case; the rest are uniform in 2..K_max), at random distinct integer positions inside the
    foreground extent along the axis: random gaps, not necessarily consecutive (paper C.4);
@@ -40,6 +41,7 @@ class ExampleSettings:
     """The knobs of ``sample_batch`` (from ``TrainConfig`` and the model config)."""
 
     k_max: int = 8
+    plane_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     so3_fraction: float = 0.5
     foreground_depth_fraction: float = 0.8
     k1_fraction: float = K1_FRACTION
@@ -113,7 +115,8 @@ def draw_examples(dataset: VolumeDataset, batch_size: int, generator: torch.Gene
     """Steps 1, 2, 4 and 5 of the module docstring, all from ``generator``."""
     n = int(batch_size)
     volume_index = torch.randint(0, len(dataset), (n,), generator=generator)
-    axes = torch.randint(0, 3, (n,), generator=generator)
+    weights = torch.tensor(settings.plane_weights, dtype=torch.float64)
+    axes = torch.multinomial(weights / weights.sum(), n, replacement=True, generator=generator)
     counts = draw_slice_counts(generator, n, k_max, settings.k1_fraction)
     positions = [
         draw_positions(generator, dataset[int(v)].extent[int(a)], int(k))

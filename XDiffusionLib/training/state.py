@@ -224,3 +224,19 @@ def restore_rng_state(tensors: dict[str, torch.Tensor], rank: int) -> None:
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Seed of the generator that draws everything random in one rank's training step."""
     return int(np.random.SeedSequence([int(seed), int(step), int(rank)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def export_ema_model(checkpoint: Path, out_dir: Path) -> Path:
+    """Write a checkpoint's EMA weights as a model folder (``save_pretrained`` format) at ``out_dir``.
+
+    For evaluating intermediate checkpoints with ``xdiffusion evaluate --model`` / ``reconstruct --model``.
+    """
+    from ..model.checkpoint import save_pretrained
+    from ..model.config import XDiffusionConfig
+    from ..model.factory import build_denoiser
+
+    checkpoint = Path(checkpoint)
+    config = XDiffusionConfig.load_json(checkpoint / "config.json")
+    model = build_denoiser(config)
+    model.load_state_dict(load_tensors(checkpoint / EMA_FILE), strict=True)
+    return save_pretrained(model, config, out_dir)

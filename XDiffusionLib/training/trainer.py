@@ -130,6 +130,7 @@ class Trainer:
         self.noise_scheduler = training_noise_scheduler(self.config)
         self.settings = ExampleSettings(
             k_max=self.tc.k_max,
+            plane_weights=self.tc.plane_weights,
             so3_fraction=self.tc.so3_fraction,
             foreground_depth_fraction=self.tc.foreground_depth_fraction,
         )
