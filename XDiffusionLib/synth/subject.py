@@ -105,7 +105,7 @@ def synthesize_subject(
     gm, wm, csf, distance, ventricle_distance, csf_distance = sample_atlas(atlas, push_out(positions, lesions))
     # Atrophy varies a lot between people: enlarge ventricles and widen sulci (tissue becomes CSF).
     # Squared uniform: most subjects near the template, a few with large ventricles.
-    ventricle_growth_mm = float(6.0 * rng.uniform(0.0, 1.0) ** 2)
+    ventricle_growth_mm = float(5.0 * rng.uniform(0.0, 1.0) ** 2)
     sulcal_widening_mm = float(rng.uniform(0.0, 1.5))
     ramp = lambda edge, d: np.clip(0.5 + (edge - d) / np.float32(spacing), 0.0, 1.0)  # noqa: E731
     atrophy = np.maximum(ramp(ventricle_growth_mm, ventricle_distance) * (ventricle_growth_mm > 0),
@@ -206,13 +206,43 @@ def _head_layers(
         fractions[index[name]] += outside_brain * (inside - inside_previous)
         inside_previous = inside
     fractions[index["background"]] = outside_brain * (1.0 - inside_previous)
+    eyes = _add_eyes(rng, fractions, index, distance, positions, center_ras, outside_brain, spacing)
     return {
         "skull_stripped": False,
+        **eyes,
         "layer_thickness_mm": {f"{n}:{layer[0]}": round(float(thickness[n]), 3) for n, layer in enumerate(_LAYERS)},
         "layer_wobble": round(wobble, 3),
         "neck_muscle_mm": round(neck_mm, 3),
         "temporal_muscle_mm": round(temporal_mm, 3),
     }
+
+
+def _add_eyes(
+    rng: np.random.Generator, fractions: np.ndarray, index: dict[str, int], distance: np.ndarray,
+    positions: np.ndarray, center_ras: tuple[float, float, float], outside_brain: np.ndarray, spacing: float,
+) -> dict:
+    """Eyeballs (fluid, drawn as CSF) in orbital fat, below the frontal lobes and clear of the skull."""
+    half_distance = float(rng.uniform(29.0, 34.0))
+    centre = np.array([0.0, 48.0, -40.0]) + rng.uniform(-3.0, 3.0, size=3)
+    eye_radius, orbit_radius = float(rng.uniform(11.0, 12.5)), float(rng.uniform(15.0, 18.0))
+    clear_of_skull = np.clip((distance - 6.0) / np.float32(spacing), 0.0, 1.0)
+    ramp = lambda edge, r: np.clip(0.5 + (edge - r) / np.float32(spacing), 0.0, 1.0)  # noqa: E731
+    eye = np.zeros_like(distance)
+    orbit = np.zeros_like(distance)
+    for side in (-1.0, 1.0):
+        c = centre + np.array([side * half_distance, 0.0, 0.0]) - np.asarray(center_ras)
+        offset = positions - c.astype(np.float32)[:, None, None, None]
+        r = np.sqrt(np.einsum("c...,c...->...", offset, offset))
+        eye = np.maximum(eye, ramp(eye_radius, r))
+        orbit = np.maximum(orbit, ramp(orbit_radius, r))
+    orbit = orbit * clear_of_skull * outside_brain
+    eye = np.minimum(eye * clear_of_skull * outside_brain, orbit)
+    for name in ("background", "csf", "bone", "marrow", "muscle", "fat"):  # only head layers so far
+        fractions[index[name]] *= 1.0 - orbit / np.maximum(outside_brain, 1e-6)
+    fractions[index["csf"]] += eye
+    fractions[index["fat"]] += orbit - eye
+    return {"eye_centre_ras_mm": [round(float(v), 2) for v in centre], "eye_half_distance_mm": round(half_distance, 2),
+            "eye_radius_mm": round(eye_radius, 2), "orbit_radius_mm": round(orbit_radius, 2)}
 
 
 def _argmax_classes(fractions: np.ndarray) -> np.ndarray:
