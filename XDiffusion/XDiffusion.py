@@ -1,0 +1,676 @@
+"""XDiffusion: a 3D MRI volume from one or a few 2D slices, in 3D Slicer.
+
+The panel (Widget) only shows and forwards; XDiffusionLogic turns the parameter node into requests
+for ``XDiffusionLib.slicer`` (scene logic, no Qt) which runs the model in a separate worker process
+(``python -m XDiffusionLib.worker`` through ``slicer.util.launchConsoleProcess``), so Slicer stays
+responsive and a run can be cancelled at any time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional, Union
+
+import qt
+import slicer
+import vtk
+from slicer import (
+    vtkMRMLLabelMapVolumeNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+)
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+
+def _findXDiffusionLib() -> None:
+    """Make ``XDiffusionLib`` importable: installed next to this file (extension build), or one folder
+    up (a source checkout added through "Additional module paths"), or already on sys.path (pip)."""
+    if importlib.util.find_spec("XDiffusionLib") is not None:
+        return
+    here = Path(__file__).resolve().parent
+    for folder in (here, here.parent):
+        if (folder / "XDiffusionLib" / "__init__.py").is_file():
+            sys.path.insert(0, str(folder))
+            return
+
+
+_findXDiffusionLib()
+
+from XDiffusionLib.methods import PLANE_AXIS  # noqa: E402 - needs _findXDiffusionLib first
+from XDiffusionLib.sampling.schedulers import SAMPLERS  # noqa: E402 - torch-free
+
+PLANES = list(PLANE_AXIS)
+DEVICES = ["auto", "cuda", "cpu"]
+OVERLAYS = ["none", "automatic", "selected"]
+EXPORT_FORMATS = {"NIfTI (.nii.gz)": ".nii.gz", "NRRD (.nrrd)": ".nrrd", "DICOM series (folder)": "dicom"}
+# Python packages the worker needs besides torch (which comes from the PyTorch extension).
+REQUIRED_PACKAGES = {"diffusers": "diffusers>=0.30", "safetensors": "safetensors>=0.4", "scipy": "scipy>=1.10"}
+MINIMUM_TORCH = ">=2.1"
+
+
+#
+# XDiffusion
+#
+
+
+class XDiffusion(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "XDiffusion"
+        self.parent.categories = ["Reconstruction"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["XDiffusion contributors"]
+        self.parent.helpText = (
+            "Reconstructs a full 3D MRI volume from one or a few 2D slices with a cross-sectional diffusion "
+            "model (X-Diffusion). Pick an input volume, a plane and the input slices, run Reconstruct, then "
+            "compare real, generated and difference side by side. The result is an AI-generated "
+            "pseudo-MRI, for research only and not for diagnosis. "
+            "See the project's README (section 'Use in 3D Slicer') for details."
+        )
+        self.parent.acknowledgementText = (
+            "Based on 'X-Diffusion: Generating Detailed 3D MRI Volumes From a Single Image Using "
+            "Cross-Sectional Diffusion Models'. Sample MRI data: ICBM152 (nilearn), ITK examples, "
+            "MNI152 (nimare), pydeface; see the licences shipped with XDiffusionLib."
+        )
+
+
+#
+# Parameter node: every setting of the panel, saved with the scene
+#
+
+
+@parameterNodeWrapper
+class XDiffusionParameterNode:
+    inputVolume: vtkMRMLScalarVolumeNode
+    plane: Annotated[str, Choice(PLANES)] = "axial"
+    sliceIndices: list[int]
+    useDefaultModel: bool = True
+    modelPath: Path
+    views: Annotated[int, WithinRange(1, 64)] = 4
+    steps: Annotated[int, WithinRange(1, 1000)] = 10
+    sampler: Annotated[str, Choice(list(SAMPLERS))] = "dpmpp"
+    guidance: Annotated[float, WithinRange(0.0, 20.0)] = 1.0
+    samples: Annotated[int, WithinRange(1, 32)] = 1
+    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    referenceVolume: vtkMRMLScalarVolumeNode
+    overlay: Annotated[str, Choice(OVERLAYS)] = "automatic"
+    overlayNode: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
+    showComparison: bool = True
+    exportFormat: Annotated[str, Choice(list(EXPORT_FORMATS))] = "NIfTI (.nii.gz)"
+    outputVolume: vtkMRMLScalarVolumeNode
+    uncertaintyVolume: vtkMRMLScalarVolumeNode
+    differenceVolume: vtkMRMLScalarVolumeNode
+
+
+#
+# XDiffusionWidget
+#
+
+
+class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: shows the parameter node, forwards every action to XDiffusionLogic."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._timer = None
+        self._lastResult = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/XDiffusion.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = XDiffusionLogic()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.connect("timeout()", self.onTimer)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.addCurrentSliceButton.connect("clicked(bool)", self.onAddCurrentSlice)
+        self.ui.addTypedSlicesButton.connect("clicked(bool)", self.onAddTypedSlices)
+        self.ui.typedSlicesLineEdit.connect("returnPressed()", self.onAddTypedSlices)
+        self.ui.removeSlicesButton.connect("clicked(bool)", self.onRemoveSlices)
+        self.ui.clearSlicesButton.connect("clicked(bool)", self.onClearSlices)
+        self.ui.sliceListWidget.connect("itemDoubleClicked(QListWidgetItem*)", self.onJumpToSlice)
+        self.ui.applyButton.connect("clicked(bool)", self.onReconstruct)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.showComparisonButton.connect("clicked(bool)", self.onShowComparison)
+        self.ui.exportButton.connect("clicked(bool)", self.onExport)
+
+        self.ui.progressBar.setVisible(False)
+        self.ui.cancelButton.setEnabled(False)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        if self.logic is not None:
+            self.logic.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self.logic is not None:
+            self.logic.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, inputParameterNode: Optional[XDiffusionParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+            self.updateGUIFromParameterNode()
+
+    def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
+        """Slice list, enabled buttons and the validation message (nothing is created here)."""
+        p = self._parameterNode
+        if p is None:
+            return
+        self.ui.sliceListWidget.clear()
+        for index in p.sliceIndices:
+            self.ui.sliceListWidget.addItem(str(index))
+        self.ui.modelPathLineEdit.setEnabled(not p.useDefaultModel)
+        self.ui.overlayNodeSelector.setEnabled(p.overlay == "selected")
+        running = self.logic.isRunning()
+        message = self.logic.validate(p)
+        self.ui.applyButton.setEnabled(message is None and not running)
+        self.ui.applyButton.toolTip = message or "Reconstruct the volume from the listed slices"
+        if not running:
+            self.ui.statusLabel.text = message or "Ready."
+        self.ui.exportButton.setEnabled(p.outputVolume is not None and not running)
+        self.ui.showComparisonButton.setEnabled(p.outputVolume is not None and not running)
+
+    # Slices ----------------------------------------------------------------------------------
+
+    def onAddCurrentSlice(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not add the current slice.", waitCursor=True):
+            self.logic.addCurrentSlice(self._parameterNode)
+
+    def onAddTypedSlices(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not add these slices.", waitCursor=False):
+            self.logic.addTypedSlices(self._parameterNode, self.ui.typedSlicesLineEdit.text)
+            self.ui.typedSlicesLineEdit.text = ""
+
+    def onRemoveSlices(self) -> None:
+        selected = [int(item.text()) for item in self.ui.sliceListWidget.selectedItems()]
+        self.logic.removeSlices(self._parameterNode, selected)
+
+    def onClearSlices(self) -> None:
+        self.logic.removeSlices(self._parameterNode, list(self._parameterNode.sliceIndices))
+
+    def onJumpToSlice(self, item) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not show this slice.", waitCursor=False):
+            self.logic.jumpToSlice(self._parameterNode, int(item.text()))
+
+    # Running ---------------------------------------------------------------------------------
+
+    def onReconstruct(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Reconstruction could not start.", waitCursor=True):
+            if not self.logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay):
+                self.ui.statusLabel.text = "Reconstruction not started: required Python packages are missing."
+                return
+            self.logic.startReconstruction(self._parameterNode)
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.setVisible(True)
+            self.ui.cancelButton.setEnabled(True)
+            self.ui.applyButton.setEnabled(False)
+            self.ui.statusLabel.text = "Starting..."
+            self._timer.start()
+
+    def onTimer(self) -> None:
+        fraction, message, state = self.logic.poll()
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.statusLabel.text = message
+        if state == "running":
+            return
+        self._timer.stop()
+        self.ui.cancelButton.setEnabled(False)
+        self.ui.progressBar.setVisible(False)
+        try:
+            if state == "done":
+                self._lastResult = self.logic.finishReconstruction(self._parameterNode)
+                self.ui.statusLabel.text = "Done: " + self._lastResult.reconstruction.GetName()
+                if self._parameterNode.showComparison:
+                    self.logic.showComparison(self._lastResult.layout)
+            elif state == "failed":
+                self.ui.statusLabel.text = "Failed: " + (self.logic.lastError() or "unknown error")
+                slicer.util.errorDisplay("Reconstruction failed: " + (self.logic.lastError() or "unknown error"))
+            else:
+                self.ui.statusLabel.text = "Cancelled."
+        except Exception as error:  # noqa: BLE001 - shown to the user, logged with its traceback
+            logging.exception("XDiffusion: adding the results failed")
+            slicer.util.errorDisplay(f"Adding the results failed: {error}")
+        self.updateGUIFromParameterNode()
+
+    def onCancel(self) -> None:
+        self.ui.statusLabel.text = "Cancelling..."
+        slicer.app.processEvents()
+        self.logic.cancel()
+        self.onTimer()
+
+    # Results ---------------------------------------------------------------------------------
+
+    def onShowComparison(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not show the comparison.", waitCursor=True):
+            self.logic.showComparison(self.logic.comparisonFromParameterNode(self._parameterNode))
+
+    def onExport(self) -> None:
+        p = self._parameterNode
+        kind = EXPORT_FORMATS[p.exportFormat]
+        name = p.outputVolume.GetName()
+        if kind == "dicom":
+            folder = qt.QFileDialog.getExistingDirectory(None, "Choose an empty folder for the DICOM series")
+            if not folder:
+                return
+            target = str(Path(folder) / _safeFileName(name))
+        else:
+            target = qt.QFileDialog.getSaveFileName(None, "Export reconstruction", _safeFileName(name) + kind,
+                                                    f"{p.exportFormat};;All files (*)")
+            if not target:
+                return
+        with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
+            written = self.logic.export(p, target)
+            self.ui.statusLabel.text = f"Exported to {written}"
+
+
+def _safeFileName(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or "xdiffusion"
+
+
+#
+# XDiffusionLogic
+#
+
+
+class XDiffusionLogic(ScriptedLoadableModuleLogic):
+    """Everything the panel does, without Qt: forwards to XDiffusionLib.slicer.
+
+    Usable from the Python console too::
+
+        logic = slicer.util.getModuleLogic("XDiffusion")
+        p = logic.getParameterNode()
+        p.inputVolume = volumeNode; p.sliceIndices = [40, 64]
+        logic.startReconstruction(p); logic.wait(); result = logic.finishReconstruction(p)
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.launcherMode = "auto"  # "subprocess" or "inprocess" elsewhere (tests, consoles)
+        self.run = None
+
+    def getParameterNode(self) -> XDiffusionParameterNode:
+        return XDiffusionParameterNode(super().getParameterNode())
+
+    # Settings ---------------------------------------------------------------------------------
+
+    def jobSettings(self, p: XDiffusionParameterNode):
+        """The worker's JobSettings from the parameter node."""
+        from XDiffusionLib.worker.protocol import JobSettings
+
+        modelDir = None if p.useDefaultModel else str(p.modelPath)
+        options = {"views": int(p.views), "steps": int(p.steps), "sampler": p.sampler, "guidance": float(p.guidance),
+                   "samples": int(p.samples), "seed": int(p.seed), "device": p.device}
+        return JobSettings(p.plane, tuple(sorted(int(i) for i in p.sliceIndices)), modelDir, options)
+
+    def overlaySource(self, p: XDiffusionParameterNode):
+        from XDiffusionLib.errors import XDiffusionError
+        from XDiffusionLib.slicer.reconstruction import AUTOMATIC
+
+        if p.overlay == "none":
+            return None
+        if p.overlay == "automatic":
+            return AUTOMATIC
+        if p.overlayNode is None:
+            raise XDiffusionError("no segmentation or labelmap selected for the overlay")
+        return p.overlayNode
+
+    def validate(self, p: XDiffusionParameterNode) -> Optional[str]:
+        """Why a reconstruction cannot start now (one line), or None. Creates and changes nothing."""
+        from XDiffusionLib.errors import XDiffusionError
+        from XDiffusionLib.slicer.validation import check_request
+
+        try:
+            overlay = self.overlaySource(p)
+            overlayNode = overlay if overlay is not None and not isinstance(overlay, str) else None
+            check_request(p.inputVolume, self.jobSettings(p), p.referenceVolume, overlayNode)
+        except XDiffusionError as error:
+            return str(error)
+        return None
+
+    # Slices -----------------------------------------------------------------------------------
+
+    def addCurrentSlice(self, p: XDiffusionParameterNode) -> int:
+        """Add the slice shown in the plane's view (Red axial, Green coronal, Yellow sagittal)."""
+        from XDiffusionLib.errors import XDiffusionError
+        from XDiffusionLib.slicer.nodes import check_scalar_volume, grid_from_node
+        from XDiffusionLib.slicer.slices import PLANE_VIEW, slice_index_from_view
+
+        check_scalar_volume(p.inputVolume)
+        view = PLANE_VIEW[p.plane]
+        sliceNode = slicer.mrmlScene.GetNodeByID(f"vtkMRMLSliceNode{view}")
+        if sliceNode is None:
+            raise XDiffusionError(f"the {view} slice view is not in the scene: show a layout with the {view} view")
+        index = slice_index_from_view(grid_from_node(p.inputVolume), p.plane,
+                                      self._sliceToVolume(sliceNode, p.inputVolume))
+        p.sliceIndices = sorted(set(p.sliceIndices) | {index})
+        return index
+
+    def addTypedSlices(self, p: XDiffusionParameterNode, text: str) -> list[int]:
+        """Add indices typed as "40, 64" or "30-34"; all are checked against the volume before any is added."""
+        from XDiffusionLib.errors import XDiffusionError
+        from XDiffusionLib.slicer.nodes import check_scalar_volume, grid_from_node
+        from XDiffusionLib.slicer.slices import canonical_depth, parse_indices
+
+        indices = parse_indices(text)
+        if not indices:
+            raise XDiffusionError("type slice indices such as 40, 64 or 30-34")
+        check_scalar_volume(p.inputVolume)
+        depth = canonical_depth(grid_from_node(p.inputVolume), p.plane)
+        outside = [i for i in indices if i >= depth]
+        if outside:
+            raise XDiffusionError(f"slice index {outside[0]} is outside the volume: {p.plane} indices run 0..{depth - 1}")
+        p.sliceIndices = sorted(set(p.sliceIndices) | set(indices))
+        return indices
+
+    def removeSlices(self, p: XDiffusionParameterNode, indices) -> None:
+        p.sliceIndices = sorted(set(p.sliceIndices) - {int(i) for i in indices})
+
+    def jumpToSlice(self, p: XDiffusionParameterNode, index: int) -> None:
+        """Move the plane's slice view onto input slice ``index``."""
+        from XDiffusionLib.slicer.nodes import grid_from_node
+        from XDiffusionLib.slicer.slices import PLANE_VIEW, ras_point_of_slice
+
+        sliceNode = slicer.mrmlScene.GetNodeByID(f"vtkMRMLSliceNode{PLANE_VIEW[p.plane]}")
+        if sliceNode is None or p.inputVolume is None:
+            return
+        local = list(ras_point_of_slice(grid_from_node(p.inputVolume), p.plane, index)) + [1.0]
+        world = self._volumeToWorld(p.inputVolume).MultiplyPoint(local)
+        sliceNode.JumpSliceByOffsetting(world[0], world[1], world[2])
+
+    @staticmethod
+    def _volumeToWorld(volumeNode) -> vtk.vtkMatrix4x4:
+        matrix = vtk.vtkMatrix4x4()
+        parent = volumeNode.GetParentTransformNode()
+        if parent is not None:
+            parent.GetMatrixTransformToWorld(matrix)  # linear transforms; others are hardened by the user first
+        return matrix
+
+    def _sliceToVolume(self, sliceNode, volumeNode):
+        import numpy as np
+
+        toWorld = slicer.util.arrayFromVTKMatrix(self._volumeToWorld(volumeNode))
+        sliceToRAS = slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
+        return np.linalg.solve(toWorld, sliceToRAS)
+
+    # Running ----------------------------------------------------------------------------------
+
+    def isRunning(self) -> bool:
+        return self.run is not None and self.run.state == "running"
+
+    def startReconstruction(self, p: XDiffusionParameterNode):
+        """Check everything, then start the worker. Raises XDiffusionError with the panel's message."""
+        from XDiffusionLib.errors import XDiffusionError
+        from XDiffusionLib.slicer.reconstruction import SceneReconstruction
+        from XDiffusionLib.worker.launcher import WorkerLauncher
+
+        if self.isRunning():
+            raise XDiffusionError("a reconstruction is already running: wait for it or cancel it")
+        self.run = SceneReconstruction(slicer.mrmlScene, p.inputVolume, self.jobSettings(p), p.referenceVolume,
+                                       self.overlaySource(p), WorkerLauncher(self.launcherMode))
+        self.run.start()
+        return self.run
+
+    def poll(self) -> tuple[float, str, str]:
+        """(fraction, message, state) of the current run; state is running, done, failed or cancelled."""
+        if self.run is None:
+            return 0.0, "", "none"
+        self.run.poll()
+        return self.run.fraction, self.run.message, self.run.state
+
+    def wait(self, timeout: Optional[float] = None) -> str:
+        return self.run.wait(timeout) if self.run is not None else "none"
+
+    def lastError(self) -> Optional[str]:
+        return self.run.error if self.run is not None else None
+
+    def cancel(self) -> None:
+        if self.run is not None:
+            self.run.cancel()
+
+    def finishReconstruction(self, p: XDiffusionParameterNode):
+        """Add the result nodes to the scene and remember them in the parameter node."""
+        result = self.run.finish()
+        p.outputVolume = result.reconstruction
+        p.uncertaintyVolume = result.uncertainty
+        p.differenceVolume = result.difference
+        return result
+
+    # Results ----------------------------------------------------------------------------------
+
+    def comparisonFromParameterNode(self, p: XDiffusionParameterNode):
+        """The comparison layout of the results remembered in the parameter node (after a scene reload too)."""
+        from XDiffusionLib.errors import XDiffusionError
+        from XDiffusionLib.slicer.layout import comparison_layout
+
+        if p.outputVolume is None:
+            raise XDiffusionError("no reconstruction yet: run Reconstruct first")
+        real = p.referenceVolume or p.inputVolume
+        return comparison_layout(
+            real.GetID() if real is not None else p.outputVolume.GetID(), p.outputVolume.GetID(),
+            difference_id=p.differenceVolume.GetID() if p.differenceVolume is not None else None,
+            uncertainty_id=p.uncertaintyVolume.GetID() if p.uncertaintyVolume is not None else None,
+            plane=p.outputVolume.GetAttribute("XDiffusion.plane") or p.plane,
+        )
+
+    def showComparison(self, layout) -> None:
+        """Switch to the real | generated | difference layout (linked views) and fill it."""
+        from XDiffusionLib.slicer.layout import apply_to_scene, layout_xml
+
+        layoutManager = slicer.app.layoutManager()
+        layoutNode = layoutManager.layoutLogic().GetLayoutNode()
+        if layoutNode.IsLayoutDescription(layout.layout_id):
+            layoutNode.SetLayoutDescription(layout.layout_id, layout_xml(layout))
+        else:
+            layoutNode.AddLayoutDescription(layout.layout_id, layout_xml(layout))
+        layoutManager.setLayout(layout.layout_id)
+        slicer.app.processEvents()  # let the layout manager create the views
+        apply_to_scene(slicer.mrmlScene, layout)
+        slicer.util.resetSliceViews()
+
+    def export(self, p: XDiffusionParameterNode, target: str) -> str:
+        """Write the reconstruction: .nii.gz/.nrrd file, or a DICOM series into the new folder ``target``."""
+        from XDiffusionLib.errors import XDiffusionError
+        from XDiffusionLib.slicer.export import Provenance, export_dicom_series, export_volume
+        from XDiffusionLib.slicer.nodes import volume_from_node
+
+        node = p.outputVolume
+        if node is None:
+            raise XDiffusionError("no reconstruction to export: run Reconstruct first")
+        volume = volume_from_node(node)
+        if EXPORT_FORMATS[p.exportFormat] != "dicom":
+            return str(export_volume(volume, target))
+        provenance = Provenance.from_attributes(node.GetAttribute)
+        files = export_dicom_series(volume, target, provenance, source=self.dicomSource(p.inputVolume))
+        return f"{target} ({len(files)} files)"
+
+    @staticmethod
+    def dicomSource(volumeNode) -> Optional[str]:
+        """A DICOM file of the input when it was loaded from Slicer's DICOM database (keeps its study)."""
+        if volumeNode is None:
+            return None
+        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+        database = getattr(slicer, "dicomDatabase", None)
+        if not uids or database is None:
+            return None
+        path = database.fileForInstance(uids[0])
+        return path or None
+
+    # Dependencies -----------------------------------------------------------------------------
+
+    @staticmethod
+    def missingPackages() -> list[str]:
+        return [requirement for module, requirement in REQUIRED_PACKAGES.items()
+                if importlib.util.find_spec(module) is None]
+
+    def ensureDependencies(self, confirm) -> bool:
+        """PyTorch through the PyTorch extension, the rest through pip; ``confirm(text)`` asks the user first.
+
+        Returns False when the user declined; raises XDiffusionError when installation is impossible.
+        """
+        from XDiffusionLib.errors import XDiffusionError
+
+        if importlib.util.find_spec("torch") is None:
+            try:
+                import PyTorchUtils
+            except ImportError:
+                raise XDiffusionError("XDiffusion needs PyTorch: install the 'PyTorch' extension from the "
+                                      "Extensions Manager, restart Slicer and try again") from None
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            if not torchLogic.torchInstalled():
+                if not confirm("XDiffusion needs PyTorch, which is not installed yet.\n\nInstall it now? "
+                               "This downloads about 1-3 GB and may take several minutes."):
+                    return False
+                if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=MINIMUM_TORCH) is None:
+                    raise XDiffusionError("PyTorch could not be installed: see the Python console, or use the "
+                                          "PyTorch Utils module to install it")
+        missing = self.missingPackages()
+        if missing:
+            if not confirm("XDiffusion needs these Python packages:\n\n" + "\n".join(missing)
+                           + "\n\nInstall them now with pip?"):
+                return False
+            slicer.util.pip_install(missing)
+            importlib.invalidate_caches()
+            still = self.missingPackages()
+            if still:
+                raise XDiffusionError(f"installing {', '.join(still)} failed: see the Python console")
+        return True
+
+
+#
+# XDiffusionTest
+#
+
+
+class XDiffusionTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer (Developer mode "Reload and Test", or ctest)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_validation_messages()
+        self.setUp()
+        self.test_reconstruction()
+
+    def _volume(self, shape=(12, 10, 8), name="XDiffusionTest T1"):
+        import numpy as np
+
+        from XDiffusionLib.io.volume import Volume
+        from XDiffusionLib.slicer.nodes import add_volume_node
+
+        grid = np.meshgrid(*[np.linspace(0.0, 1.0, n) for n in shape], indexing="ij")
+        array = (100 + 40 * np.sin(2.1 * grid[0]) * np.cos(1.7 * grid[1]) + 25 * grid[2] ** 2).astype("float32")
+        return add_volume_node(slicer.mrmlScene, Volume.from_array(array, (0.9, 1.3, 2.0)), name)
+
+    def test_validation_messages(self):
+        import tempfile
+
+        import numpy as np
+
+        from XDiffusionLib.io.volume import Volume
+        from XDiffusionLib.slicer.nodes import add_volume_node
+
+        self.delayDisplay("Validation messages")
+        logic = XDiffusionLogic()
+        p = logic.getParameterNode()
+        volume = self._volume()
+        flat = add_volume_node(slicer.mrmlScene, Volume.from_array(np.ones((8, 9, 1), "float32")), "flat")
+        nodeCount = slicer.mrmlScene.GetNumberOfNodes()
+        self.assertEqual(logic.validate(p), "no input volume selected")
+        p.inputVolume = volume
+        p.sliceIndices = []
+        self.assertEqual(logic.validate(p), "no input slices given: pick at least one slice index")
+        p.sliceIndices = [2, 5]
+        p.useDefaultModel = False
+        p.modelPath = Path(tempfile.mkdtemp()) / "missing"
+        self.assertIn("not found", logic.validate(p))
+        p.inputVolume = flat
+        self.assertIn("is 2D", logic.validate(p))
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodeCount)  # validation creates nothing
+        self.delayDisplay("Validation messages: passed")
+
+    def test_reconstruction(self):
+        import tempfile
+
+        if importlib.util.find_spec("torch") is None or XDiffusionLogic.missingPackages():
+            self.delayDisplay("PyTorch or the model's packages are not installed: reconstruction test not run")
+            return
+        import torch
+
+        from XDiffusionLib.model.checkpoint import save_pretrained
+        from XDiffusionLib.model.config import XDiffusionConfig
+        from XDiffusionLib.model.factory import build_denoiser
+        from XDiffusionLib.slicer.nodes import grid_from_node
+
+        self.delayDisplay("Reconstruction with a tiny random model")
+        torch.manual_seed(0)
+        config = XDiffusionConfig(side=16, block_out_channels=(8, 16), attention_levels=(1,), max_slices=4,
+                                  depth_frequencies=4)
+        modelDir = save_pretrained(build_denoiser(config), config, Path(tempfile.mkdtemp()) / "tiny")
+        logic = XDiffusionLogic()
+        p = logic.getParameterNode()
+        p.inputVolume = self._volume()
+        p.sliceIndices = [2, 5]
+        p.useDefaultModel = False
+        p.modelPath = modelDir
+        p.views, p.steps, p.device = 1, 2, "cpu"
+        self.assertIsNone(logic.validate(p))
+        logic.startReconstruction(p)
+        self.assertEqual(logic.wait(300), "done", logic.lastError())
+        result = logic.finishReconstruction(p)
+        self.assertEqual(result.reconstruction.GetName(), "XDiffusionTest T1 XDiffusion")
+        self.assertTrue(grid_from_node(result.reconstruction).same_geometry(grid_from_node(p.inputVolume)))
+        self.assertIs(p.outputVolume, result.reconstruction)
+        self.delayDisplay("Reconstruction: passed")
