@@ -149,6 +149,5 @@ def test_template_default_is_the_shipped_training_template():
 def test_template_atlas_that_does_not_exist_is_a_clear_error(tmp_path):
     from XDiffusionLib.errors import XDiffusionError
 
-    inputs = SliceInput.from_volume(phantom_template(), "axial", (16,))
     with pytest.raises(XDiffusionError, match="missing.nii.gz"):
-        TemplateBaseline(atlas=tmp_path / "missing.nii.gz").reconstruct(inputs)
+        TemplateBaseline(atlas=tmp_path / "missing.nii.gz")

@@ -231,7 +231,9 @@ class TemplateBaseline:
     name = "template"
 
     def __init__(self, atlas: str | Path | Volume | None = None) -> None:
-        self._atlas = atlas
+        if isinstance(atlas, (str, Path)) and not Path(atlas).expanduser().exists():
+            raise XDiffusionError(f"template atlas {atlas} does not exist")
+        self._atlas = Path(atlas).expanduser() if isinstance(atlas, (str, Path)) else atlas
         self._loaded: tuple[np.ndarray, np.ndarray] | None = None
 
     def _template(self) -> tuple[np.ndarray, np.ndarray]:
@@ -241,11 +243,12 @@ class TemplateBaseline:
             elif isinstance(self._atlas, Volume):
                 self._loaded = _canonical_array(self._atlas)
             else:
-                path = Path(self._atlas)
-                if not path.exists():
-                    raise XDiffusionError(f"template atlas {path} does not exist")
-                self._loaded = load_template((str(path.resolve()),))
+                self._loaded = load_template((str(self._atlas.resolve()),))
         return self._loaded
+
+    def validate(self, inputs: SliceInput) -> None:
+        """Loads (and caches) the template, so an unreadable atlas fails before any work."""
+        self._template()
 
     def reconstruct(self, inputs: SliceInput) -> Volume:
         template, spacing = self._template()

@@ -1,0 +1,216 @@
+"""Evaluation protocol and ``xdiffusion evaluate``: tables, figures, leak-free indices, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from XDiffusionLib.app.cli import main
+from XDiffusionLib.errors import XDiffusionError
+from XDiffusionLib.evaluation import protocol
+from XDiffusionLib.evaluation.cases import find_cases
+from XDiffusionLib.evaluation.report import CASE_COLUMNS, SUMMARY_COLUMNS
+from XDiffusionLib.io import write_volume
+from XDiffusionLib.io.volume import Volume
+
+RAS = np.diag([-1.0, -1.0, 1.0])
+SHAPE = (24, 26, 20)  # canonical: 20 axial slices
+
+
+def head(shape=SHAPE, seed: int = 0) -> np.ndarray:
+    """Smooth head-like phantom on a zero background: an ellipsoid with slowly varying inner structure."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = np.sqrt((x / 0.8) ** 2 + (y / 0.85) ** 2 + (z / 0.75) ** 2)
+    inside = r < 1.0
+    values = inside * (80 + 40 * np.cos(2.0 * x + 0.5) * np.sin(1.5 * y + 0.3) + 30 * z)
+    return (values + inside * rng.normal(0, 0.5, shape)).astype(np.float32)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    folder = tmp_path / "data"
+    write_volume(Volume.from_array(head(seed=0), spacing=(1.0, 1.0, 1.5), direction=RAS), folder / "case_a.nii.gz")
+    write_volume(Volume.from_array(head(seed=1), spacing=(1.2, 1.0, 1.0), direction=RAS), folder / "case_b.nrrd")
+    return folder
+
+
+@pytest.fixture
+def atlas(tmp_path):
+    path = tmp_path / "atlas.nii.gz"
+    write_volume(Volume.from_array(head((30, 32, 28), seed=2), spacing=(1.0, 1.0, 1.0), direction=RAS), path)
+    return path
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], [dict(zip(rows[0], r)) for r in rows[1:]]
+
+
+def test_evaluate_all_baselines_writes_tables_figures_and_protocol(data_dir, atlas, tmp_path, capsys):
+    out = tmp_path / "eval"
+    rc = main(["evaluate", "--data", str(data_dir / "case_a.nii.gz"), "--method", "nearest", "linear", "cubic", "template",
+               "--atlas", str(atlas), "--slices", "1", "3", "--plane", "axial", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "PSNR paper (dB)" in printed
+    for method in ("nearest", "linear", "cubic", "template"):
+        assert method in printed
+
+    header, rows = read_csv(out / "cases.csv")
+    assert tuple(header) == CASE_COLUMNS
+    assert len(rows) == 4 * 2
+    assert {r["case"] for r in rows} == {"case_a"}
+    for row in rows:
+        assert 5.0 < float(row["psnr_paper"]) < 80.0
+        assert 0.0 < float(row["ssim_axial"]) <= 1.0
+        assert len(row["indices"].split()) == int(row["k"])
+        assert float(row["psnr_paper_noninput"]) <= float(row["psnr_paper"]) + 1e-6
+        assert float(row["seconds"]) >= 0.0
+    by_key = {(r["method"], r["k"]): r for r in rows}
+    assert float(by_key[("linear", "3")]["psnr_paper"]) >= float(by_key[("nearest", "3")]["psnr_paper"])
+    assert float(by_key[("linear", "3")]["psnr_paper"]) > float(by_key[("linear", "1")]["psnr_paper"])
+    # One input slice: every interpolation is the nearest-slice copy.
+    assert by_key[("linear", "1")]["psnr_paper"] == by_key[("nearest", "1")]["psnr_paper"]
+
+    header, summary = read_csv(out / "summary.csv")
+    assert tuple(header) == SUMMARY_COLUMNS
+    assert [(r["method"], r["k"], r["n"]) for r in summary] == [
+        (m, k, "1") for m in ("nearest", "linear", "cubic", "template") for k in ("1", "3")]
+    linear3 = next(r for r in summary if r["method"] == "linear" and r["k"] == "3")
+    assert linear3["psnr_paper_mean"] == by_key[("linear", "3")]["psnr_paper"]
+
+    pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert len(pngs) == 4 * 2 and "case_a_template_k3.png" in pngs
+    assert (out / "psnr_vs_k.png").stat().st_size > 1000
+    record = json.loads((out / "protocol.json").read_text())
+    assert record["plane"] == "axial" and record["k"] == [1, 3]
+    assert record["cases"][0]["indices"]["1"] == [int(by_key[("nearest", "1")]["indices"])]
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_metrics_do_not_depend_on_the_file_orientation(tmp_path):
+    array = head(seed=3)
+    canonical = Volume.from_array(array, spacing=(1.0, 1.1, 1.3), origin=(5.0, -3.0, 2.0), direction=RAS)
+    # The same voxels stored L->R flipped and as LPS-ordered axes, with the origin moved to match.
+    flipped = Volume.from_array(array[::-1, ::-1, :].copy(), spacing=(1.0, 1.1, 1.3),
+                                origin=(5.0 - 23 * 1.0, -3.0 - 25 * 1.1, 2.0), direction=np.eye(3))
+    write_volume(canonical, tmp_path / "ras.nii.gz")
+    write_volume(flipped, tmp_path / "lps.nii.gz")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(tmp_path / "ras.nii.gz"), str(tmp_path / "lps.nii.gz"), "--method", "linear",
+                 "--slices", "3", "--plane", "sagittal", "--out", str(out), "--no-figures", "--no-progress"]) == 0
+    _, rows = read_csv(out / "cases.csv")
+    first, second = rows
+    for column in ("indices", "psnr_paper", "psnr_unit", "ssim_axial", "ssim_sagittal"):
+        assert first[column] == second[column]
+    assert not (out / "figures").exists()
+
+
+def test_given_indices_are_used_for_every_case(data_dir, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(data_dir), "--method", "nearest", "--indices", "4", "15",
+                 "--out", str(out), "--no-figures", "--no-progress"]) == 0
+    _, rows = read_csv(out / "cases.csv")
+    assert [r["case"] for r in rows] == ["case_a", "case_b"]
+    assert [r["indices"] for r in rows] == ["4 15", "4 15"] and all(r["k"] == "2" for r in rows)
+    _, summary = read_csv(out / "summary.csv")
+    assert len(summary) == 1 and summary[0]["n"] == "2"
+    values = [float(r["psnr_paper"]) for r in rows]
+    assert float(summary[0]["psnr_paper_mean"]) == pytest.approx(np.mean(values), abs=1e-3)
+    assert float(summary[0]["psnr_paper_std"]) == pytest.approx(np.std(values), abs=1e-3)
+
+
+@pytest.mark.parametrize("args, value", [
+    (["--plane", "diagonal"], "diagonal"),
+    (["--method", "nearest", "magic"], "magic"),
+    (["--indices", "3", "99"], "99"),
+    (["--slices", "1", "50"], "50"),
+    (["--method", "linear", "--model", "somewhere"], "--model"),
+])
+def test_bad_arguments_fail_with_one_line_and_write_nothing(data_dir, tmp_path, capsys, args, value):
+    out = tmp_path / "eval"
+    rc = main(["evaluate", "--data", str(data_dir), "--out", str(out), "--no-progress", *args])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and value in err
+    assert not out.exists()
+
+
+def test_output_folder_that_is_a_file_is_refused(data_dir, tmp_path, capsys):
+    out = tmp_path / "results.txt"
+    out.write_text("keep me")
+    rc = main(["evaluate", "--data", str(data_dir), "--out", str(out), "--method", "nearest", "--no-progress"])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "results.txt" in err
+    assert out.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "results.txt"]
+
+
+def test_missing_data_is_refused(tmp_path, capsys):
+    rc = main(["evaluate", "--data", str(tmp_path / "nowhere.nii.gz"), "--out", str(tmp_path / "eval"), "--no-progress"])
+    assert rc != 0 and "nowhere.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_choose_indices_spreads_bin_centres_over_the_foreground():
+    array = np.zeros((4, 4, 40), dtype=np.float32)
+    array[:, :, 10:30] = 1.0  # foreground extent: slices 10..29
+    assert protocol.choose_indices(array, "axial", 1) == (20,)  # middle (19.5 rounds up)
+    assert protocol.choose_indices(array, "axial", 2) == (15, 25)
+    assert protocol.choose_indices(array, "axial", 4) == (12, 17, 22, 27)
+    twenty = protocol.choose_indices(array, "axial", 20)
+    assert twenty == tuple(range(10, 30))  # every foreground slice, none repeated
+    wider = protocol.choose_indices(array, "axial", 25)  # more than the extent: the whole axis
+    assert len(set(wider)) == 25 and min(wider) >= 0 and max(wider) <= 39
+    with pytest.raises(XDiffusionError, match="41"):
+        protocol.choose_indices(array, "axial", 41)
+
+
+def test_score_counts_non_input_slices_separately():
+    gt = head()
+    pred = gt.copy()
+    pred[:, :, 5] += 10.0  # error only on slice 5
+    both = protocol.score(gt, pred, "axial", (5,))
+    assert math.isinf(both["psnr_paper_noninput"])  # the only error sits on the input slice
+    assert math.isfinite(both["psnr_paper"])
+    elsewhere = protocol.score(gt, pred, "axial", (6,))
+    assert elsewhere["psnr_paper_noninput"] < elsewhere["psnr_paper"]
+
+
+def test_find_cases_prefers_brats_flair_and_skips_label_maps(tmp_path, capsys):
+    brats = tmp_path / "brats" / "BraTS20_Training_001"
+    for kind in ("flair", "t1", "seg"):
+        write_volume(Volume.from_array(head(seed=4), direction=RAS), brats / f"BraTS20_Training_001_{kind}.nii.gz")
+    cases = find_cases([str(tmp_path / "brats")])
+    assert [c.name for c in cases] == ["BraTS20_Training_001_flair"]
+
+    mixed = tmp_path / "mixed"
+    labels = (head(seed=5) > 90).astype(np.float32) * 3
+    write_volume(Volume.from_array(head(seed=5), direction=RAS), mixed / "t1.nii.gz")
+    write_volume(Volume.from_array(labels, direction=RAS), mixed / "mask.nii.gz")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(mixed), "--method", "nearest", "--out", str(out),
+                 "--no-figures", "--no-progress"]) == 0
+    assert "skipping mask" in capsys.readouterr().err
+    _, rows = read_csv(out / "cases.csv")
+    assert [r["case"] for r in rows] == ["t1"]
+    # Named explicitly, a label map is an error instead.
+    assert main(["evaluate", "--data", str(mixed / "mask.nii.gz"), "--method", "nearest",
+                 "--out", str(tmp_path / "eval2"), "--no-progress"]) != 0
+    assert "label map" in capsys.readouterr().err
+    assert not (tmp_path / "eval2").exists()
+
+
+def test_samples_keyword_names_the_heldout_samples_only():
+    from XDiffusionLib.data.samples import samples_with_role
+
+    names = [c.name for c in find_cases(["samples"])]
+    assert names == [s.name for s in samples_with_role("heldout")]
+    assert "icbm152_t1" not in names

@@ -1,0 +1,129 @@
+"""Evaluation figures (matplotlib, Agg, no display): one panel per case/method/K, and PSNR against K.
+
+Case panel: rows = axial, coronal, sagittal cuts; columns = input, ground truth, reconstruction,
+difference (reconstruction - ground truth). In the input plane the cut is a NON-input slice (the
+one farthest from every input within the middle half of the head; an input slice would show a
+perfect copy), and the input column shows the nearest input slice. In the two other planes the
+input column shows the sparse input (input slices only, zeros elsewhere), i.e. where the inputs
+are. Images use the canonical RAS+ arrays with the patient's superior/anterior side up, one
+shared grey window (ground truth 0.5..99.5 percentile), and physical aspect ratios.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..methods import PLANE_AXIS, SliceInput
+from .protocol import foreground_extent
+from .report import write_atomic
+
+_PLANES = ("axial", "coronal", "sagittal")
+PAPER_CONVENTION = "PSNR paper convention: 10 log10(max(GT)^2 / MSE)"
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a case or method name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "case"
+
+
+def cut_positions(ground_truth: np.ndarray, inputs: SliceInput) -> list[int]:
+    """Index of the displayed cut along each canonical axis (see the module docstring)."""
+    positions = []
+    for axis in range(3):
+        low, high = foreground_extent(ground_truth, axis)
+        if axis != inputs.axis:
+            positions.append((low + high) // 2)
+            continue
+        quarter = (high - low) // 4
+        candidates = [i for i in range(low + quarter, high - quarter + 1) if i not in inputs.indices]
+        if not candidates:
+            positions.append((low + high) // 2)
+            continue
+        distance = [min(abs(i - j) for j in inputs.indices) for i in candidates]
+        positions.append(candidates[int(np.argmax(distance))])
+    return positions
+
+
+def _cut(array: np.ndarray, plane: str, position: int) -> np.ndarray:
+    """2D image of the canonical cut, rows top->bottom = superior->inferior (or anterior->posterior)."""
+    image = np.take(array, position, axis=PLANE_AXIS[plane])
+    # Remaining axes: axial (0, 1) -> show axis 1 (P->A) as rows flipped; coronal (0, 2), sagittal (1, 2) -> axis 2 flipped.
+    return image.T[::-1]
+
+
+def _aspect(spacing, plane: str) -> float:
+    rows, cols = {"axial": (1, 0), "coronal": (2, 0), "sagittal": (2, 1)}[plane]
+    return spacing[rows] / spacing[cols]
+
+
+def _save(figure, path: Path) -> Path:
+    return write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=100), binary=True)
+
+
+def case_figure(ground_truth, prediction: np.ndarray, inputs: SliceInput, title: str, path: Path) -> Path:
+    """The case panel (module docstring) written atomically to ``path``."""
+    from matplotlib.figure import Figure
+
+    gt = np.asarray(ground_truth.array if hasattr(ground_truth, "array") else ground_truth, dtype=np.float32)
+    pred = np.asarray(prediction, dtype=np.float32)
+    spacing = inputs.grid.spacing
+    sparse = inputs.paste_into(np.zeros_like(gt))
+    low, high = np.percentile(gt[::2, ::2, ::2], [0.5, 99.5])
+    high = high if high > low else low + 1.0
+    limit = 0.5 * (high - low)
+    positions = cut_positions(gt, inputs)
+
+    figure = Figure(figsize=(11, 8.8), layout="constrained")
+    figure.suptitle(title, fontsize=10)
+    axes = figure.subplots(3, 4)
+    for row, plane in enumerate(_PLANES):
+        axis = PLANE_AXIS[plane]
+        position = positions[axis]
+        if axis == inputs.axis:
+            nearest = min(inputs.indices, key=lambda i: (abs(i - position), i))
+            first = _cut(sparse, plane, nearest)
+            first_label = f"nearest input ({plane} {nearest})"
+        else:
+            first = _cut(sparse, plane, position)
+            first_label = f"inputs seen in {plane} {position}"
+        panels = [
+            (first, first_label, "gray", (low, high)),
+            (_cut(gt, plane, position), f"ground truth ({plane} {position})", "gray", (low, high)),
+            (_cut(pred, plane, position), "reconstruction", "gray", (low, high)),
+            (_cut(pred - gt, plane, position), "difference (recon - GT)", "RdBu_r", (-limit, limit)),
+        ]
+        for col, (image, label, cmap, (vmin, vmax)) in enumerate(panels):
+            ax = axes[row, col]
+            shown = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, aspect=_aspect(spacing, plane),
+                              interpolation="nearest")
+            ax.set_title(label, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 3 and row == 0:
+                figure.colorbar(shown, ax=axes[:, 3], shrink=0.6, label="intensity difference")
+    return _save(figure, path)
+
+
+def psnr_vs_k_figure(summary: list[dict], path: Path, n_cases: int) -> Path:
+    """Mean ``psnr_paper`` (error bars: std over cases) against K, one line per method."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = figure.subplots()
+    methods = list(dict.fromkeys(r["method"] for r in summary))
+    for method in methods:
+        rows = sorted((r for r in summary if r["method"] == method), key=lambda r: r["k"])
+        ax.errorbar([r["k"] for r in rows], [r["psnr_paper_mean"] for r in rows],
+                    yerr=[r["psnr_paper_std"] for r in rows], marker="o", capsize=3, label=method)
+    ks = sorted({r["k"] for r in summary})
+    ax.set_xticks(ks)
+    ax.set_xlabel("K (input slices)")
+    ax.set_ylabel("3D PSNR (dB), mean ± std over cases")
+    ax.set_title(f"PSNR against K ({n_cases} case{'s' if n_cases != 1 else ''})\n{PAPER_CONVENTION}, whole volume",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(figure, path)

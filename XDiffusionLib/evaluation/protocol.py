@@ -1,0 +1,133 @@
+"""The evaluation protocol: one fixed, written, leak-free way to score a slices-to-volume method.
+
+Published numbers for this task are hard to compare because each codebase picks its own input
+slices, PSNR convention and whether the input slices count (field notes §1). ``xdiffusion
+evaluate`` follows exactly these rules, and records every choice in ``protocol.json``.
+
+1. Case. Each volume is read (``io.read_volume``, float32) and brought to canonical RAS+ voxel
+   order (``transforms.orientation.to_canonical``: axis permutations and flips only, no
+   resampling). Everything below happens in canonical space; the metrics do not depend on the
+   orientation, and planes and indices mean the same thing for every case (sagittal = axis 0,
+   coronal = axis 1, axial = axis 2). Volumes whose voxels take at most 16 distinct integer
+   values are label maps, not MRI intensities: an explicitly named one is an error, one found in
+   a folder (or among the shipped samples) is skipped with a note.
+2. Input slices. Given with ``--indices`` (the same canonical indices for every case), or chosen
+   deterministically from the ground truth's foreground extent along the plane's axis:
+   foreground = voxels above 10% of the robust range (1st..99th percentile,
+   ``baselines.foreground``); the extent [lo, hi] is cut into K equal bins and the input is the
+   slice at each bin's centre (``floor(c + 0.5)``). K=1 gives the middle of the head; K>1 spreads
+   the slices uniformly with the outermost ones half a bin inside the extent (slices right at the
+   head's edge are nearly empty and would waste an input). If the extent holds fewer than K
+   slices, the whole axis is used instead; K larger than the axis is an error. The same indices
+   are used for every method (as the paper's C.4 asks: fixed inputs shared by all models).
+3. What a method sees. Only ``SliceInput.from_volume(canonical, plane, indices)``: the grid
+   geometry and the K input slices. The ground truth never reaches the method (leak-free by
+   construction); the output must lie on exactly the input grid.
+4. Metrics, against the canonical ground truth, in ``metrics``:
+   - ``psnr_paper``: paper eq. 4, ``10 log10(max(gt)^2 / MSE)`` over every voxel of the volume,
+     in the data's own units (input slices included: they are exact for every method, so this
+     rewards nothing a method did not do, but it is the paper's number).
+   - ``psnr_paper_noninput``: the same over the voxels of the non-input slices only (peak = max
+     of the ground truth over those voxels, as ``metrics.psnr_paper`` does with a mask). This is
+     the honest number: it measures only what was generated. NaN when every slice is an input.
+   - ``psnr_unit``: TPDM's convention: the ground truth's [min, max] is mapped to [0, 1] and the
+     SAME affine map is applied to the prediction, both are clipped to [0, 1], data range 1.
+     (Never a separate min-max of the prediction: that would hide intensity errors.)
+   - ``ssim_axial`` / ``ssim_coronal`` / ``ssim_sagittal``: mean 2D SSIM over all slices of each
+     canonical plane (Gaussian window 11x11, sigma 1.5, data range = ground-truth max - min).
+   - ``seconds``: wall time of ``method.reconstruct`` alone (no reading, no scoring).
+5. Summary per (method, K): number of cases, mean and population std (ddof 0) of ``psnr_paper``,
+   mean ``psnr_unit``, mean SSIM (over cases of the mean of the three planes).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..baselines.foreground import bounding_box, foreground_mask
+from ..errors import XDiffusionError
+from ..io.volume import Volume
+from ..methods import plane_axis
+
+PROTOCOL_VERSION = 1
+LABEL_MAP_MAX_VALUES = 16
+
+METRIC_COLUMNS = (
+    "psnr_paper",
+    "psnr_unit",
+    "psnr_paper_noninput",
+    "ssim_axial",
+    "ssim_coronal",
+    "ssim_sagittal",
+)
+
+
+def canonical_case(volume: Volume) -> Volume:
+    """Step 1: the case in canonical RAS+ voxel order."""
+    from ..transforms.orientation import to_canonical
+
+    canonical, _ = to_canonical(volume)
+    return canonical
+
+
+def label_value_count(array: np.ndarray) -> int | None:
+    """Number of distinct values when ``array`` looks like a label map (few distinct integers), else None."""
+    array = np.asarray(array)
+    sample = array[::2, ::2, ::2]  # a cheap first look; the full volume only for candidates
+    if np.unique(sample).size > LABEL_MAP_MAX_VALUES or not np.array_equal(sample, np.round(sample)):
+        return None
+    count = int(np.unique(array).size)
+    return count if count <= LABEL_MAP_MAX_VALUES else None
+
+
+def foreground_extent(array: np.ndarray, axis: int) -> tuple[int, int]:
+    """First and last slice along ``axis`` holding foreground; the whole axis when there is none."""
+    box = bounding_box(foreground_mask(array), axis)
+    return box if box is not None else (0, array.shape[axis] - 1)
+
+
+def choose_indices(array: np.ndarray, plane: str, k: int) -> tuple[int, ...]:
+    """Step 2: K input slice indices at the bin centres of the foreground extent along ``plane``'s axis."""
+    axis = plane_axis(plane)
+    depth = array.shape[axis]
+    if k < 1:
+        raise XDiffusionError(f"K={k}: the number of input slices must be at least 1")
+    if k > depth:
+        raise XDiffusionError(f"K={k} input slices but the volume has only {depth} {plane} slices")
+    low, high = foreground_extent(array, axis)
+    if high - low + 1 < k:
+        low, high = 0, depth - 1
+    length = high - low + 1
+    # Bin centres are >= 1 slice apart when K <= length, and floor(c + 0.5) keeps them distinct.
+    centres = low - 0.5 + (np.arange(k) + 0.5) * length / k
+    return tuple(int(math.floor(c + 0.5)) for c in centres)
+
+
+def noninput_mask(shape: tuple[int, int, int], plane: str, indices) -> np.ndarray:
+    """True on every voxel that is not on an input slice."""
+    axis = plane_axis(plane)
+    keep = np.ones(shape[axis], dtype=bool)
+    keep[list(indices)] = False
+    return np.broadcast_to(np.expand_dims(keep, tuple(a for a in range(3) if a != axis)), shape)
+
+
+def score(ground_truth: np.ndarray, prediction: np.ndarray, plane: str, indices) -> dict[str, float]:
+    """Step 4: every metric of one reconstruction (``METRIC_COLUMNS``)."""
+    from ..metrics import psnr_all, psnr_paper, ssim_per_plane
+
+    gt = np.asarray(ground_truth, dtype=np.float32)
+    pred = np.asarray(prediction, dtype=np.float32)
+    both = psnr_all(gt, pred)
+    mask = noninput_mask(gt.shape, plane, indices)
+    noninput = psnr_paper(gt, pred, mask) if mask.any() else math.nan
+    ssim = ssim_per_plane(gt, pred)
+    return {
+        "psnr_paper": both["psnr_paper"],
+        "psnr_unit": both["psnr_unit"],
+        "psnr_paper_noninput": noninput,
+        "ssim_axial": ssim["axial"],
+        "ssim_coronal": ssim["coronal"],
+        "ssim_sagittal": ssim["sagittal"],
+    }
