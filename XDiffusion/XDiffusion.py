@@ -129,6 +129,7 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._timer = None
         self._lastResult = None
+        self._sliceKey = None  # (plane, input volume) the slice list was picked for
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -197,6 +198,7 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
         self._parameterNode = inputParameterNode
+        self._sliceKey = None
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
@@ -206,6 +208,14 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Slice list, enabled buttons and the validation message (nothing is created here)."""
         p = self._parameterNode
         if p is None:
+            return
+        # Indices mean something only for one plane of one volume: a new choice starts a new list.
+        key = (p.plane, p.inputVolume.GetID() if p.inputVolume else None)
+        changed = self._sliceKey is not None and key != self._sliceKey and len(p.sliceIndices) > 0
+        self._sliceKey = key
+        if changed:
+            self.logic.removeSlices(p, list(p.sliceIndices))  # modifies p: this method runs again
+            self.ui.statusLabel.text = "The plane or the input volume changed: the slice list was cleared."
             return
         self.ui.sliceListWidget.clear()
         for index in p.sliceIndices:
