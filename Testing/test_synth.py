@@ -293,3 +293,13 @@ def test_failure_midway_leaves_nothing(tmp_path, monkeypatch, existing):
         assert os.listdir(out) == []
     else:
         assert os.listdir(tmp_path) == []
+
+
+def test_random_contrast_keeps_brain_tissues_apart():
+    from XDiffusionLib.synth.contrast import random_means
+
+    for seed in range(30):
+        means = random_means(np.random.default_rng(seed), "random")
+        brain = sorted(means[n] for n in ("csf", "gm", "wm"))
+        assert brain[1] - brain[0] >= 0.08 and brain[2] - brain[1] >= 0.08 and brain[2] >= 0.4
+        assert means["background"] == 0.0 and all(0.0 <= v <= 1.0 for v in means.values())

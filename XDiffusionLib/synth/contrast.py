@@ -5,7 +5,8 @@ free. Ranges are chosen so the tissue order of each named contrast always holds:
 - ``t1``: fat > WM > GM > CSF > bone; lesions as on post-contrast T1 (dark core, bright rim).
 - ``t2``: CSF > GM > WM; fluid-rich core and edema bright.
 - ``flair``: CSF dark, GM > WM; edema brightest.
-- ``random``: every class uniform in [0, 1] (SynthSeg-style), background still zero.
+- ``random``: every class uniform in [0, 1] (SynthSeg-style), background still zero; redrawn
+  until CSF, GM and WM differ by at least 0.08 and the brightest of them reaches 0.4.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ LESION_CLASSES: tuple[str, ...] = ("necrotic", "enhancing", "edema")
 # Class index of the render stack (and of ``SyntheticSubject.classes`` values).
 RENDER_CLASSES: tuple[str, ...] = TISSUE_CLASSES + LESION_CLASSES
 
+_RANDOM_TRIES = 100
 # (low, high) mean intensity per tissue; lesions are set relative to tissues below.
 _RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "t1": {"csf": (0.08, 0.25), "gm": (0.40, 0.56), "wm": (0.68, 0.82), "bone": (0.01, 0.07),
@@ -37,7 +39,13 @@ def random_means(rng: np.random.Generator, contrast: str) -> dict[str, float]:
     if contrast not in CONTRASTS:
         raise ValueError(f"unknown contrast {contrast!r}")
     if contrast == "random":
-        means = {name: float(rng.uniform(0.0, 1.0)) for name in RENDER_CLASSES}
+        # Redraw until brain tissues are told apart and not all dim: an image with no visible
+        # anatomy teaches nothing. Bounded, so the draw count stays deterministic per seed.
+        for _ in range(_RANDOM_TRIES):
+            means = {name: float(rng.uniform(0.0, 1.0)) for name in RENDER_CLASSES}
+            brain = sorted(means[n] for n in ("csf", "gm", "wm"))
+            if min(b - a for a, b in zip(brain, brain[1:])) >= 0.08 and brain[-1] >= 0.4:
+                break
         means["background"] = 0.0
         return means
     means = {"background": 0.0}
