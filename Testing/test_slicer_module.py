@@ -309,6 +309,7 @@ def test_validation_messages_create_nothing(xd, scene, tmp_path, monkeypatch, ti
     flat = nodes.add_volume_node(scene, Volume.from_array(np.ones((8, 9, 1), np.float32)), "scout")
     smaller = add_volume(scene, "small", shape=(12, 10, 6))
     shifted = add_volume(scene, "shifted", spacing=(1.0, 1.3, 2.0))
+    no_segments = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty seg")
     before = snapshot(scene)
 
     def message():
@@ -341,6 +342,8 @@ def test_validation_messages_create_nothing(xd, scene, tmp_path, monkeypatch, ti
     assert message() is None
     p.overlay = "selected"
     assert message() == "no segmentation or labelmap selected for the overlay"
+    p.overlayNode = no_segments
+    assert message() == "segmentation 'empty seg' has no segments to overlay"
     p.overlay = "automatic"
     p.inputVolume = flat
     assert message() == "input volume 'scout' is 2D (8x9x1): XDiffusion needs a 3D volume"

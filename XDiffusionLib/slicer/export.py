@@ -129,6 +129,8 @@ def export_dicom_series(volume: Volume, folder: str | os.PathLike, provenance: P
     grid = volume.grid
     direction = np.asarray(grid.direction, dtype=np.float64)
     row, column = direction[:, 0], direction[:, 1]
+    # Readers stack slices along row x column; for a left-handed grid that runs against k, and
+    # they read the same voxels in the opposite slice order (same physical positions).
     normal = np.cross(row, column)
     now = datetime.datetime.now()
     series_uid = generate_uid()

@@ -179,4 +179,4 @@ class SceneReconstruction:
         result.segmentation_real = result.segmentation_generated = overlay
 
 
-__all__ = ["AUTOMATIC", "ResultNodes", "SceneReconstruction", "output_name"]
+__all__ = ["AUTOMATIC", "ResultNodes", "SceneReconstruction"]

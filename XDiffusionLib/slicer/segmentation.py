@@ -181,17 +181,6 @@ def labels_from_node(scene, node, reference_node) -> tuple[Volume, dict[int, tup
     raise XDiffusionError(f"{node.GetName()!r} is a {node.GetClassName()}: choose a segmentation or a labelmap volume")
 
 
-def show_only_in_views(segmentation, view_node_ids: list[str]) -> None:
-    """Show a segmentation as an outline-and-fill overlay in the given slice views only."""
-    display = segmentation.GetDisplayNode()
-    if display is None:
-        segmentation.CreateDefaultDisplayNodes()
-        display = segmentation.GetDisplayNode()
-    display.SetViewNodeIDs(list(view_node_ids))
-    display.SetOpacity2DFill(0.3)
-    display.SetOpacity2DOutline(1.0)
-
-
 def _labelmap_classes(node) -> dict[int, tuple[str, tuple[float, float, float]]]:
     display = node.GetDisplayNode()
     colours = display.GetColorNode() if display is not None else None

@@ -72,6 +72,9 @@ def check_request(input_node, settings: JobSettings, reference_node=None, segmen
         check_same_grid(reference_node, grid, "reference volume", input_node.GetName())
     if segmentation_node is not None and segmentation_node.IsA("vtkMRMLLabelMapVolumeNode"):
         check_same_grid(segmentation_node, grid, "labelmap", input_node.GetName())
+    if (segmentation_node is not None and segmentation_node.IsA("vtkMRMLSegmentationNode")
+            and segmentation_node.GetSegmentation().GetNumberOfSegments() == 0):
+        raise XDiffusionError(f"segmentation {segmentation_node.GetName()!r} has no segments to overlay")
     return grid
 
 
