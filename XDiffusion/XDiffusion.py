@@ -310,13 +310,15 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         kind = EXPORT_FORMATS[p.exportFormat]
         name = p.outputVolume.GetName()
         if kind == "dicom":
-            folder = qt.QFileDialog.getExistingDirectory(None, "Choose an empty folder for the DICOM series")
+            # The series goes into a new sub-folder named after the volume.
+            folder = qt.QFileDialog.getExistingDirectory(None, "Choose where to create the DICOM series folder")
             if not folder:
                 return
             target = str(Path(folder) / _safeFileName(name))
         else:
+            label = p.exportFormat.split(" (")[0]
             target = qt.QFileDialog.getSaveFileName(None, "Export reconstruction", _safeFileName(name) + kind,
-                                                    f"{p.exportFormat};;All files (*)")
+                                                    f"{label} (*{kind});;All files (*)")
             if not target:
                 return
         with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
