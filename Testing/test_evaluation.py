@@ -214,3 +214,28 @@ def test_samples_keyword_names_the_heldout_samples_only():
     names = [c.name for c in find_cases(["samples"])]
     assert names == [s.name for s in samples_with_role("heldout")]
     assert "icbm152_t1" not in names
+
+
+def test_xdiffusion_method_gets_the_model_folder(data_dir, tmp_path, capsys):
+    import torch
+
+    from XDiffusionLib.model.checkpoint import save_pretrained
+    from XDiffusionLib.model.config import XDiffusionConfig
+    from XDiffusionLib.model.factory import build_denoiser
+
+    torch.manual_seed(0)
+    config = XDiffusionConfig(side=16, block_out_channels=(8, 16), attention_levels=(1,), max_slices=2, depth_frequencies=4)
+    model_dir = save_pretrained(build_denoiser(config).eval(), config, tmp_path / "model")
+    out = tmp_path / "eval"
+    args = ["evaluate", "--data", str(data_dir / "case_a.nii.gz"), "--method", "xdiffusion", "--model", str(model_dir),
+            "--no-figures", "--no-progress", "--out", str(out)]
+    # The model's own check (at most 2 input slices) runs before anything is written.
+    assert main([*args, "--slices", "3"]) != 0
+    assert "at most 2" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--slices", "2"]) == 0
+    _, rows = read_csv(out / "cases.csv")
+    assert [(r["method"], r["k"]) for r in rows] == [("xdiffusion", "2")]
+    assert math.isfinite(float(rows[0]["psnr_paper"]))
+    record = json.loads((out / "protocol.json").read_text())
+    assert record["methods"]["xdiffusion"]["options"]["model_dir"] == str(model_dir)
+    assert "torch" in record["versions"]

@@ -117,8 +117,9 @@ def score(ground_truth: np.ndarray, prediction: np.ndarray, plane: str, indices)
     """Step 4: every metric of one reconstruction (``METRIC_COLUMNS``)."""
     from ..metrics import psnr_all, psnr_paper, ssim_per_plane
 
-    gt = np.asarray(ground_truth, dtype=np.float32)
-    pred = np.asarray(prediction, dtype=np.float32)
+    # The metrics work in float64: convert once here rather than once per metric.
+    gt = np.asarray(ground_truth, dtype=np.float64)
+    pred = np.asarray(prediction, dtype=np.float64)
     both = psnr_all(gt, pred)
     mask = noninput_mask(gt.shape, plane, indices)
     noninput = psnr_paper(gt, pred, mask) if mask.any() else math.nan
