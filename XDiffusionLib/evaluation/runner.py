@@ -148,7 +148,6 @@ def prepare(settings: EvaluationSettings, note: Callable[[str], None] = print) -
             reason = f"a label map ({labels} distinct values), not an MRI intensity volume"
             if source.explicit:
                 raise XDiffusionError(f"--data {source.path}: {reason}")
-            note(f"skipping {source.name}: {reason}")
             skipped.append({"case": source.name, "path": str(source.path), "reason": reason})
             continue
         indices = _case_indices(volume, source, settings, ks)
@@ -162,6 +161,8 @@ def prepare(settings: EvaluationSettings, note: Callable[[str], None] = print) -
         cases.append(PreparedCase(source, volume.shape, volume.spacing, indices, volume if keep else None))
     if not cases:
         raise XDiffusionError("no cases left to evaluate: every volume found was skipped")
+    for skip in skipped:  # only once every check passed, so an error stays alone on stderr
+        note(f"skipping {skip['case']}: {skip['reason']}")
     return Plan(settings, out, ks, methods, cases, skipped)
 
 
