@@ -375,6 +375,7 @@ def write_json(path: Path, data: dict) -> None:
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=2)
         handle.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are for everyone to read
     os.replace(tmp, path)
 
 
