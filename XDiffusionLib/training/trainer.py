@@ -124,9 +124,12 @@ class Trainer:
         warmup = min(self.tc.warmup_steps, self.tc.steps // 10)
         self.lr_scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, self.tc.steps)
         self.step = 0
+        self._scaler_state = None
         if spec.resume_from is not None:
             self._load(Path(spec.resume_from), model, optimizer)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if self._scaler_state and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(self._scaler_state)
         self.noise_scheduler = training_noise_scheduler(self.config)
         self.settings = ExampleSettings(
             k_max=self.tc.k_max,
@@ -158,6 +161,7 @@ class Trainer:
         optimizer.load_state_dict(ckpt.unflatten_optimizer_state(tensors, meta["optimizer"]))
         self.lr_scheduler.load_state_dict(meta["lr_scheduler"])
         ckpt.restore_rng_state(tensors, self.rank)
+        self._scaler_state = meta.get("grad_scaler")
         self.step = int(meta["step"])
 
     def _state_meta(self) -> dict:
@@ -171,6 +175,8 @@ class Trainer:
             "val_data": [str(p) for p in self.spec.val_data],
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "ema": {"decay": self.ema.decay, "num_updates": self.ema.num_updates},
+            # fp16 loss scaling (GPU runs with --mixed-precision fp16); floats and ints only
+            "grad_scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
         }
 
     def save_checkpoint(self) -> Path | None:
