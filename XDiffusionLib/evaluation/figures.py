@@ -63,8 +63,10 @@ def _save(figure, path: Path) -> Path:
     return write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=100), binary=True)
 
 
-def case_figure(ground_truth, prediction: np.ndarray, inputs: SliceInput, title: str, path: Path) -> Path:
-    """The case panel (module docstring) written atomically to ``path``."""
+def case_figure(ground_truth, prediction: np.ndarray, inputs: SliceInput, title: str, path: Path,
+                uncertainty: np.ndarray | None = None) -> Path:
+    """The case panel (module docstring) written atomically to ``path``; with ``uncertainty``, a fifth
+    column shows the per-voxel spread across views and samples."""
     from matplotlib.figure import Figure
 
     gt = np.asarray(ground_truth.array if hasattr(ground_truth, "array") else ground_truth, dtype=np.float32)
@@ -76,9 +78,13 @@ def case_figure(ground_truth, prediction: np.ndarray, inputs: SliceInput, title:
     limit = 0.5 * (high - low)
     positions = cut_positions(gt, inputs)
 
-    figure = Figure(figsize=(11, 8.8), layout="constrained")
+    columns = 4 if uncertainty is None else 5
+    figure = Figure(figsize=(2.75 * columns, 8.8), layout="constrained")
     figure.suptitle(title, fontsize=10)
-    axes = figure.subplots(3, 4)
+    axes = figure.subplots(3, columns)
+    if uncertainty is not None:
+        uncertainty = np.asarray(uncertainty, dtype=np.float32)
+        spread_max = float(np.percentile(uncertainty, 99.5)) or 1.0
     for row, plane in enumerate(_PLANES):
         axis = PLANE_AXIS[plane]
         position = positions[axis]
@@ -95,6 +101,9 @@ def case_figure(ground_truth, prediction: np.ndarray, inputs: SliceInput, title:
             (_cut(pred, plane, position), "reconstruction", "gray", (low, high)),
             (_cut(pred - gt, plane, position), "difference (recon - GT)", "RdBu_r", (-limit, limit)),
         ]
+        if uncertainty is not None:
+            panels.append((_cut(uncertainty, plane, position), "uncertainty (std over views)", "magma",
+                           (0.0, spread_max)))
         for col, (image, label, cmap, (vmin, vmax)) in enumerate(panels):
             ax = axes[row, col]
             shown = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, aspect=_aspect(spacing, plane),
@@ -104,6 +113,8 @@ def case_figure(ground_truth, prediction: np.ndarray, inputs: SliceInput, title:
             ax.set_yticks([])
             if col == 3 and row == 0:
                 figure.colorbar(shown, ax=axes[:, 3], shrink=0.6, label="intensity difference")
+            if col == 4 and row == 0:
+                figure.colorbar(shown, ax=axes[:, 4], shrink=0.6, label="std across views")
     return _save(figure, path)
 
 
