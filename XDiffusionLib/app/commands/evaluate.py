@@ -36,6 +36,11 @@ def register(subparsers) -> None:
     parser.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                         help="write PNG figures (default: yes)")
     parser.add_argument("--model", metavar="DIR", help="model folder for --method xdiffusion (default: shipped weights)")
+    for flag, kind, text in (("--views", int, "azimuth views"), ("--steps", int, "denoising steps per view"),
+                             ("--sampler", str, "ddpm, ddim or dpmpp"), ("--guidance", float, "guidance scale"),
+                             ("--samples", int, "samples per view"), ("--seed", int, "random seed"),
+                             ("--device", str, "auto, cpu or cuda")):
+        parser.add_argument(flag, type=kind, default=None, help=f"--method xdiffusion: {text} (default: the model's)")
     parser.add_argument("--atlas", metavar="PATH", help="template volume for --method template (default: shipped ICBM152 T1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -53,7 +58,14 @@ def run(args: argparse.Namespace) -> int:
             continue
         if method not in methods:
             raise XDiffusionError(f"{flag} {value} is only used by --method {method}, which is not evaluated")
-        options[method] = {key: value}
+        options.setdefault(method, {})[key] = value
+    for key in ("views", "steps", "sampler", "guidance", "samples", "seed", "device"):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if "xdiffusion" not in methods:
+            raise XDiffusionError(f"--{key} {value} is only used by --method xdiffusion, which is not evaluated")
+        options.setdefault("xdiffusion", {})[key] = value
     settings = EvaluationSettings(
         out=Path(args.out),
         data=args.data,
