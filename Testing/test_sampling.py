@@ -314,3 +314,29 @@ def test_missing_model_folder_and_unknown_settings(tmp_path):
     with pytest.raises(XDiffusionError, match="unknown reconstruction settings"):
         XDiffusionReconstructor(colour="red")
     assert ReconstructionSettings().sampler == "dpmpp"
+
+
+class CopyPriorModel(ExactModel):
+    """Lands exactly on the first image-condition channel: the output cube is that prior volume."""
+
+    def forward(self, x, t, cond):
+        ab = self.alphas[t.long().cpu()].view(-1, 1, 1, 1).to(x)
+        x0 = cond.image[:, :1]
+        eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+
+def test_template_prior_comes_from_the_template_baseline():
+    from XDiffusionLib.baselines.template import TemplateBaseline
+    from XDiffusionLib.transforms.intensity import IntensityNormalizer
+    from XDiffusionLib.transforms.model_space import ModelSpace
+
+    config = tiny_config(priors=("template", "linear"))
+    inputs = SliceInput.from_volume(anisotropic_volume(), "axial", [4])
+    method = XDiffusionReconstructor(model=CopyPriorModel(config, 0.0), config=config, steps=2, views=1, device="cpu")
+    out = method.reconstruct(inputs).array
+    normalizer = IntensityNormalizer().fit(inputs.slices)
+    space = ModelSpace.for_grid(inputs.grid, S)
+    template_cube = normalizer.forward(space.to_cube(TemplateBaseline().reconstruct(inputs).array))
+    expected = inputs.paste_into(normalizer.inverse(space.from_cube(template_cube)))
+    assert np.allclose(out, expected, atol=1e-3 * float(np.abs(expected).max()))

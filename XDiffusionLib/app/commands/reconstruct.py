@@ -45,6 +45,7 @@ def register(subparsers) -> None:
     parser.add_argument("--model", metavar="DIR", help="model folder (config.json + model.safetensors); default: shipped")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--chunk-size", type=int, metavar="N", help="cross-sections per network call (default: a whole view)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA (ignored on CPU)")
     parser.add_argument("--volume", type=int, metavar="N", help="volume N of a 4D file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -116,7 +117,7 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
 
     settings = dict(
         views=args.views, steps=args.steps, sampler=args.sampler, guidance=args.guidance, samples=args.samples,
-        seed=args.seed, device=args.device, aggregate=args.aggregate, chunk_size=args.chunk_size,
+        seed=args.seed, device=args.device, aggregate=args.aggregate, chunk_size=args.chunk_size, bf16=args.bf16,
     )
     reconstructor = XDiffusionReconstructor(model_dir=args.model, **settings)  # checks the settings first
     volume = read_volume(args.input, args.volume)
