@@ -51,9 +51,11 @@ def read_volume(path: str | os.PathLike, volume_index: int | None = None) -> Vol
     """
     image, label = _read_3d_image(path, volume_index)
     array = image_to_array(image, np.float32)
-    if not np.isfinite(array).all():
-        n_nan = int(np.isnan(array).sum())
-        n_inf = int(np.isinf(array).sum())
+    # ITK's NIfTI reader turns NaN voxels into 0 silently, so look at the stored values themselves.
+    stored = _nifti_stored_values(Path(path).expanduser(), volume_index) if volume_suffix(path) in (".nii", ".nii.gz") else array
+    if not np.isfinite(stored).all():
+        n_nan = int(np.isnan(stored).sum())
+        n_inf = int(np.isinf(stored).sum())
         parts = [f"{n} {kind} voxel{'s' if n != 1 else ''}" for n, kind in ((n_nan, "NaN"), (n_inf, "infinite")) if n]
         raise XDiffusionError(f"{label} has {' and '.join(parts)}: fix or mask them before reconstruction")
     low, high = float(array.min()), float(array.max())
@@ -181,6 +183,19 @@ def _finish(image: sitk.Image, label: str, volume_index: int | None) -> sitk.Ima
         extractor.SetDirectionCollapseToStrategy(sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
         image = extractor.Execute(image)
     return image
+
+
+def _nifti_stored_values(path: Path, volume_index: int | None) -> np.ndarray:
+    """The NIfTI voxel values as stored (float types only; integers cannot hold NaN or Inf)."""
+    import nibabel
+
+    proxy = nibabel.load(str(path)).dataobj
+    if not np.issubdtype(np.dtype(proxy.dtype), np.floating):
+        return np.zeros(1, dtype=np.float32)
+    values = np.asanyarray(proxy)
+    if values.ndim == 4:
+        values = values[..., volume_index or 0]
+    return values
 
 
 def _check_nifti_complete(path: Path, label: str) -> None:
