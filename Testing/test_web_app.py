@@ -1,0 +1,423 @@
+"""``xdiffusion app`` in a real browser: Debian's Chromium driven by Playwright.
+
+One app (hub) for the module, started in a subprocess on a free port with a tiny random model
+(side 16) and a 1 MB upload limit; every test opens its own tab, so its own session. Views are
+checked from the page's pixels (screenshots -> numpy), not from the server's state.
+
+``XDIFFUSION_WEB_SCREENSHOT=Resources/web-app-screenshot.png`` makes the reconstruction test also
+write the README screenshot there (docs/web-app.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from XDiffusionLib.io import read_volume, write_volume
+from XDiffusionLib.io.volume import Volume
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+VIEWPORT = {"width": 1500, "height": 850}
+UPLOAD_LIMIT_MB = 1
+SLOW = 150_000  # ms: a session start or a reconstruction on a busy 2-core machine
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    import torch
+
+    from XDiffusionLib.model.checkpoint import save_pretrained
+    from XDiffusionLib.model.config import XDiffusionConfig
+    from XDiffusionLib.model.factory import build_denoiser
+
+    torch.manual_seed(0)
+    config = XDiffusionConfig(side=16, block_out_channels=(8, 16), attention_levels=(1,), max_slices=4,
+                              depth_frequencies=4)
+    return save_pretrained(build_denoiser(config), config, tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def head_file(tmp_path_factory) -> Path:
+    """A small synthetic head: a bright textured ball in dark noise, 24x24x20 at 2x2x2.5 mm."""
+    i, j, k = np.meshgrid(*[np.linspace(-1, 1, n) for n in (24, 24, 20)], indexing="ij")
+    r = np.sqrt(i**2 + j**2 + (1.1 * k) ** 2)
+    rng = np.random.default_rng(0)
+    array = np.where(r < 0.8, 80 + 60 * np.cos(3 * r) + 20 * i, 5) + rng.normal(0, 2, r.shape)
+    volume = Volume.from_array(array.astype(np.float32), (2.0, 2.0, 2.5), (10.0, -4.0, 3.0))
+    return write_volume(volume, tmp_path_factory.mktemp("data") / "head.nii.gz")
+
+
+def start_app(model: Path, log_path: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "XDiffusionLib.app.cli", "app", "--port", str(port), "--model", str(model),
+         "--max-upload-mb", str(UPLOAD_LIMIT_MB), "--session-timeout", "30", "--max-sessions", "8", *extra],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            get_json(url + "/status")
+            return process, url
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(f"the app did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+
+
+def stop_app(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_model, tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("app") / "app.log"
+    process, url = start_app(tiny_model, log_path)
+    yield url
+    stop_app(process)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup.sh (installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+# -- page helpers --------------------------------------------------------------------------------
+
+def open_tab(browser_or_context, url: str):
+    page = browser_or_context.new_page(**({"viewport": VIEWPORT} if hasattr(browser_or_context, "contexts") else {}))
+    page.set_default_timeout(30_000)
+    page.goto(url + "/", timeout=SLOW)
+    page.wait_for_selector("#xd-upload", state="attached", timeout=SLOW)
+    return page
+
+
+def view_pixels(page, tag: str) -> np.ndarray:
+    """RGB pixels of one slice view, without its title row and slider."""
+    from PIL import Image
+
+    box = page.locator(f"#xd-view-{tag}").bounding_box()
+    clip = {"x": box["x"] + 4, "y": box["y"] + 30, "width": box["width"] - 8, "height": box["height"] - 75}
+    return np.asarray(Image.open(io.BytesIO(page.screenshot(clip=clip))).convert("RGB"), dtype=np.float64)
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+
+def slider_track(page, tag: str):
+    return page.locator(f"#xd-view-{tag}").locator("xpath=..").locator(".v-slider-track").first
+
+
+def error_text(page) -> str:
+    page.wait_for_selector("#xd-error", timeout=60_000)
+    return page.inner_text("#xd-error")
+
+
+# -- tests ---------------------------------------------------------------------------------------
+
+def test_reconstruct_compare_export_in_browser(browser, app_url, tmp_path):
+    page = open_tab(browser, app_url)
+    # Load the smallest shipped real MRI from the sample list.
+    page.click("#xd-open-sample")
+    page.wait_for_selector("#xd-volume", timeout=60_000)
+    assert "128x128x62" in page.inner_text("#xd-volume")
+    wait_until(lambda: view_pixels(page, "Red").std() > 10, what="the axial view to show the volume")
+
+    # Scroll the axial view with its slider; the title follows the slice index.
+    title = page.inner_text("#xd-title-Red")
+    slider_track(page, "Red").click(position={"x": 40, "y": 2})
+    wait_until(lambda: page.inner_text("#xd-title-Red") != title, what="the axial slice index to change")
+    index = int(re.search(r"(\d+)\s*$", page.inner_text("#xd-title-Red")).group(1))
+
+    page.click("#xd-use-Red")
+    page.wait_for_selector("#xd-picks")
+    assert re.search(rf"axial:\s*{index}\b", page.inner_text("#xd-picks"))
+
+    page.fill("#xd-steps", "2")
+    page.fill("#xd-views-count", "2")
+    page.click("#xd-reconstruct")
+    page.wait_for_selector("#xd-progress", state="visible")
+    page.wait_for_selector("#xd-results", timeout=SLOW)
+    assert page.locator("#xd-error").count() == 0
+
+    page.wait_for_selector("#xd-metrics", timeout=60_000)
+    metrics = page.inner_text("#xd-metrics")
+    for name in ("PSNR, paper convention", "PSNR, unit-range convention", "SSIM, axial", "SSIM, coronal",
+                 "SSIM, sagittal"):
+        assert name in metrics
+    assert re.search(r"PSNR, paper convention\s+-?\d+\.\d+ dB", metrics)
+
+    for tag in ("XDiffusionReal", "XDiffusionGenerated", "XDiffusionDifference", "XDiffusionUncertainty"):
+        wait_until(lambda: view_pixels(page, tag).std() > 5, what=f"the {tag} view to show an image")
+
+    # The overlay toggle changes what the generated view shows.
+    with_overlay = view_pixels(page, "XDiffusionGenerated")
+    page.click("#xd-overlay")
+    wait_until(lambda: np.abs(view_pixels(page, "XDiffusionGenerated") - with_overlay).mean() > 2,
+               what="the overlay to disappear")
+    time.sleep(1.0)
+    generated = view_pixels(page, "XDiffusionGenerated")
+    difference = view_pixels(page, "XDiffusionDifference")
+    assert generated.std() > 5, "the generated view is empty"
+    assert np.abs(generated - difference).mean() > 10, "the difference view looks like the generated view"
+    # Colour: the difference uses a diverging blue-white-red table, the generated view is grey.
+    assert np.abs(difference[..., 0] - difference[..., 2]).mean() > 3 * np.abs(generated[..., 0] - generated[..., 2]).mean()
+
+    # Synchronised slices: moving the generated view's slider moves the real view too.
+    real = view_pixels(page, "XDiffusionReal")
+    slider_track(page, "XDiffusionGenerated").click(position={"x": 12, "y": 2})
+    wait_until(lambda: np.abs(view_pixels(page, "XDiffusionReal") - real).mean() > 2,
+               what="the real view to follow the generated view's slider")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-app-result.png"))
+    target = os.environ.get("XDIFFUSION_WEB_SCREENSHOT")
+    if target:
+        page.click("#xd-overlay")  # the README shows the overlay
+        time.sleep(2.0)
+        page.screenshot(path=str(REPO / target))
+
+    # Export: NIfTI download, then a DICOM pseudo-MRI series.
+    page.click("#xd-export")
+    page.wait_for_selector("#xd-download")
+    with page.expect_download() as download:
+        page.click("#xd-download")
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.name.endswith(".nii.gz")
+    assert read_volume(saved).shape == (128, 128, 62)
+
+    page.click(".xd-export-format .v-field")
+    page.get_by_text("DICOM pseudo-MRI series (.zip)").click()
+    page.click("#xd-export")
+    page.wait_for_selector("#xd-download:has-text('.zip')")
+    with page.expect_download() as download:
+        page.click("#xd-download")
+    archive = tmp_path / download.value.suggested_filename
+    download.value.save_as(archive)
+    with zipfile.ZipFile(archive) as series:
+        names = [n for n in series.namelist() if n.endswith(".dcm")]
+        assert len(names) == 62
+        import pydicom
+
+        first = pydicom.dcmread(io.BytesIO(series.read(names[0])))
+        assert "AI-generated" in first.SeriesDescription
+    page.close()
+
+
+def test_bad_uploads_show_an_error_and_the_app_keeps_serving(browser, app_url, head_file, tmp_path):
+    import SimpleITK as sitk
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image\n")
+    flat = tmp_path / "flat.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((32, 32)).astype(np.float32)), str(flat))
+    big = tmp_path / "big.nii.gz"
+    big.write_bytes(np.random.default_rng(1).bytes(int(1.5 * (1 << 20))))
+
+    page = open_tab(browser, app_url)
+    for path, expected in ((text, "unsupported file type"), (flat, "2D"), (big, "larger than the upload limit")):
+        page.set_input_files("#xd-upload", str(path))
+        message = error_text(page)
+        assert path.name in message and expected in message, message
+        assert str(tmp_path) not in message  # the server's folders stay private
+        assert get_json(app_url + "/status")["sessions"] >= 1  # the server still answers
+        page.click("#xd-error .v-alert__close button")
+        page.wait_for_selector("#xd-error", state="detached")
+
+    # The server checks the limit itself too (a client that skips the page's check).
+    status, answer = page.evaluate(
+        "async () => { const r = await fetch('upload?name=big.nii.gz', {method: 'POST', body: new Uint8Array(1600000)});"
+        " return [r.status, await r.json()]; }")
+    assert status == 413 and "upload limit" in answer["error"]
+
+    # A good upload after all that still works.
+    page.set_input_files("#xd-upload", str(head_file))
+    page.wait_for_selector("#xd-volume")
+    assert "head: 24x24x20 voxels" in page.inner_text("#xd-volume")
+    assert page.locator("#xd-error").count() == 0
+    page.close()
+
+
+def test_two_tabs_have_their_own_sessions(browser, app_url, head_file):
+    context = browser.new_context(viewport=VIEWPORT)
+    first = open_tab(context, app_url)
+    first.set_input_files("#xd-upload", str(head_file))
+    first.wait_for_selector("#xd-volume")
+    first.click("#xd-use-Green")
+    first.wait_for_selector("#xd-picks")
+    picks = first.inner_text("#xd-picks")
+    assert picks.startswith("coronal")
+
+    second = open_tab(context, app_url)
+    assert second.url != first.url
+    assert second.locator("#xd-volume").count() == 0 and second.locator("#xd-picks").count() == 0
+    second.click("#xd-open-sample")
+    second.wait_for_selector("#xd-volume", timeout=60_000)
+    assert "128x128x62" in second.inner_text("#xd-volume")
+
+    # The first tab kept its volume and slices.
+    time.sleep(1.0)
+    assert "head: 24x24x20" in first.inner_text("#xd-volume")
+    assert first.inner_text("#xd-picks") == picks
+
+    # The first tab's address opened in another tab (a duplicated tab) gets a session of its own.
+    third = context.new_page()
+    third.goto(first.url, timeout=SLOW)
+    third.wait_for_selector("#xd-upload", state="attached", timeout=SLOW)
+    assert third.url != first.url and third.locator("#xd-volume").count() == 0
+    assert get_json(app_url + "/status")["sessions"] >= 3
+    context.close()
+
+
+def test_worker_failure_is_reported_and_cancel_stops_a_run(browser, app_url, head_file, tiny_model, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    shutil.copy(tiny_model / "config.json", broken / "config.json")
+    (broken / "model.safetensors").write_bytes(b"this is not a safetensors file")
+
+    page = open_tab(browser, app_url)
+    page.set_input_files("#xd-upload", str(head_file))
+    page.wait_for_selector("#xd-volume")
+    page.click("#xd-use-Red")
+    page.wait_for_selector("#xd-picks")
+
+    # The worker process fails to load the model: the page says so and keeps working.
+    page.fill("#xd-model", str(broken))
+    page.fill("#xd-steps", "2")
+    page.click("#xd-reconstruct")
+    message = error_text(page)
+    assert "model.safetensors" in message or "weights" in message, message
+    assert page.is_enabled("#xd-reconstruct")
+
+    # A long run is cancelled from the page.
+    page.fill("#xd-model", str(tiny_model))
+    page.fill("#xd-steps", "500")
+    page.fill("#xd-views-count", "8")
+    page.click("#xd-reconstruct")
+    page.wait_for_selector("#xd-cancel", state="visible")
+    wait_until(lambda: re.match(r"\s*([1-9]\d*)%", page.inner_text("#xd-progress-text")), timeout=SLOW / 1000,
+               what="sampling progress")
+    page.click("#xd-cancel")
+    page.wait_for_selector("#xd-info:has-text('cancelled')", timeout=60_000)
+    assert page.is_hidden("#xd-cancel") and page.is_enabled("#xd-reconstruct")
+    assert page.locator("#xd-results").count() == 0
+    page.close()
+
+
+def test_stopping_the_app_stops_its_sessions(tiny_model, tmp_path):
+    log_path = tmp_path / "app.log"
+    process, url = start_app(tiny_model, log_path)
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=SLOW / 1000)
+        connection.request("GET", "/")
+        answer = connection.getresponse()
+        assert answer.status == 303 and answer.getheader("Location").startswith("/s/")
+        port = int(re.search(r"started on port (\d+)", log_path.read_text()).group(1))
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # the session serves
+        # An unknown session says so, with a way back.
+        with pytest.raises(urllib.error.HTTPError) as gone:
+            urllib.request.urlopen(url + "/s/no-such-session/", timeout=10)
+        assert gone.value.code == 404 and "new session" in gone.value.read().decode()
+    finally:
+        assert stop_app(process) == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    assert "ended" in log_path.read_text()
+
+
+def test_upload_limit_holds_for_streamed_bodies(tmp_path):
+    """A body without Content-Length is cut off at the limit while it streams in."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from XDiffusionLib.app.web.transfer import Transfers
+
+    transfers = Transfers(tmp_path / "session", max_upload_bytes=1 << 20)
+
+    async def scenario():
+        app = web.Application()
+        app.add_routes(transfers.routes())
+        async with TestClient(TestServer(app)) as client:
+            async def body():
+                for _ in range(3):
+                    yield b"x" * (600 << 10)
+
+            refused = await client.post("/upload?name=../../big.nii.gz", data=body())
+            accepted = await client.post("/upload?name=../../small.nii.gz", data=b"y" * 1000)
+            return refused.status, await refused.json(), accepted.status, await accepted.json()
+
+    # Playwright's sync API owns this thread's event loop: run the server in a thread of its own.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        refused_status, refused, accepted_status, accepted = pool.submit(asyncio.run, scenario()).result()
+    assert refused_status == 413 and not refused["ok"] and "upload limit" in refused["error"]
+    assert accepted_status == 200 and accepted["ok"] and accepted["name"] == "small.nii.gz"
+    path = transfers.take_upload(accepted["token"])
+    assert path.read_bytes() == b"y" * 1000
+    assert (tmp_path / "session" / "uploads") in path.parents  # never outside the session's folder
+    assert not [p for p in (tmp_path / "session" / "uploads").rglob("big*")]  # the refused file is gone
+
+
+def test_app_command_refuses_a_missing_model(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "XDiffusionLib.app.cli", "app", "--model", str(tmp_path / "none")],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert "model folder" in result.stderr and "not found" in result.stderr

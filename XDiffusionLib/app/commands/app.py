@@ -1,0 +1,53 @@
+"""``xdiffusion app``: the browser app (trame + 3D Slicer's core libraries), see docs/web-app.md."""
+
+from __future__ import annotations
+
+import argparse
+
+from ...errors import XDiffusionError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "app",
+        help="start the browser app: load a volume, pick slices, reconstruct, compare, export",
+        description=("Serve the XDiffusion web app. Open the printed address in a browser; every tab gets its "
+                     "own session. Listens on this computer only unless --host says otherwise."),
+    )
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this computer only; 0.0.0.0: every network)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.add_argument("--model", metavar="DIR", help="model folder (config.json + model.safetensors); default: shipped")
+    parser.add_argument("--max-upload-mb", type=float, default=512, metavar="MB",
+                        help="largest volume file a browser may upload (default 512)")
+    parser.add_argument("--max-sessions", type=int, default=4, metavar="N",
+                        help="browser tabs served at once, each with its own session (default 4)")
+    parser.add_argument("--session-timeout", type=int, default=60, metavar="S",
+                        help="seconds a session lives on after its tab closed (default 60)")
+    paths = parser.add_mutually_exclusive_group()
+    paths.add_argument("--allow-server-paths", dest="server_paths", action="store_true", default=None,
+                       help="let the page open volumes and models by a path on this server "
+                            "(default: only when listening on this computer)")
+    paths.add_argument("--no-server-paths", dest="server_paths", action="store_false",
+                       help="uploads only, and only the --model folder")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ...slicer.validation import check_model_dir
+    from ..web.hub import HubSettings, is_loopback, serve
+
+    if not 0 <= args.port <= 65535:
+        raise XDiffusionError(f"port {args.port} is not a port number (0..65535)")
+    if args.max_upload_mb <= 0:
+        raise XDiffusionError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
+    if args.max_sessions < 1:
+        raise XDiffusionError(f"--max-sessions must be at least 1, got {args.max_sessions}")
+    if args.session_timeout < 1:
+        raise XDiffusionError(f"--session-timeout must be at least 1 second, got {args.session_timeout}")
+    model_dir = str(check_model_dir(args.model)) if args.model else None
+    allow_paths = is_loopback(args.host) if args.server_paths is None else bool(args.server_paths)
+    settings = HubSettings(host=args.host, port=args.port, model_dir=model_dir,
+                           max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_sessions=args.max_sessions,
+                           session_timeout=args.session_timeout, allow_server_paths=allow_paths)
+    return serve(settings)

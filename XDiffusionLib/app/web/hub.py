@@ -1,0 +1,365 @@
+"""The front server of ``xdiffusion app``: one private session process per browser tab.
+
+trame keeps a single state per server and mirrors it to every connected client, so two tabs on
+one trame server would overwrite each other's volume, slices and results. The hub therefore
+listens on the one public address and, for every tab that opens ``/``, starts a session process
+(``session.py``, its own Slicer scene and state, bound to 127.0.0.1 on a free port) and redirects
+the tab to ``/s/<token>/``; everything under that prefix (page, websocket, uploads, downloads) is
+forwarded to that tab's process. Consequences, by design:
+- a reload keeps its session; a second tab, or a duplicated one, gets a new session;
+- a crashed or stopped session only affects its own tab (its URL then says so, with a link);
+- at most ``max_sessions`` run at once (memory); a further tab gets a clear "busy" page;
+- one spare session is kept started, so a new tab does not wait for Slicer's libraries to load;
+- a session stops ``session_timeout`` seconds after its tab closed (the hub counts its websockets);
+  all stop with the hub, and a session whose hub vanished stops by itself (its stdin closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import logging
+import os
+import secrets
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from ...errors import XDiffusionError
+from .session import READY_PREFIX
+from .transfer import megabytes
+
+log = logging.getLogger("xdiffusion.hub")
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])  # the folder that holds XDiffusionLib
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+               "transfer-encoding", "upgrade", "host"}
+_RELOAD_GRACE_S = 2.5
+
+
+@dataclass
+class Session:
+    token: str
+    process: asyncio.subprocess.Process
+    port: int = 0
+    sockets: int = 0
+    assigned: bool = False  # handed to a tab (not a spare)
+    idle_since: float = 0.0  # monotonic time its last websocket closed (or it was handed out)
+    tasks: list = field(default_factory=list)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    model_dir: str | None = None
+    max_upload_bytes: int = 512 << 20
+    max_sessions: int = 4
+    session_timeout: int = 60
+    allow_server_paths: bool = True
+    start_timeout: float = 180.0
+    worker_mode: str = "subprocess"
+    spare_sessions: int = 1
+
+
+class Hub:
+    def __init__(self, settings: HubSettings):
+        self.settings = settings
+        self.sessions: dict[str, Session] = {}
+        self._client: aiohttp.ClientSession | None = None
+        self._starting = 0
+        self._spares: list[asyncio.Future] = []  # sessions being started or ready for the next tab
+        self._background: list[asyncio.Task] = []
+
+    # -- app -------------------------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 20)
+        app.add_routes([
+            web.get("/", self.new_session),
+            web.get("/status", self.status),
+            web.route("*", "/s/{token}", self.add_slash),
+            web.route("*", "/s/{token}/{tail:.*}", self.forward),
+        ])
+        app.on_startup.append(self._startup)
+        app.on_shutdown.append(self._shutdown)
+        return app
+
+    async def _startup(self, _app) -> None:
+        self._client = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))
+        self._background.append(asyncio.ensure_future(self._expire_idle()))
+        self._keep_spare()
+
+    async def _shutdown(self, _app) -> None:
+        for task in self._background:
+            task.cancel()
+        for spare in self._spares:
+            spare.cancel()
+        await asyncio.gather(*self._spares, *self._background, return_exceptions=True)
+        await asyncio.gather(*(self._stop(s) for s in list(self.sessions.values())), return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
+
+    def _keep_spare(self) -> None:
+        """Start a spare session when there is none and the limit allows it."""
+        self._spares = [f for f in self._spares if not f.done() or (not f.cancelled() and not f.exception()
+                                                                     and f.result().alive)]
+        alive = sum(s.alive for s in self.sessions.values())
+        starting = sum(not f.done() for f in self._spares)
+        if len(self._spares) < self.settings.spare_sessions and alive + starting < self.settings.max_sessions:
+            self._spares.append(asyncio.ensure_future(self.start_session()))
+
+    async def _take_session(self) -> Session:
+        """A started session for a new tab: the spare when there is one, else a new one."""
+        while self._spares:
+            spare = self._spares.pop(0)
+            try:
+                session = await spare
+            except (XDiffusionError, asyncio.CancelledError):
+                continue
+            if session.alive:
+                return session
+        return await self.start_session()
+
+    async def _expire_idle(self) -> None:
+        """Stop every tab's session ``session_timeout`` seconds after its last websocket closed."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(5.0, self.settings.session_timeout / 4))
+            now = loop.time()
+            for session in list(self.sessions.values()):
+                if session.assigned and not session.sockets and now - session.idle_since > self.settings.session_timeout:
+                    log.info("session %s idle for %ds: stopping it", session.token[:6], self.settings.session_timeout)
+                    await self._stop(session)
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def session_command(self) -> list[str]:
+        s = self.settings
+        command = [sys.executable, "-m", "XDiffusionLib.app.web.session", "--port", "0", "--timeout", "0",
+                   "--watch-stdin", "--max-upload-bytes", str(s.max_upload_bytes),
+                   "--worker-mode", s.worker_mode]
+        if s.model_dir:
+            command += ["--model", str(s.model_dir)]
+        if s.allow_server_paths:
+            command.append("--allow-server-paths")
+        return command
+
+    async def start_session(self) -> Session:
+        environment = dict(os.environ)
+        paths = [_PACKAGE_ROOT] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p]
+        environment.update({"PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"})
+        process = await asyncio.create_subprocess_exec(
+            *self.session_command(), stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.PIPE,
+            env=environment, start_new_session=os.name != "nt")
+        session = Session(secrets.token_urlsafe(12), process)
+        try:
+            session.port = await asyncio.wait_for(self._read_port(process), self.settings.start_timeout)
+        except (asyncio.TimeoutError, XDiffusionError) as error:
+            await self._stop(session)
+            raise XDiffusionError(f"the session process did not start: {error or 'timed out'}") from None
+        session.tasks = [asyncio.ensure_future(self._drain(process)), asyncio.ensure_future(self._reap(session))]
+        self.sessions[session.token] = session
+        log.info("session %s started on port %d (pid %d)", session.token[:6], session.port, process.pid)
+        return session
+
+    @staticmethod
+    async def _read_port(process) -> int:
+        while True:
+            line = await process.stdout.readline()
+            if not line:
+                code = await process.wait()
+                raise XDiffusionError(f"it exited with code {code} (see the messages above)")
+            text = line.decode("utf-8", "replace").strip()
+            if text.startswith(READY_PREFIX):
+                return int(text.split()[-1])
+            if text:
+                print(text, file=sys.stderr)
+
+    @staticmethod
+    async def _drain(process) -> None:
+        # Keep the pipe flowing; the session's logs go to stderr, which the hub shares.
+        while await process.stdout.read(1 << 16):
+            pass
+
+    async def _reap(self, session: Session) -> None:
+        code = await session.process.wait()
+        log.info("session %s ended (exit code %s)", session.token[:6], code)
+        self.sessions.pop(session.token, None)
+        if not session.assigned:  # a spare died: start another
+            self._keep_spare()
+
+    async def _stop(self, session: Session, grace: float = 8.0) -> None:
+        process = session.process
+        if process.returncode is None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    if os.name != "nt":
+                        os.killpg(process.pid, sig)
+                    else:
+                        process.kill()
+                try:
+                    await asyncio.wait_for(process.wait(), grace)
+                    break
+                except asyncio.TimeoutError:
+                    continue
+        self.sessions.pop(session.token, None)
+
+    # -- routes ----------------------------------------------------------------------------------
+
+    async def new_session(self, request: web.Request) -> web.StreamResponse:
+        assigned = sum(s.alive and s.assigned for s in self.sessions.values())
+        if assigned + self._starting >= self.settings.max_sessions:
+            return _page(503, "All sessions are in use",
+                         f"This app serves at most {self.settings.max_sessions} tabs at once (--max-sessions). "
+                         "Close another XDiffusion tab, wait a minute for it to end, then reload this page.")
+        self._starting += 1
+        try:
+            session = await self._take_session()
+            session.assigned, session.idle_since = True, asyncio.get_running_loop().time()
+        except XDiffusionError as error:
+            return _page(500, "The session could not start", str(error))
+        finally:
+            self._starting -= 1
+        self._keep_spare()
+        raise web.HTTPSeeOther(f"/s/{session.token}/")
+
+    async def status(self, _request: web.Request) -> web.Response:
+        return web.json_response({"sessions": sum(s.alive and s.assigned for s in self.sessions.values()),
+                                  "spare": sum(s.alive and not s.assigned for s in self.sessions.values()),
+                                  "max_sessions": self.settings.max_sessions,
+                                  "max_upload_bytes": self.settings.max_upload_bytes})
+
+    async def add_slash(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMovedPermanently(f"/s/{request.match_info['token']}/")
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        token, tail = request.match_info["token"], request.match_info["tail"]
+        session = self.sessions.get(token)
+        if session is None or not session.alive or not session.assigned:
+            return _page(404, "This session has ended",
+                         'Sessions end a minute after their tab is closed, or when the app restarts. '
+                         '<a href="/">Open a new session</a>.', escape=False)
+        if tail == "ws" and request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._forward_websocket(request, session)
+        if tail in ("", "index.html") and request.method == "GET" and session.sockets:
+            # Another tab holds this session (a duplicated tab), or this is a reload whose old
+            # page has not disconnected yet: wait a little, then give a second tab its own session.
+            for _ in range(int(_RELOAD_GRACE_S / 0.1)):
+                if not session.sockets:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise web.HTTPSeeOther("/")
+        if tail == "upload" and (request.content_length or 0) > self.settings.max_upload_bytes:
+            name = request.query.get("name", "the file")
+            return web.json_response(
+                {"ok": False, "error": f"{name}: the file is larger than the upload limit of "
+                                       f"{megabytes(self.settings.max_upload_bytes)} "
+                                       f"({megabytes(request.content_length)}); start the app with a larger "
+                                       "--max-upload-mb, or load it from a path on the server"},
+                status=413)
+        return await self._forward_http(request, session, tail)
+
+    async def _forward_http(self, request: web.Request, session: Session, tail: str) -> web.StreamResponse:
+        url = f"http://127.0.0.1:{session.port}/{tail}"
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        data = request.content if request.body_exists else None
+        try:
+            async with self._client.request(request.method, url, params=request.query, headers=headers, data=data,
+                                            allow_redirects=False) as upstream:
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+                for key, value in upstream.headers.items():
+                    if key.lower() not in _HOP_BY_HOP:
+                        response.headers.add(key, value)
+                if tail in ("", "index.html"):
+                    # A page from the browser's cache would join this session without asking the hub.
+                    for key in ("Cache-Control", "ETag", "Last-Modified"):
+                        response.headers.popall(key, None)
+                    response.headers["Cache-Control"] = "no-store"
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_chunked(1 << 16):
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except aiohttp.ClientError as error:
+            return _page(502, "The session did not answer", f"{type(error).__name__}: {error}")
+
+    async def _forward_websocket(self, request: web.Request, session: Session) -> web.WebSocketResponse:
+        browser = web.WebSocketResponse(max_msg_size=0, compress=False)
+        await browser.prepare(request)
+        session.sockets += 1
+        try:
+            async with self._client.ws_connect(f"ws://127.0.0.1:{session.port}/ws", max_msg_size=0,
+                                               compress=0) as upstream:
+                await _pump_both(browser, upstream)
+        except aiohttp.ClientError as error:
+            log.info("session %s websocket: %s", session.token[:6], error)
+        finally:
+            session.sockets -= 1
+            session.idle_since = asyncio.get_running_loop().time()
+            await browser.close()
+        return browser
+
+
+async def _pump(source, sink) -> None:
+    async for message in source:
+        if message.type == aiohttp.WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type == aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+        else:
+            break
+
+
+async def _pump_both(browser, upstream) -> None:
+    tasks = [asyncio.ensure_future(_pump(browser, upstream)), asyncio.ensure_future(_pump(upstream, browser))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _page(status: int, title: str, text: str, escape: bool = True) -> web.Response:
+    body = html.escape(text) if escape else text
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>XDiffusion: {html.escape(title)}</title></head>"
+            f"<body style='font-family: sans-serif; margin: 3em;'><h2>{html.escape(title)}</h2>"
+            f"<p id='xd-hub-message'>{body}</p></body></html>")
+    return web.Response(status=status, text=page, content_type="text/html")
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+
+
+def serve(settings: HubSettings) -> int:
+    """Run the hub until interrupted (Ctrl-C / SIGTERM); every session stops with it."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    hub = Hub(settings)
+    url_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+
+    def announce(_message: str) -> None:
+        print(f"XDiffusion web app: http://{url_host}:{settings.port}/  (Ctrl-C to stop)", flush=True)
+        if not is_loopback(settings.host):
+            print("warning: the app is reachable from other computers on this network; it has no login. "
+                  + ("Anyone who can reach it can open volumes by their path on this server."
+                     if settings.allow_server_paths else "Loading paths on the server is off."), flush=True)
+
+    try:
+        web.run_app(hub.make_app(), host=settings.host, port=settings.port, print=announce, access_log=None,
+                    handle_signals=True)
+    except OSError as error:
+        raise XDiffusionError(f"cannot listen on {settings.host}:{settings.port} ({error.strerror or error}): "
+                              "choose another --port or --host") from None
+    return 0
