@@ -16,4 +16,18 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     fi
 fi
 $PIP install -q -e ".[slicer,test]"
+# Debian packages for the browser app (xdiffusion app, Testing/test_web_app.py): Chromium for the
+# Playwright tests (never `playwright install`) and EGL/Mesa for offscreen VTK rendering. Installed
+# only when missing, and only as root where apt-get exists; a failure is a warning, not fatal.
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    missing=""
+    [ -x /usr/bin/chromium ] || missing="$missing chromium"
+    for pkg in libegl1 libegl-mesa0 libgl1-mesa-dri libx11-6; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+    done
+    if [ -n "$missing" ]; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; } \
+            || echo "setup: warning: could not install$missing (needed by the web app and its tests)" >&2
+    fi
+fi
 .venv/bin/python -c "import XDiffusionLib, torch, diffusers, slicer" || { echo "setup failed: XDiffusionLib does not import" >&2; exit 1; }
