@@ -107,7 +107,16 @@ def model_profile(name: str, side: int | None = None, overrides: dict[str, Any] 
     from ..model.config import XDiffusionConfig
 
     train_profile(name)  # same names, same error for an unknown one
-    data = {**XDiffusionConfig(profile=name).to_dict(), **(overrides or {})}
+    if name == "paper":
+        from ..model.paper import paper_config
+
+        base = paper_config()
+    else:
+        base = XDiffusionConfig(profile=name)
+    overrides = dict(overrides or {})
+    if "profile_options" in overrides:  # merged, so a partial override keeps the other options
+        overrides["profile_options"] = {**base.profile_options, **overrides["profile_options"]}
+    data = {**base.to_dict(), **overrides}
     if side is not None:
         data["side"] = int(side)
     data["profile"] = name

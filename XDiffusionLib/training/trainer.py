@@ -237,10 +237,19 @@ class Trainer:
         target, condition = sample_batch(self.dataset, self.tc.batch_size, generator, self.config, self.settings)
         from ..model.conditioning import drop_condition
 
-        condition = drop_condition(condition, generator, self.config.cond_dropout)
+        # Latent profiles (paper) bring their own guidance dropout and learn in their VAE's latent space.
+        model_drop = getattr(self.unwrapped, "drop_condition", None)
+        if model_drop is not None:
+            condition = model_drop(condition, generator)
+        else:
+            condition = drop_condition(condition, generator, self.config.cond_dropout)
         self.model.train()
+        target, condition = target.to(device), condition.to(device)
+        if hasattr(self.unwrapped, "encode"):
+            with torch.no_grad():
+                target = self.unwrapped.encode(target)
         loss = diffusion_loss(
-            self.model, self.noise_scheduler, target.to(device), condition.to(device), generator, self.config.prediction_type
+            self.model, self.noise_scheduler, target, condition, generator, self.config.prediction_type
         )
         self.accelerator.backward(loss)
         if self.tc.grad_clip > 0:
