@@ -183,8 +183,22 @@ def test_reconstruct_compare_export_in_browser(browser, app_url, tmp_path):
 
     # Scroll the axial view with its slider; the title follows the slice index.
     title = page.inner_text("#xd-title-Red")
-    slider_track(page, "Red").click(position={"x": 40, "y": 2})
+    track = slider_track(page, "Red")
+    # The first slices are air: picking one is refused (a constant input carries nothing).
+    track.click(position={"x": 2, "y": 2})
     wait_until(lambda: page.inner_text("#xd-title-Red") != title, what="the axial slice index to change")
+    page.click("#xd-use-Red")
+    assert "is empty" in error_text(page)
+    assert page.locator("#xd-picks").count() == 0
+    title = page.inner_text("#xd-title-Red")
+    track.click(position={"x": 0.62 * track.bounding_box()["width"], "y": 2})
+    wait_until(lambda: page.inner_text("#xd-title-Red") != title, what="the axial slice index to change")
+    # ... and with the mouse wheel.
+    title = page.inner_text("#xd-title-Red")
+    box = page.locator("#xd-view-Red").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, 120)
+    wait_until(lambda: page.inner_text("#xd-title-Red") != title, what="the mouse wheel to change the slice")
     index = int(re.search(r"(\d+)\s*$", page.inner_text("#xd-title-Red")).group(1))
 
     page.click("#xd-use-Red")
@@ -221,19 +235,16 @@ def test_reconstruct_compare_export_in_browser(browser, app_url, tmp_path):
     # Colour: the difference uses a diverging blue-white-red table, the generated view is grey.
     assert np.abs(difference[..., 0] - difference[..., 2]).mean() > 3 * np.abs(generated[..., 0] - generated[..., 2]).mean()
 
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-app-result.png"))
+    if os.environ.get("XDIFFUSION_WEB_SCREENSHOT"):
+        page.screenshot(path=str(REPO / os.environ["XDIFFUSION_WEB_SCREENSHOT"]))
+
     # Synchronised slices: moving the generated view's slider moves the real view too.
     real = view_pixels(page, "XDiffusionReal")
     slider_track(page, "XDiffusionGenerated").click(position={"x": 12, "y": 2})
     wait_until(lambda: np.abs(view_pixels(page, "XDiffusionReal") - real).mean() > 2,
                what="the real view to follow the generated view's slider")
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "web-app-result.png"))
-    target = os.environ.get("XDIFFUSION_WEB_SCREENSHOT")
-    if target:
-        page.click("#xd-overlay")  # the README shows the overlay
-        time.sleep(2.0)
-        page.screenshot(path=str(REPO / target))
 
     # Export: NIfTI download, then a DICOM pseudo-MRI series.
     page.click("#xd-export")
@@ -294,6 +305,18 @@ def test_bad_uploads_show_an_error_and_the_app_keeps_serving(browser, app_url, h
     page.wait_for_selector("#xd-volume")
     assert "head: 24x24x20 voxels" in page.inner_text("#xd-volume")
     assert page.locator("#xd-error").count() == 0
+
+    # A path on the server: a wrong one is an error, a right one loads.
+    page.fill("#xd-path", str(tmp_path / "missing.nii.gz"))
+    page.click("#xd-open-path")
+    assert "no such file" in error_text(page)
+    page.fill("#xd-path", str(tmp_path / "flat.nii.gz"))
+    page.click("#xd-open-path")
+    page.wait_for_selector("#xd-error:has-text('2D')")
+    page.fill("#xd-path", str(head_file))
+    page.click("#xd-open-path")
+    page.wait_for_selector("#xd-info:has-text('loaded')")
+    assert "head: 24x24x20 voxels" in page.inner_text("#xd-volume")
     page.close()
 
 
@@ -318,6 +341,11 @@ def test_two_tabs_have_their_own_sessions(browser, app_url, head_file):
     time.sleep(1.0)
     assert "head: 24x24x20" in first.inner_text("#xd-volume")
     assert first.inner_text("#xd-picks") == picks
+
+    # A reload keeps the tab's session.
+    first.reload(timeout=SLOW)
+    first.wait_for_selector("#xd-volume", timeout=SLOW)
+    assert "head: 24x24x20" in first.inner_text("#xd-volume") and first.inner_text("#xd-picks") == picks
 
     # The first tab's address opened in another tab (a duplicated tab) gets a session of its own.
     third = context.new_page()

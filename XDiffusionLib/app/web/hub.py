@@ -6,7 +6,8 @@ listens on the one public address and, for every tab that opens ``/``, starts a 
 (``session.py``, its own Slicer scene and state, bound to 127.0.0.1 on a free port) and redirects
 the tab to ``/s/<token>/``; everything under that prefix (page, websocket, uploads, downloads) is
 forwarded to that tab's process. Consequences, by design:
-- a reload keeps its session; a second tab, or a duplicated one, gets a new session;
+- a reload keeps its session; a second tab, or a duplicated one, gets a new session (and if a
+  second tab ever does join a session, the older tab is disconnected: one live tab per session);
 - a crashed or stopped session only affects its own tab (its URL then says so, with a link);
 - at most ``max_sessions`` run at once (memory); a further tab gets a clear "busy" page;
 - one spare session is kept started, so a new tab does not wait for Slicer's libraries to load;
@@ -39,7 +40,7 @@ log = logging.getLogger("xdiffusion.hub")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])  # the folder that holds XDiffusionLib
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                "transfer-encoding", "upgrade", "host"}
-_RELOAD_GRACE_S = 2.5
+_RELOAD_GRACE_S = 3.0
 
 
 @dataclass
@@ -47,10 +48,14 @@ class Session:
     token: str
     process: asyncio.subprocess.Process
     port: int = 0
-    sockets: int = 0
+    browsers: list = field(default_factory=list)  # its tab's open websockets (at most one kept)
     assigned: bool = False  # handed to a tab (not a spare)
     idle_since: float = 0.0  # monotonic time its last websocket closed (or it was handed out)
     tasks: list = field(default_factory=list)
+
+    @property
+    def sockets(self) -> int:
+        return len(self.browsers)
 
     @property
     def alive(self) -> bool:
@@ -79,6 +84,8 @@ class Hub:
         self._starting = 0
         self._spares: list[asyncio.Future] = []  # sessions being started or ready for the next tab
         self._background: list[asyncio.Task] = []
+        self._processes: set = set()  # every session process started and not yet ended
+        self._closing = False
 
     # -- app -------------------------------------------------------------------------------------
 
@@ -100,17 +107,23 @@ class Hub:
         self._keep_spare()
 
     async def _shutdown(self, _app) -> None:
+        self._closing = True
         for task in self._background:
             task.cancel()
         for spare in self._spares:
             spare.cancel()
         await asyncio.gather(*self._spares, *self._background, return_exceptions=True)
         await asyncio.gather(*(self._stop(s) for s in list(self.sessions.values())), return_exceptions=True)
+        # Sessions still starting (a spare) have no Session entry yet.
+        for process in list(self._processes):
+            await self._stop(Session("", process))
         if self._client is not None:
             await self._client.close()
 
     def _keep_spare(self) -> None:
         """Start a spare session when there is none and the limit allows it."""
+        if self._closing:
+            return
         self._spares = [f for f in self._spares if not f.done() or (not f.cancelled() and not f.exception()
                                                                      and f.result().alive)]
         alive = sum(s.alive for s in self.sessions.values())
@@ -161,6 +174,7 @@ class Hub:
         process = await asyncio.create_subprocess_exec(
             *self.session_command(), stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.PIPE,
             env=environment, start_new_session=os.name != "nt")
+        self._processes.add(process)
         session = Session(secrets.token_urlsafe(12), process)
         try:
             session.port = await asyncio.wait_for(self._read_port(process), self.settings.start_timeout)
@@ -193,6 +207,7 @@ class Hub:
 
     async def _reap(self, session: Session) -> None:
         code = await session.process.wait()
+        self._processes.discard(session.process)
         log.info("session %s ended (exit code %s)", session.token[:6], code)
         self.sessions.pop(session.token, None)
         if not session.assigned:  # a spare died: start another
@@ -200,6 +215,7 @@ class Hub:
 
     async def _stop(self, session: Session, grace: float = 8.0) -> None:
         process = session.process
+        self._processes.discard(process)
         if process.returncode is None:
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -251,15 +267,10 @@ class Hub:
                          '<a href="/">Open a new session</a>.', escape=False)
         if tail == "ws" and request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._forward_websocket(request, session)
-        if tail in ("", "index.html") and request.method == "GET" and session.sockets:
-            # Another tab holds this session (a duplicated tab), or this is a reload whose old
-            # page has not disconnected yet: wait a little, then give a second tab its own session.
-            for _ in range(int(_RELOAD_GRACE_S / 0.1)):
-                if not session.sockets:
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                raise web.HTTPSeeOther("/")
+        if tail in ("", "index.html") and request.method == "GET" and session.sockets and not _is_reload(request):
+            # This session's tab is open and this is not that tab reloading: a second tab (or a
+            # duplicated one) gets a session of its own.
+            raise web.HTTPSeeOther("/")
         if tail == "upload" and (request.content_length or 0) > self.settings.max_upload_bytes:
             name = request.query.get("name", "the file")
             return web.json_response(
@@ -295,9 +306,17 @@ class Hub:
             return _page(502, "The session did not answer", f"{type(error).__name__}: {error}")
 
     async def _forward_websocket(self, request: web.Request, session: Session) -> web.WebSocketResponse:
+        # One live tab per session: a reloading tab's old page closes its socket right after the
+        # new page loads; any other older socket is closed so two tabs never drive one session.
+        for _ in range(int(_RELOAD_GRACE_S / 0.1)):
+            if not session.browsers:
+                break
+            await asyncio.sleep(0.1)
+        for old in list(session.browsers):
+            await old.close(code=4001, message=b"this session was opened in another tab")
         browser = web.WebSocketResponse(max_msg_size=0, compress=False)
         await browser.prepare(request)
-        session.sockets += 1
+        session.browsers.append(browser)
         try:
             async with self._client.ws_connect(f"ws://127.0.0.1:{session.port}/ws", max_msg_size=0,
                                                compress=0) as upstream:
@@ -305,7 +324,7 @@ class Hub:
         except aiohttp.ClientError as error:
             log.info("session %s websocket: %s", session.token[:6], error)
         finally:
-            session.sockets -= 1
+            session.browsers.remove(browser)
             session.idle_since = asyncio.get_running_loop().time()
             await browser.close()
         return browser
@@ -329,6 +348,13 @@ async def _pump_both(browser, upstream) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _is_reload(request: web.Request) -> bool:
+    """Browsers revalidate the page they reload (Cache-Control: max-age=0 or no-cache); a new tab
+    opening the address does not."""
+    control = request.headers.get("Cache-Control", "").lower()
+    return "max-age=0" in control or "no-cache" in control or "no-cache" in request.headers.get("Pragma", "").lower()
 
 
 def _page(status: int, title: str, text: str, escape: bool = True) -> web.Response:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
-import dataclasses
 import logging
 import os
 import shutil
@@ -53,6 +52,7 @@ class XDiffusionSession:
         from ...slicer.nodes import node_ids
         from ...worker.launcher import WorkerLauncher
         from . import ui, views
+        from .comparison import Comparison
         from .transfer import Transfers
 
         self.server = server
@@ -76,9 +76,6 @@ class XDiffusionSession:
         self.volume = None  # the loaded Volume (also the reference when "compare" is on)
         self.input_node = None
         self.run = None  # SceneReconstruction of the running or last run
-        self.result = None  # ResultNodes shown in the comparison
-        self.comparison = None  # ComparisonLayout of the result
-        self.sync = views.SliceSync()
         self._follow_task = None
         self._cancelling = False
 
@@ -88,10 +85,11 @@ class XDiffusionSession:
                                             views.compare_layout([v.name for v in views.COMPARE_VIEWS]))
         # Every view exists now; whatever is added later belongs to a loaded volume or a result.
         self._baseline = node_ids(self.scene)
+        self.comparison = Comparison(self.scene, self.view_manager, self.layout_manager)
         for tag in views.VIEW_PLANE:
             views.on_modified(self.view_manager.get_view(tag), self._on_input_view_modified)
-        for spec in views.COMPARE_VIEWS:
-            views.on_modified(self.view_manager.get_view(spec.name), self.sync.follow)
+        for tag in [*views.VIEW_PLANE, *(spec.name for spec in views.COMPARE_VIEWS)]:
+            views.on_resized(self.view_manager.get_view(tag), views.refit)
 
         self._register_triggers()
         self.page = ui.build_page(self)
@@ -276,7 +274,7 @@ class XDiffusionSession:
 
         for tag in ("Red", "Green", "Yellow"):
             self.view_manager.get_view(tag).set_background_volume_id(None)
-        self._forget_result()
+        self._remove_result()
         remove_nodes_added_since(self.scene, self._baseline)
         self.volume = self.input_node = None
 
@@ -304,6 +302,14 @@ class XDiffusionSession:
         if self.state.xd_view_index.get(tag) != value:
             self._push(xd_view_index={**self.state.xd_view_index, tag: value})
 
+    def _slice_values(self, plane: str, index: int) -> np.ndarray:
+        """The voxels of canonical ``plane`` slice ``index`` of the loaded volume."""
+        from ...methods import plane_axis
+        from ...transforms.orientation import Reorientation
+
+        axis, original = Reorientation.for_grid(self.volume.grid).original_index(plane_axis(plane), index)
+        return np.take(np.asarray(self.volume.array), original, axis=axis)
+
     def pick(self, tag: str) -> None:
         """Add the slice that view ``tag`` shows to the input slices."""
         from .views import VIEW_PLANE
@@ -324,6 +330,11 @@ class XDiffusionSession:
             index = self._current_index(tag)
         except XDiffusionError as error:
             self.report_error(str(error))
+            return
+        values = self._slice_values(plane, index)
+        if values.size and float(values.max()) == float(values.min()):
+            self.report_error(f"{plane} slice {index} is empty (every voxel is {float(values.min()):g}): "
+                              "pick a slice through the head")
             return
         if index in picks:
             self.report_info(f"{plane} slice {index} is already an input slice")
@@ -408,9 +419,9 @@ class XDiffusionSession:
         if run.state == DONE:
             self._push(xd_progress_message="adding the results")
             try:
-                previous = self.result
+                previous = self.comparison.result
                 result = run.finish()
-                self._forget_result(previous)
+                self._remove_result(previous)
                 await self.show_result(run, result)
             except XDiffusionError as error:
                 self._push(xd_running=False)
@@ -439,127 +450,69 @@ class XDiffusionSession:
     # -- results ---------------------------------------------------------------------------------
 
     async def show_result(self, run, result) -> None:
-        from ...slicer.layout import apply_to_scene
-        from ...slicer.nodes import volume_from_node
-        from . import views
+        from ...slicer.nodes import grid_from_node, volume_from_node
         from .results import compute_metrics
 
-        specs = list(result.layout.views)
-        if result.difference is not None and result.uncertainty is not None:
-            specs.append(dataclasses.replace(views.UNCERTAINTY_VIEW, background=result.uncertainty.GetID()))
         plane = run.settings.plane
-        layout = dataclasses.replace(result.layout, views=tuple(specs), plane=plane)
-        self.result, self.comparison = result, layout
-        self.layout_manager.register_layout(views.COMPARE_LAYOUT, views.compare_layout([v.name for v in specs], plane))
-        # Backgrounds, linking, and each segmentation shown in its own view only.
-        apply_to_scene(self.scene, layout)
-        has_overlay = any(spec.segmentation for spec in specs)
-        for node in {result.segmentation_real, result.segmentation_generated} - {None}:
-            display = node.GetDisplayNode()
-            if display is not None:  # see the image through the classes
-                display.SetOpacity2DFill(0.3)
-                display.SetOpacity2DOutline(1.0)
-        compare_views = [self.view_manager.get_view(spec.name) for spec in specs]
-        self.sync.set_views(compare_views)
+        self.comparison.show(result, plane, run.settings.indices, grid_from_node(self.input_node))
+        self.comparison.set_overlay_visible(self.state.xd_show_overlay)
         whats = [{"title": "reconstruction", "value": "reconstruction"}]
         if result.uncertainty is not None:
             whats.append({"title": "uncertainty", "value": "uncertainty"})
         if result.difference is not None:
             whats.append({"title": "difference (real - generated)", "value": "difference"})
-        self._push(xd_has_result=True, xd_has_overlay=has_overlay, xd_export_whats=whats,
-                   xd_export_what="reconstruction", xd_metrics=[], xd_layout="compare")
-        self.layout_manager.set_layout(views.COMPARE_LAYOUT)
-        if self.state.xd_result_plane != plane:
-            self._push(xd_result_plane=plane)  # the change handler re-applies the layout
-        self._fit_comparison(plane)
-        self._on_overlay_toggled(self.state.xd_show_overlay)
+        self._push(xd_has_result=True, xd_has_overlay=self.comparison.has_overlay, xd_export_whats=whats,
+                   xd_export_what="reconstruction", xd_metrics=[], xd_layout="compare", xd_result_plane=plane)
         if result.difference is None:
             self._push(xd_metrics_note="no reference: the loaded volume was not used as ground truth")
             return
         self._push(xd_metrics_note="computing metrics")
-        reference = self.volume
         reconstruction = volume_from_node(result.reconstruction)
         try:
-            rows = await asyncio.to_thread(compute_metrics, reference, reconstruction, plane, run.settings.indices)
+            rows = await asyncio.to_thread(compute_metrics, self.volume, reconstruction, plane, run.settings.indices)
         except XDiffusionError as error:
             self._push(xd_metrics_note=f"metrics not available: {error}")
             return
-        if self.result is result:
+        if self.comparison.result is result:
             self._push(xd_metrics=[row.to_dict() for row in rows],
                        xd_metrics_note="against the loaded volume as the reference")
 
-    def _fit_comparison(self, plane: str) -> None:
-        """Fit the comparison views and show a generated slice: the middle of the widest gap
-        between input slices (an input slice is copied, so it shows no difference)."""
-        from ...slicer.nodes import grid_from_node
-        from ...slicer.slices import canonical_depth, ras_point_of_slice
-
-        if self.comparison is None or self.input_node is None:
-            return
-        grid = grid_from_node(self.input_node)
-        picks = sorted(self.run.settings.indices) if self.run is not None else []
-        index = canonical_depth(grid, plane) // 2
-        if picks and plane == self.run.settings.plane:
-            bounds = [-1] + picks + [canonical_depth(grid, plane)]
-            gaps = [(b - a, (a + b) // 2) for a, b in zip(bounds, bounds[1:]) if b - a > 1]
-            if gaps:
-                index = max(gaps)[1]
-        point = ras_point_of_slice(grid, plane, min(max(index, 0), canonical_depth(grid, plane) - 1))
-        for spec in self.comparison.views:
-            view = self.view_manager.get_view(spec.name)
-            view.fit_view_to_content()
-            view.get_view_node().JumpSliceByOffsetting(*point)
-
-    def _forget_result(self, result=None) -> None:
-        """Remove the nodes of ``result`` (default: the one shown) and go back to the input views."""
-        result = self.result if result is None else result
-        if result is None:
-            return
-        for node in (result.reconstruction, result.uncertainty, result.difference,
-                     result.segmentation_real, result.segmentation_generated):
-            if node is not None and self.scene.IsNodePresent(node):
-                self.scene.RemoveNode(node)
-        if result is self.result:
-            self.result = self.comparison = None
-            self.sync.set_views([])
+    def _remove_result(self, result=None) -> None:
+        """Remove a result's nodes (default: the one shown); back to the input views if it was shown."""
+        shown = result is None or result is self.comparison.result
+        self.comparison.remove(result)
+        if shown:
             self._push(xd_has_result=False, xd_has_overlay=False, xd_metrics=[], xd_metrics_note="",
                        xd_layout="input", xd_download_url="")
 
     def _on_layout_changed(self, xd_layout, **_) -> None:
         from . import views
 
-        if xd_layout == "compare" and self.result is None:
+        if xd_layout == "compare" and not self.comparison.shown:
             self._push(xd_layout="input")
             return
         self.layout_manager.set_layout(views.COMPARE_LAYOUT if xd_layout == "compare" else views.INPUT_LAYOUT)
 
     def _on_overlay_toggled(self, xd_show_overlay, **_) -> None:
-        if self.result is None:
-            return
-        for node in {self.result.segmentation_real, self.result.segmentation_generated} - {None}:
-            display = node.GetDisplayNode()
-            if display is not None:
-                display.SetVisibility(bool(xd_show_overlay))
+        self.comparison.set_overlay_visible(bool(xd_show_overlay))
 
     def _on_result_plane_changed(self, xd_result_plane, **_) -> None:
-        from ...slicer.layout import ORIENTATION, apply_to_scene
+        from ...slicer.nodes import grid_from_node
 
-        if self.comparison is None or xd_result_plane not in ORIENTATION or xd_result_plane == self.comparison.plane:
-            return
-        self.comparison = dataclasses.replace(self.comparison, plane=xd_result_plane)
-        apply_to_scene(self.scene, self.comparison)
-        self._fit_comparison(xd_result_plane)
+        if self.comparison.shown and self.input_node is not None:
+            self.comparison.set_plane(xd_result_plane, grid_from_node(self.input_node))
 
     async def export(self) -> None:
         from ...slicer.nodes import output_name, volume_from_node
         from .results import export_result
 
-        if self.result is None or self.run is None:
+        result = self.comparison.result
+        if result is None or self.run is None:
             self.report_error("nothing to export yet: reconstruct first")
             return
         what, fmt = str(self.state.xd_export_what), str(self.state.xd_export_format)
-        node = {"reconstruction": self.result.reconstruction, "uncertainty": self.result.uncertainty,
-                "difference": self.result.difference}.get(what)
+        node = {"reconstruction": result.reconstruction, "uncertainty": result.uncertainty,
+                "difference": result.difference}.get(what)
         if node is None:
             self.report_error(f"there is no {what} to export")
             return
@@ -602,10 +555,12 @@ class XDiffusionSession:
 
 
 def _stop_when_stdin_closes() -> None:
+    # The raw descriptor, not sys.stdin: a daemon thread blocked in a buffered read would hold its
+    # lock while the interpreter shuts down.
     try:
-        while sys.stdin.buffer.read(1 << 12):
+        while os.read(0, 1 << 12):
             pass
-    except (OSError, ValueError):
+    except OSError:
         pass
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -629,26 +584,27 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s session %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
+    # A terminated session still cleans up (atexit does not run on an unhandled SIGTERM).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    workdir = Path(tempfile.mkdtemp(prefix="xdiffusion-web-"))
+    atexit.register(shutil.rmtree, workdir, True)
+    log.info("session files in %s", workdir)
+    if args.watch_stdin:
+        threading.Thread(target=_stop_when_stdin_closes, name="xdiffusion-parent-watch", daemon=True).start()
     # trame reads sys.argv for its own options: give it only what we decide here.
     sys.argv = [sys.argv[0], "--server"]
     from trame.app import get_server
 
-    workdir = Path(tempfile.mkdtemp(prefix="xdiffusion-web-"))
     server = get_server(client_type="vue3")
     session = XDiffusionSession(server, model_dir=args.model, max_upload_bytes=args.max_upload_bytes,
                                 allow_server_paths=args.allow_server_paths, workdir=workdir,
                                 worker_mode=args.worker_mode)
     atexit.register(session.close)
-    atexit.register(shutil.rmtree, workdir, True)
 
     def announce(**_):
         print(f"{READY_PREFIX} {server.port}", flush=True)
 
     server.controller.on_server_ready.add(announce)
-    # A terminated session still cleans up (atexit does not run on an unhandled SIGTERM).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    if args.watch_stdin:
-        threading.Thread(target=_stop_when_stdin_closes, name="xdiffusion-parent-watch", daemon=True).start()
     server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False,
                  timeout=args.timeout, disable_logging=True)
     return 0

@@ -92,3 +92,19 @@ class SliceSync:
 def on_modified(view, callback: Callable[[object], None]) -> None:
     """Call ``callback(view)`` whenever the view (its slice node, logic or content) changes."""
     view.modified.connect(callback)
+
+
+def on_resized(view, callback: Callable[[object], None]) -> None:
+    """Call ``callback(view)`` after the browser gave the view a new size."""
+    from vtkmodules.vtkCommonCore import vtkCommand
+
+    view.interactor().AddObserver(vtkCommand.WindowResizeEvent, lambda *_: callback(view))
+
+
+def refit(view) -> None:
+    """Fit the view's content to its (new) size on the same slice. A view is first fitted before the
+    page has shown it at its real size (a comparison appears, a volume loads), so fitting again on
+    resize is what keeps the whole image in view with square pixels."""
+    offset = view.get_slice_value()
+    view.fit_view_to_content()
+    view.set_slice_value(offset)

@@ -1,0 +1,108 @@
+"""The result views of one session: real | generated | difference | uncertainty on one slice.
+
+``Comparison`` takes the result nodes of a ``SceneReconstruction`` and its ``ComparisonLayout``
+(``XDiffusionLib.slicer.layout``), adds the uncertainty view next to the difference, fills the views
+(``layout.apply_to_scene``: backgrounds, linking, each segmentation in its own view), keeps their
+slices in step, switches the plane and shows or hides the segmentation overlays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ...io.volume import Grid
+from . import views
+
+
+class Comparison:
+    def __init__(self, scene, view_manager, layout_manager):
+        self.scene = scene
+        self.view_manager = view_manager
+        self.layout_manager = layout_manager
+        self.sync = views.SliceSync()
+        self.result = None  # slicer.reconstruction.ResultNodes
+        self.layout = None  # slicer.layout.ComparisonLayout, with the uncertainty view added
+        self.indices: tuple[int, ...] = ()
+        for spec in views.COMPARE_VIEWS:
+            views.on_modified(view_manager.get_view(spec.name), self.sync.follow)
+
+    @property
+    def shown(self) -> bool:
+        return self.result is not None
+
+    @property
+    def has_overlay(self) -> bool:
+        return self.layout is not None and any(spec.segmentation for spec in self.layout.views)
+
+    def show(self, result, plane: str, indices, grid: Grid) -> None:
+        """Show ``result`` in the comparison views, in ``plane``, on a generated slice."""
+        from ...slicer.layout import apply_to_scene
+
+        specs = list(result.layout.views)
+        if result.difference is not None and result.uncertainty is not None:
+            specs.append(dataclasses.replace(views.UNCERTAINTY_VIEW, background=result.uncertainty.GetID()))
+        self.result, self.indices = result, tuple(indices)
+        self.layout = dataclasses.replace(result.layout, views=tuple(specs), plane=plane)
+        self.layout_manager.register_layout(views.COMPARE_LAYOUT, views.compare_layout([v.name for v in specs], plane))
+        apply_to_scene(self.scene, self.layout)
+        for node in self._segmentations():
+            display = node.GetDisplayNode()
+            if display is not None:  # see the image through the classes
+                display.SetOpacity2DFill(0.3)
+                display.SetOpacity2DOutline(1.0)
+        self.sync.set_views([self.view_manager.get_view(spec.name) for spec in specs])
+        self.layout_manager.set_layout(views.COMPARE_LAYOUT)
+        self._fit(grid)
+
+    def set_plane(self, plane: str, grid: Grid) -> None:
+        from ...slicer.layout import ORIENTATION, apply_to_scene
+
+        if self.layout is None or plane not in ORIENTATION or plane == self.layout.plane:
+            return
+        self.layout = dataclasses.replace(self.layout, plane=plane)
+        apply_to_scene(self.scene, self.layout)
+        self._fit(grid)
+
+    def set_overlay_visible(self, visible: bool) -> None:
+        for node in self._segmentations():
+            display = node.GetDisplayNode()
+            if display is not None:
+                display.SetVisibility(bool(visible))
+
+    def remove(self, result=None) -> None:
+        """Remove the nodes of ``result`` (default: the one shown); forget it if it is the one shown."""
+        result = self.result if result is None else result
+        if result is None:
+            return
+        for node in (result.reconstruction, result.uncertainty, result.difference,
+                     result.segmentation_real, result.segmentation_generated):
+            if node is not None and self.scene.IsNodePresent(node):
+                self.scene.RemoveNode(node)
+        if result is self.result:
+            self.result = self.layout = None
+            self.sync.set_views([])
+
+    def _segmentations(self) -> list:
+        if self.result is None:
+            return []
+        nodes = [self.result.segmentation_real, self.result.segmentation_generated]
+        return [node for index, node in enumerate(nodes) if node is not None and node not in nodes[:index]]
+
+    def _fit(self, grid: Grid) -> None:
+        """Fit the views and show a generated slice: the middle of the widest gap between input
+        slices of this plane (an input slice is copied into the result: it shows no difference)."""
+        from ...slicer.slices import canonical_depth, ras_point_of_slice
+
+        plane = self.layout.plane
+        depth = canonical_depth(grid, plane)
+        index = depth // 2
+        if self.indices and plane == self.result.layout.plane:
+            bounds = [-1, *sorted(self.indices), depth]
+            gaps = [(b - a, (a + b) // 2) for a, b in zip(bounds, bounds[1:]) if b - a > 1]
+            if gaps:
+                index = max(gaps)[1]
+        point = ras_point_of_slice(grid, plane, min(max(index, 0), depth - 1))
+        for spec in self.layout.views:
+            view = self.view_manager.get_view(spec.name)
+            view.fit_view_to_content()
+            view.get_view_node().JumpSliceByOffsetting(*point)
