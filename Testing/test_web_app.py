@@ -162,6 +162,11 @@ def wait_until(condition, timeout: float = 30.0, what: str = "condition"):
         time.sleep(0.3)
 
 
+def red_minus_blue(pixels: np.ndarray) -> float:
+    """How coloured an RGB image is (0 for grey)."""
+    return float(np.abs(pixels[..., 0] - pixels[..., 2]).mean())
+
+
 def slider_track(page, tag: str):
     return page.locator(f"#xd-view-{tag}").locator("xpath=..").locator(".v-slider-track").first
 
@@ -233,7 +238,14 @@ def test_reconstruct_compare_export_in_browser(browser, app_url, tmp_path):
     assert generated.std() > 5, "the generated view is empty"
     assert np.abs(generated - difference).mean() > 10, "the difference view looks like the generated view"
     # Colour: the difference uses a diverging blue-white-red table, the generated view is grey.
-    assert np.abs(difference[..., 0] - difference[..., 2]).mean() > 3 * np.abs(generated[..., 0] - generated[..., 2]).mean()
+    assert red_minus_blue(difference) > 3 * red_minus_blue(generated)
+
+    # Square pixels, whole slice in view: the coloured difference map covers the axial extent of
+    # kmeans_t1 (128 x 2 mm left-right by 62 x 3 mm front-back), no more, no less.
+    rows, columns = np.nonzero(difference.max(axis=2) > 40)
+    ratio = (columns.max() - columns.min() + 1) / (rows.max() - rows.min() + 1)
+    assert abs(ratio / (256 / 186) - 1) < 0.1, ratio
+    assert columns.max() - columns.min() + 1 > 0.9 * difference.shape[1]  # fitted to the view's width
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-app-result.png"))
@@ -296,7 +308,8 @@ def test_bad_uploads_show_an_error_and_the_app_keeps_serving(browser, app_url, h
 
     # The server checks the limit itself too (a client that skips the page's check).
     status, answer = page.evaluate(
-        "async () => { const r = await fetch('upload?name=big.nii.gz', {method: 'POST', body: new Uint8Array(1600000)});"
+        "async () => { const r = await fetch('upload?name=big.nii.gz',"
+        " {method: 'POST', body: new Uint8Array(1600000)});"
         " return [r.status, await r.json()]; }")
     assert status == 413 and "upload limit" in answer["error"]
 
@@ -391,14 +404,20 @@ def test_worker_failure_is_reported_and_cancel_stops_a_run(browser, app_url, hea
     page.close()
 
 
-def test_stopping_the_app_stops_its_sessions(tiny_model, tmp_path):
+def test_session_limit_and_stopping_the_app_stops_its_sessions(tiny_model, tmp_path):
     log_path = tmp_path / "app.log"
-    process, url = start_app(tiny_model, log_path)
+    process, url = start_app(tiny_model, log_path, "--max-sessions", "1")
     try:
-        connection = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=SLOW / 1000)
-        connection.request("GET", "/")
-        answer = connection.getresponse()
-        assert answer.status == 303 and answer.getheader("Location").startswith("/s/")
+        def open_session():
+            connection = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=SLOW / 1000)
+            connection.request("GET", "/")
+            answer = connection.getresponse()
+            return answer.status, answer.getheader("Location"), answer.read().decode()
+
+        status, location, _ = open_session()
+        assert status == 303 and location.startswith("/s/")
+        status, _, page = open_session()  # a second tab over the limit
+        assert status == 503 and "--max-sessions 1" in page
         port = int(re.search(r"started on port (\d+)", log_path.read_text()).group(1))
         socket.create_connection(("127.0.0.1", port), timeout=5).close()  # the session serves
         # An unknown session says so, with a way back.

@@ -17,7 +17,8 @@ def register(subparsers) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this computer only; 0.0.0.0: every network)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    parser.add_argument("--model", metavar="DIR", help="model folder (config.json + model.safetensors); default: shipped")
+    parser.add_argument("--model", metavar="DIR",
+                        help="model folder (config.json + model.safetensors); default: the shipped weights")
     parser.add_argument("--max-upload-mb", type=float, default=512, metavar="MB",
                         help="largest volume file a browser may upload (default 512)")
     parser.add_argument("--max-sessions", type=int, default=4, metavar="N",
@@ -45,8 +46,17 @@ def run(args: argparse.Namespace) -> int:
         raise XDiffusionError(f"--max-sessions must be at least 1, got {args.max_sessions}")
     if args.session_timeout < 1:
         raise XDiffusionError(f"--session-timeout must be at least 1 second, got {args.session_timeout}")
-    model_dir = str(check_model_dir(args.model)) if args.model else None
     allow_paths = is_loopback(args.host) if args.server_paths is None else bool(args.server_paths)
+    if args.model:
+        model_dir = str(check_model_dir(args.model))
+    else:
+        model_dir = None
+        try:
+            check_model_dir(None)
+        except XDiffusionError as error:
+            if not allow_paths:  # the page could not name a model either
+                raise XDiffusionError(f"{error}; pass --model DIR") from None
+            print(f"xdiffusion app: note: {error} (or start with --model DIR)")
     settings = HubSettings(host=args.host, port=args.port, model_dir=model_dir,
                            max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_sessions=args.max_sessions,
                            session_timeout=args.session_timeout, allow_server_paths=allow_paths)

@@ -150,7 +150,8 @@ class Hub:
             await asyncio.sleep(min(5.0, self.settings.session_timeout / 4))
             now = loop.time()
             for session in list(self.sessions.values()):
-                if session.assigned and not session.sockets and now - session.idle_since > self.settings.session_timeout:
+                idle = now - session.idle_since
+                if session.assigned and not session.sockets and idle > self.settings.session_timeout:
                     log.info("session %s idle for %ds: stopping it", session.token[:6], self.settings.session_timeout)
                     await self._stop(session)
 
@@ -236,7 +237,8 @@ class Hub:
         assigned = sum(s.alive and s.assigned for s in self.sessions.values())
         if assigned + self._starting >= self.settings.max_sessions:
             return _page(503, "All sessions are in use",
-                         f"This app serves at most {self.settings.max_sessions} tabs at once (--max-sessions). "
+                         f"This app serves {self.settings.max_sessions} browser tab(s) at once "
+                         f"(--max-sessions {self.settings.max_sessions}), each with its own session. "
                          "Close another XDiffusion tab, wait a minute for it to end, then reload this page.")
         self._starting += 1
         try:

@@ -37,7 +37,10 @@ class MetricRow:
     note: str
 
     def to_dict(self) -> dict:
-        shown = "inf" if math.isinf(self.value) else ("n/a" if math.isnan(self.value) else f"{self.value:.{2 if self.unit else 4}f}")
+        if math.isinf(self.value) or math.isnan(self.value):
+            shown = "inf" if math.isinf(self.value) else "n/a"
+        else:
+            shown = f"{self.value:.{2 if self.unit else 4}f}"
         return {"key": self.key, "title": self.title, "value": shown + (f" {self.unit}" if self.unit else ""),
                 "note": self.note}
 

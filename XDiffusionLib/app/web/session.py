@@ -36,6 +36,9 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 SAMPLERS = ("dpmpp", "ddim", "ddpm")
 DEFAULT_OPTIONS = {"views": 4, "steps": 10, "sampler": "dpmpp", "guidance": 1.0, "seed": 0, "samples": 1}
 _PROGRESS_PERIOD_S = 0.25
+# Form values the page sends along with these triggers (see XDiffusionSession._take).
+RECONSTRUCT_FIELDS = ("xd_model_dir", *(f"xd_{key}" for key in DEFAULT_OPTIONS), "xd_compare")
+EXPORT_FIELDS = ("xd_export_what", "xd_export_format")
 
 
 class XDiffusionSession:
@@ -153,6 +156,12 @@ class XDiffusionSession:
         with self.state:
             self.state.update(changes)
 
+    def _take(self, fields, names: tuple[str, ...]) -> None:
+        """Bring the form values a trigger sent along into the state first: a value typed just
+        before a click may otherwise reach the server after the click."""
+        if isinstance(fields, dict):
+            self._push(**{name: fields[name] for name in names if name in fields})
+
     def report_error(self, message: str) -> None:
         log.info("error shown: %s", message)
         self._push(xd_error=str(message), xd_info="", xd_busy="")
@@ -202,7 +211,8 @@ class XDiffusionSession:
         finally:
             self.transfers.discard(path)
 
-    async def load_server_path(self) -> None:
+    async def load_server_path(self, fields=None) -> None:
+        self._take(fields, ("xd_server_path",))
         if not self.allow_server_paths:
             self.report_error("loading paths on the server is off for this app (it serves other computers); "
                               "upload the file instead")
@@ -213,9 +223,10 @@ class XDiffusionSession:
             return
         await self._load(Path(text).expanduser(), display=text)
 
-    async def load_sample(self) -> None:
+    async def load_sample(self, fields=None) -> None:
         from ...data.samples import sample_path
 
+        self._take(fields, ("xd_sample",))
         name = str(self.state.xd_sample or "")
         try:
             path = sample_path(name)
@@ -375,11 +386,12 @@ class XDiffusionSession:
         options["sampler"] = sampler
         return options
 
-    def reconstruct(self) -> None:
+    def reconstruct(self, fields=None) -> None:
         from ...slicer.reconstruction import AUTOMATIC, SceneReconstruction
         from ...worker.protocol import JobSettings
         from trame_server.utils.asynchronous import create_task
 
+        self._take(fields, RECONSTRUCT_FIELDS)
         if self.state.xd_running:
             self.report_error("a reconstruction is already running in this tab: wait for it or cancel it")
             return
@@ -502,10 +514,11 @@ class XDiffusionSession:
         if self.comparison.shown and self.input_node is not None:
             self.comparison.set_plane(xd_result_plane, grid_from_node(self.input_node))
 
-    async def export(self) -> None:
+    async def export(self, fields=None) -> None:
         from ...slicer.nodes import output_name, volume_from_node
         from .results import export_result
 
+        self._take(fields, EXPORT_FIELDS)
         result = self.comparison.result
         if result is None or self.run is None:
             self.report_error("nothing to export yet: reconstruct first")

@@ -115,8 +115,9 @@ class Transfers:
                     raise XDiffusionError(f"{path.name}: the zip file is empty")
                 if len(members) > _MAX_ZIP_MEMBERS:
                     raise XDiffusionError(f"{path.name}: the zip file holds more than {_MAX_ZIP_MEMBERS} files")
-                if sum(m.file_size for m in members) > self.max_upload_bytes:
-                    raise XDiffusionError(self.too_large_message(path.name + " (unpacked)", sum(m.file_size for m in members)))
+                unpacked = sum(m.file_size for m in members)
+                if unpacked > self.max_upload_bytes:
+                    raise XDiffusionError(self.too_large_message(path.name + " (unpacked)", unpacked))
                 for member in members:
                     parts = Path(member.filename.replace("\\", "/")).parts
                     if member.filename.startswith("/") or ".." in parts or not parts:

@@ -13,11 +13,17 @@ from trame.ui.vuetify3 import VAppLayout
 from trame.widgets import html
 from trame.widgets import vuetify3 as v
 
+from .session import EXPORT_FIELDS, RECONSTRUCT_FIELDS
 from .views import COMPARE_TITLES, VIEW_PLANE
 
 _TITLE_STYLE = ("position: absolute; top: 4px; left: 8px; right: 8px; display: flex; align-items: center; gap: 8px;"
                 " color: white; font: 13px sans-serif; text-shadow: 0 0 3px black; pointer-events: none;")
 _SLIDER_STYLE = "position: absolute; bottom: 0; left: 8px; right: 8px;"
+
+
+def _fields(names) -> str:
+    """A JavaScript object of the page's current values of ``names``, sent with a trigger."""
+    return "{" + ", ".join(f"{name}: {name}" for name in names) + "}"
 
 
 def build_page(session) -> VAppLayout:
@@ -58,14 +64,16 @@ def _volume_card() -> None:
                        change="window.xdiffusionUpload($event.target, xd_max_upload_bytes)",
                        disabled=("xd_running",), style="width: 100%; margin: 4px 0 10px 0;")
             with html.Div(style="display: flex; gap: 6px; align-items: center;"):
-                v.VSelect(v_model=("xd_sample",), items=("xd_sample_choices",), label="Shipped sample", density="compact",
-                          hide_details=True, id="xd-sample")
-                v.VBtn("Open", click="trigger('xd_load_sample')", disabled=("xd_running",), id="xd-open-sample")
+                v.VSelect(v_model=("xd_sample",), items=("xd_sample_choices",), label="Shipped sample",
+                          density="compact", hide_details=True, id="xd-sample")
+                v.VBtn("Open", click="trigger('xd_load_sample', [{xd_sample: xd_sample}])",
+                       disabled=("xd_running",), id="xd-open-sample")
             with html.Div(v_if="xd_allow_paths", style="display: flex; gap: 6px; align-items: center;",
                           classes="mt-2"):
                 v.VTextField(v_model=("xd_server_path",), label="Path on the server (file or DICOM folder)",
                              density="compact", hide_details=True, id="xd-path")
-                v.VBtn("Open", click="trigger('xd_load_path')", disabled=("xd_running",), id="xd-open-path")
+                v.VBtn("Open", click="trigger('xd_load_path', [{xd_server_path: xd_server_path}])",
+                       disabled=("xd_running",), id="xd-open-path")
             html.Div("{{ xd_busy }}", v_if="xd_busy", classes="text-caption mt-2", id="xd-busy")
             html.Div("{{ xd_volume_name }}: {{ xd_volume_info }}", v_if="xd_volume_name",
                      classes="text-body-2 mt-2", id="xd-volume")
@@ -113,7 +121,8 @@ def _run_card() -> None:
     with v.VCard(variant="tonal"):
         with v.VCardText():
             with html.Div(style="display: flex; gap: 8px;"):
-                v.VBtn("Reconstruct", color="primary", click="trigger('xd_reconstruct')", id="xd-reconstruct",
+                v.VBtn("Reconstruct", color="primary", id="xd-reconstruct",
+                       click=f"trigger('xd_reconstruct', [{_fields(RECONSTRUCT_FIELDS)}])",
                        disabled=("xd_running || !xd_picks.length || !xd_volume_name",))
                 v.VBtn("Cancel", color="warning", click="trigger('xd_cancel')", v_show="xd_running",
                        id="xd-cancel")
@@ -146,7 +155,8 @@ def _result_card() -> None:
                           hide_details=True, id="xd-export-what")
                 v.VSelect(v_model=("xd_export_format",), items=("xd_export_formats",), density="compact",
                           hide_details=True, id="xd-export-format", classes="xd-export-format")
-            v.VBtn("Export", click="trigger('xd_export')", classes="mt-2", id="xd-export", disabled=("xd_running",))
+            v.VBtn("Export", click=f"trigger('xd_export', [{_fields(EXPORT_FIELDS)}])", classes="mt-2", id="xd-export",
+                   disabled=("xd_running",))
             html.A("Download {{ xd_download_name }}", v_if="xd_download_url", href=("xd_download_url",),
                    raw_attrs=["download"], id="xd-download", classes="d-block mt-2")
 

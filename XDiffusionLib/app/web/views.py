@@ -98,7 +98,7 @@ def on_resized(view, callback: Callable[[object], None]) -> None:
     """Call ``callback(view)`` after the browser gave the view a new size."""
     from vtkmodules.vtkCommonCore import vtkCommand
 
-    view.interactor().AddObserver(vtkCommand.WindowResizeEvent, lambda *_: callback(view))
+    view.render_window().AddObserver(vtkCommand.WindowResizeEvent, lambda *_: callback(view))
 
 
 def refit(view) -> None:
