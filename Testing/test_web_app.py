@@ -252,6 +252,13 @@ def test_reconstruct_compare_export_in_browser(browser, app_url, tmp_path):
     if os.environ.get("XDIFFUSION_WEB_SCREENSHOT"):
         page.screenshot(path=str(REPO / os.environ["XDIFFUSION_WEB_SCREENSHOT"]))
 
+    # The comparison in another plane.
+    before = view_pixels(page, "XDiffusionReal")
+    page.click("#xd-plane-coronal")
+    wait_until(lambda: np.abs(view_pixels(page, "XDiffusionReal") - before).mean() > 2,
+               what="the comparison to show coronal slices")
+    page.click("#xd-plane-axial")
+
     # Synchronised slices: moving the generated view's slider moves the real view too.
     real = view_pixels(page, "XDiffusionReal")
     slider_track(page, "XDiffusionGenerated").click(position={"x": 12, "y": 2})
@@ -468,3 +475,26 @@ def test_app_command_refuses_a_missing_model(tmp_path):
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2
     assert "model folder" in result.stderr and "not found" in result.stderr
+
+
+def test_zip_uploads_unpack_safely(tmp_path):
+    from XDiffusionLib.app.web.transfer import Transfers
+    from XDiffusionLib.errors import XDiffusionError
+    from XDiffusionLib.slicer.export import Provenance, export_dicom_series
+
+    transfers = Transfers(tmp_path / "session", max_upload_bytes=1 << 20)
+    volume = Volume.from_array(np.arange(12 * 10 * 4, dtype=np.float32).reshape(12, 10, 4), (1.0, 1.2, 2.0))
+    files = export_dicom_series(volume, tmp_path / "series", Provenance("axial", (1,), "test"))
+    upload = tmp_path / "session" / "uploads" / "a" / "series.zip"
+    upload.parent.mkdir(parents=True)
+    with zipfile.ZipFile(upload, "w") as archive:
+        for file in files:
+            archive.write(file, f"study/series/{file.name}")
+    assert read_volume(transfers.unpack_zip(upload)).shape == (12, 10, 4)
+
+    evil = upload.with_name("evil.zip")
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("../../outside.nii.gz", b"x")
+    with pytest.raises(XDiffusionError, match="unsafe path"):
+        transfers.unpack_zip(evil)
+    assert not (tmp_path / "session" / "outside.nii.gz").exists()
