@@ -425,6 +425,10 @@ def test_session_limit_and_stopping_the_app_stops_its_sessions(tiny_model, tmp_p
         assert status == 303 and location.startswith("/s/")
         status, _, page = open_session()  # a second tab over the limit
         assert status == 503 and "--max-sessions 1" in page
+        # Served on this computer only: another host name (DNS rebinding) is refused.
+        connection = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
+        connection.request("GET", "/status", headers={"Host": "attacker.example:80"})
+        assert connection.getresponse().status == 403
         port = int(re.search(r"started on port (\d+)", log_path.read_text()).group(1))
         socket.create_connection(("127.0.0.1", port), timeout=5).close()  # the session serves
         # An unknown session says so, with a way back.

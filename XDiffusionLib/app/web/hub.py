@@ -90,7 +90,8 @@ class Hub:
     # -- app -------------------------------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=1 << 20)
+        middlewares = [_local_host_only] if is_loopback(self.settings.host) else []
+        app = web.Application(client_max_size=1 << 20, middlewares=middlewares)
         app.add_routes([
             web.get("/", self.new_session),
             web.get("/status", self.status),
@@ -350,6 +351,24 @@ async def _pump_both(browser, upstream) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@web.middleware
+async def _local_host_only(request: web.Request, handler):
+    """Served on this computer only: refuse requests addressed to another host name. A web page
+    elsewhere whose name was made to resolve to 127.0.0.1 (DNS rebinding) could otherwise drive
+    the app, which opens files by their path on this computer."""
+    if not is_loopback(_host_name(request.headers.get("Host", ""))):
+        return _page(403, "Wrong address", "This app serves this computer only: open it as http://127.0.0.1 or "
+                     "http://localhost, or start it with --host to serve other computers.")
+    return await handler(request)
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header: "localhost:8080" -> "localhost", "[::1]:8080" -> "::1"."""
+    if header.startswith("["):
+        return header[1:header.find("]")]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 def _is_reload(request: web.Request) -> bool:

@@ -5,7 +5,8 @@ keeps one state per server and mirrors it to every connected client, which would
 second tab overwrite the first one's volume, slices and results.
 
 ``python -m XDiffusionLib.app.web.session --port 0 ...`` prints ``XDIFFUSION_SESSION_PORT <port>``
-on stdout once it serves. Standing alone it stops ``--timeout`` seconds after its tab disconnects;
+on stdout once it serves. (Started alone, without the hub, it serves every tab that connects, and
+they all share its one state.) Standing alone it stops ``--timeout`` seconds after its tab disconnects;
 under the hub (``--timeout 0 --watch-stdin``) the hub decides when it stops, and it stops by itself
 if the hub disappears (its stdin closes). On the way out a running reconstruction is cancelled
 and the session's files are removed.
