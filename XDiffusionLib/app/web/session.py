@@ -107,6 +107,7 @@ class XDiffusionSession:
 
         if model_dir is None and (default_model_dir() / "config.json").is_file():
             model_dir = str(default_model_dir())
+        self.model_dir = model_dir
         self.state.update({
             "trame__title": "XDiffusion",
             "xd_error": "",
@@ -117,7 +118,7 @@ class XDiffusionSession:
             "xd_allow_paths": self.allow_server_paths,
             "xd_server_path": "",
             "xd_sample_choices": [{"title": f"{s.name}: {s.description}", "value": s.name}
-                           for s in samples_with_role("heldout")],
+                                  for s in samples_with_role("heldout")],
             "xd_sample": "kmeans_t1",
             "xd_volume_name": "",
             "xd_volume_info": "",
@@ -186,7 +187,34 @@ class XDiffusionSession:
             "xd_export": self.export,
         }
         for name, function in triggers.items():
-            ctrl.trigger(name)(function)
+            ctrl.trigger(name)(self._guarded(function))
+
+    def _report_failure(self, error: Exception, what: str) -> None:
+        """Show a failure in the page: our own errors as they are, anything else as an internal error."""
+        if isinstance(error, XDiffusionError):
+            self.report_error(str(error))
+            return
+        log.error("%s failed", what, exc_info=error)
+        self.report_error(f"internal error in {what} ({type(error).__name__}: {error}); "
+                          "the details are in the server's log")
+
+    def _guarded(self, function):
+        """``function`` reporting any failure in the page (a trigger's exception would otherwise
+        only reach the server log, leaving the page waiting)."""
+        if asyncio.iscoroutinefunction(function):
+            async def run_async(*args, **kwargs):
+                try:
+                    return await function(*args, **kwargs)
+                except Exception as error:  # noqa: BLE001 - shown in the page
+                    self._report_failure(error, function.__name__)
+            return run_async
+
+        def run(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - shown in the page
+                self._report_failure(error, function.__name__)
+        return run
 
     def _bind_routes(self, wslink_server) -> None:
         wslink_server.app.router.add_routes(self.transfers.routes())
@@ -402,7 +430,8 @@ class XDiffusionSession:
         if not self.state.xd_picks:
             self.report_error("pick at least one input slice: scroll a view to a slice and press 'Use this slice'")
             return
-        model_dir = str(self.state.xd_model_dir or "").strip() or None
+        # Without server paths the page cannot choose the model folder (whatever it sends).
+        model_dir = (str(self.state.xd_model_dir or "").strip() or None) if self.allow_server_paths else self.model_dir
         try:
             settings = JobSettings(self.state.xd_pick_plane, tuple(self.state.xd_picks), model_dir, self._options())
             run = SceneReconstruction(self.scene, self.input_node, settings,
@@ -435,13 +464,15 @@ class XDiffusionSession:
                 previous = self.comparison.result
                 result = run.finish()
                 self._remove_result(previous)
-                await self.show_result(run, result)
-            except XDiffusionError as error:
+                self.show_result(run, result)
+            except Exception as error:  # noqa: BLE001 - the page must leave the running state
                 self._push(xd_running=False)
-                self.report_error(str(error))
+                self._report_failure(error, "showing the result")
                 return
+            titles = " | ".join(spec.title for spec in self.comparison.layout.views)
             self._push(xd_running=False, xd_progress=100.0, xd_progress_message="finished",
-                       xd_info="reconstruction finished: real | generated | difference | uncertainty")
+                       xd_info=f"reconstruction finished: {titles}")
+            await self._guarded(self.compute_metrics)(run, result)
         elif run.state == CANCELLED:
             self._push(xd_running=False, xd_progress=0.0, xd_progress_message="")
             self.report_info("the reconstruction was cancelled")
@@ -462,9 +493,8 @@ class XDiffusionSession:
 
     # -- results ---------------------------------------------------------------------------------
 
-    async def show_result(self, run, result) -> None:
-        from ...slicer.nodes import grid_from_node, volume_from_node
-        from .results import compute_metrics
+    def show_result(self, run, result) -> None:
+        from ...slicer.nodes import grid_from_node
 
         plane = run.settings.plane
         self.comparison.show(result, plane, run.settings.indices, grid_from_node(self.input_node))
@@ -476,6 +506,13 @@ class XDiffusionSession:
             whats.append({"title": "difference (real - generated)", "value": "difference"})
         self._push(xd_has_result=True, xd_has_overlay=self.comparison.has_overlay, xd_export_whats=whats,
                    xd_export_what="reconstruction", xd_metrics=[], xd_layout="compare", xd_result_plane=plane)
+
+    async def compute_metrics(self, run, result) -> None:
+        """Fill the metrics table (in a thread: SSIM over every slice of a large volume takes a while)."""
+        from ...slicer.nodes import volume_from_node
+        from .results import compute_metrics
+
+        plane = run.settings.plane
         if result.difference is None:
             self._push(xd_metrics_note="no reference: the loaded volume was not used as ground truth")
             return
