@@ -1,7 +1,9 @@
 """``xdiffusion train``: train a cross-sectional denoiser on a folder (or folders) of volumes.
 
-Runs on CPU, one GPU, or data-parallel under ``accelerate launch --num_processes N`` (or
-``torchrun --nproc_per_node N`` on CPU-only machines). Everything is checked before anything is
+Runs on CPU, one GPU, or data-parallel under ``accelerate launch --multi_gpu --num_processes N
+-m XDiffusionLib.app.cli train ...`` (on a CPU-only machine too: the processes then talk over gloo;
+``--num_processes N`` without ``--multi_gpu`` starts a single process on CPU-only machines) or
+``torchrun --nproc_per_node N -m XDiffusionLib.app.cli train ...``. Everything is checked before anything is
 written: a bad argument gives one error line and leaves the disk untouched.
 """
 
@@ -23,7 +25,7 @@ def register(subparsers) -> None:
         description=(
             "Train an X-Diffusion denoiser (paper eq. 2). Writes RUN_DIR/checkpoints/step-XXXXXX, "
             "RUN_DIR/final (EMA weights for `xdiffusion reconstruct --model`), train_log.csv and "
-            "validation.csv/.png. Multi-GPU: `accelerate launch --num_processes N -m XDiffusionLib.app.cli train ...`."
+            "validation.csv/.png. Data parallel: `accelerate launch --multi_gpu --num_processes N -m XDiffusionLib.app.cli train ...`."
         ),
     )
     parser.add_argument("--data", nargs="+", metavar="PATH", help="volume files or folders (required unless --resume)")
