@@ -28,16 +28,6 @@ class DemoResult:
     indices: tuple[int, ...]
 
 
-def _check_out_dir(out_dir: Path) -> Path:
-    out_dir = Path(out_dir).expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise XDiffusionError(f"{out_dir}: output folder is an existing file")
-    for parent in out_dir.parents:
-        if parent.exists() and not parent.is_dir():
-            raise XDiffusionError(f"{out_dir}: {parent} is a file, not a folder")
-    return out_dir
-
-
 def run_demo(
     out_dir: str | Path,
     sample: str = DEMO_SAMPLE,
@@ -52,12 +42,13 @@ def run_demo(
     from ..data.samples import SAMPLES, sample_path
     from ..evaluation.figures import case_figure
     from ..evaluation.protocol import choose_indices, score
+    from ..evaluation.runner import check_out_dir
     from ..io import read_volume, write_volume
     from ..methods import SliceInput, get_method
     from ..sampling.reconstructor import XDiffusionReconstructor
     from ..transforms.orientation import to_canonical
 
-    out_dir = _check_out_dir(Path(out_dir))
+    out_dir = check_out_dir(Path(out_dir))
     path = sample_path(sample)
     if SAMPLES[sample].role != "heldout":
         raise XDiffusionError(f"sample {sample!r} was used for training; the demo needs a held-out sample")

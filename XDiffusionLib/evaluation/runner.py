@@ -72,7 +72,7 @@ def _read_canonical(source: CaseSource) -> Volume:
     return protocol.canonical_case(read_volume(source.path, source.volume_index))
 
 
-def _check_out(out: Path) -> Path:
+def check_out_dir(out: Path) -> Path:
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise XDiffusionError(f"--out {out} is an existing file, not a folder")
@@ -132,7 +132,7 @@ def _case_indices(volume: Volume, source: CaseSource, settings: EvaluationSettin
 def prepare(settings: EvaluationSettings, note: Callable[[str], None] = print) -> Plan:
     """Phase 1: every check, before anything is computed or written (see the module docstring)."""
     plane_axis(settings.plane)
-    out = _check_out(settings.out)
+    out = check_out_dir(settings.out)
     ks = _check_ks(settings)
     if settings.volume_index is not None and settings.volume_index < 0:
         raise XDiffusionError(f"--volume {settings.volume_index}: volume numbers start at 0")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import XDiffusionError
+from ..io.atomic import replace_directory
 from .config import XDiffusionConfig
 from .factory import build_denoiser
 
@@ -40,14 +41,7 @@ def save_pretrained(model: nn.Module, config: XDiffusionConfig, directory: str |
         config.save_json(tmp / CONFIG_NAME)
         state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "profile": config.profile})
-        if directory.exists():
-            # A folder cannot be renamed over a non-empty one: move the old one aside first.
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
-            os.replace(directory, old / directory.name)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
+        replace_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import XDiffusionError
+from ..io.atomic import replace_directory
 
 CHECKPOINTS = "checkpoints"
 STATE_JSON = "training_state.json"
@@ -81,14 +82,7 @@ def write_checkpoint(run_dir: Path, step: int, fill: Callable[[Path], None], kee
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
     try:
         fill(tmp)
-        final = folder / checkpoint_name(step)
-        if final.exists():  # re-reaching a step after resuming from an earlier checkpoint
-            old = Path(tempfile.mkdtemp(prefix=".tmp-old-", dir=folder))
-            os.replace(final, old / final.name)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        final = replace_directory(tmp, folder / checkpoint_name(step))  # may re-reach a step after a resume
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
