@@ -94,17 +94,17 @@ class Reconstructor(Protocol):
         ...
 
 
+def _xdiffusion(**options) -> Reconstructor:
+    # Imported on use: torch and diffusers load only when the model is asked for.
+    from .sampling.reconstructor import XDiffusionReconstructor
+
+    return XDiffusionReconstructor(**options)
+
+
 def _registry() -> dict[str, Callable[..., Reconstructor]]:
     from .baselines import BASELINES
 
-    methods: dict[str, Callable[..., Reconstructor]] = dict(BASELINES)
-    try:
-        from .sampling.reconstructor import XDiffusionReconstructor
-    except ImportError:
-        pass
-    else:
-        methods["xdiffusion"] = XDiffusionReconstructor
-    return methods
+    return {**BASELINES, "xdiffusion": _xdiffusion}
 
 
 def method_names() -> list[str]:
