@@ -38,17 +38,24 @@ def run(args: argparse.Namespace) -> int:
         settings["views"] = args.views
     if args.steps is not None:
         settings["steps"] = args.steps
-    bar = tqdm(total=100, desc="X-Diffusion", unit="%", file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}")
+    bars: list[tqdm] = []  # opened at the first step, after the case description is printed
 
     def progress(fraction: float, message: str) -> None:
-        bar.n = round(100 * fraction)
-        bar.set_postfix_str(message, refresh=True)
+        if not bars:
+            bars.append(tqdm(total=100, desc="X-Diffusion", unit="%", file=sys.stderr,
+                             bar_format="{l_bar}{bar}| {elapsed}"))
+        bars[0].n = round(100 * fraction)
+        bars[0].set_postfix_str(message, refresh=True)
+
+    def note(text: str) -> None:
+        print(text, flush=True)
 
     try:
         result = run_demo(args.out, sample=args.sample, plane=args.plane, k=args.slices,
-                          model_dir=args.model, progress=progress, **settings)
+                          model_dir=args.model, progress=progress, note=note, **settings)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     print(format_demo_table(result.rows))
     for name, path in result.outputs.items():
         print(f"{name}: {path}")
