@@ -7,7 +7,6 @@ says which file and which tensor.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -52,11 +51,7 @@ def _read_config(directory: Path) -> XDiffusionConfig:
     path = directory / CONFIG_NAME
     if not path.is_file():
         raise XDiffusionError(f"{path}: missing model config (a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise XDiffusionError(f"{path}: invalid JSON ({error})") from None
-    return XDiffusionConfig.from_dict(data, source=str(path))
+    return XDiffusionConfig.load_json(path)
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

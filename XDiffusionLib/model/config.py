@@ -174,5 +174,5 @@ class XDiffusionConfig:
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise XDiffusionError(f"{path}: not valid JSON ({error})") from None
+            raise XDiffusionError(f"{path}: invalid JSON ({error})") from None
         return cls.from_dict(data, source=str(path))
