@@ -1,25 +1,11 @@
 """``xdiffusion demo`` end to end with a tiny random model (the shipped weights are exercised by make demo)."""
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
 
 from XDiffusionLib.app.cli import main
 from XDiffusionLib.data.samples import sample_path
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from XDiffusionLib.model.checkpoint import save_pretrained
-    from XDiffusionLib.model.config import XDiffusionConfig
-    from XDiffusionLib.model.factory import build_denoiser
-
-    config = XDiffusionConfig(side=16, block_out_channels=(8, 16), attention_levels=(), norm_num_groups=4)
-    directory = tmp_path_factory.mktemp("model") / "tiny"
-    save_pretrained(build_denoiser(config), config, directory)
-    return directory
 
 
 def test_demo_writes_outputs_on_the_input_grid_and_compares_every_method(tiny_model, tmp_path, capsys):

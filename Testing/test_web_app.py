@@ -58,20 +58,6 @@ def get_json(url: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    import torch
-
-    from XDiffusionLib.model.checkpoint import save_pretrained
-    from XDiffusionLib.model.config import XDiffusionConfig
-    from XDiffusionLib.model.factory import build_denoiser
-
-    torch.manual_seed(0)
-    config = XDiffusionConfig(side=16, block_out_channels=(8, 16), attention_levels=(1,), max_slices=4,
-                              depth_frequencies=4)
-    return save_pretrained(build_denoiser(config), config, tmp_path_factory.mktemp("model") / "tiny")
-
-
-@pytest.fixture(scope="module")
 def head_file(tmp_path_factory) -> Path:
     """A small synthetic head: a bright textured ball in dark noise, 24x24x20 at 2x2x2.5 mm."""
     i, j, k = np.meshgrid(*[np.linspace(-1, 1, n) for n in (24, 24, 20)], indexing="ij")

@@ -18,14 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicer
-import torch
 from conftest import rotation, smooth_array
 
 from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.io.volume import Volume
-from XDiffusionLib.model.checkpoint import save_pretrained
-from XDiffusionLib.model.config import XDiffusionConfig
-from XDiffusionLib.model.factory import build_denoiser
 from XDiffusionLib.slicer import nodes
 from XDiffusionLib.slicer.reconstruction import AUTOMATIC, SceneReconstruction
 from XDiffusionLib.worker import protocol
@@ -34,14 +30,6 @@ from XDiffusionLib.worker.launcher import CANCELLED, DONE, FAILED, WorkerLaunche
 FAST = {"views": 1, "steps": 2, "samples": 1, "device": "cpu", "seed": 3}
 # Long enough to be cancelled mid-run on any machine (the test never waits for it to finish).
 SLOW = {"views": 8, "steps": 500, "samples": 4, "device": "cpu", "sampler": "ddpm"}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    config = XDiffusionConfig(side=16, block_out_channels=(8, 16), attention_levels=(1,), max_slices=4,
-                              depth_frequencies=4)
-    return save_pretrained(build_denoiser(config), config, tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture
