@@ -86,7 +86,8 @@ def test_evaluate_all_baselines_writes_tables_figures_and_protocol(data_dir, atl
     assert linear3["psnr_paper_mean"] == by_key[("linear", "3")]["psnr_paper"]
 
     pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert len(pngs) == 4 * 2 and "case_a_template_k3.png" in pngs
+    assert len(pngs) == 4 * 2 + 1 and "case_a_template_k3.png" in pngs
+    assert (out / "figures" / "case_a_error_by_distance.png").stat().st_size > 1000  # paper Fig. XV, one per case
     assert (out / "psnr_vs_k.png").stat().st_size > 1000
     record = json.loads((out / "protocol.json").read_text())
     assert record["plane"] == "axial" and record["k"] == [1, 3]
@@ -198,9 +199,12 @@ def test_find_cases_prefers_brats_flair_and_skips_label_maps(tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["evaluate", "--data", str(mixed), "--method", "nearest", "--out", str(out),
                  "--no-figures", "--no-progress"]) == 0
-    assert "skipping mask" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "skipping mask" in err
+    # The default K list is the paper's (1 3 5 10 31), less what this thin volume cannot hold.
+    assert "K=31 left out of the default list: t1 has only" in err
     _, rows = read_csv(out / "cases.csv")
-    assert [r["case"] for r in rows] == ["t1"]
+    assert {r["case"] for r in rows} == {"t1"} and [r["k"] for r in rows] == ["1", "3", "5", "10"]
     # Named explicitly, a label map is an error instead.
     assert main(["evaluate", "--data", str(mixed / "mask.nii.gz"), "--method", "nearest",
                  "--out", str(tmp_path / "eval2"), "--no-progress"]) != 0

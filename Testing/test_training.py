@@ -157,10 +157,11 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def _tiny_config(side: int = 16):
-    from XDiffusionLib.training.config import model_profile
+    """A tiny model of the paper's kind (generates whole sections): what ``sample_batch`` trains."""
+    from XDiffusionLib.model.config import XDiffusionConfig
 
-    return model_profile("compact", side=side, overrides={k: v for k, v in TINY.items() if k in
-                                                          ("block_out_channels", "attention_levels", "max_slices")})
+    return XDiffusionConfig(side=side, **{k: v for k, v in TINY.items() if k in
+                                          ("block_out_channels", "attention_levels", "max_slices")})
 
 
 def test_volume_sources_skip_label_maps_and_find_brats_flair(tmp_path, tiny_data):

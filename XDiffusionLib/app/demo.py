@@ -110,3 +110,23 @@ def format_demo_table(rows: list[dict]) -> str:
     text += ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths)))
              for line in lines]
     return "\n".join(text) + "\n(PSNR in dB; paper = eq. 4 with max of ground truth; unit = [0,1] data range 1)"
+
+
+def mean_ssim(row: dict) -> float:
+    return float(np.mean([row["ssim_axial"], row["ssim_coronal"], row["ssim_sagittal"]]))
+
+
+def format_verdict(rows: list[dict], model: str = "xdiffusion") -> str:
+    """One line saying, in both metrics, whether the model beats every baseline on this case, or where it loses."""
+    ours = next(r for r in rows if r["method"] == model)
+    losses = []
+    for row in rows:
+        if row["method"] == model:
+            continue
+        if row["psnr_paper"] >= ours["psnr_paper"]:
+            losses.append(f"{row['method']} has the higher PSNR ({row['psnr_paper']:.2f} vs {ours['psnr_paper']:.2f} dB)")
+        if mean_ssim(row) >= mean_ssim(ours):
+            losses.append(f"{row['method']} has the higher mean SSIM ({mean_ssim(row):.3f} vs {mean_ssim(ours):.3f})")
+    if not losses:
+        return f"{model} beats every baseline here in both PSNR and mean SSIM"
+    return f"{model} does NOT beat every baseline here: " + "; ".join(losses)

@@ -3,6 +3,7 @@
 ``BASELINES`` maps command-line names to classes; ``methods.get_method`` builds them.
 """
 
+from .anchor import AnchorBaseline
 from .interpolation import CubicInterpolation, LinearInterpolation, NearestSlice
 from .template import TemplateBaseline
 
@@ -11,6 +12,8 @@ BASELINES: dict = {
     "linear": LinearInterpolation,
     "cubic": CubicInterpolation,
     "template": TemplateBaseline,
+    # Not a baseline to beat: the model's own deterministic starting point, listed for ablation.
+    "anchor": AnchorBaseline,
 }
 
-__all__ = ["BASELINES", "CubicInterpolation", "LinearInterpolation", "NearestSlice", "TemplateBaseline"]
+__all__ = ["AnchorBaseline", "BASELINES", "CubicInterpolation", "LinearInterpolation", "NearestSlice", "TemplateBaseline"]

@@ -1,5 +1,9 @@
 """Evaluation figures (matplotlib, Agg, no display): one panel per case/method/K, and PSNR against K.
 
+Error-by-distance figure (paper Fig. XV): per case, the PSNR of each non-input slice (peak = the
+volume's maximum) against its distance in mm to the nearest input slice, one line per method and
+one panel per K.
+
 Case panel: rows = axial, coronal, sagittal cuts; columns = input, ground truth, reconstruction,
 difference (reconstruction - ground truth). In the input plane the cut is a NON-input slice (the
 one farthest from every input within the middle half of the head; an input slice would show a
@@ -137,4 +141,35 @@ def psnr_vs_k_figure(summary: list[dict], path: Path, n_cases: int) -> Path:
                  fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(figure, path)
+
+
+def error_by_distance_figure(rows: list[dict], case: str, plane: str, spacing_mm: float, path: Path) -> Path:
+    """``rows``: ``metrics.error_by_distance`` rows tagged with ``method`` and ``k``; one panel per K."""
+    from matplotlib.figure import Figure
+
+    from ..metrics.slice_errors import mean_error_by_distance
+    from ..metrics.psnr import psnr_from_mse
+
+    ks = sorted({int(r["k"]) for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    figure = Figure(figsize=(3.2 * max(len(ks), 1) + 1.0, 3.6), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, max(len(ks), 1), sharey=True))
+    for ax, k in zip(axes, ks):
+        for method in methods:
+            group = [r for r in rows if r["method"] == method and int(r["k"]) == k and r["distance"] > 0]
+            if not group:
+                continue
+            # All slices of one case share the peak: recover it from any finite row's mse and psnr.
+            row = next(r for r in group if np.isfinite(r["psnr_paper"]))
+            peak = float(np.sqrt(row["mse"] * 10 ** (row["psnr_paper"] / 10)))
+            means = mean_error_by_distance(group, peak)
+            ax.plot([m["distance"] * spacing_mm for m in means], [psnr_from_mse(m["mse"], peak) for m in means],
+                    marker=".", label=method)
+        ax.set_title(f"K={k}", fontsize=9)
+        ax.set_xlabel("distance to nearest input (mm)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("slice PSNR (dB, volume peak)")
+    axes[-1].legend(fontsize=7)
+    figure.suptitle(f"{case}: error against distance to the nearest {plane} input slice", fontsize=10)
     return _save(figure, path)

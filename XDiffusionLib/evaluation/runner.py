@@ -20,11 +20,13 @@ from typing import Any, Callable
 from ..errors import XDiffusionError
 from ..io.volume import Volume
 from ..methods import PLANE_AXIS, Reconstructor, SliceInput, get_method, plane_axis
+from ..metrics.slice_errors import error_by_distance
 from . import protocol
 from .cases import CaseSource, find_cases
 from .report import CASE_COLUMNS, SUMMARY_COLUMNS, format_table, summarise, write_csv, write_json
 
 DEFAULT_METHODS = ("nearest", "linear", "cubic", "template")
+DEFAULT_KS = (1, 3, 5, 10, 31)  # the paper's numbers of input slices (its tables use 1, 2, 3, 5, 10, 31)
 # Canonical volumes kept in memory between the two phases up to this many bytes (else re-read).
 _KEEP_BYTES = 1_500_000_000
 
@@ -92,7 +94,7 @@ def _check_ks(settings: EvaluationSettings) -> list[int]:
         if len(set(settings.indices)) != k:
             raise XDiffusionError(f"--indices {' '.join(map(str, settings.indices))} repeats a slice")
         return [k]
-    ks = list(settings.ks) if settings.ks else [1]
+    ks = list(settings.ks) if settings.ks else list(DEFAULT_KS)
     for k in ks:
         if int(k) < 1:
             raise XDiffusionError(f"--slices {k}: the number of input slices must be at least 1")
@@ -141,6 +143,7 @@ def prepare(settings: EvaluationSettings, note: Callable[[str], None] = print) -
     cases: list[PreparedCase] = []
     skipped: list[dict[str, str]] = []
     kept_bytes = 0
+    dropped: list[str] = []
     for source in sources:
         volume = _read_canonical(source)
         labels = protocol.label_value_count(volume.array)
@@ -150,6 +153,12 @@ def prepare(settings: EvaluationSettings, note: Callable[[str], None] = print) -
                 raise XDiffusionError(f"--data {source.path}: {reason}")
             skipped.append({"case": source.name, "path": str(source.path), "reason": reason})
             continue
+        if settings.ks is None and settings.indices is None:
+            # The default K list adapts to thin volumes (an explicit --slices never does).
+            depth = volume.shape[plane_axis(settings.plane)]
+            for k in [k for k in ks if k > depth]:
+                dropped.append(f"K={k} left out of the default list: {source.name} has only {depth} {settings.plane} slices")
+            ks = [k for k in ks if k <= depth]
         indices = _case_indices(volume, source, settings, ks)
         for name, method in methods.items():
             validate = getattr(method, "validate", None)
@@ -163,6 +172,10 @@ def prepare(settings: EvaluationSettings, note: Callable[[str], None] = print) -
         raise XDiffusionError("no cases left to evaluate: every volume found was skipped")
     for skip in skipped:  # only once every check passed, so an error stays alone on stderr
         note(f"skipping {skip['case']}: {skip['reason']}")
+    for text in dropped:
+        note(text)
+    for case in cases:
+        case.indices = {k: v for k, v in case.indices.items() if k in ks}
     return Plan(settings, out, ks, methods, cases, skipped)
 
 
@@ -228,7 +241,7 @@ def run(plan: Plan, progress: bool = True) -> EvaluationResult:
     """Phase 2: reconstruct, score, write. Figures appear as they are made; tables at the end."""
     from tqdm import tqdm
 
-    from .figures import PAPER_CONVENTION, case_figure, psnr_vs_k_figure, safe_name
+    from .figures import PAPER_CONVENTION, case_figure, error_by_distance_figure, psnr_vs_k_figure, safe_name
 
     settings = plan.settings
     plan.out.mkdir(parents=True, exist_ok=True)
@@ -237,6 +250,7 @@ def run(plan: Plan, progress: bool = True) -> EvaluationResult:
         figure_dir.mkdir(exist_ok=True)
     written: list[Path] = []
     rows: list[dict] = []
+    distance_rows: dict[str, list[dict]] = {}  # case -> per-slice errors of every (method, K)
     total = len(plan.cases) * len(plan.methods) * len(plan.ks)
     with tqdm(total=total, desc="evaluate", unit="run", disable=not progress, file=sys.stderr) as bar:
         for case in plan.cases:
@@ -255,6 +269,10 @@ def run(plan: Plan, progress: bool = True) -> EvaluationResult:
                     rows.append({"case": case.source.name, "method": name, "k": k, "plane": settings.plane,
                                  "indices": indices, **metrics, "seconds": seconds})
                     if settings.figures:
+                        distance_rows.setdefault(case.source.name, []).extend(
+                            {"method": name, "k": k, **row}
+                            for row in error_by_distance(volume.array, output.array, inputs.axis, indices))
+                    if settings.figures:
                         title = (f"{case.source.name} | {name} | K={k} {settings.plane} slices {list(indices)}\n"
                                  f"{PAPER_CONVENTION}: {metrics['psnr_paper']:.2f} dB whole volume, "
                                  f"{metrics['psnr_paper_noninput']:.2f} dB non-input slices | "
@@ -262,6 +280,10 @@ def run(plan: Plan, progress: bool = True) -> EvaluationResult:
                         path = figure_dir / f"{safe_name(case.source.name)}_{safe_name(name)}_k{k}.png"
                         written.append(case_figure(volume, output.array, inputs, title, path))
                     bar.update()
+            if settings.figures:
+                path = figure_dir / f"{safe_name(case.source.name)}_error_by_distance.png"
+                written.append(error_by_distance_figure(distance_rows.pop(case.source.name, []), case.source.name,
+                                                        settings.plane, volume.spacing[plane_axis(settings.plane)], path))
             del volume
     summary = summarise(rows)
     written.append(write_csv(plan.out / "cases.csv", rows, CASE_COLUMNS))
@@ -277,4 +299,4 @@ def evaluate(settings: EvaluationSettings, progress: bool = True, note: Callable
     return run(prepare(settings, note), progress)
 
 
-__all__ = ["DEFAULT_METHODS", "EvaluationResult", "EvaluationSettings", "Plan", "evaluate", "prepare", "run"]
+__all__ = ["DEFAULT_KS", "DEFAULT_METHODS", "EvaluationResult", "EvaluationSettings", "Plan", "evaluate", "prepare", "run"]

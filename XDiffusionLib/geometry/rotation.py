@@ -162,3 +162,40 @@ def plane_rotation(
     for rotated_axis, canonical_axis in enumerate(order):
         R_T[canonical_axis, rotated_axis] = 1.0
     return R_T.T.contiguous()
+
+
+def section_rotations(
+    n_views: int,
+    normal_axis: int,
+    *,
+    offset: float = 0.0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """N views whose sections all contain the input slices' normal (canonical axis ``normal_axis``).
+
+    View i cuts sections with normal m_i = cos(t_i) e_b + sin(t_i) e_c, t_i = pi * (i + offset) / N
+    (b < c the two other axes): N distinct section orientations over 180 degrees (360/N would repeat
+    each one twice), every section crossing every input slice along its rows. Rows of R_i:
+    [m_i, e_normal, m_i x e_normal], so R_i is a proper rotation and a section's rows run along the
+    input normal. Returns (N, 3, 3).
+    """
+    if isinstance(n_views, bool) or int(n_views) != n_views or int(n_views) < 1:
+        raise XDiffusionError(f"number of views must be a positive integer, got {n_views!r}")
+    a = axis_index(normal_axis)
+    b, c = (x for x in range(3) if x != a)
+    angles = (torch.arange(int(n_views), dtype=torch.float64, device=device) + float(offset)) * (math.pi / int(n_views))
+    return section_rotations_at(angles, a).to(dtype or torch.get_default_dtype())
+
+
+def section_rotations_at(angles: torch.Tensor, normal_axis: int) -> torch.Tensor:
+    """(B, 3, 3) rotations of ``section_rotations`` at arbitrary angles (radians), for training draws."""
+    a = axis_index(normal_axis)
+    b, c = (x for x in range(3) if x != a)
+    angles = torch.as_tensor(angles, dtype=torch.float64).reshape(-1)
+    rows0 = torch.zeros(angles.numel(), 3, dtype=torch.float64, device=angles.device)
+    rows0[:, b], rows0[:, c] = torch.cos(angles), torch.sin(angles)
+    rows1 = torch.zeros_like(rows0)
+    rows1[:, a] = 1.0
+    rows2 = torch.linalg.cross(rows0, rows1)
+    return torch.stack([rows0, rows1, rows2], dim=1)

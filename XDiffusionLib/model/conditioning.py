@@ -68,6 +68,7 @@ class SparseCube:
     positions: torch.Tensor
     side: int
     template: torch.Tensor | None = None
+    anchor: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         images = torch.as_tensor(self.images, dtype=torch.float32)
@@ -79,18 +80,20 @@ class SparseCube:
         order = torch.argsort(positions)
         object.__setattr__(self, "images", images[order].contiguous())
         object.__setattr__(self, "positions", positions[order].contiguous())
-        if self.template is not None:
-            template = torch.as_tensor(self.template, dtype=torch.float32)
-            if template.shape != (self.side,) * 3:
-                raise ValueError(f"SparseCube template shape {tuple(template.shape)} != {(self.side,) * 3}")
-            object.__setattr__(self, "template", template)
+        for name in ("template", "anchor"):
+            value = getattr(self, name)
+            if value is not None:
+                value = torch.as_tensor(value, dtype=torch.float32)
+                if value.shape != (self.side,) * 3:
+                    raise ValueError(f"SparseCube {name} shape {tuple(value.shape)} != {(self.side,) * 3}")
+                object.__setattr__(self, name, value)
 
     @property
     def count(self) -> int:
         return int(self.positions.numel())
 
     @classmethod
-    def from_slice_input(cls, inputs, space, normalizer, template=None) -> "SparseCube":
+    def from_slice_input(cls, inputs, space, normalizer, template=None, anchor=None) -> "SparseCube":
         """Inference path: resample ``SliceInput`` slices into the ``ModelSpace`` cube.
 
         ``normalizer`` must have been fitted on ``inputs.slices`` only (leak-free).
@@ -105,10 +108,11 @@ class SparseCube:
         ]
         positions = [float(space.slice_position(axis, index)) for index in inputs.indices]
         side = int(images[0].shape[-1])
-        return cls(torch.from_numpy(np.stack(images).astype(np.float32)), axis, torch.tensor(positions), side, template)
+        return cls(torch.from_numpy(np.stack(images).astype(np.float32)), axis, torch.tensor(positions), side, template,
+                   anchor)
 
     @classmethod
-    def from_cube(cls, cube, axis: int, positions: Iterable[int], template=None) -> "SparseCube":
+    def from_cube(cls, cube, axis: int, positions: Iterable[int], template=None, anchor=None) -> "SparseCube":
         """Training path: cut slices at integer ``positions`` along ``axis`` from a known (S, S, S) cube in [0, 1].
 
         Agrees with ``from_slice_input`` when the volume grid already is the cube.
@@ -121,7 +125,7 @@ class SparseCube:
         if index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= side:
             raise ValueError(f"slice positions {index.tolist()} outside 0..{side - 1}")
         images = torch.movedim(cube, axis, 0)[index]
-        return cls(images, axis, cube_position(index, side), side, template)
+        return cls(images, axis, cube_position(index, side), side, template, anchor)
 
     def prior_volumes(self, priors: Iterable[str]) -> torch.Tensor:
         """(C, S, S, S) prior volumes in [0, 1], one per name in ``priors``, built from the slices only."""
@@ -135,6 +139,10 @@ class SparseCube:
                 if self.template is None:
                     raise XDiffusionError("the model uses a template prior but no template cube was given")
                 volumes.append(self.template)
+            elif name == "anchor":
+                if self.anchor is None:
+                    raise XDiffusionError("the model uses the anchor prior but no anchor cube was given")
+                volumes.append(self.anchor)
             else:
                 raise XDiffusionError(f"unknown prior {name!r}")
         return torch.stack(volumes)
@@ -243,7 +251,15 @@ class ConditionBuilder:
             rotations = rotations.expand(batch, 3, 3)
         volume = self.priors.unsqueeze(0).expand(batch, *self.priors.shape)
         # Zero padding outside the cube reads as intensity 0 / proximity 0: background, far from inputs.
-        image = to_network(cross_section(volume, rotations, depths))
+        context = int(self.config.context_sections)
+        if context:
+            # 2.5D: the same priors one voxel apart on each side of the section, stacked as channels.
+            step = 2.0 / (self.sparse.side - 1)
+            offsets = torch.arange(-context, context + 1, device=self.device, dtype=torch.float32) * step
+            planes = cross_section(volume, rotations, depths[:, None] + offsets[None, :])  # (B, C, 2c+1, S, S)
+            image = to_network(planes.reshape(batch, -1, self.sparse.side, self.sparse.side))
+        else:
+            image = to_network(cross_section(volume, rotations, depths))
         k = self.sparse.count
         slices = self.slices.unsqueeze(0).expand(batch, k, self.sparse.side, self.sparse.side)
         pose = torch.cat(

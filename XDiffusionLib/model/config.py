@@ -33,8 +33,10 @@ from typing import Any
 from ..errors import XDiffusionError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-MULTISLICE_MODES = ("product", "attention")
-PRIOR_NAMES = ("linear", "distance", "template")
+MULTISLICE_MODES = ("product", "attention", "none")
+PRIOR_NAMES = ("linear", "distance", "template", "anchor")
+TARGETS = ("volume", "residual")
+VIEW_AXES = ("vertical", "input_normal")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 DROPOUT_KEYS = ("image", "pose", "all")
 
@@ -61,6 +63,22 @@ class XDiffusionConfig:
     priors: tuple[str, ...] = ("linear", "distance")
     depth_frequencies: int = 8
     cond_dropout: dict[str, float] = field(default_factory=lambda: {"image": 0.05, "pose": 0.05, "all": 0.05})
+    # What the denoiser generates: the whole section ("volume", the paper), or the residual from the
+    # deterministic anchor (``baselines.anchor``), scaled by ``residual_scale`` into network range.
+    target: str = "volume"
+    residual_scale: float = 1.0
+    anchor_decay_inside_mm: float = 24.0
+    anchor_decay_outside_mm: float = 12.0
+    # Sampling starts at this fraction of the noise schedule (1: pure noise; < 1: near the anchor),
+    # and training draws timesteps from the same range.
+    start_fraction: float = 1.0
+    # 2.5D context: the priors are also cut this many sections on each side of the target section.
+    context_sections: int = 0
+    # Views turn about the vertical axis (the paper) or about the input slices' normal, so every
+    # section crosses every input slice.
+    views_about: str = "vertical"
+    # Share of the initial noise common to all sections of a view (0: independent per section).
+    noise_sharing: float = 0.0
     # Options only a non-compact profile reads (e.g. the paper profile's pretrained folder).
     profile_options: dict[str, Any] = field(default_factory=dict)
 
@@ -69,6 +87,7 @@ class XDiffusionConfig:
         self.attention_levels = tuple(int(a) for a in self.attention_levels)
         self.priors = tuple(str(p) for p in self.priors)
         self.cond_dropout = {str(k): float(v) for k, v in dict(self.cond_dropout).items()}
+        self.context_sections = int(self.context_sections)
         self.validate()
 
     def validate(self) -> None:
@@ -100,6 +119,18 @@ class XDiffusionConfig:
         unknown = [p for p in self.priors if p not in PRIOR_NAMES]
         if unknown or len(set(self.priors)) != len(self.priors):
             raise XDiffusionError(f"config priors {list(self.priors)}: each once, from {', '.join(PRIOR_NAMES)}")
+        if self.target not in TARGETS:
+            raise XDiffusionError(f"config target {self.target!r}: choose one of {', '.join(TARGETS)}")
+        if self.views_about not in VIEW_AXES:
+            raise XDiffusionError(f"config views_about {self.views_about!r}: choose one of {', '.join(VIEW_AXES)}")
+        if not 0.0 < self.start_fraction <= 1.0 or not 0.0 <= self.noise_sharing < 1.0:
+            raise XDiffusionError("config start_fraction must lie in (0, 1] and noise_sharing in [0, 1)")
+        if not self.residual_scale > 0 or self.anchor_decay_inside_mm <= 0 or self.anchor_decay_outside_mm <= 0:
+            raise XDiffusionError("config residual_scale and the anchor decays must be positive")
+        if int(self.context_sections) != self.context_sections or self.context_sections < 0:
+            raise XDiffusionError(f"config context_sections {self.context_sections!r} must be an integer >= 0")
+        if (self.target == "residual") != ("anchor" in self.priors):
+            raise XDiffusionError("config: a residual model needs the 'anchor' prior, and only a residual model uses it")
         if self.max_slices < 1 or self.num_train_timesteps < 2:
             raise XDiffusionError("config max_slices must be >= 1 and num_train_timesteps >= 2")
         bad = [k for k in self.cond_dropout if k not in DROPOUT_KEYS]
@@ -112,13 +143,13 @@ class XDiffusionConfig:
     # Derived sizes shared by the conditioning and every profile.
     @property
     def image_channels(self) -> int:
-        """Aligned prior channels in ``Condition.image``."""
-        return len(self.priors)
+        """Aligned prior channels in ``Condition.image`` (each prior at 1 + 2 * context_sections depths)."""
+        return len(self.priors) * (1 + 2 * int(self.context_sections))
 
     @property
     def reduced_channels(self) -> int:
-        """Channels the multi-slice reducer adds (product: 1, attention: ``multislice_channels``)."""
-        return 1 if self.multislice == "product" else self.multislice_channels
+        """Channels the multi-slice reducer adds (product: 1, attention: ``multislice_channels``, none: 0)."""
+        return {"product": 1, "attention": self.multislice_channels, "none": 0}[self.multislice]
 
     @property
     def pose_dim(self) -> int:

@@ -69,5 +69,15 @@ class AttentionReduction(nn.Module):
         return (weights.unsqueeze(2) * feats).sum(dim=1)
 
 
+class NoReduction(nn.Module):
+    """``multislice="none"``: the slices reach the model through an aligned prior (the anchor) instead."""
+
+    def forward(self, cond: Condition) -> torch.Tensor:
+        b, _, h, w = cond.image.shape
+        return cond.image.new_zeros(b, 0, h, w)
+
+
 def build_reduction(config: XDiffusionConfig) -> nn.Module:
+    if config.multislice == "none":
+        return NoReduction()
     return ProductReduction() if config.multislice == "product" else AttentionReduction(config)

@@ -26,13 +26,14 @@ import numpy as np
 import torch
 
 from ..errors import XDiffusionError
-from ..geometry.rotation import azimuth_rotations
+from ..geometry.rotation import azimuth_rotations, section_rotations
 from ..geometry.sampling import depth_index_to_normalised, rotate_back
 from ..model.conditioning import Condition, ConditionBuilder, SparseCube, from_network, null_condition
 from ..model.config import XDiffusionConfig
 from .schedulers import check_sampler, make_scheduler
 
 AGGREGATES = ("mean", "max")
+ACTIVE_LEVEL = 0.02  # anchor intensity (fraction of the inputs' range) below which a section is empty
 DEVICES = ("auto", "cpu", "cuda")
 Progress = Callable[[float, str], None]
 
@@ -115,7 +116,11 @@ class XDiffusionPipeline:
             raise XDiffusionError(f"views ({views}), steps ({steps}) and samples ({samples}) must each be at least 1")
         side = self.config.side
         builder = ConditionBuilder(sparse, self.config, device=self.device)
-        rotations = azimuth_rotations(int(views)).to(torch.float32)
+        residual = self.config.target == "residual"
+        if self.config.views_about == "input_normal":
+            rotations = section_rotations(int(views), sparse.axis).to(torch.float32)
+        else:
+            rotations = azimuth_rotations(int(views)).to(torch.float32)
         depths = depth_index_to_normalised(torch.arange(side, dtype=torch.float32), side)
         total = int(samples) * int(views) * int(steps)
         done = 0
@@ -148,10 +153,17 @@ class XDiffusionPipeline:
                 sample_sum += view_sum / view_weight.clamp_min(1.0)
             else:
                 sample_sum += torch.where(view_weight > 0, best, torch.zeros_like(best))
-        # Voxels no view covers (none with the identity view among them) read background (-1).
-        result = torch.where(weight > 0, sample_sum / int(samples), torch.full_like(weight, -1.0))
         mean = total_sum / weight.clamp_min(1.0)
         variance = (total_sq / weight.clamp_min(1.0) - mean * mean).clamp_min(0.0)
+        if residual:
+            # Residual models: network units are residual_scale x intensity units; no view = no change.
+            scale = float(self.config.residual_scale)
+            result = torch.where(weight > 0, sample_sum / int(samples), torch.zeros_like(weight))
+            return PipelineOutput(
+                cube=(result / scale).float(), uncertainty=(variance.sqrt() / scale).float(), coverage=weight.float()
+            )
+        # Voxels no view covers (none with the identity view among them) read background (-1).
+        result = torch.where(weight > 0, sample_sum / int(samples), torch.full_like(weight, -1.0))
         # Network range spans 2 intensity units, so a std in network units halves in [0, 1] units.
         return PipelineOutput(
             cube=from_network(result).clamp(0.0, 1.0).float(),
@@ -173,14 +185,40 @@ class XDiffusionPipeline:
         """The view-conditional volume R.X (D, S, S) in network range: all depths sampled from noise."""
         side = self.config.side
         scheduler = make_scheduler(sampler, self.config)
-        scheduler.set_timesteps(steps, device=self.device)
         cond = builder(R.to(self.device), depths.to(self.device))
         # Latent profiles (paper) denoise in their VAE latent space and decode at the end.
         latent_shape = getattr(self.model, "latent_shape", None)
         shape = tuple(latent_shape) if latent_shape is not None else (1, side, side)
-        x = torch.randn(depths.numel(), *shape, generator=generator).to(self.device)
-        x = x * scheduler.init_noise_sigma
-        for k, t in enumerate(scheduler.timesteps):
+        noise = torch.randn(depths.numel(), *shape, generator=generator)
+        if self.config.noise_sharing > 0:
+            # A share of the noise common to all sections of the view: neighbouring sections then
+            # start alike, which removes the section-to-section streaks of independent noise.
+            shared = torch.randn(1, *shape, generator=generator)
+            a = float(self.config.noise_sharing)
+            noise = (1.0 - a) ** 0.5 * noise + a ** 0.5 * shared
+        noise = noise.to(self.device)
+        if self.config.start_fraction < 1.0:
+            # Start part-way down the schedule from x_t = sqrt(1 - alpha_bar_t) * noise: the noisy
+            # version of a zero residual, i.e. of the anchor itself (SDEdit / residual diffusion).
+            total = max(int(steps), int(round(int(steps) / self.config.start_fraction)))
+            scheduler.set_timesteps(total, device=self.device)
+            timesteps = scheduler.timesteps[total - int(steps):]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(total - int(steps))
+            x = scheduler.add_noise(torch.zeros_like(noise), noise, timesteps[:1].expand(noise.shape[0]))
+        else:
+            scheduler.set_timesteps(steps, device=self.device)
+            timesteps = scheduler.timesteps
+            x = noise * scheduler.init_noise_sigma
+        active = self._active_sections(cond) if self.config.target == "residual" else None
+        if active is not None and not bool(active.any()):
+            if step_done is not None:
+                for k in range(len(timesteps)):
+                    step_done(k + 1)
+            return torch.zeros(depths.numel(), side, side, device=self.device)
+        if active is not None:
+            x, cond = x[active], cond[active]
+        for k, t in enumerate(timesteps):
             model_input = scheduler.scale_model_input(x, t)
             prediction = self.predict(model_input, t, cond, guidance)
             x = scheduler.step(prediction, t, x, generator=generator).prev_sample
@@ -188,7 +226,19 @@ class XDiffusionPipeline:
                 step_done(k + 1)  # may raise to cancel the run
         if latent_shape is not None:
             x = self.model.decode(x).float()
+        if active is not None:
+            out = torch.zeros(depths.numel(), side, side, device=self.device)
+            out[active] = x[:, 0].float()
+            return out.clamp(-2.0, 2.0)
         return x[:, 0].clamp(-1.0, 1.0)
+
+    def _active_sections(self, cond: Condition) -> torch.Tensor:
+        """(D,) bool: sections whose anchor shows anything; the rest lie outside the head and keep
+        a zero residual (no network evaluation spent on empty space)."""
+        index = self.config.priors.index("anchor") * (1 + 2 * self.config.context_sections)
+        index += self.config.context_sections  # the section itself, not a neighbour
+        anchor = from_network(cond.image[:, index])
+        return anchor.flatten(1).amax(dim=1) > ACTIVE_LEVEL
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, cond: Condition, guidance: float) -> torch.Tensor:
         """Model output for the whole batch, evaluated in chunks; halves the chunk on out-of-memory."""

@@ -32,6 +32,8 @@ class TrainConfig:
     plane_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # input plane axis 0, 1, 2 (sagittal, coronal, axial)
     so3_fraction: float = 0.5
     foreground_depth_fraction: float = 0.8
+    # residual models: (cube, anchor) entries made per training volume (``anchor_bank``)
+    anchors_per_volume: int = 4
     # bookkeeping
     checkpoint_every: int = 500
     keep_last: int = 3
@@ -96,6 +98,20 @@ TRAIN_PROFILES: dict[str, TrainConfig] = {
 }
 
 
+# The compact profile's model: a residual denoiser over the anchor (see the README's Method section).
+COMPACT_MODEL: dict[str, Any] = {
+    "target": "residual",
+    "priors": ("anchor", "distance"),
+    "multislice": "none",
+    "context_sections": 1,
+    "residual_scale": 2.0,
+    "start_fraction": 0.5,
+    "views_about": "input_normal",
+    "noise_sharing": 0.5,
+    "profile_options": {"clip_sample": False},
+}
+
+
 def train_profile(name: str) -> TrainConfig:
     if name not in TRAIN_PROFILES:
         raise XDiffusionError(f"unknown profile {name!r}: choose one of {', '.join(TRAIN_PROFILES)}")
@@ -112,7 +128,7 @@ def model_profile(name: str, side: int | None = None, overrides: dict[str, Any] 
 
         base = paper_config()
     else:
-        base = XDiffusionConfig(profile=name)
+        base = XDiffusionConfig(profile=name, **COMPACT_MODEL)
     overrides = dict(overrides or {})
     if "profile_options" in overrides:  # merged, so a partial override keeps the other options
         overrides["profile_options"] = {**base.profile_options, **overrides["profile_options"]}

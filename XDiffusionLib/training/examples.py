@@ -173,3 +173,37 @@ def sample_batch(
     k_max = max(1, min(int(settings.k_max), int(config.max_slices)))
     draws = draw_examples(dataset, batch_size, generator, k_max, settings)
     return build_examples(dataset, draws, config, device)
+
+
+def sample_residual_batch(bank, batch_size: int, generator: torch.Generator, config,
+                          settings: ExampleSettings = ExampleSettings(), device: torch.device | str = "cpu"):
+    """A batch for a residual model: ``(target residual section (B, 1, S, S) in network units, Condition)``.
+
+    Entries come from an ``AnchorBank`` (inputs, normalisation and anchor already drawn); here only the
+    section is drawn: a rotation of the inference family (``section_rotations_at``: sections that
+    contain the input normal, at a uniform angle) and a depth as in ``draw_depths``.
+    """
+    from ..geometry.rotation import section_rotations_at
+    from ..geometry.sampling import cross_section
+    from ..model.conditioning import Condition, SparseCube, build_condition
+
+    if len(bank) == 0:
+        raise XDiffusionError("the training set holds no volumes")
+    if bank.side != config.side:
+        raise XDiffusionError(f"training cubes have side {bank.side} but the model side is {config.side}")
+    n = int(batch_size)
+    entries = torch.randint(0, len(bank), (n,), generator=generator).tolist()
+    angles = _uniform(generator, n) * math.pi
+    rotations = torch.cat([section_rotations_at(angles[b : b + 1], int(bank.axes[e])) for b, e in enumerate(entries)])
+    rotations = rotations.to(torch.float32)
+    depths = draw_depths(generator, rotations, [bank.points[e] for e in entries], settings.foreground_depth_fraction)
+    cubes = torch.from_numpy(np.stack([bank.cubes[e] for e in entries]).astype(np.float32)).to(device)
+    anchors = torch.from_numpy(np.stack([bank.anchors[e] for e in entries]).astype(np.float32)).to(device)
+    rotations, depths = rotations.to(device), depths.to(device)
+    residual = cross_section((cubes - anchors)[:, None], rotations, depths) * float(config.residual_scale)
+    conditions = [
+        build_condition(SparseCube.from_cube(cubes[b], int(bank.axes[e]), bank.positions[e], anchor=anchors[b]),
+                        rotations[b : b + 1], depths[b : b + 1], config)
+        for b, e in enumerate(entries)
+    ]
+    return residual, Condition.cat(conditions)

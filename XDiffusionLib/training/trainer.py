@@ -30,7 +30,7 @@ from . import state as ckpt
 from .config import TrainConfig
 from .data import VolumeDataset
 from .ema import EMA
-from .examples import ExampleSettings, sample_batch
+from .examples import ExampleSettings, sample_batch, sample_residual_batch
 
 TRAIN_LOG = "train_log.csv"
 TRAIN_LOG_FIELDS = ("step", "loss", "lr", "steps_per_s")
@@ -58,11 +58,14 @@ def training_noise_scheduler(config):
     return make_scheduler("ddpm", config)
 
 
-def diffusion_loss(model, scheduler, target: torch.Tensor, condition, generator: torch.Generator, prediction_type: str) -> torch.Tensor:
-    """Eq. 2: || goal - model(x_t, t, c) ||^2 with goal = epsilon or v, t uniform, epsilon ~ N(0, I)."""
+def diffusion_loss(model, scheduler, target: torch.Tensor, condition, generator: torch.Generator, prediction_type: str,
+                   start_fraction: float = 1.0) -> torch.Tensor:
+    """Eq. 2: || goal - model(x_t, t, c) ||^2 with goal = epsilon or v, epsilon ~ N(0, I), t uniform over
+    the part of the schedule sampling uses (``start_fraction`` of it, from the clean end)."""
     batch = target.shape[0]
     noise = torch.randn(target.shape, generator=generator, dtype=torch.float32).to(target.device)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(target.device)
+    high = max(1, int(round(scheduler.config.num_train_timesteps * float(start_fraction))))
+    timesteps = torch.randint(0, high, (batch,), generator=generator).to(target.device)
     noisy = scheduler.add_noise(target, noise, timesteps)
     if prediction_type == "epsilon":
         goal = noise
@@ -234,7 +237,10 @@ class Trainer:
         step = self.step + 1
         generator = step_generator(self.tc.seed, step, self.rank)
         device = self.accelerator.device
-        target, condition = sample_batch(self.dataset, self.tc.batch_size, generator, self.config, self.settings)
+        if self.config.target == "residual":
+            target, condition = sample_residual_batch(self.dataset, self.tc.batch_size, generator, self.config, self.settings)
+        else:
+            target, condition = sample_batch(self.dataset, self.tc.batch_size, generator, self.config, self.settings)
         from ..model.conditioning import drop_condition
 
         # Latent profiles (paper) bring their own guidance dropout and learn in their VAE's latent space.
@@ -249,7 +255,8 @@ class Trainer:
             with torch.no_grad():
                 target = self.unwrapped.encode(target)
         loss = diffusion_loss(
-            self.model, self.noise_scheduler, target, condition, generator, self.config.prediction_type
+            self.model, self.noise_scheduler, target, condition, generator, self.config.prediction_type,
+            self.config.start_fraction,
         )
         self.accelerator.backward(loss)
         if self.tc.grad_clip > 0:
@@ -358,6 +365,13 @@ def train(spec: RunSpec, stop_after: int | None = None) -> Path | None:
     tc, config = spec.train_config, spec.model_config
     if tc.validate_every > 0 and max(tc.val_slices) > config.max_slices:
         raise XDiffusionError(f"validation uses K = {max(tc.val_slices)} input slices but the model takes at most {config.max_slices}")
-    dataset = VolumeDataset(spec.data, spec.model_config.side, progress=spec.progress)
+    if config.target == "residual":
+        from .anchor_bank import load_or_build
+        from .data import find_volume_sources
+
+        dataset = load_or_build(spec.run_dir, find_volume_sources(spec.data), config, tc.anchors_per_volume, tc.seed,
+                                progress=spec.progress)
+    else:
+        dataset = VolumeDataset(spec.data, spec.model_config.side, progress=spec.progress)
     val_volumes = load_validation_volumes(spec.val_data, spec.train_config) if spec.train_config.validate_every > 0 else []
     return Trainer(spec, dataset, val_volumes).run(stop_after)

@@ -17,12 +17,17 @@ from ..errors import XDiffusionError
 @dataclass
 class IntensityNormalizer:
     """Linear map of [low, high] onto [0, 1], clipping outside; ``low``/``high`` are percentiles of
-    the non-zero (foreground) values it was fitted on."""
+    the non-zero (foreground) values it was fitted on.
+
+    ``zero_floor``: for non-negative data, ``low`` is 0, so a background of 0 stays exactly 0 both
+    ways (the residual model's choice: a percentile floor paints every background voxel grey).
+    """
 
     lower_percentile: float = 0.5
     upper_percentile: float = 99.5
     low: float | None = None
     high: float | None = None
+    zero_floor: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lower_percentile < self.upper_percentile <= 100.0:
@@ -44,6 +49,8 @@ class IntensityNormalizer:
         if foreground.size == 0:
             foreground = values
         low, high = np.percentile(foreground, [self.lower_percentile, self.upper_percentile])
+        if self.zero_floor and values.min() >= 0.0:
+            low = 0.0
         if not high > low:
             # Mostly one value (e.g. a binary mask): the percentiles meet, so use the full range.
             low, high = foreground.min(), foreground.max()
@@ -72,6 +79,7 @@ class IntensityNormalizer:
             "upper_percentile": self.upper_percentile,
             "low": self.low,
             "high": self.high,
+            "zero_floor": self.zero_floor,
         }
 
     @classmethod
@@ -81,6 +89,7 @@ class IntensityNormalizer:
             upper_percentile=float(data["upper_percentile"]),
             low=None if data.get("low") is None else float(data["low"]),
             high=None if data.get("high") is None else float(data["high"]),
+            zero_floor=bool(data.get("zero_floor", False)),
         )
 
     def _range(self) -> tuple[float, float]:

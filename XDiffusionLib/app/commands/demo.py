@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..demo import format_demo_table, run_demo
+    from ..demo import format_demo_table, format_verdict, run_demo
 
     start = time.perf_counter()
     settings = {"seed": args.seed, "device": args.device}
@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         for bar in bars:
             bar.close()
     print(format_demo_table(result.rows))
+    print(format_verdict(result.rows))
     for name, path in result.outputs.items():
         print(f"{name}: {path}")
     print(f"demo finished in {time.perf_counter() - start:.1f} s")

@@ -97,7 +97,10 @@ def _cli_train_overrides(args) -> dict:
 def _check_out(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise XDiffusionError(f"--out {out} is an existing file: give a folder")
-    if not resume and out.is_dir() and any(out.iterdir()):
+    from ...training.anchor_bank import BANK_FILE
+
+    # A folder holding only a cached anchor bank (a run stopped before its first checkpoint) is reused.
+    if not resume and out.is_dir() and any(p.name != BANK_FILE for p in out.iterdir()):
         raise XDiffusionError(f"--out {out} already holds files: use --resume to continue it, or another folder")
 
 

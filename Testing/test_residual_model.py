@@ -1,0 +1,242 @@
+"""The residual X-Diffusion model: anchor, section views, 2.5D conditions, residual sampling, training data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from XDiffusionLib.baselines.anchor import AnchorBaseline, anchor_estimate, interpolation_weight
+from XDiffusionLib.errors import XDiffusionError
+from XDiffusionLib.geometry.rotation import azimuth_rotations, section_rotations
+from XDiffusionLib.io.volume import Volume
+from XDiffusionLib.methods import SliceInput
+from XDiffusionLib.model.conditioning import ConditionBuilder, SparseCube
+from XDiffusionLib.model.config import XDiffusionConfig
+from XDiffusionLib.sampling.pipeline import XDiffusionPipeline
+from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
+from XDiffusionLib.sampling.schedulers import make_scheduler
+from XDiffusionLib.training.config import COMPACT_MODEL
+from XDiffusionLib.transforms.intensity import IntensityNormalizer
+
+S = 16
+
+
+def residual_config(**changes) -> XDiffusionConfig:
+    options = dict(COMPACT_MODEL)
+    options.update(side=S, block_out_channels=(8, 16), attention_levels=(1,), max_slices=32, depth_frequencies=4)
+    options.update(changes)
+    return XDiffusionConfig(**options)
+
+
+def head(shape=(24, 28, 20), spacing=(4.0, 4.0, 5.0)) -> Volume:
+    """A bright ellipsoid 'head' with an inner structure, in a zero background."""
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r2 = sum((g / 0.8) ** 2 for g in grids)
+    array = np.where(r2 < 1.0, 80.0 + 40.0 * np.cos(3.0 * grids[0]) * (r2 < 0.5), 0.0).astype(np.float32)
+    return Volume.from_array(array, spacing, (0.0, 0.0, 0.0), np.eye(3))
+
+
+class ExactResidual(torch.nn.Module):
+    """A denoiser whose answer is the constant ``value`` in network units (v-prediction)."""
+
+    def __init__(self, config: XDiffusionConfig, value: float) -> None:
+        super().__init__()
+        self.alphas = make_scheduler("ddpm", config).alphas_cumprod
+        self.value = value
+        self.seen = 0
+
+    def forward(self, x, t, cond):
+        self.seen += x.shape[0]
+        ab = self.alphas[t.long().cpu()].view(-1, 1, 1, 1).to(x)
+        x0 = torch.full_like(x, self.value)
+        eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+
+# ------------------------------------------------------------------ views
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("views", [1, 2, 4, 5])
+def test_section_views_contain_the_input_normal_and_never_repeat(axis, views):
+    R = section_rotations(views, axis).double()
+    assert torch.allclose(R @ R.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(views, 3, 3), atol=1e-9)
+    assert torch.allclose(torch.linalg.det(R), torch.ones(views, dtype=torch.float64))
+    normals = R[:, 0]
+    assert torch.allclose(normals[:, axis], torch.zeros(views, dtype=torch.float64)), "sections contain the normal"
+    assert torch.allclose(R[:, 1, axis].abs(), torch.ones(views, dtype=torch.float64)), "section rows run along it"
+    # Distinct orientations: no two section normals parallel (|cos| < 1).
+    cosines = (normals @ normals.T).abs() - torch.eye(views, dtype=torch.float64)
+    assert float(cosines.max()) < 1.0 - 1e-6
+
+
+def test_paper_azimuth_views_repeat_orientations_which_the_section_views_fix():
+    # Four azimuth views at 90 degrees cut only two section orientations (the streak bug of issue 8).
+    normals = azimuth_rotations(4).double()[:, 0]
+    parallel = ((normals @ normals.T).abs() > 1.0 - 1e-6).sum() - 4
+    assert int(parallel) > 0
+    # For sagittal inputs, half the azimuth views cut sections parallel to the inputs.
+    assert float(normals[:, 0].abs().max()) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------ anchor
+
+
+def test_anchor_is_exact_on_inputs_and_trusts_the_template_far_from_them():
+    volume = head()
+    inputs = SliceInput.from_volume(volume, "axial", [10])
+    parts = anchor_estimate(inputs, decay_inside_mm=24.0, decay_outside_mm=5.0)
+    assert np.array_equal(parts.volume.array[:, :, 10], volume.array[:, :, 10])
+    assert parts.weight[10] == 1.0 and parts.weight[0] == pytest.approx(math.exp(-50.0 / 5.0))
+    far = parts.volume.array[:, :, 0]
+    assert np.allclose(far, parts.template[:, :, 0], atol=1e-3 * float(np.abs(far).max()) + 1e-3)
+
+
+def test_anchor_decays_longer_between_inputs_than_beyond_them():
+    inputs = SliceInput.from_volume(head(), "axial", [4, 14])
+    weight = interpolation_weight(inputs, decay_inside_mm=20.0, decay_outside_mm=5.0)
+    assert weight[9] == pytest.approx(math.exp(-25.0 / 20.0))  # 5 slices of 5 mm between the inputs
+    assert weight[19] == pytest.approx(math.exp(-25.0 / 5.0))  # 5 slices beyond the last input
+    assert weight[4] == weight[14] == 1.0
+
+
+def test_anchor_method_is_registered_for_ablation():
+    from XDiffusionLib.methods import get_method
+
+    assert isinstance(get_method("anchor"), AnchorBaseline)
+
+
+# ------------------------------------------------------------------ normaliser
+
+
+def test_zero_floor_keeps_a_zero_background_at_zero():
+    values = np.array([0.0, 0.0, 5.0, 50.0, 100.0], dtype=np.float32)
+    floored = IntensityNormalizer(zero_floor=True).fit(values)
+    assert floored.low == 0.0
+    assert float(floored.inverse(floored.forward(np.float32(0.0)))) == 0.0
+    # The percentile floor of the default maps 0 to its low percentile: the grey background bug.
+    assert float(IntensityNormalizer().fit(values).inverse(np.float32(0.0))) > 0.0
+    restored = IntensityNormalizer.from_dict(floored.to_dict())
+    assert restored.zero_floor and restored.low == 0.0
+
+
+# ------------------------------------------------------------------ conditions
+
+
+def test_context_sections_stack_neighbouring_cuts_around_the_section():
+    cube = torch.rand(S, S, S, generator=torch.Generator().manual_seed(1))
+    anchor = torch.rand(S, S, S, generator=torch.Generator().manual_seed(2))
+    sparse = SparseCube.from_cube(cube, axis=2, positions=[3, 9], anchor=anchor)
+    flat = residual_config(context_sections=0)
+    stacked = residual_config(context_sections=1)
+    assert stacked.image_channels == 3 * flat.image_channels == 6
+    R = section_rotations(1, 2)[0]
+    depths = torch.tensor([-0.2, 0.1, 0.4])
+    one = ConditionBuilder(sparse, flat)(R, depths).image
+    three = ConditionBuilder(sparse, stacked)(R, depths).image
+    assert three.shape == (3, 6, S, S)
+    # channel order: prior-major, then depth offset -1, 0, +1
+    assert torch.allclose(three[:, 1], one[:, 0], atol=1e-6)
+    assert torch.allclose(three[:, 4], one[:, 1], atol=1e-6)
+    step = 2.0 / (S - 1)
+    below = ConditionBuilder(sparse, flat)(R, depths - step).image
+    assert torch.allclose(three[:, 0], below[:, 0], atol=1e-6)
+
+
+def test_residual_config_needs_the_anchor_prior():
+    with pytest.raises(XDiffusionError, match="anchor"):
+        residual_config(priors=("linear", "distance"))
+    with pytest.raises(XDiffusionError, match="start_fraction"):
+        residual_config(start_fraction=0.0)
+
+
+# ------------------------------------------------------------------ residual sampling and reconstruction
+
+
+def test_zero_residual_gives_back_the_full_resolution_anchor():
+    volume = head()
+    inputs = SliceInput.from_volume(volume, "axial", [6, 13])
+    config = residual_config()
+    model = ExactResidual(config, 0.0)
+    out = XDiffusionReconstructor(model=model, config=config, views=3, steps=2, device="cpu").reconstruct(inputs)
+    anchor = AnchorBaseline(config.anchor_decay_inside_mm, config.anchor_decay_outside_mm).reconstruct(inputs)
+    assert model.seen > 0
+    expected = np.clip(anchor.array, float(inputs.slices.min()), float(inputs.slices.max()))
+    assert np.allclose(out.array, expected, atol=1e-3)
+    assert np.array_equal(out.array[:, :, 6], volume.array[:, :, 6])
+
+
+def test_a_constant_residual_is_added_in_the_inputs_units_inside_the_head():
+    volume = head()
+    inputs = SliceInput.from_volume(volume, "axial", [10])
+    config = residual_config()
+    anchor = AnchorBaseline(config.anchor_decay_inside_mm, config.anchor_decay_outside_mm).reconstruct(inputs).array
+    out = XDiffusionReconstructor(model=ExactResidual(config, 0.2), config=config, views=2, steps=2,
+                                  device="cpu").reconstruct(inputs).array
+    high = IntensityNormalizer(zero_floor=True).fit(inputs.slices).high
+    centre = out[12, 14, 5] - anchor[12, 14, 5]
+    assert centre == pytest.approx(0.1 * high, rel=0.05)  # network 0.2 / residual_scale 2 = 0.1 of the range
+
+
+def test_sections_outside_the_head_cost_no_evaluation_and_stay_unchanged():
+    config = residual_config()
+    cube = torch.zeros(S, S, S)
+    cube[5:11, 5:11, 5:11] = 0.8
+    sparse = SparseCube.from_cube(cube, axis=2, positions=[8], anchor=cube)
+    model = ExactResidual(config, 0.5)
+    out = XDiffusionPipeline(model, config, device="cpu")(sparse, views=2, steps=2)
+    assert model.seen < 2 * 2 * S, "empty sections are skipped"
+    # Views at 0 and 90 degrees cut sections normal to axes 0 and 1: the corner column meets no head in either.
+    assert float(out.cube[0:4, 0:4].abs().max()) == 0.0
+    assert float(out.cube[8, 8, 8]) == pytest.approx(0.25, abs=1e-4)
+
+
+# ------------------------------------------------------------------ training data
+
+
+def test_training_inputs_cover_the_papers_k_with_protocol_spacing():
+    from XDiffusionLib.training.anchor_bank import _input_positions
+
+    rng = np.random.default_rng(0)
+    counts = [len(_input_positions((5, 58), rng)) for _ in range(400)]
+    assert max(counts) == 31 and min(counts) == 1
+    assert sum(c >= 10 for c in counts) > 80, "K >= 10 is common, as users ask for it"
+    positions = _input_positions((0, 63), np.random.default_rng(3))
+    assert positions == sorted(set(positions)) and 0 <= positions[0] and positions[-1] <= 63
+
+
+def test_bank_entries_are_reproducible_and_normalised(tmp_path):
+    from XDiffusionLib.training.anchor_bank import AnchorBank, load_or_build
+    from XDiffusionLib.io.writers import write_volume
+
+    path = tmp_path / "head.nii.gz"
+    write_volume(head(), path)
+    config = residual_config()
+    bank = load_or_build(tmp_path / "run", [path], config, per_volume=2, seed=4, progress=False)
+    again = AnchorBank.load(tmp_path / "run" / "anchor_bank.npz")
+    assert len(bank) == 2 and np.array_equal(bank.cubes, again.cubes) and bank.positions == again.positions
+    assert bank.cubes.shape == (2, S, S, S) and float(bank.cubes.max()) <= 1.0 and float(bank.cubes.min()) >= 0.0
+    for e in range(2):  # the anchor reproduces the entry's input slices
+        for p in bank.positions[e]:
+            assert np.allclose(np.take(bank.anchors[e], p, axis=int(bank.axes[e])),
+                               np.take(bank.cubes[e], p, axis=int(bank.axes[e])), atol=2e-3)
+
+
+def test_residual_batches_target_truth_minus_anchor():
+    from XDiffusionLib.training.anchor_bank import AnchorBank
+    from XDiffusionLib.training.examples import sample_residual_batch
+
+    config = residual_config()
+    cube = np.zeros((S, S, S), np.float16)
+    cube[4:12, 4:12, 4:12] = 0.75
+    anchor = np.zeros_like(cube)
+    anchor[4:12, 4:12, 4:12] = 0.5
+    points = (np.argwhere(cube > 0)[:64] * 2.0 / (S - 1) - 1.0).astype(np.float32)
+    bank = AnchorBank(cube[None], anchor[None], np.array([2]), [[8]], [points], ["x"])
+    target, cond = sample_residual_batch(bank, 6, torch.Generator().manual_seed(0), config)
+    assert target.shape == (6, 1, S, S) and cond.image.shape == (6, config.image_channels, S, S)
+    assert float(target.max()) == pytest.approx(0.5, abs=1e-3)  # (0.75 - 0.5) * residual_scale 2
+    assert float(target.min()) >= -1e-6
