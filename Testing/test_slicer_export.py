@@ -91,7 +91,8 @@ def test_dicom_header_says_what_it_is(tmp_path):
     assert first.SeriesDescription == SERIES_DESCRIPTION == "AI-generated pseudo-MRI (X-Diffusion) - not for diagnosis"
     assert first.ContentQualification == "RESEARCH" and first.BurnedInAnnotation == "NO"
     for text in (first.DerivationDescription, first.ImageComments):
-        assert "axial" in text and "[2, 5]" in text and "/models/tiny" in text and "steps 2" in text
+        assert "axial" in text and "[2, 5]" in text and "steps 2" in text
+        assert "model tiny;" in text and "/models" not in text  # a server path never leaves the computer
     assert "not for diagnosis" in first.ImageComments
     assert len({ds.SOPInstanceUID for ds in datasets}) == len(datasets)
     assert len({ds.SeriesInstanceUID for ds in datasets}) == 1

@@ -18,6 +18,10 @@ import SimpleITK as sitk
 from ..errors import XDiffusionError
 from .volume import Grid, Volume
 
+# A header naming more data files than this is refused rather than listed (a pattern can name millions).
+_MAX_DATA_FILES = 100_000
+_HEADER_BYTES = 1 << 20
+
 # suffix -> (format name, ITK ImageIO); longest suffixes first so ".nii.gz" wins over ".gz".
 FORMATS: dict[str, tuple[str, str]] = {
     ".nii.gz": ("NIfTI", "NiftiImageIO"),
@@ -40,16 +44,44 @@ def volume_suffix(path: str | os.PathLike) -> str | None:
     return None
 
 
-def read_volume(path: str | os.PathLike, volume_index: int | None = None) -> Volume:
+def is_volume_file(path: str | os.PathLike) -> bool:
+    """Whether a folder scan should read ``path`` as a volume: a known suffix and not hidden.
+
+    Hidden names (leading ".") are never data: they are writers' temporaries (``io.atomic``) or
+    system metadata such as macOS's "._name.nii.gz" files.
+    """
+    return volume_suffix(path) is not None and not Path(path).name.startswith(".")
+
+
+class MultiVolumeError(XDiffusionError):
+    """A 4D or multi-component file read without choosing one of its volumes.
+
+    The message names the command line's choice (``--volume N``); callers without that option
+    (the browser app, the worker) show ``without_option()`` instead.
+    """
+
+    def __init__(self, label: str, what: str, count: int):
+        self.label, self.what, self.count = label, what, count
+        super().__init__(f"{label} {what}; pick one with volume_index / --volume N (0..{count - 1})")
+
+    def without_option(self) -> XDiffusionError:
+        return XDiffusionError(f"{self.label} {self.what}: a single 3D volume is needed; "
+                               f"save the one you want (0..{self.count - 1}) as a file of its own")
+
+
+def read_volume(path: str | os.PathLike, volume_index: int | None = None, *,
+                within: str | os.PathLike | None = None) -> Volume:
     """Read a 3D scalar volume as float32 ``array[i, j, k]`` with its full geometry.
 
     ``path`` is a .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file, a DICOM folder holding one series, or
     one .dcm file of a series (the whole series is read). ``volume_index`` picks one volume of a
-    4D file (or one component of a multi-component file).
+    4D file (or one component of a multi-component file). ``within``: every file the volume
+    reads (a header's data files included, links followed) must lie inside this folder
+    (``check_self_contained``), checked before any voxel is read.
     Raises XDiffusionError for a missing, unreadable, truncated, 2D, 4D (without
-    ``volume_index``), non-finite or constant input.
+    ``volume_index``: ``MultiVolumeError``), non-finite or constant input.
     """
-    image, label = _read_3d_image(path, volume_index)
+    image, label = _read_3d_image(path, volume_index, within)
     array = image_to_array(image, np.float32)
     # ITK's NIfTI reader turns NaN voxels into 0 silently, so look at the stored values themselves.
     stored = _nifti_stored_values(Path(path).expanduser(), volume_index) if volume_suffix(path) in (".nii", ".nii.gz") else array
@@ -64,9 +96,10 @@ def read_volume(path: str | os.PathLike, volume_index: int | None = None) -> Vol
     return Volume(array, grid_from_image(image))
 
 
-def read_labelmap(path: str | os.PathLike, volume_index: int | None = None) -> Volume:
+def read_labelmap(path: str | os.PathLike, volume_index: int | None = None, *,
+                  within: str | os.PathLike | None = None) -> Volume:
     """Read an integer label map (int32 ``array[i, j, k]``); an empty (all zero) map is allowed."""
-    image, label = _read_3d_image(path, volume_index)
+    image, label = _read_3d_image(path, volume_index, within)
     raw = image_to_array(image, None)
     if raw.dtype.kind == "f":
         if not np.isfinite(raw).all():
@@ -101,11 +134,114 @@ def image_to_volume(image: sitk.Image) -> Volume:
     return Volume(image_to_array(image, np.float32), grid_from_image(image))
 
 
-def _read_3d_image(path: str | os.PathLike, volume_index: int | None) -> tuple[sitk.Image, str]:
+def volume_files(path: str | os.PathLike) -> list[Path]:
+    """Every file reading ``path`` may open: the file itself and, for an NRRD or MetaImage header,
+    the data files it names; for a DICOM folder (or one .dcm file of it) the folder's files."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return [path, *sorted(p for p in path.iterdir() if p.is_file() or p.is_symlink())]
+    suffix = volume_suffix(path)
+    if suffix == ".dcm":
+        return volume_files(path.parent)
+    if suffix in (".nrrd", ".nhdr", ".mha", ".mhd"):
+        return [path, *detached_data_files(path)]
+    return [path]
+
+
+def detached_data_files(path: str | os.PathLike) -> list[Path]:
+    """The data files an NRRD (``data file:``) or MetaImage (``ElementDataFile =``) header names,
+    joined to the header's folder; empty when the voxels are in the file itself.
+
+    Every form counts (one file, a LIST, a numbered pattern), in a ``.nrrd`` or ``.mha`` file as
+    well: those may name a data file elsewhere too.
+    """
+    path = Path(path).expanduser()
+    return [path.parent / name for name in _data_file_names(path)]
+
+
+def check_self_contained(path: str | os.PathLike, root: str | os.PathLike) -> None:
+    """Refuse ``path`` when a file it reads lies outside ``root`` (absolute, "..", or through a link).
+
+    Uploads and server paths use it: a header may otherwise name any file on the server (such as
+    /etc/passwd) as its voxel data, and the app would show it and export it back.
+    """
+    path = Path(path).expanduser()
+    base = os.path.realpath(root)
+
+    def inside(file: str | os.PathLike) -> bool:
+        real = os.path.realpath(file)
+        return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+    if not inside(path):
+        raise XDiffusionError(f"{path}: outside the folders it may be read from: refused")
+    if path.is_dir() or volume_suffix(path) == ".dcm":
+        for file in volume_files(path):
+            if not inside(file):
+                raise XDiffusionError(f"{path}: {file.name} links to a file outside the folder: refused")
+        return
+    for name in _data_file_names(path):
+        if not inside(path.parent / name):
+            raise XDiffusionError(f"{path} names the data file {name!r}, which lies outside the files it came "
+                                  "with: refused (give a header together with its data file)")
+
+
+def _data_file_names(path: Path) -> list[str]:
+    """The data file names as an NRRD or MetaImage header writes them (nothing for other files)."""
+    if volume_suffix(path) not in (".nrrd", ".nhdr", ".mha", ".mhd"):
+        return []
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(_HEADER_BYTES)
+    except OSError:
+        return []  # reading it will say what is wrong
+    lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
+    if head.startswith(b"NRRD"):
+        for number, line in enumerate(lines[1:], start=1):
+            if not line.strip():
+                return []  # the header ends: the voxels follow in this file
+            key, colon, value = line.partition(":")
+            if line.startswith("#") or not colon or value.startswith("="):  # comment, or a key:=value pair
+                continue
+            if key.strip().lower() in ("data file", "datafile"):
+                return _listed_names(path, value.strip(), lines[number + 1:])
+        return []
+    for number, line in enumerate(lines):
+        key, equals, value = line.partition("=")
+        if equals and key.strip().lower() == "elementdatafile":
+            value = value.strip()
+            return [] if value.upper() == "LOCAL" else _listed_names(path, value, lines[number + 1:])
+    return []
+
+
+def _listed_names(path: Path, value: str, rest: list[str]) -> list[str]:
+    """One data file name, a ``LIST`` (the names on the lines after it) or the names of a
+    ``<format> <min> <max> <step> [...]`` pattern."""
+    parts = value.split()
+    if parts[:1] == ["LIST"]:
+        names = [name.strip() for name in rest if name.strip()]
+    elif "%" in value and len(parts) >= 4:
+        try:
+            first, last, step = (int(p) for p in parts[1:4])
+            if step == 0 or abs((last - first) // step) > _MAX_DATA_FILES:
+                raise ValueError("too many files")
+            names = [parts[0] % i for i in range(first, last + (1 if step > 0 else -1), step)]
+        except (TypeError, ValueError):
+            raise XDiffusionError(f"{path}: cannot tell which data files its header names ({value[:80]!r})") from None
+    else:
+        names = [value]
+    if len(names) > _MAX_DATA_FILES:
+        raise XDiffusionError(f"{path}: its header names more than {_MAX_DATA_FILES} data files")
+    return names
+
+
+def _read_3d_image(path: str | os.PathLike, volume_index: int | None,
+                   within: str | os.PathLike | None = None) -> tuple[sitk.Image, str]:
     """Read ``path`` as one 3D scalar image; also return how to name it in messages."""
     path = Path(path).expanduser()
     if not path.exists():
         raise XDiffusionError(f"{path}: no such file or folder")
+    if within is not None:
+        check_self_contained(path, within)
     if path.is_dir():
         files, label = _dicom_series_files(path, None)
         return _finish(_execute_series(files, label), label, volume_index), label
@@ -157,7 +293,7 @@ def _check_dimensions(label: str, dimension: int, size, components: int, volume_
     if volume_index is None:
         if n_volumes > 1:
             what = f"is 4D with {n_volumes} volumes" if dimension == 4 else f"has {n_volumes} values per voxel"
-            raise XDiffusionError(f"{label} {what}; pick one with volume_index / --volume N (0..{n_volumes - 1})")
+            raise MultiVolumeError(label, what, n_volumes)
     elif not 0 <= volume_index < n_volumes:
         raise XDiffusionError(
             f"{label}: volume index {volume_index} is out of range; it holds {n_volumes} volume"
@@ -224,10 +360,17 @@ def _check_nifti_complete(path: Path, label: str) -> None:
 def _dicom_series_files(folder: Path, member: Path | None) -> tuple[list[str], str]:
     """File names (in slice order) of the one DICOM series in ``folder`` (or the one holding ``member``)."""
     label = str(member if member is not None else folder)
+    if not any(p.is_file() for p in folder.iterdir()):
+        raise XDiffusionError(f"{label}: the folder is empty; give a volume file or a folder holding one DICOM series")
+    # ITK prints a warning of its own on stderr for a folder without DICOM; the error below says it.
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
         series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     except RuntimeError as error:
         raise XDiffusionError(f"{label}: cannot scan for DICOM files ({_itk_reason(error)})") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     if not series:
         raise XDiffusionError(f"{label}: no DICOM series found")
     if member is not None:

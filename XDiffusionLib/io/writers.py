@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import XDiffusionError
+from .atomic import remove_quietly, remove_stale_temporaries, temporary_file
 from .readers import volume_suffix
 from .volume import Volume
 
@@ -40,42 +41,61 @@ def write_volume(volume: Volume, path: str | os.PathLike, dtype: np.dtype | type
 
     ``dtype`` converts the voxels first (integer types round and clip to their range); by default
     the array's own type is kept. The file appears complete or not at all: it is written to a
-    temporary file in the same folder and renamed. Missing parent folders are created.
+    hidden temporary file in the same folder and renamed (``io.atomic``). Missing parent folders
+    are created. An existing file is replaced: commands refuse that first (``io.outputs``).
     """
+    return write_volumes([(volume, path)], dtype)[0]
+
+
+def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]], dtype: np.dtype | type | None = None) -> list[Path]:
+    """Write several volumes that belong together (a result and its uncertainty): every file is
+    written to its temporary first and only then are they all renamed into place, so an error or
+    an interrupt leaves none of them (and no temporary). Returns the paths."""
+    targets = [check_volume_path(path) for _, path in items]
+    images = [volume_to_image(volume, dtype) for volume, _ in items]
+    for path in targets:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise XDiffusionError(f"{path}: cannot create folder {path.parent} ({error.strerror or error})") from None
+    for parent in dict.fromkeys(path.parent for path in targets):
+        remove_stale_temporaries(parent)  # leftovers of a writer that was killed
+    temporaries: list[Path] = []
+    current = targets[0]
+    try:
+        for image, path in zip(images, targets):
+            current = path
+            # The temporary name keeps the real suffix so ITK picks the same writer (and compression).
+            temporaries.append(temporary_file(path, suffix=volume_suffix(path) or ""))
+            # NIfTI .nii stays uncompressed by its suffix; NRRD and MHA get gzip-encoded data.
+            sitk.WriteImage(image, str(temporaries[-1]), useCompression=volume_suffix(path) != ".nii")
+            os.chmod(temporaries[-1], 0o666 & ~_umask())
+        # The first one (the main result) last: once it is there, everything is.
+        for temporary, path in reversed(list(zip(temporaries, targets))):
+            current = path
+            os.replace(temporary, path)
+    except (RuntimeError, OSError) as error:
+        reason = (getattr(error, "strerror", None) or str(error).strip().splitlines()[-1])[:160]
+        raise XDiffusionError(f"{current}: writing failed ({reason})") from None
+    finally:
+        for temporary in temporaries:
+            remove_quietly(temporary)
+    return targets
+
+
+def check_volume_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if a volume can be written there (a writable suffix, not a folder, no file
+    in the way of its folder), else a one-line XDiffusionError naming it."""
     path = Path(path).expanduser()
-    suffix = volume_suffix(path)
-    if suffix not in WRITE_SUFFIXES:
+    if volume_suffix(path) not in WRITE_SUFFIXES:
         raise XDiffusionError(f"{path}: cannot write this file type; write one of {', '.join(WRITE_SUFFIXES)}")
     if path.is_dir():
         raise XDiffusionError(f"{path} is a folder: give a file name to write")
-    parent = path.parent
-    for ancestor in (parent, *parent.parents):
+    for ancestor in (path.parent, *path.parent.parents):
         if ancestor.exists() and not ancestor.is_dir():
             raise XDiffusionError(f"{path}: cannot write there, {ancestor} is a file, not a folder")
         if ancestor.exists():
             break
-    image = volume_to_image(volume, dtype)
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise XDiffusionError(f"{path}: cannot create folder {parent} ({error.strerror or error})") from None
-    # The temporary name keeps the real suffix so ITK picks the same writer (and compression).
-    try:
-        handle, temp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name[: -len(suffix)]}.", suffix=suffix)
-    except OSError as error:
-        raise XDiffusionError(f"{path}: cannot write in {parent} ({error.strerror or error})") from None
-    os.close(handle)
-    try:
-        # NIfTI .nii stays uncompressed by its suffix; NRRD and MHA get gzip-encoded data.
-        sitk.WriteImage(image, temp_name, useCompression=suffix != ".nii")
-        os.chmod(temp_name, 0o666 & ~_umask())
-        os.replace(temp_name, path)
-    except (RuntimeError, OSError) as error:
-        _remove_quietly(temp_name)
-        raise XDiffusionError(f"{path}: writing failed ({str(error).strip().splitlines()[-1][:160]})") from None
-    except BaseException:
-        _remove_quietly(temp_name)
-        raise
     return path
 
 
@@ -97,10 +117,3 @@ def _umask() -> int:
     except (OSError, ValueError):
         pass
     return 0o022
-
-
-def _remove_quietly(name: str) -> None:
-    try:
-        os.remove(name)
-    except OSError:
-        pass

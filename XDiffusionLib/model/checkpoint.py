@@ -1,27 +1,42 @@
 """Model folders: ``config.json`` + ``model.safetensors`` (never pickle).
 
 ``save_pretrained`` writes into a temporary sibling folder and renames it into place, so a reader
-never sees half a model. ``load_pretrained`` checks everything a user's folder can get wrong and
-says which file and which tensor.
+never sees half a model. It records two checksums in the metadata of ``model.safetensors``:
+``config_sha256`` (the bytes of ``config.json``) and ``weights_sha256`` (the tensor bytes,
+``io.checksums``), so both files travel together (training checkpoints move them out of the
+folder). ``load_pretrained`` verifies both when they are recorded, and fails with one line naming
+the file that changed: flipped bytes in the weights, or an edited or swapped config, would
+otherwise give wrong images without any error. Folders saved before checksums existed load
+without verification. It also checks everything else a user's folder can get wrong and says
+which file and which tensor.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import XDiffusionError
-from ..io.atomic import replace_directory
+from ..io.atomic import replace_directory, temporary_directory
+from ..io.checksums import (
+    file_sha256,
+    read_safetensors_header,
+    safetensors_metadata,
+    seal_safetensors,
+    tensor_data_sha256,
+)
 from .config import XDiffusionConfig
 from .factory import build_denoiser
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# Keys of the checksums recorded in the weights file's metadata.
+CONFIG_CHECKSUM = "config_sha256"
+WEIGHTS_CHECKSUM = "weights_sha256"
 
 
 def default_model_dir() -> Path:
@@ -30,16 +45,21 @@ def default_model_dir() -> Path:
 
 
 def save_pretrained(model: nn.Module, config: XDiffusionConfig, directory: str | os.PathLike) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` to ``directory`` atomically; returns the folder."""
+    """Write ``config.json`` and ``model.safetensors`` (with both checksums) to ``directory``
+    atomically; returns the folder."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp.", dir=directory.parent))
+    tmp = temporary_directory(directory)
     try:
         config.save_json(tmp / CONFIG_NAME)
         state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "profile": config.profile})
+        unsealed = tmp / f".{WEIGHTS_NAME}.unsealed"
+        save_file(state, str(unsealed), metadata={"format": "pt", "profile": config.profile})
+        seal_safetensors(unsealed, tmp / WEIGHTS_NAME, {CONFIG_CHECKSUM: file_sha256(tmp / CONFIG_NAME)},
+                         WEIGHTS_CHECKSUM)
+        unsealed.unlink()
         replace_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -67,7 +87,42 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise XDiffusionError(f"{path}: corrupt or truncated safetensors file ({message})") from None
 
 
-def _check_state(path: Path, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
+def verify_checksums(directory: str | os.PathLike) -> bool:
+    """Check ``config.json`` and the tensor bytes of ``model.safetensors`` against the checksums
+    recorded at save time; False when none are recorded (a folder saved before they existed),
+    XDiffusionError naming the file that does not match."""
+    directory = Path(directory)
+    weights = directory / WEIGHTS_NAME
+    recorded = safetensors_metadata(weights)
+    if WEIGHTS_CHECKSUM not in recorded and CONFIG_CHECKSUM not in recorded:
+        return False
+    if WEIGHTS_CHECKSUM in recorded and tensor_data_sha256(weights) != recorded[WEIGHTS_CHECKSUM]:
+        raise XDiffusionError(f"{weights}: the weights do not match the checksum recorded when they were saved "
+                              "(the file is corrupt or was changed): copy the model folder again")
+    if CONFIG_CHECKSUM in recorded and file_sha256(directory / CONFIG_NAME) != recorded[CONFIG_CHECKSUM]:
+        raise XDiffusionError(f"{directory / CONFIG_NAME}: does not match the config these weights were saved with "
+                              f"(checksum recorded in {WEIGHTS_NAME}); it was edited or comes from another model: "
+                              "restore the model's own config.json")
+    return True
+
+
+def weights_checksum(directory: str | os.PathLike) -> str:
+    """The SHA-256 of a model folder's tensor bytes: as recorded at save time, else computed."""
+    weights = Path(directory) / WEIGHTS_NAME
+    return safetensors_metadata(weights).get(WEIGHTS_CHECKSUM) or tensor_data_sha256(weights)
+
+
+def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors header (no tensor is read)."""
+    _, header = read_safetensors_header(path)
+    try:
+        return {name: tuple(int(n) for n in entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
+    except (TypeError, KeyError, ValueError):
+        raise XDiffusionError(f"{path}: corrupt safetensors file (a tensor without a shape)") from None
+
+
+def _check_state(path: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
+    """The tensors of ``path`` (name -> shape) are exactly those the config's model needs."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
 
@@ -78,12 +133,34 @@ def _check_state(path: Path, expected: dict[str, torch.Tensor], found: dict[str,
         raise XDiffusionError(f"{path}: missing {len(missing)} tensors the config's model needs: {listing(missing)}")
     if unexpected:
         raise XDiffusionError(f"{path}: {len(unexpected)} unexpected tensors for this config: {listing(unexpected)}")
-    for name, tensor in expected.items():
-        if tuple(found[name].shape) != tuple(tensor.shape):
+    for name, shape in expected.items():
+        if tuple(found[name]) != tuple(shape):
             raise XDiffusionError(
-                f"{path}: tensor {name} has shape {tuple(found[name].shape)}, "
-                f"the config's model needs {tuple(tensor.shape)}"
+                f"{path}: tensor {name} has shape {tuple(found[name])}, the config's model needs {tuple(shape)}"
             )
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(tensor.shape) for name, tensor in state.items()}
+
+
+def check_model_folder(directory: str | os.PathLike, extra_weights: tuple[str, ...] = ()) -> XDiffusionConfig:
+    """Everything ``load_pretrained`` checks, without loading any weights: the config, the
+    recorded checksums, and that ``model.safetensors`` (and each of ``extra_weights``, such as a
+    training checkpoint's EMA weights) holds exactly the tensors the config's model needs.
+    Returns the config."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise XDiffusionError(f"{directory}: model folder not found")
+    config = _read_config(directory)
+    for name in (WEIGHTS_NAME, *extra_weights):
+        if not (directory / name).is_file():
+            raise XDiffusionError(f"{directory / name}: missing model weights")
+    expected = _shapes(build_denoiser(config).state_dict())  # an invalid config says so first
+    verify_checksums(directory)
+    for name in (WEIGHTS_NAME, *extra_weights):
+        _check_state(directory / name, expected, _tensor_shapes(directory / name))
+    return config
 
 
 def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, XDiffusionConfig]:
@@ -94,8 +171,9 @@ def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "
     config = _read_config(directory)
     weights_path = directory / WEIGHTS_NAME
     state = _read_weights(weights_path)
-    model = build_denoiser(config)
-    _check_state(weights_path, model.state_dict(), state)
+    model = build_denoiser(config)  # an invalid config says so first
+    verify_checksums(directory)
+    _check_state(weights_path, _shapes(model.state_dict()), _shapes(state))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), config
 

@@ -6,7 +6,9 @@ The DICOM series is a derived, AI-generated pseudo-MRI and must never pass for a
   reference) is kept only when the source was DICOM, so the series files next to its source;
 - SeriesDescription "AI-generated pseudo-MRI (X-Diffusion) - not for diagnosis";
 - DerivationDescription and ImageComments record the input plane, slice indices, model and
-  sampling settings (standard public tags, no private ones).
+  sampling settings (standard public tags, no private ones). The model is named by its folder's
+  name and the SHA-256 of its weights (``Provenance.public``), never by its path on the computer
+  that made it: exported files leave that computer.
 Geometry is exact per slice: ImagePositionPatient, ImageOrientationPatient, PixelSpacing,
 SliceThickness/SpacingBetweenSlices from the volume's LPS grid (DICOM patient coordinates are LPS,
 like ``Volume``). Voxels are stored as 16-bit with RescaleSlope/Intercept. The series is written into
@@ -19,8 +21,7 @@ import datetime
 import json
 import os
 import shutil
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import numpy as np
 from .. import __version__
 from ..errors import XDiffusionError
 from ..io import write_volume
+from ..io.atomic import remove_stale_temporaries, temporary_directory
 from ..io.volume import Volume
 
 SERIES_DESCRIPTION = "AI-generated pseudo-MRI (X-Diffusion) - not for diagnosis"
@@ -71,6 +73,10 @@ class Provenance:
             ATTRIBUTE_PREFIX + "source": self.source,
         }
 
+    def public(self) -> "Provenance":
+        """The same with the model named as exports name it (``describe_model``)."""
+        return replace(self, model=describe_model(self.model))
+
     @classmethod
     def from_attributes(cls, get) -> "Provenance":
         """From a node's attributes (``get`` = ``node.GetAttribute``); clear error on a non-XDiffusion node."""
@@ -84,6 +90,25 @@ class Provenance:
             settings=json.loads(get(ATTRIBUTE_PREFIX + "settings") or "{}"),
             source=get(ATTRIBUTE_PREFIX + "source") or "",
         )
+
+
+def describe_model(model: str) -> str:
+    """A model as exports name it: its folder's name and the SHA-256 of its weights, never the
+    folder's path (which tells who ran it where). A path that no longer exists keeps only its last
+    part; anything else (a description) stays as it is."""
+    text = str(model or "")
+    path = Path(text).expanduser()
+    if text and path.is_dir() and (path / "model.safetensors").is_file():
+        from ..model.checkpoint import weights_checksum
+
+        name = path.resolve().name
+        try:
+            return f"{name} (weights sha256 {weights_checksum(path)})"
+        except XDiffusionError:
+            return name
+    if "/" in text or "\\" in text:
+        return Path(text.replace("\\", "/").rstrip("/")).name or "model"
+    return text
 
 
 def export_volume(volume: Volume, path: str | os.PathLike) -> Path:
@@ -122,6 +147,7 @@ def export_dicom_series(volume: Volume, folder: str | os.PathLike, provenance: P
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise XDiffusionError(f"{folder} already exists and is not an empty folder: choose a new folder")
     source_dataset = read_source_dataset(source)
+    provenance = provenance.public()
     array = np.asarray(volume.array, dtype=np.float64)
     if not np.isfinite(array).all():
         raise XDiffusionError("the volume has NaN or infinite voxels: cannot write DICOM")
@@ -154,7 +180,8 @@ def export_dicom_series(volume: Volume, folder: str | os.PathLike, provenance: P
         series_number = (int(base) if base not in (None, "") else 0) + 9000
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    remove_stale_temporaries(folder.parent)  # an export that was killed half-way
+    temp = temporary_directory(folder)
     try:
         files = []
         for k in range(grid.shape[2]):

@@ -22,14 +22,14 @@ _FOREGROUND_POINTS = 4096
 
 
 def _is_volume_file(path: Path) -> bool:
-    from ..io.readers import volume_suffix
+    from ..io.readers import is_volume_file, volume_suffix
 
-    suffix = volume_suffix(path)
-    return suffix is not None and suffix != ".dcm"
+    # Hidden names are never data (a killed writer's temporary, macOS "._" files): is_volume_file.
+    return is_volume_file(path) and volume_suffix(path) != ".dcm"
 
 
 def _holds_dicom(folder: Path) -> bool:
-    return any(p.suffix.lower() == ".dcm" for p in folder.iterdir() if p.is_file())
+    return any(p.suffix.lower() == ".dcm" and not p.name.startswith(".") for p in folder.iterdir() if p.is_file())
 
 
 def find_volume_sources(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -63,7 +63,8 @@ def find_volume_sources(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def _volumes_in_folder(folder: Path) -> list[Path]:
-    brats = sorted(folder.glob(f"*{_BRATS_SUFFIX}")) + sorted(folder.glob(f"*/*{_BRATS_SUFFIX}"))
+    brats = [p for p in sorted(folder.glob(f"*{_BRATS_SUFFIX}")) + sorted(folder.glob(f"*/*{_BRATS_SUFFIX}"))
+             if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
     if brats:
         return brats
     files = sorted(p for p in folder.iterdir() if p.is_file() and _is_volume_file(p))
@@ -72,7 +73,7 @@ def _volumes_in_folder(folder: Path) -> list[Path]:
         return images
     if _holds_dicom(folder):
         return [folder]
-    return [sub for sub in sorted(folder.iterdir()) if sub.is_dir() and _holds_dicom(sub)]
+    return [sub for sub in sorted(folder.iterdir()) if sub.is_dir() and not sub.name.startswith(".") and _holds_dicom(sub)]
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,51 @@ def resolve_resume(path: Path) -> Path:
     return latest
 
 
+# What a resume reads from training_state.json, and the JSON type each must have.
+_STATE_FIELDS: dict[str, type] = {"step": int, "train_config": dict, "data_sources": list, "optimizer": dict,
+                                  "lr_scheduler": dict, "ema": dict}
+
+
+def read_training_state(folder: Path) -> dict[str, Any]:
+    """A checkpoint's ``training_state.json``, checked before a resume uses it: one line naming the
+    file for anything unreadable, missing or of the wrong type (not a traceback from the trainer)."""
+    path = Path(folder) / STATE_JSON
+    damaged = "the checkpoint is damaged: resume from another one (--resume RUN_DIR/checkpoints/step-N)"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise XDiffusionError(f"{path}: missing, {Path(folder)} is not a checkpoint folder") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        reason = getattr(error, "msg", None) or getattr(error, "strerror", None) or type(error).__name__
+        raise XDiffusionError(f"{path}: not a readable training state ({reason}); {damaged}") from None
+    if not isinstance(data, dict):
+        raise XDiffusionError(f"{path}: not a training state (expected a JSON object); {damaged}")
+    missing = [key for key in _STATE_FIELDS if key not in data]
+    if missing:
+        raise XDiffusionError(f"{path}: no {', '.join(missing)} in it; {damaged}")
+    for key, kind in _STATE_FIELDS.items():
+        value = data[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise XDiffusionError(f"{path}: {key!r} is {type(value).__name__}, expected {kind.__name__}; {damaged}")
+    if data["step"] < 0:
+        raise XDiffusionError(f"{path}: step {data['step']} is negative; {damaged}")
+    if not isinstance(data["optimizer"].get("param_groups"), list):
+        raise XDiffusionError(f"{path}: the optimizer state has no param_groups; {damaged}")
+    updates = data["ema"].get("num_updates")
+    if not isinstance(updates, int) or isinstance(updates, bool):
+        raise XDiffusionError(f"{path}: the EMA state has no num_updates count; {damaged}")
+    return data
+
+
+def check_checkpoint_weights(folder: Path):
+    """The checkpoint's model config, once its weights and EMA weights are known to fit it (and
+    to match the checksums recorded at save time): a config.json from another model is one line
+    here, not a size-mismatch traceback when the trainer loads the weights."""
+    from ..model.checkpoint import check_model_folder
+
+    return check_model_folder(Path(folder), extra_weights=(EMA_FILE,))
+
+
 def write_checkpoint(run_dir: Path, step: int, fill: Callable[[Path], None], keep_last: int) -> Path:
     """Create checkpoint ``step`` atomically: ``fill(tmp_dir)`` writes the files, then the folder is renamed.
 

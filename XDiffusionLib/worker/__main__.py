@@ -23,8 +23,18 @@ def _own_process_group() -> None:
             pass  # already a group leader (started with start_new_session)
 
 
+USAGE = """usage: python -m XDiffusionLib.worker REQUEST.json
+
+Run the one reconstruction that REQUEST.json describes (see XDiffusionLib.worker.protocol) and
+report on stdout as JSON lines: progress, then done or error. Exit codes: 0 done, 2 a problem
+with the request or its input, 1 anything else."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv in (["-h"], ["--help"]):
+        print(USAGE)  # a person asked: plain text, before stdout becomes the protocol stream
+        return 0
     _own_process_group()
     # Keep a private handle on the real stdout for protocol lines, then point fd 1 at stderr so
     # stray prints (Python or C) cannot corrupt the protocol stream.
@@ -37,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         protocol.write(encode(message) + "\n")
         protocol.flush()
 
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        emit(error_message("usage: python -m XDiffusionLib.worker REQUEST.json"))
+    if len(argv) != 1:
+        emit(error_message(USAGE.splitlines()[0]))
         return 2
     from ..errors import XDiffusionError
     from .protocol import read_request

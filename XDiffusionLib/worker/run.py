@@ -7,6 +7,8 @@ mode, so both behave the same. ``emit`` receives protocol messages (see ``protoc
 
 from __future__ import annotations
 
+import typing
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,8 +29,10 @@ class Cancelled(Exception):
 def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = lambda: False) -> dict[str, str]:
     """Run ``request``; returns the written outputs {name: path} after emitting ``done``."""
     from ..io import read_volume, write_volume
+    from ..io.readers import MultiVolumeError
 
     settings = request.settings.check()
+    check_option_types(settings.options)
 
     def report(fraction: float, message: str) -> None:
         if should_stop():
@@ -36,7 +40,10 @@ def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = 
         emit(progress_message(fraction, message))
 
     report(0.0, "reading the input volume")
-    volume = read_volume(request.input_path)
+    try:
+        volume = read_volume(request.input_path)
+    except MultiVolumeError as error:  # the worker has no --volume to choose with
+        raise error.without_option() from None
     report(0.01, "loading PyTorch and the model")
     from ..sampling.reconstructor import reconstruct_volume
 
@@ -59,6 +66,33 @@ def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = 
     report(1.0, "finished")
     emit(done_message(outputs))
     return outputs
+
+
+def check_option_types(options: dict[str, Any]) -> None:
+    """Refuse a sampling setting of the wrong type (``{"views": "many"}``) with one line naming it;
+    the types are those of ``ReconstructionSettings``, which then checks the values."""
+    from ..sampling.reconstructor import ReconstructionSettings
+
+    hints = typing.get_type_hints(ReconstructionSettings)
+    for item in fields(ReconstructionSettings):
+        if item.name not in options:
+            continue
+        value = options[item.name]
+        allowed = typing.get_args(hints[item.name]) or (hints[item.name],)
+        if not any(_has_type(value, kind) for kind in allowed):
+            names = " or ".join(_TYPE_WORDS.get(kind, kind.__name__) for kind in allowed)
+            raise XDiffusionError(f"setting {item.name!r} must be {names}, got {value!r}")
+
+
+_TYPE_WORDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+
+
+def _has_type(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 def describe_failure(error: BaseException) -> str:

@@ -2,15 +2,18 @@
 
 Reads IN, takes the slices ``--slices``/``--indices-file`` of ``--plane`` (canonical RAS+ indices,
 as ``xdiffusion`` shows them), runs ``sampling.reconstructor.reconstruct_volume`` and writes OUT
-and its uncertainty (std across views x samples) on exactly IN's grid. Outputs are written only
-at the end: both go to hidden temporary files in OUT's folder and are renamed into place together,
-so Ctrl-C or a kill at any point leaves no partial output.
+and its uncertainty (std across views x samples) on exactly IN's grid.
+
+Nothing is lost: before any computation, the outputs are checked (``io.outputs.check_outputs``):
+never one of the inputs (any spelling or link), an existing file only with ``--overwrite``, and
+their folder must be writable. Outputs are written only at the end: both go to hidden temporary
+files in OUT's folder and are renamed into place together (``io.writers.write_volumes``), so
+Ctrl-C leaves no output, and the leftovers of a kill are hidden and removed by the next write.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import signal
 from pathlib import Path
@@ -35,6 +38,8 @@ def register(subparsers) -> None:
     parser.add_argument("--plane", required=True, choices=("sagittal", "coronal", "axial"), help="plane of the input slices")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output volume (.nii.gz, .nii, .nrrd, .mha)")
     parser.add_argument("--uncertainty", metavar="PATH", help="uncertainty volume (default: OUT with _uncertainty)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT and the uncertainty file if they exist (never the input)")
     parser.add_argument("--views", type=int, default=4, help="azimuth views averaged (default 4)")
     parser.add_argument("--steps", type=int, default=10, help="denoising steps per view (default 10)")
     parser.add_argument("--sampler", default="dpmpp", help="ddpm, ddim or dpmpp (default dpmpp)")
@@ -60,22 +65,33 @@ def uncertainty_path(output: Path) -> Path:
 
 
 def read_indices_file(path: str) -> list[int]:
+    """Slice indices from a text file (spaces, commas, semicolons or lines; ``#`` comments)."""
     file = Path(path)
+    if file.is_dir():
+        raise XDiffusionError(f"{file} is a folder: give a text file of slice indices")
     if not file.is_file():
         raise XDiffusionError(f"{file}: indices file not found")
-    text = "\n".join(line.split("#", 1)[0] for line in file.read_text().splitlines())
+    try:
+        content = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise XDiffusionError(f"{file}: not a text file of slice indices (it holds binary data)") from None
+    except OSError as error:
+        raise XDiffusionError(f"{file}: cannot read it ({error.strerror or error})") from None
+    if "\0" in content:
+        raise XDiffusionError(f"{file}: not a text file of slice indices (it holds binary data)")
+    text = "\n".join(line.split("#", 1)[0] for line in content.splitlines())
     tokens = [t for t in re.split(r"[\s,;]+", text) if t]
     try:
         indices = [int(t) for t in tokens]
     except ValueError:
         bad = next(t for t in tokens if not re.fullmatch(r"[+-]?\d+", t))
-        raise XDiffusionError(f"{file}: {bad!r} is not a slice index (integers only)") from None
+        raise XDiffusionError(f"{file}: {bad[:40]!r} is not a slice index (integers only)") from None
     if not indices:
         raise XDiffusionError(f"{file}: no slice indices in the file")
     return indices
 
 
-def _check_output(path: Path, what: str) -> None:
+def _check_output_type(path: Path, what: str) -> None:
     from ...io.readers import volume_suffix
     from ...io.writers import WRITE_SUFFIXES
 
@@ -91,12 +107,17 @@ def _terminate(signum, frame):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ...io.outputs import check_outputs
+    from ...io.readers import volume_files
+
     output = Path(args.output)
     uncertainty = Path(args.uncertainty) if args.uncertainty else uncertainty_path(output)
-    _check_output(output, "output")
-    _check_output(uncertainty, "uncertainty")
-    if output.resolve() == uncertainty.resolve():
-        raise XDiffusionError(f"{output}: the output and the uncertainty must be different files")
+    _check_output_type(output, "output")
+    _check_output_type(uncertainty, "uncertainty")
+    inputs = volume_files(args.input) if Path(args.input).exists() else []
+    if args.indices_file:
+        inputs.append(Path(args.indices_file))
+    check_outputs([output, uncertainty], inputs, overwrite=args.overwrite)
     indices = args.slices if args.slices is not None else read_indices_file(args.indices_file)
 
     previous = signal.signal(signal.SIGTERM, _terminate)
@@ -111,8 +132,9 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
 
     from tqdm import tqdm
 
+    from ...evaluation.protocol import label_value_count
     from ...io.readers import read_volume
-    from ...io.writers import write_volume
+    from ...io.writers import write_volumes
     from ...sampling.reconstructor import XDiffusionReconstructor, reconstruct_volume
 
     settings = dict(
@@ -121,6 +143,9 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
     )
     reconstructor = XDiffusionReconstructor(model_dir=args.model, **settings)  # checks the settings first
     volume = read_volume(args.input, args.volume)
+    labels = label_value_count(volume.array)  # the same rule as `xdiffusion evaluate`
+    if labels is not None:
+        raise XDiffusionError(f"{args.input} is a label map ({labels} distinct values), not an MRI intensity volume")
 
     bars = []  # opened at the first step, so validation errors print alone on their line
 
@@ -140,25 +165,6 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
         for bar in bars:
             bar.close()
 
-    temporaries = [_temporary_name(output), _temporary_name(uncertainty)]
-    try:
-        write_volume(result.volume, temporaries[0])
-        write_volume(result.uncertainty, temporaries[1])
-        os.replace(temporaries[1], uncertainty)
-        os.replace(temporaries[0], output)
-    finally:
-        for name in temporaries:
-            if name.exists():
-                name.unlink()
+    write_volumes([(result.volume, output), (result.uncertainty, uncertainty)])
     print(f"wrote {output} and {uncertainty}")
     return 0
-
-
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial-{os.getpid()}{_suffix(path)}")
-
-
-def _suffix(path: Path) -> str:
-    from ...io.readers import volume_suffix
-
-    return volume_suffix(path) or path.suffix

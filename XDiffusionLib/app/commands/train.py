@@ -106,7 +106,6 @@ def _check_out(out: Path, resume: bool) -> None:
 
 def prepare_run(args):
     """Check every argument and build the run's configs; nothing is written here."""
-    from ...model.config import XDiffusionConfig
     from ...training import state as ckpt
     from ...training.config import TrainConfig, model_profile, train_profile
     from ...training.trainer import RunSpec
@@ -120,15 +119,20 @@ def prepare_run(args):
 
     if resume:
         folder = ckpt.resolve_resume(Path(args.resume) if args.resume else out)
-        meta = json.loads((folder / ckpt.STATE_JSON).read_text())
-        model_config = XDiffusionConfig.load_json(folder / "config.json")
+        # Every file the trainer will load is checked first: one line naming it, not a traceback.
+        meta = ckpt.read_training_state(folder)
+        model_config = ckpt.check_checkpoint_weights(folder)
         changed = {k: v for k, v in _cli_train_overrides(args).items() if v is not None and k not in RESUMABLE_OVERRIDES}
         if changed or args.profile or args.side or model_over or set(train_over) - set(RESUMABLE_OVERRIDES):
             raise XDiffusionError(
                 "--resume continues with the checkpoint's settings: only --steps, --checkpoint-every, "
                 "--validate-every, --val-data and --data may be given"
             )
-        train_config = TrainConfig.from_dict({**meta["train_config"], **train_over}).with_overrides(
+        try:
+            saved = TrainConfig.from_dict(meta["train_config"])
+        except (XDiffusionError, TypeError, ValueError) as error:
+            raise XDiffusionError(f"{folder / ckpt.STATE_JSON}: its train_config is not usable ({error})") from None
+        train_config = TrainConfig.from_dict({**saved.to_dict(), **train_over}).with_overrides(
             **{k: getattr(args, k) for k in RESUMABLE_OVERRIDES}
         )
         if train_config.steps <= int(meta["step"]):
