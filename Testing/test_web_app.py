@@ -101,7 +101,8 @@ def stop_app(process: subprocess.Popen) -> int:
 @pytest.fixture(scope="module")
 def app_url(tiny_model, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("app") / "app.log"
-    process, url = start_app(tiny_model, log_path)
+    # The tests' own folders are the data folders: server paths elsewhere are refused.
+    process, url = start_app(tiny_model, log_path, "--data-root", str(tmp_path_factory.getbasetemp()))
     yield url
     stop_app(process)
 
@@ -276,6 +277,9 @@ def test_reconstruct_compare_export_in_browser(browser, app_url, tmp_path):
 
         first = pydicom.dcmread(io.BytesIO(series.read(names[0])))
         assert "AI-generated" in first.SeriesDescription
+        # The model by its name and weights checksum, never by its folder on the server.
+        assert "model tiny (weights sha256 " in first.DerivationDescription
+        assert "/tmp" not in first.DerivationDescription and "/tmp" not in first.ImageComments
     page.close()
 
 
@@ -288,13 +292,25 @@ def test_bad_uploads_show_an_error_and_the_app_keeps_serving(browser, app_url, h
     sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((32, 32)).astype(np.float32)), str(flat))
     big = tmp_path / "big.nii.gz"
     big.write_bytes(np.random.default_rng(1).bytes(int(1.5 * (1 << 20))))
+    # An attacker's zip: a header whose "voxels" are the first 1280 bytes of /etc/passwd.
+    passwd = tmp_path / "passwd.zip"
+    with zipfile.ZipFile(passwd, "w") as archive:
+        archive.writestr("evil.nhdr", "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 16 16 5\nencoding: raw\n"
+                                      "data file: /etc/passwd\n\n")
+    four_d = tmp_path / "four_d.nii.gz"
+    frame = sitk.ReadImage(str(head_file))
+    sitk.WriteImage(sitk.JoinSeries([frame, frame]), str(four_d))
 
     page = open_tab(browser, app_url)
-    for path, expected in ((text, "unsupported file type"), (flat, "2D"), (big, "larger than the upload limit")):
+    for path, expected in ((text, "unsupported file type"), (flat, "2D"), (big, "larger than the upload limit"),
+                           (passwd, "names the data file '/etc/passwd', which lies outside"),
+                           (four_d, "is 4D with 2 volumes: a single 3D volume is needed")):
         page.set_input_files("#xd-upload", str(path))
         message = error_text(page)
-        assert path.name in message and expected in message, message
+        assert (path.name if path != passwd else "evil.nhdr") in message and expected in message, message
         assert str(tmp_path) not in message  # the server's folders stay private
+        assert "--volume" not in message  # the page has no such option
+        assert page.locator("#xd-volume").count() == 0  # nothing was loaded
         assert get_json(app_url + "/status")["sessions"] >= 1  # the server still answers
         page.click("#xd-error .v-alert__close button")
         page.wait_for_selector("#xd-error", state="detached")
@@ -312,7 +328,17 @@ def test_bad_uploads_show_an_error_and_the_app_keeps_serving(browser, app_url, h
     assert "head: 24x24x20 voxels" in page.inner_text("#xd-volume")
     assert page.locator("#xd-error").count() == 0
 
-    # A path on the server: a wrong one is an error, a right one loads.
+    # A path on the server: outside the data folders one refusal whether it exists or not; inside,
+    # a wrong one is an error and a right one loads.
+    refusals = []
+    for outside in ("/etc/passwd", "/etc/no-such-file.nii.gz", str(tmp_path / ".." / ".." / ".." / "etc" / "hosts")):
+        page.fill("#xd-path", outside)
+        page.click("#xd-open-path")
+        page.wait_for_selector("#xd-error:has-text('not available')")
+        refusals.append(page.inner_text("#xd-error").replace(outside, "PATH"))
+        page.click("#xd-error .v-alert__close button")
+        page.wait_for_selector("#xd-error", state="detached")
+    assert len(set(refusals)) == 1, refusals
     page.fill("#xd-path", str(tmp_path / "missing.nii.gz"))
     page.click("#xd-open-path")
     assert "no such file" in error_text(page)
@@ -401,16 +427,24 @@ def test_session_limit_and_stopping_the_app_stops_its_sessions(tiny_model, tmp_p
     log_path = tmp_path / "app.log"
     process, url = start_app(tiny_model, log_path, "--max-sessions", "1")
     try:
-        def open_session():
+        def request(method: str, path: str, headers: dict | None = None):
             connection = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=SLOW / 1000)
-            connection.request("GET", "/")
+            connection.request(method, path, headers=headers or {})
             answer = connection.getresponse()
-            return answer.status, answer.getheader("Location"), answer.read().decode()
+            return answer.status, answer.read().decode()
 
-        status, location, _ = open_session()
-        assert status == 303 and location.startswith("/s/")
-        status, _, page = open_session()  # a second tab over the limit
-        assert status == 503 and "--max-sessions 1" in page
+        def open_session():
+            # What the landing page's script does: POST /session with the page's token.
+            status, landing = request("GET", "/")
+            assert status == 200
+            token = re.search(r"'X-XDiffusion-Start': '([^']+)'", landing).group(1)
+            return request("POST", "/session", {"X-XDiffusion-Start": token, "Sec-Fetch-Site": "same-origin"})
+
+        assert get_json(url + "/status")["sessions"] == 0  # the GET above started nothing
+        status, answer = open_session()
+        assert status == 200 and json.loads(answer)["url"].startswith("/s/")
+        status, answer = open_session()  # a second tab over the limit
+        assert status == 503 and "--max-sessions 1" in json.loads(answer)["message"]
         # Served on this computer only: another host name (DNS rebinding) is refused.
         connection = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
         connection.request("GET", "/status", headers={"Host": "attacker.example:80"})
@@ -426,6 +460,63 @@ def test_session_limit_and_stopping_the_app_stops_its_sessions(tiny_model, tmp_p
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     assert "ended" in log_path.read_text()
+
+
+ATTACKER_PAGE = """<!doctype html><html><body>
+<img src="APP/"><iframe src="APP/"></iframe><iframe name="sink"></iframe>
+<form id="f" method="post" action="APP/session" target="sink"><input name="token" value="guess"></form>
+<script>
+for (let i = 0; i < 6; i++) { fetch("APP/", {mode: "no-cors", credentials: "include"}).catch(() => {}); }
+fetch("APP/session", {method: "POST", mode: "no-cors", credentials: "include"}).catch(() => {});
+fetch("APP/session", {method: "POST", headers: {"X-XDiffusion-Start": "guess"}}).catch(() => {});
+document.getElementById("f").submit();
+setTimeout(() => { document.title = "sent"; }, 2000);
+</script></body></html>"""
+
+
+def test_a_page_on_another_origin_cannot_start_sessions(browser, tiny_model, tmp_path):
+    """Issue 9: background requests from another site's page started session processes (each
+    most of a GB) until real users were locked out."""
+    import http.server
+    import threading
+
+    log_path = tmp_path / "app.log"
+    process, url = start_app(tiny_model, log_path, "--max-sessions", "4")
+    attacker = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    page_text = ATTACKER_PAGE.replace("APP", url)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = page_text.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    attacker.RequestHandlerClass = Handler
+    threading.Thread(target=attacker.serve_forever, daemon=True).start()
+    try:
+        wait_until(lambda: get_json(url + "/status")["spare"] == 1, timeout=SLOW / 1000, what="the spare session")
+        started = log_path.read_text().count("started on port")
+        page = browser.new_page()
+        for host in ("127.0.0.1", "localhost"):  # another origin: another port, or another name
+            page.goto(f"http://{host}:{attacker.server_address[1]}/", timeout=60_000)
+            page.wait_for_function("document.title === 'sent'", timeout=60_000)
+        time.sleep(3.0)
+        assert get_json(url + "/status")["sessions"] == 0
+        assert log_path.read_text().count("started on port") == started  # no process was started
+        page.close()
+        # The app's own page still starts one.
+        tab = open_tab(browser, url)
+        assert get_json(url + "/status")["sessions"] == 1
+        tab.close()
+    finally:
+        attacker.shutdown()
+        assert stop_app(process) == 0
 
 
 def test_upload_limit_holds_for_streamed_bodies(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ...errors import XDiffusionError
 
@@ -31,6 +32,9 @@ def register(subparsers) -> None:
                             "(default: only when listening on this computer)")
     paths.add_argument("--no-server-paths", dest="server_paths", action="store_false",
                        help="uploads only, and only the --model folder")
+    parser.add_argument("--data-root", dest="data_roots", action="append", metavar="DIR",
+                        help="with server paths: a folder whose files (and model folders) the page may open; "
+                             "repeat for more (default: the shipped samples and the current folder)")
     parser.set_defaults(func=run)
 
 
@@ -47,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     if args.session_timeout < 1:
         raise XDiffusionError(f"--session-timeout must be at least 1 second, got {args.session_timeout}")
     allow_paths = is_loopback(args.host) if args.server_paths is None else bool(args.server_paths)
+    roots = data_roots(args.data_roots)
+    if args.data_roots and not allow_paths:
+        raise XDiffusionError("--data-root needs server paths: they are off (--no-server-paths, or --host serves "
+                              "other computers); add --allow-server-paths")
     if args.model:
         model_dir = str(check_model_dir(args.model))
     else:
@@ -59,5 +67,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"xdiffusion app: note: {error} (or start with --model DIR)")
     settings = HubSettings(host=args.host, port=args.port, model_dir=model_dir,
                            max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_sessions=args.max_sessions,
-                           session_timeout=args.session_timeout, allow_server_paths=allow_paths)
+                           session_timeout=args.session_timeout, allow_server_paths=allow_paths,
+                           data_roots=tuple(str(r) for r in roots))
     return serve(settings)
+
+
+def data_roots(given: list[str] | None) -> list[Path]:
+    """The folders the page may open server paths in: ``--data-root`` folders (each must be an
+    existing folder), by default the shipped samples and the current folder."""
+    from ...data.samples import SAMPLES_DIR
+
+    if not given:
+        return [SAMPLES_DIR.resolve(), Path.cwd().resolve()]
+    roots = []
+    for text in given:
+        root = Path(text).expanduser()
+        if not root.is_dir():
+            raise XDiffusionError(f"--data-root {text}: {'not a folder' if root.exists() else 'no such folder'}")
+        roots.append(root.resolve())
+    return roots

@@ -3,9 +3,17 @@
 trame keeps a single state per server and mirrors it to every connected client, so two tabs on
 one trame server would overwrite each other's volume, slices and results. The hub therefore
 listens on the one public address and, for every tab that opens ``/``, starts a session process
-(``session.py``, its own Slicer scene and state, bound to 127.0.0.1 on a free port) and redirects
+(``session.py``, its own Slicer scene and state, bound to 127.0.0.1 on a free port) and sends
 the tab to ``/s/<token>/``; everything under that prefix (page, websocket, uploads, downloads) is
-forwarded to that tab's process. Consequences, by design:
+forwarded to that tab's process.
+
+Only the app's own page starts sessions (each costs a process and most of a GB): ``GET /`` only
+returns a small page that asks for one with ``POST /session``, carrying a signed start token from
+that page in a custom header. Any web page can make a browser send background GETs (and simple
+POSTs) to the app, but it can neither read the token nor send the header without the app's
+consent, and the hub also refuses requests whose ``Origin`` or ``Sec-Fetch-Site`` say they come
+from another site; the same check guards every websocket and every non-GET request. No hub page
+may be framed by another site. Consequences, by design:
 - a reload keeps its session; a second tab, or a duplicated one, gets a new session (and if a
   second tab ever does join a session, the older tab is disconnected: one live tab per session);
 - a crashed or stopped session only affects its own tab (its URL then says so, with a link);
@@ -19,14 +27,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import html
+import json
 import logging
 import os
 import secrets
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -41,6 +54,12 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])  # the folder that hold
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                "transfer-encoding", "upgrade", "host"}
 _RELOAD_GRACE_S = 3.0
+START_HEADER = "X-XDiffusion-Start"  # carries the start token; a custom header needs CORS consent
+_START_TOKEN_S = 600.0  # a landing page's token starts a session within this many seconds
+# On every hub answer: no framing by other sites (a framed landing page would start sessions) and
+# no session address in the Referer of a link followed from the page.
+_SECURITY_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
+                     "Referrer-Policy": "same-origin", "X-Content-Type-Options": "nosniff"}
 
 
 @dataclass
@@ -71,6 +90,7 @@ class HubSettings:
     max_sessions: int = 4
     session_timeout: int = 60
     allow_server_paths: bool = True
+    data_roots: tuple[str, ...] = ()
     start_timeout: float = 180.0
     worker_mode: str = "subprocess"
     spare_sessions: int = 1
@@ -86,20 +106,23 @@ class Hub:
         self._background: list[asyncio.Task] = []
         self._processes: set = set()  # every session process started and not yet ended
         self._closing = False
+        self._secret = secrets.token_bytes(32)  # signs start tokens; new at every start of the hub
 
     # -- app -------------------------------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        middlewares = [_local_host_only] if is_loopback(self.settings.host) else []
+        middlewares = ([_local_host_only] if is_loopback(self.settings.host) else []) + [_same_site_only]
         app = web.Application(client_max_size=1 << 20, middlewares=middlewares)
         app.add_routes([
-            web.get("/", self.new_session),
+            web.get("/", self.landing),
+            web.post("/session", self.new_session),
             web.get("/status", self.status),
             web.route("*", "/s/{token}", self.add_slash),
             web.route("*", "/s/{token}/{tail:.*}", self.forward),
         ])
         app.on_startup.append(self._startup)
         app.on_shutdown.append(self._shutdown)
+        app.on_response_prepare.append(_add_security_headers)
         return app
 
     async def _startup(self, _app) -> None:
@@ -167,6 +190,8 @@ class Hub:
             command += ["--model", str(s.model_dir)]
         if s.allow_server_paths:
             command.append("--allow-server-paths")
+            for root in s.data_roots:
+                command += ["--data-root", str(root)]
         return command
 
     async def start_session(self) -> Session:
@@ -234,23 +259,47 @@ class Hub:
 
     # -- routes ----------------------------------------------------------------------------------
 
-    async def new_session(self, request: web.Request) -> web.StreamResponse:
+    # -- starting sessions -------------------------------------------------------------------------
+
+    def start_token(self, now: float | None = None) -> str:
+        """A token the landing page sends back to start one session (signed, valid a few minutes)."""
+        issued = str(int(time.time() if now is None else now))
+        return f"{issued}.{hmac.new(self._secret, issued.encode(), hashlib.sha256).hexdigest()}"
+
+    def token_valid(self, token: str, now: float | None = None) -> bool:
+        issued, _, signature = str(token or "").partition(".")
+        expected = hmac.new(self._secret, issued.encode(), hashlib.sha256).hexdigest()
+        if not issued.isdigit() or not hmac.compare_digest(signature, expected):
+            return False
+        return 0 <= (time.time() if now is None else now) - int(issued) <= _START_TOKEN_S
+
+    async def landing(self, _request: web.Request) -> web.Response:
+        """The page at ``/``: it asks for a session (``POST /session``) and goes there. Starts nothing."""
+        return web.Response(text=_LANDING.replace("{token}", self.start_token()), content_type="text/html",
+                            headers={"Cache-Control": "no-store"})
+
+    async def new_session(self, request: web.Request) -> web.Response:
+        """``POST /session`` from the landing page: JSON ``{"url": ...}``, or ``{"title", "message"}``
+        with status 403 (not the app's own page), 503 (all sessions in use) or 500."""
+        if not self.token_valid(request.headers.get(START_HEADER, "")):
+            return _refusal(403, "Open the app from its own address",
+                            "Sessions start only from the app's own page: open its address (or reload it).")
         assigned = sum(s.alive and s.assigned for s in self.sessions.values())
         if assigned + self._starting >= self.settings.max_sessions:
-            return _page(503, "All sessions are in use",
-                         f"This app serves {self.settings.max_sessions} browser tab(s) at once "
-                         f"(--max-sessions {self.settings.max_sessions}), each with its own session. "
-                         "Close another XDiffusion tab, wait a minute for it to end, then reload this page.")
+            return _refusal(503, "All sessions are in use",
+                            f"This app serves {self.settings.max_sessions} browser tab(s) at once "
+                            f"(--max-sessions {self.settings.max_sessions}), each with its own session. "
+                            "Close another XDiffusion tab, wait a minute for it to end, then reload this page.")
         self._starting += 1
         try:
             session = await self._take_session()
             session.assigned, session.idle_since = True, asyncio.get_running_loop().time()
         except XDiffusionError as error:
-            return _page(500, "The session could not start", str(error))
+            return _refusal(500, "The session could not start", str(error))
         finally:
             self._starting -= 1
         self._keep_spare()
-        raise web.HTTPSeeOther(f"/s/{session.token}/")
+        return web.json_response({"url": f"/s/{session.token}/"}, headers={"Cache-Control": "no-store"})
 
     async def status(self, _request: web.Request) -> web.Response:
         return web.json_response({"sessions": sum(s.alive and s.assigned for s in self.sessions.values()),
@@ -353,6 +402,63 @@ async def _pump_both(browser, upstream) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+_LANDING = """<!doctype html><html><head><meta charset='utf-8'><title>XDiffusion</title></head>
+<body style='font-family: sans-serif; margin: 3em;'><h2 id='xd-hub-title'>XDiffusion</h2>
+<p id='xd-hub-message'>Starting a session for this tab&hellip;</p>
+<noscript><p>This app needs JavaScript.</p></noscript>
+<script>
+(async () => {
+  const title = document.getElementById('xd-hub-title'), text = document.getElementById('xd-hub-message');
+  try {
+    const answer = await fetch('/session', {method: 'POST', headers: {'X-XDiffusion-Start': '{token}'},
+                                            credentials: 'same-origin', cache: 'no-store'});
+    const body = await answer.json();
+    if (answer.ok && body.url) { location.replace(body.url); return; }
+    document.title = 'XDiffusion: ' + body.title;
+    title.textContent = body.title;
+    text.textContent = body.message;
+  } catch (error) {
+    title.textContent = 'The app did not answer';
+    text.textContent = String(error) + ': reload this page to try again.';
+  }
+})();
+</script></body></html>"""
+
+
+def _refusal(status: int, title: str, message: str) -> web.Response:
+    return web.json_response({"title": title, "message": message}, status=status,
+                             headers={"Cache-Control": "no-store"})
+
+
+def same_site(request: web.Request) -> bool:
+    """Whether a request may come from the app's own page: browsers say where a request comes from
+    (``Sec-Fetch-Site``, ``Origin``); a request saying another site, or another origin, is refused.
+    Clients that send neither (not browsers, so no other site's page behind them) pass."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site != "same-origin":
+        return False
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        # "null" (sandboxed frames, file: pages) has no host and is refused with the rest.
+        return urlsplit(origin).netloc.lower() == request.host.lower()
+    return True
+
+
+@web.middleware
+async def _same_site_only(request: web.Request, handler):
+    """Websockets and anything but GET/HEAD only from the app's own pages (see ``same_site``)."""
+    changes = request.method not in ("GET", "HEAD") or request.headers.get("Upgrade", "").lower() == "websocket"
+    if changes and not same_site(request):
+        log.info("refused %s %s from %s", request.method, request.path, request.headers.get("Origin", "?"))
+        return _page(403, "Refused", "Requests from other web sites are refused.")
+    return await handler(request)
+
+
+async def _add_security_headers(_request: web.Request, response: web.StreamResponse) -> None:
+    for key, value in _SECURITY_HEADERS.items():
+        response.headers[key] = value
+
+
 @web.middleware
 async def _local_host_only(request: web.Request, handler):
     """Served on this computer only: refuse requests addressed to another host name. A web page
@@ -398,9 +504,13 @@ def serve(settings: HubSettings) -> int:
 
     def announce(_message: str) -> None:
         print(f"XDiffusion web app: http://{url_host}:{settings.port}/  (Ctrl-C to stop)", flush=True)
+        if settings.allow_server_paths:
+            print("server paths: the page may open files inside " + ", ".join(map(str, settings.data_roots)),
+                  flush=True)
         if not is_loopback(settings.host):
-            print("warning: the app is reachable from other computers on this network; it has no login. "
-                  + ("Anyone who can reach it can open volumes by their path on this server."
+            print("warning: the app is reachable from other computers on this network; it has no login "
+                  "(see docs/security.md). "
+                  + ("Anyone who can reach it can open the files inside those folders."
                      if settings.allow_server_paths else "Loading paths on the server is off."), flush=True)
 
     try:

@@ -47,7 +47,7 @@ class XDiffusionSession:
     file reading, metrics and exports run in threads, the reconstruction in a worker process."""
 
     def __init__(self, server, *, model_dir: str | None, max_upload_bytes: int, allow_server_paths: bool,
-                 workdir: Path, worker_mode: str = "subprocess"):
+                 workdir: Path, worker_mode: str = "subprocess", data_roots: tuple[str, ...] = ()):
         from trame_rca.encoders import RcaImageEncoder
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
@@ -57,11 +57,13 @@ class XDiffusionSession:
         from ...worker.launcher import WorkerLauncher
         from . import ui, views
         from .comparison import Comparison
+        from .server_paths import DataRoots
         from .transfer import Transfers
 
         self.server = server
         self.state = server.state
         self.allow_server_paths = bool(allow_server_paths)
+        self.data_roots = DataRoots(data_roots if self.allow_server_paths else ())
         self.transfers = Transfers(workdir, max_upload_bytes)
         self.launcher = WorkerLauncher(worker_mode)
 
@@ -125,7 +127,8 @@ class XDiffusionSession:
             "xd_view_index": {},
             "xd_pick_plane": "",
             "xd_picks": [],
-            "xd_model_dir": model_dir or "",
+            # Without server paths the page shows the model's name, not where it lies on the server.
+            "xd_model_dir": (model_dir if self.allow_server_paths else Path(model_dir).name) if model_dir else "",
             "xd_samplers": list(SAMPLERS),
             **{f"xd_{key}": value for key, value in DEFAULT_OPTIONS.items()},
             "xd_compare": True,
@@ -233,10 +236,12 @@ class XDiffusionSession:
             self.report_error(str(error))
             return
         try:
+            root = self.transfers.upload_root(path)
             target = path
             if path.name.lower().endswith(".zip"):
                 target = await asyncio.to_thread(self.transfers.unpack_zip, path)
-            await self._load(target, display=name, hide=str(path.parent))
+            # Self-contained: a header inside may not name a data file elsewhere on the server.
+            await self._load(target, display=name, hide=str(path.parent), within=root)
         finally:
             self.transfers.discard(path)
 
@@ -250,7 +255,12 @@ class XDiffusionSession:
         if not text:
             self.report_error("type the path of a volume file or DICOM folder on the server first")
             return
-        await self._load(Path(text).expanduser(), display=text)
+        try:
+            path, root = self.data_roots.resolve(text)
+        except XDiffusionError as error:
+            self.report_error(str(error))
+            return
+        await self._load(path, display=text, within=root)
 
     async def load_sample(self, fields=None) -> None:
         from ...data.samples import sample_path
@@ -264,17 +274,23 @@ class XDiffusionSession:
             return
         await self._load(path, display=f"sample {name}")
 
-    async def _load(self, path: Path, display: str, hide: str | None = None) -> None:
+    async def _load(self, path: Path, display: str, hide: str | None = None, within: Path | None = None) -> None:
+        from ...evaluation.protocol import label_value_count
         from ...io import read_volume
-        from ...io.readers import volume_suffix
+        from ...io.readers import MultiVolumeError, volume_suffix
 
         if self.state.xd_running:
             self.report_error("a reconstruction is running: cancel it or wait before loading another volume")
             return
         self._push(xd_busy=f"reading {Path(display).name}", xd_error="", xd_info="")
         try:
-            volume = await asyncio.to_thread(read_volume, path)
+            volume = await asyncio.to_thread(read_volume, path, within=within)
+            labels = label_value_count(volume.array)  # the rule of `xdiffusion evaluate` and `reconstruct`
+            if labels is not None:
+                raise XDiffusionError(f"{path} is a label map ({labels} distinct values), not an MRI intensity volume")
         except XDiffusionError as error:
+            if isinstance(error, MultiVolumeError):
+                error = error.without_option()  # the page has no --volume to choose with
             message = str(error)
             if hide:  # the page knows the file by its own name, not by the server's temporary folder
                 message = message.replace(hide + os.sep, "").replace(hide, "")
@@ -430,9 +446,8 @@ class XDiffusionSession:
         if not self.state.xd_picks:
             self.report_error("pick at least one input slice: scroll a view to a slice and press 'Use this slice'")
             return
-        # Without server paths the page cannot choose the model folder (whatever it sends).
-        model_dir = (str(self.state.xd_model_dir or "").strip() or None) if self.allow_server_paths else self.model_dir
         try:
+            model_dir = self._model_dir()
             settings = JobSettings(self.state.xd_pick_plane, tuple(self.state.xd_picks), model_dir, self._options())
             run = SceneReconstruction(self.scene, self.input_node, settings,
                                       reference_node=self.input_node if self.state.xd_compare else None,
@@ -445,6 +460,16 @@ class XDiffusionSession:
         self._push(xd_running=True, xd_progress=0.0, xd_progress_message="starting the reconstruction process",
                    xd_error="", xd_info="", xd_download_url="")
         self._follow_task = create_task(self._follow(run))
+
+    def _model_dir(self) -> str | None:
+        """The model folder for a run: the app's own (``--model`` or the shipped one), or with
+        server paths one the page names inside the data folders (``server_paths``)."""
+        text = str(self.state.xd_model_dir or "").strip()
+        if not self.allow_server_paths or not text:
+            return self.model_dir  # without server paths the page cannot choose (whatever it sends)
+        if self.model_dir and os.path.realpath(Path(text).expanduser()) == os.path.realpath(self.model_dir):
+            return self.model_dir
+        return str(self.data_roots.resolve_model(text))
 
     async def _follow(self, run) -> None:
         from ...worker.launcher import CANCELLED, DONE, RUNNING
@@ -576,7 +601,15 @@ class XDiffusionSession:
         from .transfer import safe_filename
 
         stem = safe_filename(stem.replace(" ", "_"))
-        provenance = self.run.provenance() if what == "reconstruction" else None
+        provenance = None
+        if what == "reconstruction":
+            from dataclasses import replace
+
+            from ...slicer.validation import default_model_dir
+
+            # The folder itself, so the DICOM names the model by its name and weights checksum.
+            used = self.run.settings.model_dir or (str(default_model_dir()) if default_model_dir().is_dir() else None)
+            provenance = replace(self.run.provenance(), model=used) if used else self.run.provenance()
         folder = self.transfers.new_download_folder()
         self._push(xd_busy=f"exporting the {what}", xd_download_url="")
         try:
@@ -624,6 +657,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="model folder")
     parser.add_argument("--max-upload-bytes", type=int, default=512 << 20)
     parser.add_argument("--allow-server-paths", action="store_true")
+    parser.add_argument("--data-root", dest="data_roots", action="append", default=[],
+                        help="a folder the page may open server paths in (repeatable)")
     parser.add_argument("--timeout", type=int, default=60,
                         help="stop this many seconds after the tab disconnects (0: never)")
     parser.add_argument("--watch-stdin", action="store_true", help="stop when stdin closes (the hub is gone)")
@@ -647,9 +682,13 @@ def main(argv: list[str] | None = None) -> int:
     from trame.app import get_server
 
     server = get_server(client_type="vue3")
+    if args.allow_server_paths and not args.data_roots:  # started alone: the app's defaults
+        from ..commands.app import data_roots
+
+        args.data_roots = [str(root) for root in data_roots(None)]
     session = XDiffusionSession(server, model_dir=args.model, max_upload_bytes=args.max_upload_bytes,
                                 allow_server_paths=args.allow_server_paths, workdir=workdir,
-                                worker_mode=args.worker_mode)
+                                worker_mode=args.worker_mode, data_roots=tuple(args.data_roots))
     atexit.register(session.close)
 
     def announce(**_):

@@ -6,6 +6,8 @@
   load that token) or ``{"ok": false, "error": "one line"}`` with status 400/413.
 - ``GET download/TOKEN``: a file the session exported, as an attachment.
 Tokens are random and only name files inside the session's folder; paths never come from the page.
+An upload is self-contained: it is read only if every file it reads lies in its own upload folder
+(``upload_root``; a header naming /etc/passwd as its data file is refused, ``io.readers``).
 """
 
 from __future__ import annotations
@@ -94,6 +96,17 @@ class Transfers:
         if path is None or not path.is_file():
             raise XDiffusionError("the uploaded file is no longer available: upload it again")
         return path
+
+    def upload_root(self, path: Path) -> Path:
+        """The private folder of the upload ``path`` (its file and, for a zip, what it unpacked):
+        everything reading it may open must lie inside."""
+        uploads = (self.folder / "uploads").resolve()
+        target = Path(path).resolve()
+        while target.parent != uploads and uploads in target.parents:
+            target = target.parent
+        if target.parent != uploads:
+            raise XDiffusionError("the uploaded file is no longer available: upload it again")
+        return target
 
     def discard(self, path: Path) -> None:
         """Remove an upload (file or unpacked folder) once it has been read."""

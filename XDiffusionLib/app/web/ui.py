@@ -70,7 +70,7 @@ def _volume_card() -> None:
                        disabled=("xd_running",), id="xd-open-sample")
             with html.Div(v_if="xd_allow_paths", style="display: flex; gap: 6px; align-items: center;",
                           classes="mt-2"):
-                v.VTextField(v_model=("xd_server_path",), label="Path on the server (file or DICOM folder)",
+                v.VTextField(v_model=("xd_server_path",), label="Path on the server (file or DICOM folder inside the data folders)",
                              density="compact", hide_details=True, id="xd-path")
                 v.VBtn("Open", click="trigger('xd_load_path', [{xd_server_path: xd_server_path}])",
                        disabled=("xd_running",), id="xd-open-path")
