@@ -130,8 +130,8 @@ def test_context_sections_stack_neighbouring_cuts_around_the_section():
     cube = torch.rand(S, S, S, generator=torch.Generator().manual_seed(1))
     anchor = torch.rand(S, S, S, generator=torch.Generator().manual_seed(2))
     sparse = SparseCube.from_cube(cube, axis=2, positions=[3, 9], anchor=anchor)
-    flat = residual_config(context_sections=0)
-    stacked = residual_config(context_sections=1)
+    flat = residual_config(context_sections=0, priors=("anchor", "distance"))
+    stacked = residual_config(context_sections=1, priors=("anchor", "distance"))
     assert stacked.image_channels == 3 * flat.image_channels == 6
     R = section_rotations(1, 2)[0]
     depths = torch.tensor([-0.2, 0.1, 0.4])

@@ -101,7 +101,7 @@ TRAIN_PROFILES: dict[str, TrainConfig] = {
 # The compact profile's model: a residual denoiser over the anchor (see the README's Method section).
 COMPACT_MODEL: dict[str, Any] = {
     "target": "residual",
-    "priors": ("anchor", "distance"),
+    "priors": ("anchor", "linear", "distance"),
     "multislice": "none",
     "context_sections": 1,
     "residual_scale": 2.0,
