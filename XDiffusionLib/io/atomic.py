@@ -42,11 +42,6 @@ def temporary_directory(final: str | os.PathLike) -> Path:
     return Path(tempfile.mkdtemp(dir=final.parent, prefix=_prefix(final)))
 
 
-def is_temporary(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is named like one of these temporaries (of any process)."""
-    return _TEMPORARY.match(Path(path).name) is not None
-
-
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporaries in ``folder`` whose writer (a process on this host) has ended; returns them."""
     removed = []
@@ -90,10 +85,8 @@ def remove_quietly(path: str | os.PathLike) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
-    except FileNotFoundError:
-        pass
     except OSError:
-        pass
+        pass  # already gone, or not ours to remove
 
 
 def replace_directory(ready: Path, final: Path) -> Path:

@@ -22,13 +22,16 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 
 from ..errors import XDiffusionError
 from ..io.atomic import replace_directory
+
+if TYPE_CHECKING:
+    from ..model.config import XDiffusionConfig
 
 CHECKPOINTS = "checkpoints"
 STATE_JSON = "training_state.json"
@@ -106,7 +109,7 @@ def read_training_state(folder: Path) -> dict[str, Any]:
     return data
 
 
-def check_checkpoint_weights(folder: Path):
+def check_checkpoint_weights(folder: Path) -> "XDiffusionConfig":
     """The checkpoint's model config, once its weights and EMA weights are known to fit it (and
     to match the checksums recorded at save time): a config.json from another model is one line
     here, not a size-mismatch traceback when the trainer loads the weights."""
