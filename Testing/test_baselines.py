@@ -36,7 +36,8 @@ def make_method(name: str):
 
 
 def test_registry_names():
-    assert set(BASELINES) == {"nearest", "linear", "cubic", "template"}
+    # "anchor" is the residual model's deterministic start, registered for ablation.
+    assert set(BASELINES) == {"nearest", "linear", "cubic", "template", "anchor"}
     for name in ("nearest", "linear", "cubic"):
         assert get_method(name).name == name
 
@@ -135,6 +136,22 @@ def test_template_beats_nearest_on_a_shifted_scaled_head():
         template = TemplateBaseline(atlas=phantom_template()).reconstruct(inputs).array
         nearest = get_method("nearest").reconstruct(inputs).array
         assert mse(template, target) < 0.5 * mse(nearest, target), (plane, indices)
+
+
+def test_template_background_stays_the_inputs_background_when_they_show_scalp():
+    # The inputs show a bright scalp shell that the brain-only template lacks: the template's flat
+    # background then covers the inputs' background AND the scalp. A mean over both painted every
+    # empty voxel grey (issue 8); the median keeps it at the inputs' background.
+    shape = (32, 32, 32)
+    brain = blob(shape, (15.5, 15.5, 15.5), (11.0, 13.0, 10.0))
+    x, y, z = np.meshgrid(*[np.arange(n) - 15.5 for n in shape], indexing="ij")
+    r = np.sqrt((x / 13.0) ** 2 + (y / 15.0) ** 2 + (z / 12.0) ** 2)
+    head = np.where((r > 0.9) & (r < 1.0), 90.0, brain).astype(np.float32)
+    volume = Volume.from_array(head, direction=RAS)
+    inputs = SliceInput.from_volume(volume, "axial", (15,))
+    out = TemplateBaseline(atlas=phantom_template()).reconstruct(inputs).array
+    corners = out[:3, :3, :]
+    assert float(np.abs(corners).max()) < 1.0, "background outside the head is the inputs' background (0)"
 
 
 def test_template_default_is_the_shipped_training_template():

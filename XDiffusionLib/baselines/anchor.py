@@ -15,7 +15,7 @@ anchor = w * interpolation + (1 - w) * fitted template,  w = exp(-d / decay)
   interpolation is far better than beyond the outermost one (where it can only repeat a slice), so
   the decay is longer there: ``decay_inside_mm`` between inputs, ``decay_outside_mm`` beyond.
 
-Both decays were chosen on synthetic validation subjects (never on the held-out MRI): see the
+The decays were chosen on synthetic validation subjects (never on the held-out MRI): see the
 README's Method section for the measurement.
 """
 
@@ -30,7 +30,7 @@ from ..methods import SliceInput
 from .interpolation import linear_fill, nearest_fill, pchip_fill
 from .template import TemplateBaseline
 
-DEFAULT_DECAY_INSIDE_MM = 24.0
+DEFAULT_DECAY_INSIDE_MM = 48.0
 DEFAULT_DECAY_OUTSIDE_MM = 12.0
 
 
@@ -38,11 +38,14 @@ def interpolation_weight(inputs: SliceInput, decay_inside_mm: float = DEFAULT_DE
                          decay_outside_mm: float = DEFAULT_DECAY_OUTSIDE_MM) -> np.ndarray:
     """(depth,) weight of the interpolation per slice along the input axis (1 on the inputs)."""
     distance = slice_distance_mm(inputs)
-    depth = distance.size
-    positions = np.arange(depth)
-    inside = (positions >= min(inputs.indices)) & (positions <= max(inputs.indices))
-    decay = np.where(inside, float(decay_inside_mm), float(decay_outside_mm))
+    decay = np.where(inside_inputs(inputs), float(decay_inside_mm), float(decay_outside_mm))
     return np.exp(-distance / decay).astype(np.float32)
+
+
+def inside_inputs(inputs: SliceInput) -> np.ndarray:
+    """(depth,) True for slices between the first and the last input slice (inclusive)."""
+    positions = np.arange(inputs.grid.shape[inputs.axis])
+    return (positions >= min(inputs.indices)) & (positions <= max(inputs.indices))
 
 
 def slice_distance_mm(inputs: SliceInput) -> np.ndarray:
@@ -81,6 +84,12 @@ class AnchorEstimate:
     weight: np.ndarray  # (depth,) interpolation weight per slice along the input axis
 
 
+def blend(inputs: SliceInput, interpolated: np.ndarray, fitted: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The anchor from its parts (module docstring); the input slices pasted in exactly."""
+    w = along_axis(weight, inputs.axis)
+    return inputs.paste_into(w * interpolated + (1.0 - w) * fitted)
+
+
 def anchor_estimate(inputs: SliceInput, decay_inside_mm: float = DEFAULT_DECAY_INSIDE_MM,
                     decay_outside_mm: float = DEFAULT_DECAY_OUTSIDE_MM,
                     template: TemplateBaseline | None = None) -> AnchorEstimate:
@@ -89,9 +98,8 @@ def anchor_estimate(inputs: SliceInput, decay_inside_mm: float = DEFAULT_DECAY_I
     fitted = np.asarray(template.reconstruct(inputs).array, dtype=np.float32)
     interpolated = np.asarray(interpolate(inputs).array, dtype=np.float32)
     weight = interpolation_weight(inputs, decay_inside_mm, decay_outside_mm)
-    w = along_axis(weight, inputs.axis)
-    blend = w * interpolated + (1.0 - w) * fitted
-    return AnchorEstimate(Volume(inputs.paste_into(blend), inputs.grid), interpolated, fitted, weight)
+    volume = Volume(blend(inputs, interpolated, fitted, weight), inputs.grid)
+    return AnchorEstimate(volume, interpolated, fitted, weight)
 
 
 class AnchorBaseline:

@@ -17,7 +17,9 @@ axis-aligned map ``target_mm = scale * template_mm + shift``, using only what a 
    same correlation (Powell). Only K thin slices are sampled per try, so this costs well under a
    second even at 256^3.
 4. Intensities: monotone quantile mapping from the template's values to the inputs' values at the
-   same voxels (the input slices), so contrast and scanner scale follow the inputs.
+   same voxels (the input slices), so contrast and scanner scale follow the inputs. The template's
+   flat background maps to the median of the inputs' values there (their background), not the mean
+   (grey wherever the inputs show scalp the template lacks): a fairer, darker background.
 5. The input slices are pasted in unchanged.
 
 Limitation: the template has no scalp, skull or neck, so those stay background in its output.
@@ -144,9 +146,11 @@ def _quantile_map(source: np.ndarray, target: np.ndarray):
     """Monotone map sending the quantiles of ``source`` onto those of ``target`` (same voxels)."""
     source_q = np.quantile(source, _QUANTILES)
     target_q = np.quantile(target, _QUANTILES)
-    # Ties in the source (flat background) map to the mean of their target quantiles.
+    # Ties in the source (the template's flat background, which covers the inputs' background AND
+    # the scalp the brain-only template lacks) map to the median of their target quantiles: the
+    # inputs' own background where it is the majority, not a mean that paints every empty voxel grey.
     unique, inverse = np.unique(source_q, return_inverse=True)
-    mapped = np.bincount(inverse, weights=target_q) / np.bincount(inverse)
+    mapped = np.array([np.median(target_q[inverse == i]) for i in range(unique.size)])
     if unique.size == 1:
         return lambda values: np.full_like(values, mapped[0], dtype=np.float32)
     return lambda values: np.interp(values, unique, mapped).astype(np.float32)

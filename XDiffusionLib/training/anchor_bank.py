@@ -183,10 +183,9 @@ def make_entry(volume, config, rng: np.random.Generator, template=None):
         fitted = _warp(fitted, rng, amplitude=float(rng.uniform(0.5, 2.5)))
     if rng.random() < 0.5:
         fitted = np.clip(fitted, 0.0, None) ** np.float32(math.exp(rng.normal(0.0, 0.15)))
-    from ..baselines.anchor import along_axis
+    from ..baselines.anchor import blend
 
-    w = along_axis(parts.weight, axis)
-    anchor = inputs.paste_into(w * parts.interpolation + (1.0 - w) * fitted)
+    anchor = blend(inputs, parts.interpolation, fitted, parts.weight)
     coords = np.argwhere(mask)
     if len(coords) > _POINTS:
         coords = coords[rng.choice(len(coords), _POINTS, replace=False)]
