@@ -97,7 +97,7 @@ def test_dpmpp_is_second_order_dpmsolver_plus_plus():
 
 
 def test_unknown_sampler_lists_the_choices():
-    with pytest.raises(XDiffusionError, match="unknown sampler 'euler'.*ddpm, ddim, dpmpp"):
+    with pytest.raises(XDiffusionError, match="unknown sampler 'euler'.*dpmpp, ddim, ddpm"):
         make_scheduler("euler", tiny_config())
 
 

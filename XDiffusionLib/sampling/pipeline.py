@@ -30,11 +30,10 @@ from ..geometry.rotation import azimuth_rotations, section_rotations
 from ..geometry.sampling import depth_index_to_normalised, rotate_back
 from ..model.conditioning import Condition, ConditionBuilder, SparseCube, from_network, null_condition
 from ..model.config import XDiffusionConfig
-from .schedulers import check_sampler, make_scheduler
+from ..settings import AGGREGATES, DEVICES, check_aggregate, check_sampler  # noqa: F401  (re-exported)
+from .schedulers import make_scheduler
 
-AGGREGATES = ("mean", "max")
 ACTIVE_LEVEL = 0.02  # anchor intensity (fraction of the inputs' range) below which a section is empty
-DEVICES = ("auto", "cpu", "cuda")
 Progress = Callable[[float, str], None]
 
 
@@ -50,12 +49,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise XDiffusionError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)}")
-
-
-def check_aggregate(name: str) -> str:
-    if name not in AGGREGATES:
-        raise XDiffusionError(f"unknown aggregation {name!r}: choose one of {', '.join(AGGREGATES)}")
-    return name
 
 
 def view_generator(seed: int, sample: int, view: int) -> torch.Generator:

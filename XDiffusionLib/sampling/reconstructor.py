@@ -17,7 +17,7 @@ reorientation so the output lies on exactly the input volume's grid.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,46 +25,8 @@ import numpy as np
 from ..errors import XDiffusionError
 from ..io.volume import Volume
 from ..methods import SliceInput, plane_axis
-from .pipeline import AGGREGATES, DEVICES, Progress, check_aggregate
-from .schedulers import check_sampler
-
-
-@dataclass(frozen=True)
-class ReconstructionSettings:
-    """Sampling settings of one reconstruction (the CLI flags of ``xdiffusion reconstruct``)."""
-
-    views: int = 4
-    steps: int = 10
-    sampler: str = "dpmpp"
-    guidance: float = 1.0
-    samples: int = 1
-    seed: int = 0
-    device: str = "auto"
-    aggregate: str = "mean"
-    chunk_size: int | None = None
-    bf16: bool = False
-
-    def __post_init__(self) -> None:
-        check_sampler(self.sampler)
-        check_aggregate(self.aggregate)
-        if str(self.device) not in DEVICES and not str(self.device).startswith("cuda:"):
-            raise XDiffusionError(f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
-        for name in ("views", "steps", "samples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or int(value) != value or int(value) < 1:
-                raise XDiffusionError(f"{name} must be a positive integer, got {value!r}")
-        if not np.isfinite(self.guidance) or self.guidance < 0:
-            raise XDiffusionError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
-        if self.chunk_size is not None and int(self.chunk_size) < 1:
-            raise XDiffusionError(f"chunk size must be at least 1, got {self.chunk_size!r}")
-
-    @classmethod
-    def from_options(cls, options: dict) -> "ReconstructionSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise XDiffusionError(f"unknown reconstruction settings {unknown}: choose from {', '.join(sorted(known))}")
-        return cls(**options)
+from ..settings import AGGREGATES, ReconstructionSettings
+from .pipeline import Progress
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,7 @@ from __future__ import annotations
 from ..errors import XDiffusionError
 from ..model.config import XDiffusionConfig
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp")
-
-
-def check_sampler(name: str) -> str:
-    if name not in SAMPLERS:
-        raise XDiffusionError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
-    return name
+from ..settings import SAMPLERS, check_sampler  # noqa: F401  (re-exported: the names live in settings)
 
 
 def make_scheduler(name: str, config: XDiffusionConfig):

@@ -19,6 +19,7 @@ import signal
 from pathlib import Path
 
 from ...errors import XDiffusionError
+from ...settings import AGGREGATES, DEFAULTS, DEVICES, SAMPLERS
 
 
 def register(subparsers) -> None:
@@ -40,15 +41,17 @@ def register(subparsers) -> None:
     parser.add_argument("--uncertainty", metavar="PATH", help="uncertainty volume (default: OUT with _uncertainty)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace OUT and the uncertainty file if they exist (never the input)")
-    parser.add_argument("--views", type=int, default=4, help="azimuth views averaged (default 4)")
-    parser.add_argument("--steps", type=int, default=10, help="denoising steps per view (default 10)")
-    parser.add_argument("--sampler", default="dpmpp", help="ddpm, ddim or dpmpp (default dpmpp)")
-    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
-    parser.add_argument("--samples", type=int, default=1, help="independent samples averaged (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--aggregate", default="mean", help="view aggregation: mean or max (default mean)")
+    parser.add_argument("--views", type=int, default=DEFAULTS.views, help=f"views averaged (default {DEFAULTS.views})")
+    parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help=f"denoising steps per view (default {DEFAULTS.steps})")
+    parser.add_argument("--sampler", default=DEFAULTS.sampler, help=f"{', '.join(SAMPLERS)} (default {DEFAULTS.sampler})")
+    parser.add_argument("--guidance", type=float, default=DEFAULTS.guidance, help="classifier-free guidance scale (1: off)")
+    parser.add_argument("--samples", type=int, default=DEFAULTS.samples,
+                        help=f"independent samples averaged (default {DEFAULTS.samples})")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"random seed (default {DEFAULTS.seed})")
+    parser.add_argument("--aggregate", default=DEFAULTS.aggregate,
+                        help=f"view aggregation: {' or '.join(AGGREGATES)} (default {DEFAULTS.aggregate})")
     parser.add_argument("--model", metavar="DIR", help="model folder (config.json + model.safetensors); default: shipped")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--device", default=DEFAULTS.device, help=f"{', '.join(DEVICES)} (default {DEFAULTS.device})")
     parser.add_argument("--chunk-size", type=int, metavar="N", help="cross-sections per network call (default: a whole view)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA (ignored on CPU)")
     parser.add_argument("--volume", type=int, metavar="N", help="volume N of a 4D file")

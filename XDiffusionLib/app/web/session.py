@@ -29,13 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import XDiffusionError
+from ...settings import DEFAULTS, SAMPLERS, ReconstructionSettings
 
 log = logging.getLogger("xdiffusion.web")
 
 READY_PREFIX = "XDIFFUSION_SESSION_PORT"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-SAMPLERS = ("dpmpp", "ddim", "ddpm")
-DEFAULT_OPTIONS = {"views": 4, "steps": 10, "sampler": "dpmpp", "guidance": 1.0, "seed": 0, "samples": 1}
+# The page's sampling fields and their defaults come from the one settings home.
+DEFAULT_OPTIONS = {key: getattr(DEFAULTS, key) for key in ("views", "steps", "sampler", "guidance", "seed", "samples")}
 _PROGRESS_PERIOD_S = 0.25
 # Form values the page sends along with these triggers (see XDiffusionSession._take).
 RECONSTRUCT_FIELDS = ("xd_model_dir", *(f"xd_{key}" for key in DEFAULT_OPTIONS), "xd_compare")
@@ -429,6 +430,7 @@ class XDiffusionSession:
         if sampler not in SAMPLERS:
             raise XDiffusionError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
         options["sampler"] = sampler
+        ReconstructionSettings.from_options(options)  # the shared checks, limits included (steps <= 1000 ...)
         return options
 
     def reconstruct(self, fields=None) -> None:

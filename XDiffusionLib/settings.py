@@ -1,0 +1,86 @@
+"""Sampling settings of one reconstruction: the one home of their names, defaults, choices and checks.
+
+Torch-free, so the command line, the web app, the worker protocol and the Slicer module derive
+their fields and defaults from here without importing the model. ``ReconstructionSettings`` is
+what ``sampling.reconstructor.XDiffusionReconstructor`` runs with.
+
+Defaults (views, steps) fit the shipped residual model: it starts near its anchor, so 4
+DPM-Solver++ steps per view suffice (see the README's Method section and the model card).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from .errors import XDiffusionError
+
+SAMPLERS = ("dpmpp", "ddim", "ddpm")  # the default first
+AGGREGATES = ("mean", "max")
+DEVICES = ("auto", "cpu", "cuda")
+MAX_VIEWS = 64
+MAX_STEPS = 1000
+MAX_SAMPLES = 16
+
+
+def check_sampler(name: str) -> str:
+    if name not in SAMPLERS:
+        raise XDiffusionError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+    return name
+
+
+def check_aggregate(name: str) -> str:
+    if name not in AGGREGATES:
+        raise XDiffusionError(f"unknown aggregation {name!r}: choose one of {', '.join(AGGREGATES)}")
+    return name
+
+
+def check_device_name(name: str) -> str:
+    if str(name) not in DEVICES and not str(name).startswith("cuda:"):
+        raise XDiffusionError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)}")
+    return str(name)
+
+
+@dataclass(frozen=True)
+class ReconstructionSettings:
+    """Sampling settings of one reconstruction (the flags of ``xdiffusion reconstruct``)."""
+
+    views: int = 4
+    steps: int = 4
+    sampler: str = "dpmpp"
+    guidance: float = 1.0
+    samples: int = 1
+    seed: int = 0
+    device: str = "auto"
+    aggregate: str = "mean"
+    chunk_size: int | None = None
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        check_sampler(self.sampler)
+        check_aggregate(self.aggregate)
+        check_device_name(self.device)
+        for name, limit in (("views", MAX_VIEWS), ("steps", MAX_STEPS), ("samples", MAX_SAMPLES)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or int(value) < 1:
+                raise XDiffusionError(f"{name} must be a positive integer, got {value!r}")
+            if int(value) > limit:
+                raise XDiffusionError(f"{name} {value} is above the limit of {limit}")
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            raise XDiffusionError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+        if self.chunk_size is not None and int(self.chunk_size) < 1:
+            raise XDiffusionError(f"chunk size must be at least 1, got {self.chunk_size!r}")
+
+    @classmethod
+    def from_options(cls, options: dict) -> "ReconstructionSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise XDiffusionError(f"unknown reconstruction settings {unknown}: choose from {', '.join(sorted(known))}")
+        return cls(**options)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+DEFAULTS = ReconstructionSettings()
