@@ -3,6 +3,14 @@ and cannot be mistaken for an acquisition (read back with SimpleITK and pydicom)
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pydicom
 import pytest
@@ -142,3 +150,74 @@ def test_provenance_round_trips_through_node_attributes():
     assert Provenance.from_attributes(attributes.get) == PROVENANCE
     with pytest.raises(XDiffusionError, match="not an XDiffusion reconstruction"):
         Provenance.from_attributes({}.get)
+
+
+# ------------------------------------------------------------------------------ pydicom 2.4
+#
+# Slicer 5.4 to 5.10 bundle pydicom 2.4 (5.12 has 3.x), whose save_as has no enforce_file_format.
+# The export runs in a subprocess with pydicom 2.4 first on its path; the files are read back here.
+
+REPO = Path(__file__).resolve().parents[1]
+PYDICOM_24_CACHE = REPO / "Testing" / "artifacts" / "pydicom-2.4"
+
+EXPORT_WITH_PYDICOM_24 = """
+import json, sys
+import numpy as np
+import pydicom
+from XDiffusionLib.io.volume import Volume
+from XDiffusionLib.slicer.export import Provenance, export_dicom_series
+
+assert pydicom.__version__.startswith("2.4."), pydicom.__version__
+g = json.loads(sys.argv[2])
+volume = Volume.from_array(np.load(sys.argv[1]), g["spacing"], g["origin"], np.array(g["direction"]))
+provenance = Provenance("axial", (2, 5), "/models/tiny", {"steps": 2, "views": 1}, "T1 head")
+files = export_dicom_series(volume, sys.argv[3], provenance, source=sys.argv[4])
+first = pydicom.dcmread(files[0])
+print(json.dumps({"version": pydicom.__version__, "files": len(files), "study": first.StudyInstanceUID,
+                  "image_type": list(first.ImageType), "preamble": first.preamble == b"\\0" * 128}))
+"""
+
+
+@pytest.fixture(scope="session")
+def pydicom_24() -> Path:
+    """A folder holding pydicom 2.4 (installed from PyPI once, kept in the git-ignored Testing/artifacts)."""
+    if (PYDICOM_24_CACHE / "pydicom" / "__init__.py").is_file():
+        return PYDICOM_24_CACHE
+    PYDICOM_24_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".pydicom-2.4-", dir=PYDICOM_24_CACHE.parent))
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(staging),
+                           "pydicom==2.4.*"], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        pytest.fail(f"could not install pydicom 2.4 from PyPI: {done.stderr.strip()[-300:]}")
+    try:
+        os.replace(staging, PYDICOM_24_CACHE)
+    except OSError:  # another test run put it there first
+        shutil.rmtree(staging, ignore_errors=True)
+    return PYDICOM_24_CACHE
+
+
+def test_dicom_series_with_pydicom_2_4_as_in_slicer_5_4_to_5_10(tmp_path, pydicom_24):
+    volume = oblique_volume()
+    source = source_dicom(tmp_path / "source.dcm")
+    np.save(tmp_path / "array.npy", volume.array)
+    grid = {"shape": list(volume.shape), "spacing": list(volume.spacing), "origin": list(volume.origin),
+            "direction": np.asarray(volume.direction).tolist()}
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pydicom_24), str(REPO)]))
+    done = subprocess.run([sys.executable, "-c", EXPORT_WITH_PYDICOM_24, str(tmp_path / "array.npy"),
+                           json.dumps(grid), str(tmp_path / "series"), str(tmp_path / "source.dcm")],
+                          capture_output=True, text=True, timeout=300, env=environment, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["version"].startswith("2.4.") and report["files"] == volume.shape[2]
+    assert report["preamble"] and report["image_type"][:2] == ["DERIVED", "SECONDARY"]
+    assert report["study"] == source.StudyInstanceUID
+    # read back here (pydicom 3, SimpleITK): same files as pydicom 3 writes
+    image = read_series(tmp_path / "series")
+    np.testing.assert_allclose(image.GetOrigin(), volume.origin, atol=1e-6)
+    np.testing.assert_allclose(np.reshape(image.GetDirection(), (3, 3)), volume.direction, atol=1e-6)
+    values = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    assert np.abs(values - volume.array).max() < 1e-3 * np.ptp(volume.array)
+    first = pydicom.dcmread(sorted((tmp_path / "series").iterdir())[0])
+    assert first.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert first.SeriesDescription == SERIES_DESCRIPTION and "model tiny;" in first.DerivationDescription

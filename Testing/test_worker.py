@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +248,144 @@ def test_scene_checks_happen_before_any_work(scene, tiny_model, private_tmp):
         SceneReconstruction(scene, source, protocol.JobSettings("axial", (2,), str(private_tmp / "nope"), FAST))
     assert snapshot(scene) == before
     assert list(private_tmp.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ like Slicer's launcher
+#
+# PythonSlicer is a launcher: it runs python-real as a child, forwards no signal to it, and the
+# worker then leaves the launcher's process group (os.setsid in XDiffusionLib.worker.__main__).
+# These stand-ins behave the same way.
+
+STANDIN_LAUNCHER = """#!{python}
+import signal, subprocess, sys
+# A handler (not SIG_IGN, which the child would inherit): the launcher ignores these signals and
+# forwards nothing, like CTK's launcher; its child gets the default actions back at exec.
+for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(number, lambda *args: None)
+child = subprocess.Popen([{python!r}] + sys.argv[1:])  # inherits stdout and stderr
+while True:
+    try:
+        sys.exit(child.wait())
+    except InterruptedError:
+        pass
+"""
+
+# A worker stand-in whose output is not valid UTF-8 (a Windows code page, a user name in a path),
+# followed by more output than a pipe holds: a reader that stops at the bad line freezes it.
+UNDECODABLE_WORKER = """#!{python}
+import json, sys
+out = sys.stdout.buffer
+out.write(b"C:\\\\Users\\\\J\\xfcrgen\\\\scan.nrrd: \\xff\\xfe not UTF-8\\n")
+out.write(json.dumps({{"type": "progress", "fraction": 0.5, "message": "after the bad line"}}).encode() + b"\\n")
+for n in range(4000):
+    out.write(b"log line %d \\xe9\\xe8 padding padding padding padding padding padding\\n" % n)
+out.write(json.dumps({{"type": "done", "outputs": {{"reconstruction": "r.nrrd"}}}}).encode() + b"\\n")
+out.flush()
+"""
+
+
+def _executable(path: Path, text: str) -> Path:
+    path.write_text(text.format(python=sys.executable))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def standin_launcher(tmp_path) -> Path:
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    return _executable(folder / "PythonSlicer", STANDIN_LAUNCHER)
+
+
+@pytest.fixture
+def in_slicer_app(monkeypatch, standin_launcher):
+    """What the launcher sees inside Slicer: slicer.app, Slicer's startup environment, PythonSlicer on PATH."""
+    import slicer.util
+
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(), raising=False)
+    monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: dict(os.environ))
+    monkeypatch.setenv("PATH", f"{standin_launcher.parent}{os.pathsep}{os.environ['PATH']}")
+    return standin_launcher
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live (not zombie) processes whose command line contains ``text`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in command and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def wait_until_gone(text: str, timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and processes_mentioning(text):
+        time.sleep(0.1)
+    return processes_mentioning(text)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads the process table from /proc")
+def test_cancel_ends_the_worker_behind_a_launcher_that_forwards_no_signal(in_slicer_app, tiny_model, private_tmp):
+    launcher = WorkerLauncher("auto")
+    assert launcher.mode == "slicer" and launcher.command("r.json")[0] == str(in_slicer_app)
+    job = launcher.start(head_volume(), protocol.JobSettings("axial", (2, 5), str(tiny_model), SLOW))
+    marker = str(job.workdir)
+    wait_for_progress(job)
+    assert len(processes_mentioning(marker)) == 2  # the launcher and the worker it started
+    started = time.monotonic()
+    job.cancel()
+    assert time.monotonic() - started < 15.0  # not the 30 s join timeout
+    assert job.state == CANCELLED
+    assert wait_until_gone(marker, timeout=5.0) == []
+    assert list(private_tmp.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads the process table from /proc")
+def test_a_running_worker_does_not_outlive_the_process_that_started_it(standin_launcher, tiny_model, tmp_path):
+    """Slicer quitting (or a console closing) with a run in progress: the worker goes too."""
+    script = tmp_path / "host.py"
+    script.write_text(
+        "import sys, time\n"
+        "from XDiffusionLib.worker import protocol\n"
+        "from XDiffusionLib.worker.launcher import WorkerLauncher\n"
+        "from XDiffusionLib.io.volume import Volume\n"
+        "import numpy as np\n"
+        f"job = WorkerLauncher('subprocess', python={str(standin_launcher)!r}).start(\n"
+        "    Volume.from_array(np.random.default_rng(0).normal(100, 10, (12, 10, 8)).astype('float32')),\n"
+        f"    protocol.JobSettings('axial', (2, 5), {str(tiny_model)!r}, {SLOW!r}))\n"
+        "print(job.workdir, flush=True)\n"
+        "while not any('step' in m.get('message', '') for m in job.poll()):\n"
+        "    time.sleep(0.05)\n"
+        "sys.exit(0)  # no cancel: the host just ends\n")
+    host = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert host.returncode == 0, host.stderr
+    marker = host.stdout.split()[0]
+    assert wait_until_gone(marker, timeout=10.0) == []
+    assert not Path(marker).exists()
+
+
+@pytest.mark.parametrize("mode", ["slicer", "subprocess"])
+def test_undecodable_worker_output_is_replaced_and_reading_goes_on(mode, in_slicer_app, tmp_path, private_tmp):
+    fake = _executable(tmp_path / "fake-worker", UNDECODABLE_WORKER)
+    job = WorkerLauncher(mode, python=str(fake)).start(head_volume(), protocol.JobSettings("axial", (2,), None, FAST))
+    messages = []
+    deadline = time.monotonic() + 60
+    while not job.finished and time.monotonic() < deadline:
+        messages += job.poll()
+        time.sleep(0.02)
+    messages += job.poll()
+    assert job.state == DONE, (job.state, job.error)
+    assert {"type": "progress", "fraction": 0.5, "message": "after the bad line"} in messages
+    logs = [m["message"] for m in messages if m["type"] == "log"]
+    assert logs[0] == "C:\\Users\\J\ufffdrgen\\scan.nrrd: \ufffd\ufffd not UTF-8"
+    assert len(logs) == 4001 and logs[-1].startswith("log line 3999 \ufffd\ufffd")

@@ -11,7 +11,8 @@ The DICOM series is a derived, AI-generated pseudo-MRI and must never pass for a
   that made it: exported files leave that computer.
 Geometry is exact per slice: ImagePositionPatient, ImageOrientationPatient, PixelSpacing,
 SliceThickness/SpacingBetweenSlices from the volume's LPS grid (DICOM patient coordinates are LPS,
-like ``Volume``). Voxels are stored as 16-bit with RescaleSlope/Intercept. The series is written into
+like ``Volume``). Voxels are stored as 16-bit with RescaleSlope/Intercept. Works with pydicom 3 and with
+pydicom 2.4, which Slicer 5.4 to 5.10 bundle. The series is written into
 a temporary sibling folder and renamed into place: the folder appears complete or not at all.
 """
 
@@ -201,7 +202,7 @@ def export_dicom_series(volume: Volume, folder: str | os.PathLike, provenance: P
             # DICOM rows run along j, columns along i: pixel[r, c] = array[c, r, k].
             dataset.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<u2").tobytes()
             path = temp / f"IMG{k + 1:04d}.dcm"
-            dataset.save_as(path, enforce_file_format=True)
+            _save(dataset, path)
             files.append(folder / path.name)
         if folder.exists():
             folder.rmdir()  # empty (checked above); a folder cannot be renamed over an existing one
@@ -210,6 +211,17 @@ def export_dicom_series(volume: Volume, folder: str | os.PathLike, provenance: P
         shutil.rmtree(temp, ignore_errors=True)
         raise
     return files
+
+
+def _save(dataset, path: Path) -> None:
+    """Write a conformant DICOM file (preamble, file meta) with pydicom 3 or 2.4 (Slicer 5.4-5.10
+    bundle 2.4, whose ``save_as`` has no ``enforce_file_format``)."""
+    import pydicom
+
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        dataset.save_as(path, enforce_file_format=True)
+    else:
+        dataset.save_as(path, write_like_original=False)
 
 
 def _slice_dataset(shared: dict, series_uid: str, series_number: int, k: int, now: datetime.datetime,

@@ -1,9 +1,11 @@
 """Start a reconstruction away from the caller's thread, follow it, cancel it.
 
 One class for every host:
-- ``"slicer"``: inside 3D Slicer (``slicer.app`` exists), ``slicer.util.launchConsoleProcess`` runs
-  ``PythonSlicer -m XDiffusionLib.worker`` in Slicer's own Python environment;
-- ``"subprocess"``: anywhere else, ``subprocess.Popen`` with the current interpreter;
+- ``"slicer"``: inside 3D Slicer (``slicer.app`` exists), ``PythonSlicer -m XDiffusionLib.worker``
+  in Slicer's startup environment (``slicer.util.startupEnvironment``, what
+  ``slicer.util.launchConsoleProcess`` uses; that function itself cannot start a new session and
+  decodes the output strictly in the locale's encoding, so it is not used);
+- ``"subprocess"``: anywhere else, the current interpreter;
 - ``"inprocess"``: the same run in a thread of this process (no model isolation; for hosts that
   cannot start processes). Cancel stops it at the next progress report.
 ``"auto"`` picks "slicer" inside Slicer, else "subprocess".
@@ -11,11 +13,22 @@ One class for every host:
 Each job owns a private folder from ``tempfile.mkdtemp``: the input volume and the request go in,
 the outputs come out; the folder is removed when the job fails or is cancelled, and after the
 results are read. Progress arrives through ``poll()`` (non-blocking, call it from a GUI timer) or
-``wait()``. A process is ended with its whole process group (Windows: ``taskkill /T``).
+``wait()``. The output is read as UTF-8 with undecodable bytes replaced (a Windows code page or a
+user name in a path must not stop the reader, or the progress freezes and the worker blocks on a
+full pipe).
+
+Ending a run ends every process of it (``kill_process_tree``). ``PythonSlicer`` is a launcher that
+runs ``python-real`` as its child and forwards no signal, and the worker leaves the launcher's
+process group (``os.setsid`` in ``__main__``), so signalling the launcher's group is not enough: the
+process is started in a session of its own, and its descendants and every process whose command
+line names the job's private folder (found even after the launcher is gone) are signalled with
+their process groups (Windows: ``taskkill /T``). Jobs still running when the host process exits are
+ended the same way (``atexit``).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import shutil
@@ -24,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,8 +107,6 @@ class WorkerJob:
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until the job ends (or ``timeout`` seconds pass); returns the state."""
-        import time
-
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.state == RUNNING:
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -202,22 +215,23 @@ class _ProcessJob(WorkerJob):
     def __init__(self, workdir: Path, settings: JobSettings, process: subprocess.Popen):
         super().__init__(workdir, settings)
         self.process = process
+        _LIVE_JOBS.add(self)
         self._reader = threading.Thread(target=self._read, name="xdiffusion-worker-reader", daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        stream = self.process.stdout
+        stream = self.process.stdout  # bytes: each line is decoded here, never strictly
         try:
-            for line in iter(stream.readline, ""):
-                self._queue.put(decode(line))
-        except (ValueError, OSError, UnicodeDecodeError):
+            for raw in iter(stream.readline, b""):
+                self._queue.put(decode(raw.decode("utf-8", errors="replace")))
+        except (ValueError, OSError):
             pass  # stream closed under us (process killed)
         finally:
             returncode = self.process.wait()
             self._queue.put({"type": "exit", "returncode": returncode})
 
     def _stop(self) -> None:
-        kill_process_tree(self.process)
+        kill_process_tree(self.process, marker=str(self.workdir))
 
     def _join(self, timeout: float | None) -> None:
         self._reader.join(timeout)
@@ -252,31 +266,115 @@ class _ThreadJob(WorkerJob):
         self._thread.join(timeout)
 
 
-def kill_process_tree(process: subprocess.Popen, grace: float = 3.0) -> None:
-    """End ``process`` and everything in its process group: terminate, then kill after ``grace`` s."""
-    if process.poll() is not None:
-        return
+def kill_process_tree(process: subprocess.Popen, grace: float = 3.0, marker: str | None = None) -> None:
+    """End ``process``, its descendants and (with ``marker``) every process whose command line
+    contains ``marker``, each with its process group: terminate, then kill after ``grace`` s."""
     if os.name == "nt":
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
+        if process.poll() is None:
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
     else:
+        # Found before any signal: once the launcher is gone its children belong to init.
+        targets = _job_processes(process, marker)
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                # The worker leads its own process group (see __main__), so this reaches its children too.
-                os.killpg(process.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                try:
-                    process.send_signal(sig)
-                except ProcessLookupError:
-                    pass
-            try:
-                process.wait(timeout=grace)
+            targets |= _job_processes(process, marker)
+            _signal_all(targets, sig)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and _alive(targets, process):
+                time.sleep(0.05)
+            targets = _alive(targets, process)
+            if not targets:
                 break
-            except subprocess.TimeoutExpired:
-                continue
     try:
         process.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         process.kill()
+        process.wait(timeout=grace)
+
+
+def _job_processes(process: subprocess.Popen, marker: str | None) -> set[int]:
+    table = _process_table()
+    found = {process.pid} if process.poll() is None else set()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    stack = [process.pid]
+    while stack:  # descendants, however deep
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    if marker:
+        found |= {pid for pid, (_, command) in table.items() if marker in command}
+    found.discard(os.getpid())
+    return found
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """{pid: (parent pid, command line)} of the processes this user can see (zombies left out)."""
+    table: dict[int, tuple[int, str]] = {}
+    proc = Path("/proc")
+    if (proc / "self" / "stat").exists():
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            if fields[0] != "Z":
+                table[int(entry.name)] = (int(fields[1]), command)
+        return table
+    try:  # macOS and other Unix: ps
+        listing = subprocess.run(["ps", "-A", "-ww", "-o", "pid=,ppid=,stat=,command="], capture_output=True,
+                                 check=False, timeout=10).stdout.decode("utf-8", "replace")
+    except (OSError, subprocess.SubprocessError):
+        return table
+    for line in listing.splitlines():
+        parts = line.split(None, 3)
+        if len(parts) >= 3 and parts[0].isdigit() and parts[1].isdigit() and not parts[2].startswith("Z"):
+            table[int(parts[0])] = (int(parts[1]), parts[3] if len(parts) > 3 else "")
+    return table
+
+
+def _signal_all(pids: set[int], sig: int) -> None:
+    own_group = os.getpgrp()
+    groups = set()
+    for pid in pids:
+        try:
+            groups.add(os.getpgid(pid))
+        except (ProcessLookupError, PermissionError):
+            pass
+    for group in groups - {own_group}:  # never the group of the caller itself
+        try:
+            os.killpg(group, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _alive(pids: set[int], process: subprocess.Popen) -> set[int]:
+    """Those of ``pids`` still running (``process`` itself is our child: polling reaps it)."""
+    table = _process_table()
+    return {pid for pid in pids if (process.poll() is None if pid == process.pid else pid in table)}
+
+
+# Jobs whose process may still run: ended when the host process exits (Slicer quitting, a console
+# closing), so no worker keeps computing, or keeps its folder, for nobody.
+_LIVE_JOBS: "weakref.WeakSet[_ProcessJob]" = weakref.WeakSet()
+
+
+@atexit.register
+def _end_live_jobs() -> None:
+    for job in list(_LIVE_JOBS):
+        if job.process.poll() is None:
+            job._cancel_requested.set()
+            kill_process_tree(job.process, grace=1.0, marker=str(job.workdir))
+        job._remove_workdir()
 
 
 class WorkerLauncher:
@@ -328,17 +426,17 @@ class WorkerLauncher:
         return update
 
     def _launch(self, request_path: Path) -> subprocess.Popen:
-        command = self.command(request_path)
         if self.mode == "slicer":
             import slicer.util
 
-            update = self._environment_update(slicer.util.startupEnvironment())
-            return slicer.util.launchConsoleProcess(command, useStartupEnvironment=True, updateEnvironment=update)
-        environment = dict(os.environ)
+            environment = dict(slicer.util.startupEnvironment())  # Slicer's own paths left out
+        else:
+            environment = dict(os.environ)
         environment.update(self._environment_update(environment))
+        windows = os.name == "nt"
+        flags = (getattr(subprocess, "CREATE_NO_WINDOW", 0) | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+                 if windows else 0)
         return subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            text=True, encoding="utf-8", errors="replace", env=environment,
-            start_new_session=os.name != "nt",
-            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0,
+            self.command(request_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=environment, start_new_session=not windows, creationflags=flags,
         )
