@@ -159,7 +159,7 @@ def test_comparison_layout_fills_linked_views(scene):
     layout.apply_to_scene(scene, spec)
 
     slice_nodes = [scene.GetNodeByID(spec.slice_node_id(v)) for v in spec.views]
-    composites = [layout._composite_node(scene, v.name) for v in spec.views]
+    composites = [layout.composite_node(scene, v.name) for v in spec.views]
     assert [c.GetBackgroundVolumeID() for c in composites] == [real.GetID(), generated.GetID(), difference.GetID()]
     assert all(c.GetLinkedControl() for c in composites)
     assert all(s.GetOrientation() == "Coronal" for s in slice_nodes)

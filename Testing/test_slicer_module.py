@@ -4,16 +4,20 @@ The MRML classes, ``slicer.util`` and the scene are real (trame-slicer[standalon
 PyPI package provides is stood in for, minimally: ``qt``, ``ctk``, ``slicer.ScriptedLoadableModule``
 (base classes; the logic's parameter node is created the way Slicer does it), and
 ``slicer.parameterNodeWrapper`` (typed properties stored in the vtkMRMLScriptedModuleNode, with the
-Choice/WithinRange validators). The PyTorch extension's ``PyTorchUtils`` is stood in for only in the
-dependency test.
+Choice/WithinRange validators, and GUI connections that behave like Slicer's: ``connectGui`` returns
+its tag only from Slicer 5.10 on). The PyTorch extension's ``PyTorchUtils``, ``SampleData`` and the
+application's layout manager are stood in for only in the tests that need them.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
+import os
 import pathlib
 import re
+import subprocess
 import sys
 import types
 import typing
@@ -30,9 +34,13 @@ from conftest import rotation, smooth_array
 from XDiffusionLib.io.volume import Volume
 from XDiffusionLib.slicer import nodes, validation
 
-MODULE_DIR = Path(__file__).resolve().parents[1] / "XDiffusion"
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "XDiffusion"
 MODULE_FILE = MODULE_DIR / "XDiffusion.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "XDiffusion.ui"
+# The Slicer the stand-ins behave like (``connectGui`` returns None before 5.10).
+STANDIN = {"slicer_version": (5, 12)}
+_GUI_TAGS = itertools.count(1)
 
 
 # ----------------------------------------------------------------------------- stand-ins
@@ -116,13 +124,33 @@ def parameterNodeWrapper(cls):
 
     def __init__(self, parameterNode):
         self.parameterNode = parameterNode
+        self._parameterGUIs = {}  # tag -> {parameter: widget}, per wrapper object as in Slicer
         for name, (base, _, default) in fields.items():
             if not _is_node_type(base) and not parameterNode.GetParameter(name):
                 setattr(self, name, default)
 
+    def connectParametersToGui(self, mapping):
+        tag = next(_GUI_TAGS)
+        self._parameterGUIs[tag] = dict(mapping)
+        for name, widget in mapping.items():
+            widget.connections.append((self, name))
+        return tag
+
+    def connectGui(self, gui):
+        widgets = {w.property("SlicerParameterName"): w for w in vars(gui).values() if w.property("SlicerParameterName")}
+        tag = self.connectParametersToGui(widgets)
+        return tag if STANDIN["slicer_version"] >= (5, 10) else None  # Slicer < 5.10 drops the tag
+
+    def disconnectGui(self, tag):
+        for name, widget in self._parameterGUIs.pop(tag, {}).items():
+            widget.connections.remove((self, name))
+
     namespace = {name: make_property(name) for name in fields}
-    namespace["__init__"] = __init__
-    namespace["allParameters"] = fields
+    namespace.update(__init__=__init__, allParameters=fields, connectParametersToGui=connectParametersToGui,
+                     connectGui=connectGui, disconnectGui=disconnectGui,
+                     AddObserver=lambda self, event, callback, priority=0.0: self.parameterNode.AddObserver(
+                         event, callback, priority),
+                     RemoveObserver=lambda self, tag: self.parameterNode.RemoveObserver(tag))
     return type(cls.__name__, (), namespace)
 
 
@@ -221,12 +249,13 @@ def test_module_has_slicer_shape(xd):
     assert issubclass(xd.XDiffusionTest, ScriptedLoadableModuleTest)
     parent = types.SimpleNamespace()
     xd.XDiffusion(parent)
-    assert parent.title == "XDiffusion" and parent.categories == ["Reconstruction"]
+    assert parent.title == "XDiffusion" and parent.categories == ["Image Synthesis"]
     assert "not for diagnosis" in parent.helpText
     p = xd.XDiffusionLogic().getParameterNode()
     assert (p.plane, p.views, p.steps, p.sampler, p.guidance, p.samples, p.seed, p.device) == (
         "axial", 4, 10, "dpmpp", 1.0, 1, 0, "auto")
     assert p.sliceIndices == [] and p.useDefaultModel and p.overlay == "automatic"
+    assert (p.allSlices, p.gridSpacing) == (False, 1.0)
 
 
 def test_settings_are_stored_in_the_scene(xd, scene, tmp_path):
@@ -274,7 +303,7 @@ def test_ui_matches_parameters_and_code(xd):
     used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
     assert used <= names, used - names
     assert {"inputVolume", "plane", "modelPath", "views", "steps", "sampler", "guidance", "samples", "seed",
-            "device", "referenceVolume", "overlay", "overlayNode"} <= set(connected)
+            "device", "referenceVolume", "overlay", "overlayNode", "allSlices", "gridSpacing"} <= set(connected)
 
 
 def test_resources_where_slicer_expects_them():
@@ -286,10 +315,8 @@ def test_resources_where_slicer_expects_them():
     assert "Resources/UI/${MODULE_NAME}.ui" in cmake and "Resources/Icons/${MODULE_NAME}.png" in cmake
     assert "WITH_GENERIC_TESTS" in cmake and "XDiffusionLib/*.py" in cmake
     top = (MODULE_DIR.parent / "CMakeLists.txt").read_text()
-    for needle in ("project(XDiffusion)", 'EXTENSION_CATEGORY "Reconstruction"', 'EXTENSION_DEPENDS "PyTorch"',
-                   "find_package(Slicer REQUIRED)", "add_subdirectory(XDiffusion)"):
+    for needle in ("project(XDiffusion)", 'EXTENSION_DEPENDS "PyTorch"', "add_subdirectory(XDiffusion)"):
         assert needle in top
-    assert "slicer_add_python_unittest" in (MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt").read_text()
 
 
 def test_model_file_names_match_the_checkpoint_module():
@@ -452,41 +479,96 @@ def test_logic_runs_a_reconstruction_and_exports(xd, scene, tiny_model, tmp_path
     assert str(tiny_model.parent) not in first.DerivationDescription  # no server path in exports (issue 9)
 
 
-def test_dependencies_follow_the_pytorch_extension_flow(xd, monkeypatch):
+class PyTorchExtension:
+    """The PyTorch extension's PyTorchUtils module: installTorch(...) installs ``installs`` (a version)."""
+
+    def __init__(self, installed: dict, calls: list, installs: str = "2.5.1"):
+        extension = self
+
+        class PyTorchUtilsLogic:
+            def torchInstalled(self):
+                return installed["torch"] is not None
+
+            def installTorch(self, askConfirmation=False, torchVersionRequirement=None):
+                calls.append(("installTorch", askConfirmation, torchVersionRequirement))
+                installed["torch"] = extension.installs
+                return types.ModuleType("torch")
+
+        self.installs = installs
+        self.PyTorchUtilsLogic = PyTorchUtilsLogic
+
+
+@pytest.fixture
+def packages(monkeypatch):
+    """The distributions Slicer's Python has (name -> version or None), as the module reads them."""
+    from XDiffusionLib.slicer import dependencies
+
+    installed = {"torch": "2.5.1", "diffusers": "0.31.0", "safetensors": "0.4.5", "scipy": "1.14.1"}
+    monkeypatch.setattr(dependencies, "installed_version", lambda name: installed[name])
+    return installed
+
+
+def test_dependencies_follow_the_pytorch_extension_flow(xd, monkeypatch, packages):
+    from XDiffusionLib.errors import XDiffusionError
+
     calls = []
-
-    class PyTorchUtilsLogic:
-        installed = False
-
-        def torchInstalled(self):
-            return self.installed
-
-        def installTorch(self, askConfirmation=False, torchVersionRequirement=None):
-            calls.append(("installTorch", askConfirmation, torchVersionRequirement))
-            return types.ModuleType("torch")
-
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
-    real_find_spec = importlib.util.find_spec
-    absent = {"torch", "diffusers"}
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else real_find_spec(name, *a))
+    packages.update(torch=None, diffusers=None)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", PyTorchExtension(packages, calls))
     monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: calls.append(("pip", requirements)) or
-                        absent.discard("diffusers"))
+                        packages.update(diffusers="0.31.0"))
     logic = xd.XDiffusionLogic()
     questions = []
+    assert logic.dependencyProblems() == ["torch>=2.1 (not installed)", "diffusers>=0.30 (not installed)"]
 
     assert logic.ensureDependencies(confirm=lambda text: questions.append(text) or False) is False
     assert calls == [] and "PyTorch" in questions[0]  # asked first, declined: nothing installed
 
     assert logic.ensureDependencies(confirm=lambda text: questions.append(text) or True) is True
     assert calls == [("installTorch", False, ">=2.1"), ("pip", ["diffusers>=0.30"])]
-    assert "diffusers>=0.30" in questions[-1]
+    assert "diffusers>=0.30 (not installed)" in questions[-1]
+    assert logic.dependencyProblems() == []
 
     monkeypatch.delitem(sys.modules, "PyTorchUtils")
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
-    from XDiffusionLib.errors import XDiffusionError
-
+    packages["torch"] = None
     with pytest.raises(XDiffusionError, match="install the 'PyTorch' extension"):
         logic.ensureDependencies(confirm=lambda text: True)
+
+
+def test_an_old_torch_is_offered_the_pytorch_extension_update(xd, monkeypatch, packages):
+    """Another extension's torch 1.13 would fail only later, inside the worker."""
+    from XDiffusionLib.errors import XDiffusionError
+
+    calls, questions = [], []
+    packages.update(torch="1.13.1+cu117", diffusers="0.21.4")
+    extension = PyTorchExtension(packages, calls)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", extension)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: calls.append(("pip", requirements)) or
+                        packages.update(diffusers="0.31.0"))
+    logic = xd.XDiffusionLogic()
+    assert logic.dependencyProblems() == ["torch>=2.1 (version 1.13.1+cu117 is installed)",
+                                          "diffusers>=0.30 (version 0.21.4 is installed)"]
+    assert logic.ensureDependencies(confirm=lambda text: questions.append(text) or True) is True
+    assert "PyTorch 1.13.1+cu117 is installed" in questions[0] and "2.1 or newer" in questions[0]
+    assert "Update it now with the PyTorch extension?" in questions[0]
+    assert calls == [("installTorch", False, ">=2.1"), ("pip", ["diffusers>=0.30"])]
+
+    # an update that did not take (files in use): one clear line, not a failure inside the worker
+    packages["torch"], extension.installs = "1.13.1", "1.13.1"
+    with pytest.raises(XDiffusionError, match=r"PyTorch is still not 2\.1 or newer \(version 1\.13\.1 is installed\): "
+                                              "restart Slicer"):
+        logic.ensureDependencies(confirm=lambda text: True)
+    monkeypatch.delitem(sys.modules, "PyTorchUtils")
+    with pytest.raises(XDiffusionError, match=r"needs PyTorch 2\.1 or newer \(version 1\.13\.1 is installed\): install "
+                                              "the 'PyTorch' extension"):
+        logic.ensureDependencies(confirm=lambda text: True)
+
+
+def test_version_numbers_compare_by_release():
+    from XDiffusionLib.slicer.dependencies import version_tuple
+
+    assert version_tuple("2.1.0+cu118") == (2, 1, 0) and version_tuple("0.30.0.dev0") == (0, 30, 0)
+    assert version_tuple("2.10.1") > version_tuple("2.9") and version_tuple("1.13.1") < version_tuple("2.1")
+    assert version_tuple("2.1rc1") == (2, 1)
 
 
 def test_in_slicer_self_test_validation_part(xd, scene):
@@ -494,3 +576,246 @@ def test_in_slicer_self_test_validation_part(xd, scene):
     test = xd.XDiffusionTest()
     test.setUp = lambda: None
     test.test_validation_messages()
+
+
+# ----------------------------------------------------------------------------- the self-test
+
+
+class LayoutManager:
+    """What ``slicer.app.layoutManager()`` does for the module: a layout creates its slice views
+    (view nodes through vtkMRMLLayoutLogic, a slice logic each, which makes its composite node)."""
+
+    def __init__(self, scene):
+        slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+        self.scene = scene
+        self._link = slicer.vtkMRMLSliceLinkLogic()
+        self._link.SetMRMLScene(scene)
+        self._layout = slicer.vtkMRMLLayoutLogic()
+        self._layout.SetMRMLScene(scene)
+        self._slice_logics = {}
+
+    def layoutLogic(self):
+        return self._layout
+
+    def setLayout(self, layout_id):
+        self._layout.GetLayoutNode().SetViewArrangement(layout_id)
+        nodes = self.scene.GetNodesByClass("vtkMRMLSliceNode")
+        for index in range(nodes.GetNumberOfItems()):
+            node = nodes.GetItemAsObject(index)
+            if node.GetID() not in self._slice_logics:
+                logic = slicer.vtkMRMLSliceLogic()
+                logic.SetMRMLScene(self.scene)
+                logic.SetSliceNode(node)
+                self._slice_logics[node.GetID()] = logic
+
+    def resetSliceViews(self):
+        pass
+
+    def close(self):
+        """Detach every logic from the scene before it is cleared (as the application does on exit)."""
+        for logic in [*self._slice_logics.values(), self._layout, self._link]:
+            logic.SetMRMLScene(None)
+        self._slice_logics.clear()
+
+
+@pytest.fixture
+def slicer_app(scene, monkeypatch):
+    manager = LayoutManager(scene)
+    app = types.SimpleNamespace(layoutManager=lambda: manager, processEvents=lambda: None,
+                                majorVersion=STANDIN["slicer_version"][0], minorVersion=STANDIN["slicer_version"][1])
+    monkeypatch.setattr(slicer, "app", app, raising=False)
+    yield app
+    manager.close()
+
+
+def run_unittest(case) -> unittest.TestResult:
+    result = unittest.TestResult()
+    case.run(result)
+    return result
+
+
+def test_self_test_says_skipped_without_the_packages(xd, scene, packages, capsys, monkeypatch):
+    """Missing torch is a visible SKIP, never a silent pass; where the packages are expected it fails."""
+    packages["torch"] = None
+
+    class Case(xd.XDiffusionTest):
+        def runTest(self):
+            self.test_reconstruct_MRHead()
+
+    monkeypatch.delenv(xd.XDiffusionTest.REQUIRE_DEPENDENCIES, raising=False)
+    result = run_unittest(Case())
+    assert result.testsRun == 1 and not result.failures and not result.errors
+    assert [reason for _, reason in result.skipped] == ["the worker's Python packages are missing: torch>=2.1 (not installed)"]
+    assert "SKIPPED: reconstruction of MRHead" in capsys.readouterr().out
+
+    monkeypatch.setenv(xd.XDiffusionTest.REQUIRE_DEPENDENCIES, "1")
+    result = run_unittest(Case())
+    assert not result.skipped and len(result.failures) == 1
+    assert "torch>=2.1 (not installed) (XDIFFUSION_SELFTEST_REQUIRE_DEPENDENCIES=1)" in result.failures[0][1]
+
+
+@pytest.mark.slow
+def test_self_test_reconstructs_MRHead_with_the_shipped_model(xd, scene, slicer_app, monkeypatch):
+    """The module's own test as Slicer runs it, with a real head standing in for MRHead (the shipped
+    LSA-oriented T1: SampleData downloads MRHead, which is not possible here)."""
+    from XDiffusionLib.data.samples import sample_path
+    from XDiffusionLib.io import read_volume
+
+    added = []
+
+    def downloadSample(name):
+        assert name == "MRHead"
+        added.append(nodes.add_volume_node(slicer.mrmlScene, read_volume(sample_path("kmeans_t1")), "MRHead"))
+        return added[-1]
+
+    monkeypatch.setitem(sys.modules, "SampleData", types.SimpleNamespace(downloadSample=downloadSample))
+    monkeypatch.setattr(xd.XDiffusionLogic, "launcherMode", "inprocess")
+    monkeypatch.delenv(xd.XDiffusionTest.REQUIRE_DEPENDENCIES, raising=False)
+
+    class Case(xd.XDiffusionTest):
+        def setUp(self):
+            pass  # the scene of the fixture, with the layout manager's views
+
+    result = run_unittest(Case())
+    assert result.testsRun == 1 and not result.skipped, result.skipped
+    assert not result.failures and not result.errors, (result.failures + result.errors)[0][1]
+    assert scene.GetFirstNodeByName("MRHead XDiffusion") is not None and len(added) == 1
+
+
+# ----------------------------------------------------------------------------- Slicer versions
+
+
+def fake_ui() -> types.SimpleNamespace:
+    """Every widget of the .ui file as a stand-in that takes any call and records its parameter connections."""
+
+    class Widget:
+        def __init__(self, parameter):
+            self.parameter, self.connections, self.enabled = parameter, [], True
+
+        def property(self, name):
+            return self.parameter if name == "SlicerParameterName" else None
+
+        def setEnabled(self, value):
+            self.enabled = bool(value)
+
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+    widgets = {}
+    for widget in ElementTree.parse(UI_FILE).iter("widget"):
+        parameter = next((prop.find("string").text for prop in widget.findall("property")
+                          if prop.get("name") == "SlicerParameterName"), None)
+        widgets[widget.get("name")] = Widget(parameter)
+    return types.SimpleNamespace(**widgets)
+
+
+@pytest.mark.parametrize("version", [(5, 8), (5, 10)])
+def test_reentering_the_module_does_not_pile_up_gui_connections(xd, scene, monkeypatch, version):
+    monkeypatch.setitem(STANDIN, "slicer_version", version)
+    widget = xd.XDiffusionWidget()
+    widget.ui, widget.logic = fake_ui(), xd.XDiffusionLogic()
+    widget.parent = types.SimpleNamespace(isEntered=True)
+    bound = [w for w in vars(widget.ui).values() if w.parameter]
+
+    def connections():
+        return sum(len(w.connections) for w in bound)
+
+    for _ in range(4):
+        widget.enter()
+        assert connections() == len(bound)  # each parameter widget connected once
+        widget.exit()
+        assert connections() == 0
+    widget.enter()
+    widget.onSceneStartClose(None, None)
+    widget.onSceneEndClose(None, None)
+    assert connections() == len(bound)
+
+
+def test_an_older_slicer_is_refused_in_one_line(xd, scene, slicer_app, monkeypatch, tiny_model):
+    from XDiffusionLib.errors import XDiffusionError
+    from XDiffusionLib.slicer.dependencies import check_host
+
+    logic = xd.XDiffusionLogic()
+    p = logic.getParameterNode()
+    p.inputVolume, p.sliceIndices, p.useDefaultModel, p.modelPath = add_volume(scene), [2], False, tiny_model
+    assert logic.validate(p) is None
+    monkeypatch.setattr(slicer_app, "minorVersion", 8)
+    python = ".".join(str(n) for n in sys.version_info[:3])
+    assert logic.validate(p) == ("XDiffusion needs 3D Slicer 5.10 or newer; this is Slicer 5.8 "
+                                 f"(Python {python}): install a newer Slicer from download.slicer.org")
+    with pytest.raises(XDiffusionError, match="needs 3D Slicer 5.10 or newer"):
+        logic.startReconstruction(p)
+    with pytest.raises(XDiffusionError, match="needs 3D Slicer 5.10 or newer"):
+        logic.ensureDependencies(confirm=lambda text: True)
+    with pytest.raises(XDiffusionError, match=r"needs Python 3\.10 or newer \(3D Slicer 5\.10 or newer\); this Python is 3\.9\.10"):
+        check_host(None, (3, 9, 10))
+
+
+def test_cmake_states_the_supported_slicer_and_follows_the_templates():
+    top = (REPO / "CMakeLists.txt").read_text()
+    assert "find_package(Slicer 5.10 REQUIRED)" in top  # Slicer 5.4-5.8 bundle Python 3.9
+    assert "3D Slicer 5.10 or newer" in top  # in EXTENSION_DESCRIPTION, which the catalog shows
+    module = (MODULE_DIR / "CMakeLists.txt").read_text()
+    testing = module[module.index("if(BUILD_TESTING)"):]
+    # the self test is registered next to the module, as in Slicer's scripted-module template
+    assert re.search(r"slicer_add_python_unittest\(\s*SCRIPT \$\{MODULE_NAME\}\.py\s*\)", testing)
+    assert "add_subdirectory(Testing)" in testing
+    # slicer_add_python_unittest adds --additional-module-paths itself (Slicer 5.4+): a second
+    # copy turns into stray arguments of the test command
+    for cmake in [REPO / "CMakeLists.txt", *MODULE_DIR.rglob("CMakeLists.txt")]:
+        text = re.sub(r"#.*", "", cmake.read_text())
+        assert "--additional-module-paths" not in text, cmake
+        assert "SLICER_ARGS" not in text, cmake
+
+
+# ----------------------------------------------------------------------------- thick-slice scans
+
+
+def thick_volume(scene, name="thick T1", shape=(12, 10, 4), spacing=(1.0, 1.2, 4.0)):
+    volume = Volume.from_array(smooth_array(shape), spacing, (-20.5, 13.25, 7.0), rotation((4.0, -3.0, 5.0)))
+    return nodes.add_volume_node(scene, volume, name)
+
+
+def test_all_acquired_slices_onto_a_finer_grid(xd, scene, tiny_model, tmp_path):
+    """A thick-slice series (4 mm axial): every acquired slice is an input, the result is isotropic."""
+    from XDiffusionLib.slicer.thick_slices import acquired_slices_volume, plan_all_slices
+
+    logic = xd.XDiffusionLogic()
+    logic.launcherMode = "inprocess"
+    p = logic.getParameterNode()
+    source = thick_volume(scene)
+    p.inputVolume, p.useDefaultModel, p.modelPath = source, False, tiny_model
+    p.views, p.steps, p.device, p.plane = 1, 2, "cpu", "sagittal"  # the plane follows the scan
+    assert logic.validate(p) == "no input slices given: pick at least one slice index"
+    p.allSlices, p.gridSpacing = True, 1.5
+    assert logic.validate(p) == ("grid spacing 1.5 mm does not divide the 4 mm between the acquired axial slices: "
+                                 "choose 2 or 1.333 mm")
+    p.gridSpacing = 1.0
+    assert logic.validate(p) is None
+    assert logic.readyText(p) == "Ready: all 4 acquired axial slices (4 mm apart) onto a 1 mm grid (12x12x13 voxels)."
+    p.referenceVolume = source
+    assert "cannot be compared with a reconstruction from all acquired slices" in logic.validate(p)
+    p.referenceVolume = None
+
+    logic.startReconstruction(p)
+    assert logic.wait(120) == "done", logic.lastError()
+    result = logic.finishReconstruction(p)
+    assert result.difference is None
+    output = nodes.volume_from_node(result.reconstruction)
+    plan = plan_all_slices(nodes.grid_from_node(source), 1.0)
+    assert output.grid.same_geometry(plan.grid, tol=1e-4) and output.spacing == pytest.approx((1.0, 1.0, 1.0))
+    expected = acquired_slices_volume(nodes.volume_from_node(source), plan)
+    for index in plan.indices:  # the acquired slices come back as they were (resampled in-plane only)
+        np.testing.assert_allclose(output.array[:, :, index], expected.array[:, :, index], atol=1e-3)
+    assert json.loads(result.reconstruction.GetAttribute("XDiffusion.indices")) == [0, 4, 8, 12]
+    assert json.loads(result.reconstruction.GetAttribute("XDiffusion.settings"))["all_acquired_slices_onto_grid_mm"] == 1.0
+    assert [v.role for v in logic.comparisonFromParameterNode(p).views] == ["real", "generated", "uncertainty"]
+
+
+def test_all_slices_beyond_the_models_limit_is_one_line(xd, scene, tiny_model):
+    logic = xd.XDiffusionLogic()
+    p = logic.getParameterNode()
+    p.inputVolume, p.useDefaultModel, p.modelPath = thick_volume(scene, shape=(12, 10, 6)), False, tiny_model
+    p.allSlices = True
+    assert logic.validate(p) == ("the volume has 6 acquired axial slices but the model takes at most 4: "
+                                 "crop the volume or pick the input slices")

@@ -172,3 +172,51 @@ def test_parse_indices():
     with pytest.raises(XDiffusionError, match="runs backwards"):
         slices.parse_indices("9-3")
     assert slices.format_indices([3, 9]) == "3, 9"
+
+
+# ------------------------------------------------------------------------------ thick-slice scans
+
+
+def test_all_acquired_slices_land_exactly_on_the_finer_grid():
+    """A 0.9x0.9x5 mm coronal series stored LSA-like (slices along the first voxel axis)."""
+    from XDiffusionLib.slicer.thick_slices import acquired_slices_volume, acquisition_plane, plan_all_slices
+
+    # voxel axes: i = anterior-posterior (the 5 mm slices), j = left-right, k = inferior-superior
+    direction = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]]) @ rotation((3.0, 2.0, -4.0))
+    volume = Volume.from_array(smooth_array((9, 20, 22)), (5.0, 0.9, 0.9), (10.0, -30.0, 40.0), direction)
+    assert acquisition_plane(volume.grid) == "coronal"
+    plan = plan_all_slices(volume.grid, 1.25)
+    assert (plan.plane, plan.factor, plan.slice_spacing) == ("coronal", 4, 5.0)
+    assert plan.indices == tuple(range(0, 33, 4)) and plan.grid.shape[1] == 33
+    assert plan.grid.spacing == pytest.approx((1.25, 1.25, 1.25))
+    assert plan.grid.shape[0] == round(20 * 0.9 / 1.25) and plan.grid.shape[2] == round(22 * 0.9 / 1.25)
+    fine = acquired_slices_volume(volume, plan)
+    assert fine.grid.same_geometry(plan.grid)
+    canonical, _ = to_canonical(volume)
+    acquired = acquired_slices_volume(canonical, plan)  # the same, from the canonical copy
+    np.testing.assert_allclose(fine.array, acquired.array, atol=1e-4)
+    # each acquired slice is one grid slice: same physical plane, same values where the grids meet
+    first = np.asarray(canonical.grid.origin) + np.asarray(canonical.direction) @ np.array([0.0, 0.0, 0.0])
+    np.testing.assert_allclose(np.asarray(canonical.direction)[:, 1] @ (np.asarray(plan.grid.origin) - first), 0.0,
+                               atol=1e-6)
+    assert plan.describe() == "all 9 acquired coronal slices (5 mm apart) onto a 1.25 mm grid (14x33x16 voxels)"
+
+
+@pytest.mark.parametrize("spacing, message", [
+    (2.0, "grid spacing 2 mm does not divide the 5 mm between the acquired axial slices: choose 2.5 or 1.667 mm"),
+    (3.0, "grid spacing 3 mm does not divide the 5 mm between the acquired axial slices: choose 2.5 mm"),
+    (4.0, "grid spacing 4 mm is not finer than the 5 mm between the acquired axial slices: choose at most 2.5 mm"),
+    (0.0, "grid spacing must be a positive number of millimetres, got 0.0"),
+    (float("nan"), "grid spacing must be a positive number of millimetres, got nan"),
+    (0.01, "a 0.01 mm grid would have 2400x2000x2501 voxels (over 128 million): choose a larger spacing"),
+])
+def test_grid_spacing_that_does_not_fit_the_scan_is_one_line(spacing, message):
+    from XDiffusionLib.slicer.thick_slices import plan_all_slices
+
+    volume = Volume.from_array(np.zeros((24, 20, 6), np.float32), (1.0, 1.0, 5.0))
+    with pytest.raises(XDiffusionError) as error:
+        plan_all_slices(volume.grid, spacing)
+    assert str(error.value) == message
+    assert plan_all_slices(volume.grid, 1.0).indices == (0, 5, 10, 15, 20, 25)
+    with pytest.raises(XDiffusionError, match="6 acquired axial slices but the model takes at most 4"):
+        plan_all_slices(volume.grid, 1.0, max_slices=4)

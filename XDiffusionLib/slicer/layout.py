@@ -107,7 +107,7 @@ def apply_to_scene(scene, layout: ComparisonLayout) -> None:
     """
     for view in layout.views:
         slice_node = scene.GetNodeByID(layout.slice_node_id(view))
-        composite = _composite_node(scene, view.name)
+        composite = composite_node(scene, view.name)
         if slice_node is None or composite is None:
             raise XDiffusionError(f"slice view {view.name!r} is not in the scene: show the XDiffusion layout first")
         slice_node.SetOrientation(ORIENTATION[layout.plane])
@@ -124,7 +124,8 @@ def apply_to_scene(scene, layout: ComparisonLayout) -> None:
                 display.AddViewNodeID(slice_node.GetID())
 
 
-def _composite_node(scene, layout_name: str):
+def composite_node(scene, layout_name: str):
+    """The slice composite node of the view named ``layout_name`` (what it shows), or None."""
     nodes = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
     for index in range(nodes.GetNumberOfItems()):
         node = nodes.GetItemAsObject(index)

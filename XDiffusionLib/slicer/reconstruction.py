@@ -8,6 +8,8 @@ the job is done, adds the results as new nodes:
 - "<input> difference": reference - reconstruction, diverging colours centred on 0 (with a reference);
 - segmentation overlays on the real and the generated volume (automatic tissue classes, or the
   user's labelmap/segmentation), and the description of the side-by-side layout.
+With ``grid_spacing``, the input slices are all the acquired slices of a thick-slice scan and the
+results lie on a finer isotropic grid (``thick_slices``); there is no difference map then.
 A job that fails or is cancelled adds nothing; if creating the result nodes fails half-way, the
 ones already added are removed again.
 """
@@ -25,7 +27,8 @@ from . import display, segmentation as seg
 from .export import Provenance
 from .layout import ComparisonLayout, comparison_layout
 from .nodes import add_volume_node, node_ids, output_name, remove_nodes_added_since, volume_from_node
-from .validation import check_request
+from .thick_slices import AllSlicesPlan, acquired_slices_volume
+from .validation import check_request, plan_request
 
 AUTOMATIC = "automatic"
 
@@ -48,7 +51,7 @@ class SceneReconstruction:
     """
 
     def __init__(self, scene, input_node, settings: JobSettings, reference_node=None, overlay=None,
-                 launcher: WorkerLauncher | None = None):
+                 launcher: WorkerLauncher | None = None, grid_spacing: float | None = None):
         self.scene = scene
         self.input_node = input_node
         self.settings = settings
@@ -57,8 +60,12 @@ class SceneReconstruction:
         self.launcher = launcher or WorkerLauncher("auto")
         self.job: WorkerJob | None = None
         self.result: ResultNodes | None = None
+        self.plan: AllSlicesPlan | None = None  # with grid_spacing: all acquired slices, finer grid
         overlay_node = None if overlay in (None, AUTOMATIC) else overlay
-        check_request(input_node, settings, reference_node, overlay_node)
+        if grid_spacing is None:
+            check_request(input_node, settings, reference_node, overlay_node)
+        else:
+            self.plan, self.settings = plan_request(input_node, settings, grid_spacing, reference_node, overlay_node)
         self._input_name = input_node.GetName()
         self._input_transform = input_node.GetTransformNodeID()
 
@@ -67,6 +74,8 @@ class SceneReconstruction:
     def start(self) -> "SceneReconstruction":
         volume = volume_from_node(self.input_node)
         self._input = volume
+        if self.plan is not None:
+            volume = acquired_slices_volume(volume, self.plan)
         self.job = self.launcher.start(volume, self.settings)
         return self
 
@@ -101,8 +110,10 @@ class SceneReconstruction:
     def provenance(self) -> Provenance:
         """What this run used (recorded on the reconstruction node and in exported DICOM)."""
         model = self.settings.model_dir or "default (shipped compact model)"
-        return Provenance(self.settings.plane, self.settings.indices, model, dict(self.settings.options),
-                          self._input_name)
+        settings = dict(self.settings.options)
+        if self.plan is not None:  # the indices are those of the finer grid
+            settings["all_acquired_slices_onto_grid_mm"] = self.plan.spacing
+        return Provenance(self.settings.plane, self.settings.indices, model, settings, self._input_name)
 
     def finish(self) -> ResultNodes:
         """Add the result nodes (once the job is done); raises XDiffusionError if it failed or was cancelled."""

@@ -1,19 +1,24 @@
 """Everything the panel checks before a run, without torch and without touching the scene.
 
 Each check raises one XDiffusionError whose message the panel shows as it is: no model, no
-slices, a 2D input, a reference or labelmap on another voxel grid, a slice outside the volume.
+slices, a 2D input, a reference or labelmap on another voxel grid, a slice outside the volume, a
+grid spacing that does not fit a thick-slice scan (``plan_request``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 from ..errors import XDiffusionError
 from ..io.volume import Grid
 from ..worker.protocol import JobSettings
 from .nodes import check_scalar_volume, grid_from_node
 from .slices import canonical_depth
+from .thick_slices import AllSlicesPlan, plan_all_slices
 
 # The files of a model folder (``XDiffusionLib.model.checkpoint``, which imports torch; the panel
 # must work before torch is installed, so the names are repeated here and a test keeps them equal).
@@ -56,6 +61,16 @@ def check_same_grid(node, grid: Grid, role: str, input_name: str) -> None:
             "resample it onto the input first")
 
 
+def model_max_slices(model_dir: Path) -> Optional[int]:
+    """The most input slices the model in ``model_dir`` takes (its config.json), or None if unreadable
+    (the worker then reports what is wrong with the file)."""
+    try:
+        value = json.loads((Path(model_dir) / MODEL_FILES[0]).read_text(encoding="utf-8")).get("max_slices", 32)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def check_request(input_node, settings: JobSettings, reference_node=None, segmentation_node=None) -> Grid:
     """Check a whole request before anything is created; returns the input's grid."""
     check_scalar_volume(input_node, "input volume")
@@ -70,12 +85,31 @@ def check_request(input_node, settings: JobSettings, reference_node=None, segmen
     if reference_node is not None:
         check_scalar_volume(reference_node, "reference volume")
         check_same_grid(reference_node, grid, "reference volume", input_node.GetName())
+    _check_overlay(segmentation_node, grid, input_node.GetName())
+    return grid
+
+
+def plan_request(input_node, settings: JobSettings, grid_spacing: float, reference_node=None,
+                 segmentation_node=None) -> tuple[AllSlicesPlan, JobSettings]:
+    """Check a request that takes all acquired slices of a thick-slice scan onto a ``grid_spacing``
+    mm grid (``thick_slices``); returns the plan and ``settings`` with its plane and slices."""
+    check_scalar_volume(input_node, "input volume")
+    grid = grid_from_node(input_node)
+    plan = plan_all_slices(grid, grid_spacing, max_slices=model_max_slices(check_model_dir(settings.model_dir)))
+    settings = replace(settings, plane=plan.plane, indices=plan.indices).check()
+    if reference_node is not None:
+        raise XDiffusionError("a reference volume cannot be compared with a reconstruction from all acquired slices "
+                              "(it lies on a new, finer grid): choose no reference volume")
+    _check_overlay(segmentation_node, grid, input_node.GetName())
+    return plan, settings
+
+
+def _check_overlay(segmentation_node, grid: Grid, input_name: str) -> None:
     if segmentation_node is not None and segmentation_node.IsA("vtkMRMLLabelMapVolumeNode"):
-        check_same_grid(segmentation_node, grid, "labelmap", input_node.GetName())
+        check_same_grid(segmentation_node, grid, "labelmap", input_name)
     if (segmentation_node is not None and segmentation_node.IsA("vtkMRMLSegmentationNode")
             and segmentation_node.GetSegmentation().GetNumberOfSegments() == 0):
         raise XDiffusionError(f"segmentation {segmentation_node.GetName()!r} has no segments to overlay")
-    return grid
 
 
 def _size(shape) -> str:
