@@ -819,3 +819,57 @@ def test_all_slices_beyond_the_models_limit_is_one_line(xd, scene, tiny_model):
     p.allSlices = True
     assert logic.validate(p) == ("the volume has 6 acquired axial slices but the model takes at most 4: "
                                  "crop the volume or pick the input slices")
+
+
+# ----------------------------------------------------------------------------- the Extensions Index
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_extension_passes_the_index_checks(tmp_path):
+    index = load_script("check_extension_index")
+    assert index.check(REPO) == []
+    entry, _ = index.catalog_entry(REPO)
+    assert entry["category"] == "Image Synthesis" and entry["build_dependencies"] == ["PyTorch"]
+    license_text = (REPO / "LICENSE").read_text()
+    assert "Apache License\n                           Version 2.0, January 2004" in license_text
+    assert 'license = { text = "Apache-2.0" }' in (REPO / "pyproject.toml").read_text()
+
+    # what the Index rejected before: an unknown category, no licence, a screenshot not in the repository
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "extensions-index.md").write_text(
+        (REPO / "docs" / "extensions-index.md").read_text().replace('"category": "Image Synthesis"',
+                                                                  '"category": "Reconstruction"'))
+    (tmp_path / "CMakeLists.txt").write_text(
+        (REPO / "CMakeLists.txt").read_text().replace('"Image Synthesis"', '"Reconstruction"'))
+    problems = index.check(tmp_path)
+    assert "category 'Reconstruction' is not one the Index accepts (e.g. 'Image Synthesis')" in problems
+    assert "no license file at the repository root (LICENSE, LICENCE, License.txt, ...)" in problems
+    assert any(p.startswith("EXTENSION_SCREENSHOTURLS") and p.endswith("is not in the repository") for p in problems)
+
+
+@pytest.mark.slow
+def test_screenshot_script_renders_the_comparison(tmp_path, tiny_model):
+    """The pipeline behind Resources/Screenshots/comparison.png, with a tiny model (the real one
+    uses the shipped weights: scripts/slicer_screenshot.py without --model)."""
+    from PIL import Image
+
+    out = tmp_path / "shot.png"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "slicer_screenshot.py"), "--model", str(tiny_model),
+                           "--k", "3", "--views", "1", "--steps", "1", "--size", "96", "--device", "cpu",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Model tiny (weights sha256 " in done.stdout
+    image = np.asarray(Image.open(out).convert("RGB"))
+    assert image.shape[1] == 3 * 96 + 2 * 4
+    for n in range(3):  # each view shows an image, not an empty black square
+        view = image[30:30 + 96, n * 100:n * 100 + 96].astype(float)
+        assert view.std() > 5, n
+    shipped = np.asarray(Image.open(REPO / "Resources" / "Screenshots" / "comparison.png"))
+    assert shipped.shape[1] > 1000

@@ -1,0 +1,191 @@
+"""Check locally what the Slicer Extensions Index checks when XDiffusion.json is submitted.
+
+    .venv/bin/python scripts/check_extension_index.py [REPO]
+
+The catalog entry is the ```json block of docs/extensions-index.md; the extension's metadata is the
+top-level CMakeLists.txt. Without network: image URLs are checked by mapping them to files of this
+checkout (raw.githubusercontent.com/<owner>/<repo>/<branch>/<path> -> <path>), which must then be
+committed and pushed. The GitHub topic "3d-slicer-extension" cannot be checked here. Prints one line
+per problem and exits 1, or prints "ok".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+EXTENSION_NAME = "XDiffusion"
+SCHEMA = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#"
+SCHEMA_KEYS = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+               "build_subdirectory", "enabled", "tier"}
+REQUIRED_KEYS = ("$schema", "category", "scm_url")
+# The Index's accepted categories (its scripts/check_description_files.py, 2026).
+ACCEPTED_CATEGORIES = {
+    "Active Learning", "Analysis", "Auto3dgm", "BigImage", "Cardiac", "Chest Imaging Platform", "Conda",
+    "Converters", "DICOM", "DSCI", "Developer Tools", "Diffusion", "Examples", "Exporter", "FTV Segmentation",
+    "Filtering", "Filtering.Morphology", "Filtering.Vesselness", "Holographic Display", "Image Synthesis", "IGT",
+    "Informatics", "Netstim", "Neuroimaging", "Nuclear Medicine", "Orthodontics", "Osteotomy Planning",
+    "Otolaryngology", "Photogrammetry", "Pipelines", "Planning", "Printing", "Quantification", "Radiotherapy",
+    "Registration", "Remote", "Rendering", "SPHARM", "Segmentation", "Sequences", "Shape Analysis",
+    "Shape Regression", "Shape Visualization", "Simulation", "SlicerCMF", "SlicerMorph", "Spectral Imaging",
+    "Supervisely", "Surface Models", "SurfaceLearner", "Tomographic Reconstruction", "Tracking", "Tractography",
+    "Training", "Ultrasound", "Utilities", "Vascular Modeling Toolkit", "Virtual Reality", "VisSimTools",
+    "Web System Tools", "Wizards",
+}
+KNOWN_EXTENSIONS = {"PyTorch"}  # dependencies known to be in the Index
+LICENSE_NAMES = ("LICENSE", "LICENCE", "License.txt", "license.txt", "LICENSE.txt", "COPYING", "COPYING.txt")
+REPOSITORY_NAME_PREFIXES = ("Slicer", "Slicer-", "Slicer_", "SlicerExtension-", "SlicerExtension_")
+SIZE_LIMIT_MB = 100
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def catalog_entry(repo: Path) -> tuple[dict, str]:
+    """The JSON catalog entry in docs/extensions-index.md, and its text."""
+    doc = repo / "docs" / "extensions-index.md"
+    match = re.search(r"```json\r?\n(.*?)```", doc.read_bytes().decode("utf-8"), re.S)  # bytes: CRs stay
+    if match is None:
+        raise ValueError(f"{doc}: no ```json block with the catalog entry")
+    return json.loads(match.group(1)), match.group(1)
+
+
+def cmake_value(cmake: str, name: str) -> str | None:
+    # The Index's own patterns: set(NAME "value")
+    match = re.search(rf'set\s*\({name}\s*"([^"]*)"\s*\)', cmake, re.I)
+    return match.group(1) if match else None
+
+
+def check(repo: Path) -> list[str]:
+    problems: list[str] = []
+    try:
+        entry, text = catalog_entry(repo)
+    except (OSError, ValueError) as error:
+        return [f"catalog entry: {error}"]
+    cmake_path = repo / "CMakeLists.txt"
+    cmake = cmake_path.read_text(encoding="utf-8")
+
+    # JSON schema and file format
+    for key in REQUIRED_KEYS:
+        if not entry.get(key):
+            problems.append(f"catalog entry: {key} is missing")
+    for key in sorted(set(entry) - SCHEMA_KEYS):
+        problems.append(f"catalog entry: {key!r} is not in the schema")
+    if entry.get("$schema") != SCHEMA:
+        problems.append(f"catalog entry: $schema should be {SCHEMA}")
+    tier = entry.get("tier", 1)
+    if not isinstance(tier, int) or isinstance(tier, bool) or not 1 <= tier <= 5:
+        problems.append(f"catalog entry: tier {tier!r} must be a whole number 1..5")
+    dependencies = entry.get("build_dependencies", [])
+    if not isinstance(dependencies, list) or not all(isinstance(d, str) for d in dependencies):
+        problems.append("catalog entry: build_dependencies must be a list of extension names")
+        dependencies = []
+    if "\r" in text:
+        problems.append("catalog entry: CR line endings; the Index accepts LF only")
+
+    # name and category
+    if EXTENSION_NAME.lower().startswith("slicer"):
+        problems.append(f"extension name {EXTENSION_NAME!r} must not start with 'Slicer'")
+    project = re.search(r"project\s*\(\s*([^\s)]+)", cmake, re.I)
+    if project is None or project.group(1).strip("\"'") != EXTENSION_NAME:
+        problems.append(f"CMakeLists.txt: project() must be {EXTENSION_NAME}, the catalog file's name")
+    category = entry.get("category")
+    if category not in ACCEPTED_CATEGORIES:
+        problems.append(f"category {category!r} is not one the Index accepts (e.g. 'Image Synthesis')")
+    if cmake_value(cmake, "EXTENSION_CATEGORY") != category:
+        problems.append(f"CMakeLists.txt: EXTENSION_CATEGORY {cmake_value(cmake, 'EXTENSION_CATEGORY')!r} "
+                        f"differs from the catalog entry's {category!r}")
+
+    # repository URL
+    scm_url = str(entry.get("scm_url", ""))
+    parts = urllib.parse.urlsplit(scm_url)
+    if parts.scheme not in ("https", "git"):
+        problems.append(f"scm_url {scm_url!r}: the scheme must be https or git")
+    path = parts.path.strip("/")
+    owner_repo = path[:-4] if path.endswith(".git") else path
+    repo_name = owner_repo.split("/")[-1]
+    if not repo_name.startswith(REPOSITORY_NAME_PREFIXES):
+        problems.append(f"scm_url: the repository name {repo_name!r} must start with 'Slicer'")
+    homepage = cmake_value(cmake, "EXTENSION_HOMEPAGE") or ""
+    if owner_repo and owner_repo not in homepage:
+        problems.append(f"CMakeLists.txt: EXTENSION_HOMEPAGE {homepage!r} is not the repository {owner_repo}")
+
+    # icon and screenshots: PNG files of this checkout
+    for name in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        value = cmake_value(cmake, name)
+        if not value:
+            problems.append(f"CMakeLists.txt: no {name}")
+            continue
+        for url in value.split():
+            problems += _check_image_url(repo, url, name, owner_repo, str(entry.get("scm_revision", "main")))
+
+    # dependencies
+    depends = cmake_value(cmake, "EXTENSION_DEPENDS") or "NA"
+    declared = [] if depends == "NA" else depends.split()
+    if sorted(declared) != sorted(dependencies):
+        problems.append(f"build_dependencies {dependencies} differ from EXTENSION_DEPENDS {declared}")
+    for dependency in dependencies:
+        if dependency not in KNOWN_EXTENSIONS:
+            problems.append(f"build dependency {dependency!r} is not known to be an extension of the Index")
+
+    # license and size
+    if not any((repo / name).is_file() for name in LICENSE_NAMES):
+        problems.append(f"no license file at the repository root ({', '.join(LICENSE_NAMES[:3])}, ...)")
+    size_mb = repository_size(repo) / 2**20
+    if size_mb > SIZE_LIMIT_MB:
+        problems.append(f"repository is {size_mb:.0f} MB checked out; the Index allows {SIZE_LIMIT_MB} MB")
+    return problems
+
+
+def _check_image_url(repo: Path, url: str, name: str, owner_repo: str, revision: str) -> list[str]:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("https", "http"):
+        return [f"{name} {url!r} must be an http(s) URL"]
+    prefix = f"/{owner_repo}/{revision}/"
+    if parts.netloc != "raw.githubusercontent.com" or not parts.path.startswith(prefix):
+        return [f"{name} {url!r} is not a file of {owner_repo} at {revision} (raw.githubusercontent.com{prefix}...)"]
+    path = repo / urllib.parse.unquote(parts.path[len(prefix):])
+    if not path.is_file():
+        return [f"{name} {url!r}: {path.relative_to(repo)} is not in the repository"]
+    if path.read_bytes()[:8] != PNG_MAGIC:
+        return [f"{name} {url!r}: {path.relative_to(repo)} is not a PNG image"]
+    if not _tracked(repo, path):
+        return [f"{name} {url!r}: {path.relative_to(repo)} is not committed"]
+    return []
+
+
+def _tracked(repo: Path, path: Path) -> bool:
+    done = subprocess.run(["git", "-C", str(repo), "ls-files", "--error-unmatch", str(path.relative_to(repo))],
+                          capture_output=True, check=False)
+    return done.returncode == 0 or not (repo / ".git").exists()  # outside a clone: the file is enough
+
+
+def repository_size(repo: Path) -> int:
+    """Bytes a clone holds: the tracked files plus the .git folder (the Index measures the clone)."""
+    try:
+        listing = subprocess.run(["git", "-C", str(repo), "ls-files", "-z"], capture_output=True, check=True).stdout
+        files = [repo / name for name in listing.decode("utf-8", "replace").split("\0") if name]
+    except (OSError, subprocess.CalledProcessError):
+        files = [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts]
+    total = sum(p.stat().st_size for p in files if p.is_file())
+    git = repo / ".git"
+    if git.is_dir():
+        total += sum(p.stat().st_size for p in git.rglob("*") if p.is_file())
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    repo = Path(argv[0] if argv else Path(__file__).resolve().parents[1]).resolve()
+    problems = check(repo)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print("ok")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
