@@ -88,6 +88,15 @@ def test_evaluate_all_baselines_writes_tables_figures_and_protocol(data_dir, atl
     pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert len(pngs) == 4 * 2 + 1 and "case_a_template_k3.png" in pngs
     assert (out / "figures" / "case_a_error_by_distance.png").stat().st_size > 1000  # paper Fig. XV, one per case
+    markdown = (out / "summary.md").read_text().splitlines()
+    assert markdown[0].startswith("| method | K=1 PSNR | K=1 non-input | K=1 SSIM | K=3 PSNR")
+    linear_line = next(line for line in markdown if line.startswith("| linear |"))
+    assert f"{float(linear3['psnr_paper_mean']):.2f}" in linear_line
+    # the best value of each column is bold, and only that one
+    best3 = max((r for r in summary if r["k"] == "3"), key=lambda r: float(r["psnr_paper_mean"]))["method"]
+    for line in markdown[2:]:
+        cell = line.split("|")[5].strip()  # K=3 PSNR
+        assert cell.startswith("**") == line.startswith(f"| {best3} |"), line
     assert (out / "psnr_vs_k.png").stat().st_size > 1000
     record = json.loads((out / "protocol.json").read_text())
     assert record["plane"] == "axial" and record["k"] == [1, 3]

@@ -117,3 +117,33 @@ def format_table(summary: list[dict]) -> str:
     for line in lines:
         out.write("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths))) + "\n")
     return out.getvalue()
+
+
+def format_markdown(summary: list[dict]) -> str:
+    """The summary as a Markdown table: one row per method, per K the mean PSNR (paper convention),
+    mean non-input PSNR and mean SSIM; the best value of each column in bold."""
+    methods = list(dict.fromkeys(r["method"] for r in summary))
+    ks = sorted({int(r["k"]) for r in summary})
+    by_key = {(r["method"], int(r["k"])): r for r in summary}
+    columns = [("psnr_paper_mean", "PSNR", "{:.2f}"), ("psnr_paper_noninput_mean", "non-input", "{:.2f}"),
+               ("ssim_mean", "SSIM", "{:.3f}")]
+    best = {}
+    for k in ks:
+        for key, _, _ in columns:
+            values = [by_key[(m, k)][key] for m in methods if (m, k) in by_key and math.isfinite(by_key[(m, k)][key])]
+            best[(k, key)] = max(values) if values else math.nan
+    header = "| method | " + " | ".join(f"K={k} {label}" for k in ks for _, label, _ in columns) + " |"
+    rule = "|---|" + "---:|" * (len(ks) * len(columns))
+    lines = [header, rule]
+    for method in methods:
+        cells = []
+        for k in ks:
+            row = by_key.get((method, k))
+            for key, _, pattern in columns:
+                if row is None or not math.isfinite(row[key]):
+                    cells.append("")
+                    continue
+                text = pattern.format(row[key])
+                cells.append(f"**{text}**" if row[key] == best[(k, key)] else text)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -23,7 +23,8 @@ from ..methods import PLANE_AXIS, Reconstructor, SliceInput, get_method, plane_a
 from ..metrics.slice_errors import error_by_distance
 from . import protocol
 from .cases import CaseSource, find_cases
-from .report import CASE_COLUMNS, SUMMARY_COLUMNS, format_table, summarise, write_csv, write_json
+from .report import (CASE_COLUMNS, SUMMARY_COLUMNS, format_markdown, format_table, summarise, write_atomic,
+                     write_csv, write_json)
 
 DEFAULT_METHODS = ("nearest", "linear", "cubic", "template")
 DEFAULT_KS = (1, 3, 5, 10, 31)  # the paper's numbers of input slices (its tables use 1, 2, 3, 5, 10, 31)
@@ -288,6 +289,8 @@ def run(plan: Plan, progress: bool = True) -> EvaluationResult:
     summary = summarise(rows)
     written.append(write_csv(plan.out / "cases.csv", rows, CASE_COLUMNS))
     written.append(write_csv(plan.out / "summary.csv", summary, SUMMARY_COLUMNS))
+    markdown = format_markdown(summary)
+    written.append(write_atomic(plan.out / "summary.md", lambda handle: handle.write(markdown)))
     if settings.figures and len(plan.ks) > 1:
         written.append(psnr_vs_k_figure(summary, plan.out / "psnr_vs_k.png", len(plan.cases)))
     written.append(write_json(plan.out / "protocol.json", _protocol_record(plan)))
