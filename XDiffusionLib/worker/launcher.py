@@ -21,7 +21,7 @@ Ending a run ends every process of it (``kill_process_tree``). ``PythonSlicer`` 
 runs ``python-real`` as its child and forwards no signal, and the worker leaves the launcher's
 process group (``os.setsid`` in ``__main__``), so signalling the launcher's group is not enough: the
 process is started in a session of its own, and its descendants and every process whose command
-line names the job's private folder (found even after the launcher is gone) are signalled with
+line names the job's request file (found even after the launcher is gone) are signalled with
 their process groups (Windows: ``taskkill /T``). Jobs still running when the host process exits are
 ended the same way (``atexit``).
 """
@@ -231,7 +231,7 @@ class _ProcessJob(WorkerJob):
             self._queue.put({"type": "exit", "returncode": returncode})
 
     def _stop(self) -> None:
-        kill_process_tree(self.process, marker=str(self.workdir))
+        kill_process_tree(self.process, marker=str(self.workdir / REQUEST_NAME))
 
     def _join(self, timeout: float | None) -> None:
         self._reader.join(timeout)
@@ -373,7 +373,7 @@ def _end_live_jobs() -> None:
     for job in list(_LIVE_JOBS):
         if job.process.poll() is None:
             job._cancel_requested.set()
-            kill_process_tree(job.process, grace=1.0, marker=str(job.workdir))
+            kill_process_tree(job.process, grace=1.0, marker=str(job.workdir / REQUEST_NAME))
         job._remove_workdir()
 
 
