@@ -240,3 +240,15 @@ def test_residual_batches_target_truth_minus_anchor():
     assert target.shape == (6, 1, S, S) and cond.image.shape == (6, config.image_channels, S, S)
     assert float(target.max()) == pytest.approx(0.5, abs=1e-3)  # (0.75 - 0.5) * residual_scale 2
     assert float(target.min()) >= -1e-6
+
+
+def test_strength_starts_lower_down_the_schedule_and_refuses_noisier_starts_than_trained():
+    config = residual_config()
+    cube = torch.zeros(S, S, S)
+    cube[4:12, 4:12, 4:12] = 0.8
+    sparse = SparseCube.from_cube(cube, axis=2, positions=[8], anchor=cube)
+    pipeline = XDiffusionPipeline(ExactResidual(config, 0.4), config, device="cpu")
+    out = pipeline(sparse, views=2, steps=2, strength=0.2)
+    assert float(out.cube[8, 8, 8]) == pytest.approx(0.2, abs=1e-4)
+    with pytest.raises(XDiffusionError, match="strength 0.8 must lie in"):
+        pipeline(sparse, views=2, steps=2, strength=0.8)

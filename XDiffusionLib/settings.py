@@ -55,6 +55,8 @@ class ReconstructionSettings:
     aggregate: str = "mean"
     chunk_size: int | None = None
     bf16: bool = False
+    # Residual models: fraction of the noise schedule sampling starts from (None: the model's own).
+    strength: float | None = None
 
     def __post_init__(self) -> None:
         check_sampler(self.sampler)
@@ -68,6 +70,8 @@ class ReconstructionSettings:
                 raise XDiffusionError(f"{name} {value} is above the limit of {limit}")
         if not math.isfinite(self.guidance) or self.guidance < 0:
             raise XDiffusionError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+        if self.strength is not None and not (math.isfinite(self.strength) and 0.0 < self.strength <= 1.0):
+            raise XDiffusionError(f"strength must lie in (0, 1], got {self.strength!r}")
         if self.chunk_size is not None and int(self.chunk_size) < 1:
             raise XDiffusionError(f"chunk size must be at least 1, got {self.chunk_size!r}")
 

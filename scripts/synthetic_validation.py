@@ -34,7 +34,7 @@ def build(candidate: str):
     settings = {}
     for item in filter(None, options.split(",")):
         key, _, value = item.partition("=")
-        settings[key] = value if key == "sampler" else int(value)
+        settings[key] = value if key == "sampler" else float(value) if key == "strength" else int(value)
     return get_method("xdiffusion", model_dir=folder, device="cpu", **settings)
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="synthetic validation volumes (file or folder)")
     parser.add_argument("--candidate", action="append", required=True,
-                        help="'anchor' or MODEL_DIR[:views=N,steps=N,samples=N,sampler=S]")
+                        help="'anchor' or MODEL_DIR[:views=N,steps=N,samples=N,sampler=S,strength=F]")
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
     parser.add_argument("--plane", default="axial")
     parser.add_argument("--out", help="JSON file for every score")

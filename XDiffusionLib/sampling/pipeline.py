@@ -102,8 +102,16 @@ class XDiffusionPipeline:
         seed: int = 0,
         aggregate: str = "mean",
         progress: Progress | None = None,
+        strength: float | None = None,
     ) -> PipelineOutput:
+        """``strength``: fraction of the noise schedule sampling starts from (default: the model's
+        ``start_fraction``; residual models only, up to that fraction: they never saw noisier inputs)."""
         check_sampler(sampler)
+        start = self.config.start_fraction if strength is None else float(strength)
+        if not 0.0 < start <= self.config.start_fraction:
+            raise XDiffusionError(
+                f"strength {strength} must lie in (0, {self.config.start_fraction}] for this model (its training range)"
+            )
         check_aggregate(aggregate)
         if int(steps) < 1 or int(samples) < 1 or int(views) < 1:
             raise XDiffusionError(f"views ({views}), steps ({steps}) and samples ({samples}) must each be at least 1")
@@ -132,7 +140,8 @@ class XDiffusionPipeline:
                     if progress is not None:
                         progress((done + k) / total, f"sample {m + 1}/{samples}, view {i + 1}/{views}, step {k}/{steps}")
 
-                rotated = self.sample_view(builder, R, depths, view_generator(seed, m, i), sampler, int(steps), guidance, step_done)
+                rotated = self.sample_view(builder, R, depths, view_generator(seed, m, i), sampler, int(steps), guidance,
+                                           step_done, start)
                 done += int(steps)
                 back, covered = rotate_back(rotated[None].float().cpu(), R, side, return_coverage=True)
                 back, covered = back[0].double(), covered[0].double()
@@ -174,8 +183,11 @@ class XDiffusionPipeline:
         steps: int,
         guidance: float,
         step_done: Callable[[int], None] | None = None,
+        start: float | None = None,
     ) -> torch.Tensor:
-        """The view-conditional volume R.X (D, S, S) in network range: all depths sampled from noise."""
+        """The view-conditional volume R.X (D, S, S) in network range: all depths sampled from noise
+        (or, below ``start`` = 1, from part-way down the schedule)."""
+        start = self.config.start_fraction if start is None else float(start)
         side = self.config.side
         scheduler = make_scheduler(sampler, self.config)
         cond = builder(R.to(self.device), depths.to(self.device))
@@ -190,10 +202,10 @@ class XDiffusionPipeline:
             a = float(self.config.noise_sharing)
             noise = (1.0 - a) ** 0.5 * noise + a ** 0.5 * shared
         noise = noise.to(self.device)
-        if self.config.start_fraction < 1.0:
+        if start < 1.0:
             # Start part-way down the schedule from x_t = sqrt(1 - alpha_bar_t) * noise: the noisy
             # version of a zero residual, i.e. of the anchor itself (SDEdit / residual diffusion).
-            total = max(int(steps), int(round(int(steps) / self.config.start_fraction)))
+            total = max(int(steps), int(round(int(steps) / start)))
             scheduler.set_timesteps(total, device=self.device)
             timesteps = scheduler.timesteps[total - int(steps):]
             if hasattr(scheduler, "set_begin_index"):

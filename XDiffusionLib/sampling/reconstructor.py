@@ -158,7 +158,7 @@ class XDiffusionReconstructor:
         s = self.settings
         return self.pipeline(
             sparse, views=s.views, steps=s.steps, sampler=s.sampler, guidance=s.guidance, samples=s.samples,
-            seed=s.seed, aggregate=s.aggregate, progress=self.progress,
+            seed=s.seed, aggregate=s.aggregate, progress=self.progress, strength=s.strength,
         )
 
     def _reconstruct_residual(self, inputs: SliceInput) -> ReconstructionResult:

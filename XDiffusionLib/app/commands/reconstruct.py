@@ -50,6 +50,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"random seed (default {DEFAULTS.seed})")
     parser.add_argument("--aggregate", default=DEFAULTS.aggregate,
                         help=f"view aggregation: {' or '.join(AGGREGATES)} (default {DEFAULTS.aggregate})")
+    parser.add_argument("--strength", type=float, default=DEFAULTS.strength, metavar="F",
+                        help="residual models: fraction of the noise schedule to start from (default: the model's)")
     parser.add_argument("--model", metavar="DIR", help="model folder (config.json + model.safetensors); default: shipped")
     parser.add_argument("--device", default=DEFAULTS.device, help=f"{', '.join(DEVICES)} (default {DEFAULTS.device})")
     parser.add_argument("--chunk-size", type=int, metavar="N", help="cross-sections per network call (default: a whole view)")
@@ -143,6 +145,7 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
     settings = dict(
         views=args.views, steps=args.steps, sampler=args.sampler, guidance=args.guidance, samples=args.samples,
         seed=args.seed, device=args.device, aggregate=args.aggregate, chunk_size=args.chunk_size, bf16=args.bf16,
+        strength=args.strength,
     )
     reconstructor = XDiffusionReconstructor(model_dir=args.model, **settings)  # checks the settings first
     volume = read_volume(args.input, args.volume)
