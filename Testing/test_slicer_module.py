@@ -252,8 +252,12 @@ def test_module_has_slicer_shape(xd):
     assert parent.title == "XDiffusion" and parent.categories == ["Image Synthesis"]
     assert "not for diagnosis" in parent.helpText
     p = xd.XDiffusionLogic().getParameterNode()
+    from XDiffusionLib.settings import DEFAULTS
+
+    # The panel's defaults are the library's (one home: XDiffusionLib.settings).
     assert (p.plane, p.views, p.steps, p.sampler, p.guidance, p.samples, p.seed, p.device) == (
-        "axial", 4, 10, "dpmpp", 1.0, 1, 0, "auto")
+        "axial", DEFAULTS.views, DEFAULTS.steps, DEFAULTS.sampler, DEFAULTS.guidance, DEFAULTS.samples,
+        DEFAULTS.seed, DEFAULTS.device)
     assert p.sliceIndices == [] and p.useDefaultModel and p.overlay == "automatic"
     assert (p.allSlices, p.gridSpacing) == (False, 1.0)
 

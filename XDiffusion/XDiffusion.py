@@ -52,10 +52,10 @@ def _findXDiffusionLib() -> None:
 _findXDiffusionLib()
 
 from XDiffusionLib.methods import PLANE_AXIS  # noqa: E402 - needs _findXDiffusionLib first
-from XDiffusionLib.sampling.schedulers import SAMPLERS  # noqa: E402 - torch-free
+from XDiffusionLib.settings import DEFAULTS, DEVICES as SETTING_DEVICES, MAX_SAMPLES, MAX_STEPS, MAX_VIEWS, SAMPLERS  # noqa: E402,E501 - torch-free
 
 PLANES = list(PLANE_AXIS)
-DEVICES = ["auto", "cuda", "cpu"]
+DEVICES = list(SETTING_DEVICES)
 OVERLAYS = ["none", "automatic", "selected"]
 EXPORT_FORMATS = {"NIfTI (.nii.gz)": ".nii.gz", "NRRD (.nrrd)": ".nrrd", "DICOM series (folder)": "dicom"}
 # The extension's category in the Extensions Index (CMakeLists.txt), also the module's menu.
@@ -103,13 +103,14 @@ class XDiffusionParameterNode:
     gridSpacing: Annotated[float, WithinRange(0.05, 50.0)] = 1.0
     useDefaultModel: bool = True
     modelPath: Path
-    views: Annotated[int, WithinRange(1, 64)] = 4
-    steps: Annotated[int, WithinRange(1, 1000)] = 10
-    sampler: Annotated[str, Choice(list(SAMPLERS))] = "dpmpp"
-    guidance: Annotated[float, WithinRange(0.0, 20.0)] = 1.0
-    samples: Annotated[int, WithinRange(1, 32)] = 1
-    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
-    device: Annotated[str, Choice(DEVICES)] = "auto"
+    # Sampling settings: names, defaults and limits from XDiffusionLib.settings (one home).
+    views: Annotated[int, WithinRange(1, MAX_VIEWS)] = DEFAULTS.views
+    steps: Annotated[int, WithinRange(1, MAX_STEPS)] = DEFAULTS.steps
+    sampler: Annotated[str, Choice(list(SAMPLERS))] = DEFAULTS.sampler
+    guidance: Annotated[float, WithinRange(0.0, 20.0)] = DEFAULTS.guidance
+    samples: Annotated[int, WithinRange(1, MAX_SAMPLES)] = DEFAULTS.samples
+    seed: Annotated[int, WithinRange(0, 2147483647)] = DEFAULTS.seed
+    device: Annotated[str, Choice(DEVICES)] = DEFAULTS.device
     referenceVolume: vtkMRMLScalarVolumeNode
     overlay: Annotated[str, Choice(OVERLAYS)] = "automatic"
     overlayNode: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
