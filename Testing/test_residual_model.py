@@ -179,6 +179,8 @@ def test_a_constant_residual_is_added_in_the_inputs_units_inside_the_head():
     high = IntensityNormalizer(zero_floor=True).fit(inputs.slices).high
     centre = out[12, 14, 5] - anchor[12, 14, 5]
     assert centre == pytest.approx(0.1 * high, rel=0.05)  # network 0.2 / residual_scale 2 = 0.1 of the range
+    # Outside the anchor's head the residual is never added: the background stays the anchor's (0).
+    assert float(np.abs(out[0, 0, :] - anchor[0, 0, :]).max()) == 0.0
 
 
 def test_sections_outside_the_head_cost_no_evaluation_and_stay_unchanged():
