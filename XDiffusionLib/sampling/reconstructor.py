@@ -186,12 +186,11 @@ class XDiffusionReconstructor:
         scale = float(normalizer.high - normalizer.low)
         # The residual never paints empty space: zero where the anchor shows no head (background is
         # 38-76% of a scan, and a faint residual there costs SSIM; chosen on synthetic validation).
-        cube = out.cube.numpy() * (anchor_cube > ACTIVE_LEVEL)
-        uncertainty_cube = out.uncertainty.numpy() * (anchor_cube > ACTIVE_LEVEL)
-        residual = space.from_cube(cube) * np.float32(scale)
+        head = np.asarray(normalizer.forward(anchor)) > ACTIVE_LEVEL  # on the input grid
+        residual = space.from_cube(out.cube.numpy()) * np.float32(scale) * head
         low, high = float(np.min(inputs.slices)), float(np.max(inputs.slices))
         volume = np.clip(anchor + residual, low, high).astype(np.float32)
-        uncertainty = np.clip(space.from_cube(uncertainty_cube), 0.0, None) * np.float32(scale)
+        uncertainty = np.clip(space.from_cube(out.uncertainty.numpy()), 0.0, None) * np.float32(scale) * head
         known = SliceInput(inputs.grid, inputs.plane, inputs.indices, np.zeros_like(inputs.slices))
         return ReconstructionResult(Volume(inputs.paste_into(volume), inputs.grid),
                                     Volume(known.paste_into(uncertainty), inputs.grid))
