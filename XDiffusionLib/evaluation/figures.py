@@ -1,8 +1,8 @@
 """Evaluation figures (matplotlib, Agg, no display): one panel per case/method/K, and PSNR against K.
 
-Error-by-distance figure (paper Fig. XV): per case, the PSNR of each non-input slice (peak = the
-volume's maximum) against its distance in mm to the nearest input slice, one line per method and
-one panel per K.
+Error-by-distance figure (paper Fig. XV): per case, the PSNR of the non-input slices inside the head
+(peak = the volume's maximum), grouped by their distance in mm to the nearest input slice, one line
+per method and one panel per K.
 
 Case panel: rows = axial, coronal, sagittal cuts; columns = input, ground truth, reconstruction,
 difference (reconstruction - ground truth). In the input plane the cut is a NON-input slice (the

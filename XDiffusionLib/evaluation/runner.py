@@ -256,6 +256,8 @@ def run(plan: Plan, progress: bool = True) -> EvaluationResult:
     with tqdm(total=total, desc="evaluate", unit="run", disable=not progress, file=sys.stderr) as bar:
         for case in plan.cases:
             volume = case.load()
+            # Error-by-distance uses slices inside the head only: empty ones score near-infinite PSNR.
+            low, high = protocol.foreground_extent(volume.array, plane_axis(settings.plane))
             for name, method in plan.methods.items():
                 for k in plan.ks:
                     bar.set_postfix_str(f"{case.source.name} {name} K={k}")
@@ -272,7 +274,8 @@ def run(plan: Plan, progress: bool = True) -> EvaluationResult:
                     if settings.figures:
                         distance_rows.setdefault(case.source.name, []).extend(
                             {"method": name, "k": k, **row}
-                            for row in error_by_distance(volume.array, output.array, inputs.axis, indices))
+                            for row in error_by_distance(volume.array, output.array, inputs.axis, indices)
+                            if low <= row["index"] <= high)
                     if settings.figures:
                         title = (f"{case.source.name} | {name} | K={k} {settings.plane} slices {list(indices)}\n"
                                  f"{PAPER_CONVENTION}: {metrics['psnr_paper']:.2f} dB whole volume, "
