@@ -99,10 +99,14 @@ def choose_indices(array: np.ndarray, plane: str, k: int) -> tuple[int, ...]:
     low, high = foreground_extent(array, axis)
     if high - low + 1 < k:
         low, high = 0, depth - 1
-    length = high - low + 1
     # Bin centres are >= 1 slice apart when K <= length, and floor(c + 0.5) keeps them distinct.
-    centres = low - 0.5 + (np.arange(k) + 0.5) * length / k
-    return tuple(int(math.floor(c + 0.5)) for c in centres)
+    return tuple(int(math.floor(c + 0.5)) for c in bin_centres(low, high, k))
+
+
+def bin_centres(low: int, high: int, k: int) -> np.ndarray:
+    """Centres of K equal bins over the inclusive slice range [low, high] (continuous indices)."""
+    length = high - low + 1
+    return low - 0.5 + (np.arange(k) + 0.5) * length / k
 
 
 def noninput_mask(shape: tuple[int, int, int], plane: str, indices) -> np.ndarray:

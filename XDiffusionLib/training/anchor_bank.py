@@ -129,10 +129,12 @@ def _input_positions(extent: tuple[int, int], rng: np.random.Generator, k_max: i
         span = int(rng.integers((high - low) // 3, high - low + 1))
         low = int(rng.integers(low, high - span + 1))
         high = low + span
+    from ..evaluation.protocol import bin_centres
+
     length = high - low + 1
     k = min(k, length)
-    centres = low - 0.5 + (np.arange(k) + 0.5) * length / k
-    centres = centres + rng.uniform(-0.3, 0.3, size=k) * length / k
+    # The evaluation protocol's bin centres, with jitter of up to 30% of a bin.
+    centres = bin_centres(low, high, k) + rng.uniform(-0.3, 0.3, size=k) * length / k
     positions = np.unique(np.clip(np.floor(centres + 0.5), low, high).astype(int))
     return [int(p) for p in positions]
 
