@@ -337,6 +337,41 @@ def case_paper_gpu_fast() -> dict:
     }
 
 
+def case_compact_gpu() -> dict:
+    """The shipped model on the demo's case (kmeans_t1, 1 axial slice), default settings, on CUDA:
+    fp32 and bf16 autocast, whole reconstructions after one warm-up, with their PSNR."""
+    import torch
+
+    from XDiffusionLib.app.demo import DEMO_SAMPLE
+    from XDiffusionLib.data.samples import sample_path
+    from XDiffusionLib.evaluation.protocol import choose_indices, score
+    from XDiffusionLib.io import read_volume
+    from XDiffusionLib.methods import SliceInput
+    from XDiffusionLib.model.checkpoint import default_model_dir, load_pretrained
+    from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
+    from XDiffusionLib.settings import DEFAULTS
+    from XDiffusionLib.transforms.orientation import to_canonical
+
+    canonical, _ = to_canonical(read_volume(sample_path(DEMO_SAMPLE)))
+    indices = choose_indices(canonical.array, "axial", 1)
+    inputs = SliceInput.from_volume(canonical, "axial", indices)
+    results = {}
+    for label, bf16 in (("fp32", False), ("bf16", True)):
+        model, config = load_pretrained(default_model_dir(), "cuda")
+        method = XDiffusionReconstructor(model=model, config=config, device="cuda", bf16=bf16)
+        method.reconstruct(inputs)  # warm-up: kernels, cuDNN autotuning
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        out = method.reconstruct(inputs)
+        torch.cuda.synchronize()
+        results[label] = {"seconds_per_volume": round(time.perf_counter() - start, 3),
+                          "psnr_paper": round(score(canonical.array, out.array, "axial", indices)["psnr_paper"], 3),
+                          "peak_cuda_memory_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2)}
+    return {"model": "compact, shipped weights", "case": f"{DEMO_SAMPLE} axial {list(indices)}",
+            "settings": DEFAULTS.to_dict(), **results}
+
+
 CPU_CASES = {
     "compact_cpu": case_compact_cpu,
     "paper_small_cpu": case_paper_small_cpu,
@@ -345,6 +380,7 @@ CPU_CASES = {
 GPU_CASES = {
     "paper_gpu_paper_setting": case_paper_gpu_paper_setting,
     "paper_gpu_fast": case_paper_gpu_fast,
+    "compact_gpu": case_compact_gpu,
 }
 
 
