@@ -240,9 +240,16 @@ def _protocol_record(plan: Plan) -> dict:
 
 def run(plan: Plan, progress: bool = True) -> EvaluationResult:
     """Phase 2: reconstruct, score, write. Figures appear as they are made; tables at the end."""
+    rows, written = run_cases(plan, progress)
+    return write_tables(plan, rows, written)
+
+
+def run_cases(plan: Plan, progress: bool = True) -> tuple[list[dict], list[Path]]:
+    """Reconstruct and score every case of ``plan`` and write its figures; returns the rows and
+    the figures (``evaluation.cohort`` runs this one case at a time, on many ranks)."""
     from tqdm import tqdm
 
-    from .figures import PAPER_CONVENTION, case_figure, error_by_distance_figure, psnr_vs_k_figure, safe_name
+    from .figures import PAPER_CONVENTION, case_figure, error_by_distance_figure, safe_name
 
     settings = plan.settings
     plan.out.mkdir(parents=True, exist_ok=True)
@@ -289,6 +296,15 @@ def run(plan: Plan, progress: bool = True) -> EvaluationResult:
                 written.append(error_by_distance_figure(distance_rows.pop(case.source.name, []), case.source.name,
                                                         settings.plane, volume.spacing[plane_axis(settings.plane)], path))
             del volume
+    return rows, written
+
+
+def write_tables(plan: Plan, rows: list[dict], written: list[Path]) -> EvaluationResult:
+    """Write the tables (and the PSNR-vs-K figure) of every case's ``rows``; ``written`` gains their paths."""
+    from .figures import psnr_vs_k_figure
+
+    settings = plan.settings
+    written = list(written)
     summary = summarise(rows)
     written.append(write_csv(plan.out / "cases.csv", rows, CASE_COLUMNS))
     written.append(write_csv(plan.out / "summary.csv", summary, SUMMARY_COLUMNS))
@@ -305,4 +321,5 @@ def evaluate(settings: EvaluationSettings, progress: bool = True, note: Callable
     return run(prepare(settings, note), progress)
 
 
-__all__ = ["DEFAULT_KS", "DEFAULT_METHODS", "EvaluationResult", "EvaluationSettings", "Plan", "evaluate", "prepare", "run"]
+__all__ = ["DEFAULT_KS", "DEFAULT_METHODS", "EvaluationResult", "EvaluationSettings", "Plan", "evaluate", "prepare", "run",
+           "run_cases", "write_tables"]

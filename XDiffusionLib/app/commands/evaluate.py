@@ -2,6 +2,10 @@
 
 A thin layer over ``XDiffusionLib.evaluation`` (the protocol is in ``evaluation/protocol.py``).
 Every argument, case and index is checked before anything is computed or written.
+
+Cases run through ``evaluation.cohort``: one process, or many under ``torchrun`` /
+``accelerate launch`` (cases split across ranks, tables gathered by rank 0); each finished case is
+saved in ``OUT/per-case/``, so an interrupted run resumes where it stopped (``--fresh``: redo all).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ def register(subparsers) -> None:
             "Reconstruct each volume from K of its own slices with each method and score it against the "
             "full volume. Indices are canonical RAS+ indices (sagittal = axis 0 L->R, coronal = axis 1 "
             "P->A, axial = axis 2 I->S). Writes OUT/cases.csv, OUT/summary.csv, OUT/protocol.json and "
-            "figures, and prints the summary."
+            "figures, and prints the summary. Runs under torchrun or accelerate launch with the cases split "
+            "across ranks; finished cases are kept in OUT/per-case and reused by the same command (resume)."
         ),
     )
     parser.add_argument("--data", nargs="+", metavar="PATH",
@@ -42,13 +47,16 @@ def register(subparsers) -> None:
                              ("--device", str, "auto, cpu or cuda")):
         parser.add_argument(flag, type=kind, default=None, help=f"--method xdiffusion: {text} (default: the model's)")
     parser.add_argument("--atlas", metavar="PATH", help="template volume for --method template (default: shipped ICBM152 T1)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="recompute every case (default: reuse the cases OUT/per-case holds for these same settings)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ...errors import XDiffusionError
-    from ...evaluation import DEFAULT_METHODS, EvaluationSettings, evaluate
+    from ...evaluation import DEFAULT_METHODS, EvaluationSettings, prepare
+    from ...evaluation.cohort import current_rank, rank_device
 
     methods = args.method or list(DEFAULT_METHODS)
     options: dict[str, dict] = {}
@@ -66,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
         if "xdiffusion" not in methods:
             raise XDiffusionError(f"--{key} {value} is only used by --method xdiffusion, which is not evaluated")
         options.setdefault("xdiffusion", {})[key] = value
+    rank = current_rank()
+    if "xdiffusion" in methods and rank.world_size > 1:
+        device = rank_device(options.get("xdiffusion", {}).get("device"), rank)  # this rank's own GPU
+        if device is not None:
+            options.setdefault("xdiffusion", {})["device"] = device
     settings = EvaluationSettings(
         out=Path(args.out),
         data=args.data,
@@ -77,8 +90,70 @@ def run(args: argparse.Namespace) -> int:
         figures=args.figures,
         method_options=options,
     )
-    result = evaluate(settings, progress=not args.no_progress, note=lambda text: print(text, file=sys.stderr))
+    def note(text: str) -> None:
+        if rank.is_main:  # every rank checks everything; one of them speaks
+            print(text, file=sys.stderr)
+
+    plan = prepare(settings, note)
+    result = _run_cohort(plan, rank, progress=not args.no_progress, fresh=args.fresh, note=note)
+    if result is None:
+        return 0  # another rank gathers the tables
     print(result.table, end="")
     print(f"wrote {settings.out / 'cases.csv'}, {settings.out / 'summary.csv'}, {settings.out / 'protocol.json'}"
           + (f" and {sum(p.suffix == '.png' for p in result.written)} figures" if args.figures else ""))
     return 0
+
+
+def _case_key(plan, case) -> str:
+    """Everything that changes this case's rows and figures (not the device, not the rank)."""
+    from ... import __version__
+    from ...evaluation import protocol
+    from ...evaluation.cohort import digest, file_identity
+    from ...io.readers import volume_files
+
+    settings = plan.settings
+    options = {name: {k: str(v) for k, v in settings.method_options.get(name, {}).items() if k != "device"}
+               for name in plan.methods}
+    models = {}
+    if "xdiffusion" in plan.methods:
+        directory = settings.method_options.get("xdiffusion", {}).get("model_dir")
+        if directory is None:
+            from ...model.checkpoint import default_model_dir
+
+            directory = default_model_dir()
+        models["xdiffusion"] = file_identity([Path(directory) / "config.json", Path(directory) / "model.safetensors"],
+                                             content=True)
+    atlas = settings.method_options.get("template", {}).get("atlas")
+    if atlas is not None:
+        models["template"] = file_identity(volume_files(atlas))
+    return digest({
+        "what": "evaluate", "version": __version__, "protocol": protocol.PROTOCOL_VERSION, "plane": settings.plane,
+        "indices": {str(k): list(v) for k, v in case.indices.items()}, "methods": options, "models": models,
+        "figures": settings.figures, "volume_index": case.source.volume_index, "name": case.source.name,
+        "input": file_identity(volume_files(case.source.path)),
+    })
+
+
+def _run_cohort(plan, rank, progress: bool, fresh: bool, note):
+    """Run this rank's cases (one at a time, each saved when done); rank 0 writes the tables."""
+    from dataclasses import replace
+
+    from ...evaluation.cohort import Case, Cohort, unique_file_names
+    from ...evaluation.runner import run_cases, write_tables
+
+    names = unique_file_names([c.source.name for c in plan.cases])
+    prepared = dict(zip(names, plan.cases))
+    cases = [Case(name, _case_key(plan, c)) for name, c in prepared.items()]
+    cohort = Cohort(plan.out, rank)
+
+    def work(case: Case):
+        rows, figures = run_cases(replace(plan, cases=[prepared[case.name]]), progress)
+        return {"rows": rows}, figures
+
+    plan.out.mkdir(parents=True, exist_ok=True)
+    records = cohort.run(cases, work, note=note, fresh=fresh)
+    if records is None:
+        return None
+    rows = [row for record in records for row in record["result"]["rows"]]
+    figures = [plan.out / name for record in records for name in record["files"]]
+    return write_tables(plan, rows, figures)
