@@ -7,7 +7,8 @@ import pytest
 
 from XDiffusionLib.baselines import BASELINES, TemplateBaseline
 from XDiffusionLib.io.volume import Volume
-from XDiffusionLib.methods import PLANE_AXIS, SliceInput, get_method
+from XDiffusionLib.inputs import PLANE_AXIS, SliceInput
+from XDiffusionLib.methods import get_method
 
 # Canonical RAS+ axes in ITK's LPS world: axis 0 -> R (-x), axis 1 -> A (-y), axis 2 -> S (+z).
 RAS = np.diag([-1.0, -1.0, 1.0])

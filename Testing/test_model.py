@@ -352,7 +352,7 @@ def test_default_model_dir_reports_missing_shipped_weights(monkeypatch, tmp_path
 def test_from_slice_input_agrees_with_from_cube(axis, coarse):
     """Inference (slices of a grid -> cube planes) and training (slices of the known cube) give the same SparseCube."""
     from XDiffusionLib.io.volume import Grid, Volume
-    from XDiffusionLib.methods import SliceInput
+    from XDiffusionLib.inputs import SliceInput
     from XDiffusionLib.transforms.intensity import IntensityNormalizer
     from XDiffusionLib.transforms.model_space import ModelSpace
 

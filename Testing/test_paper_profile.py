@@ -19,7 +19,7 @@ from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.geometry.rotation import azimuth_rotations
 from XDiffusionLib.geometry.sampling import depth_index_to_normalised
 from XDiffusionLib.io.volume import Volume
-from XDiffusionLib.methods import SliceInput
+from XDiffusionLib.inputs import SliceInput
 from XDiffusionLib.model.checkpoint import load_pretrained, save_pretrained
 from XDiffusionLib.model.conditioning import ConditionBuilder, SparseCube
 from XDiffusionLib.model.config import XDiffusionConfig

@@ -12,7 +12,7 @@ from XDiffusionLib.baselines.anchor import AnchorBaseline, anchor_estimate, inte
 from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.geometry.rotation import azimuth_rotations, section_rotations
 from XDiffusionLib.io.volume import Volume
-from XDiffusionLib.methods import SliceInput
+from XDiffusionLib.inputs import SliceInput
 from XDiffusionLib.model.conditioning import ConditionBuilder, SparseCube
 from XDiffusionLib.model.config import XDiffusionConfig
 from XDiffusionLib.sampling.pipeline import XDiffusionPipeline

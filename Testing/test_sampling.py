@@ -8,7 +8,8 @@ import torch
 
 from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.io.volume import Volume
-from XDiffusionLib.methods import SliceInput, get_method
+from XDiffusionLib.inputs import SliceInput
+from XDiffusionLib.methods import get_method
 from XDiffusionLib.model.checkpoint import save_pretrained
 from XDiffusionLib.model.conditioning import SparseCube
 from XDiffusionLib.model.config import XDiffusionConfig
@@ -340,3 +341,47 @@ def test_template_prior_comes_from_the_template_baseline():
     template_cube = normalizer.forward(space.to_cube(TemplateBaseline().reconstruct(inputs).array))
     expected = inputs.paste_into(normalizer.inverse(space.from_cube(template_cube)))
     assert np.allclose(out, expected, atol=1e-3 * float(np.abs(expected).max()))
+
+
+def test_view_aggregator_streams_mean_max_std_and_coverage():
+    # Identity views (rotate-back is exact): per voxel the values 1, 3 (sample 1) and 2, 6 (sample 2).
+    from XDiffusionLib.sampling.aggregate import ViewAggregator
+
+    side, R = 6, torch.eye(3)
+    for aggregate, expected in (("mean", (2.0 + 4.0) / 2), ("max", (3.0 + 6.0) / 2)):
+        agg = ViewAggregator(side, aggregate)
+        for values in ((1.0, 3.0), (2.0, 6.0)):
+            agg.start_sample()
+            for value in values:
+                agg.add_view(torch.full((side,) * 3, value), R)
+            agg.end_sample()
+        assert torch.allclose(agg.result(), torch.full((side,) * 3, expected, dtype=torch.float64))
+        assert torch.allclose(agg.mean(), torch.full((side,) * 3, 3.0, dtype=torch.float64))
+        assert torch.allclose(agg.std(), torch.full((side,) * 3, float(np.std([1, 3, 2, 6])), dtype=torch.float64))
+        assert torch.all(agg.coverage == 4)
+    with pytest.raises(XDiffusionError, match="start_sample"):
+        ViewAggregator(side).add_view(torch.zeros((side,) * 3), R)
+
+
+def test_pipeline_uses_the_denoisers_hooks():
+    # A Denoiser subclass's own null_condition is what guidance evaluates (no attribute probing).
+    from XDiffusionLib.model.denoiser import Denoiser
+
+    config = tiny_config()
+    calls = []
+
+    class Hooked(Denoiser):
+        def __init__(self):
+            super().__init__()
+            self.config = config
+            self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t, cond):
+            return torch.zeros_like(x)
+
+        def null_condition(self, cond):
+            calls.append(cond.batch_size)
+            return cond
+
+    XDiffusionPipeline(Hooked(), config, device="cpu")(sparse_cube(), views=1, steps=1, guidance=2.0)
+    assert calls and calls[0] == config.side

@@ -13,7 +13,7 @@ from conftest import rotation, smooth_array
 from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.io import read_volume, write_volume
 from XDiffusionLib.io.volume import Volume
-from XDiffusionLib.methods import plane_axis
+from XDiffusionLib.inputs import plane_axis
 from XDiffusionLib.slicer import nodes, slices
 from XDiffusionLib.transforms.orientation import to_canonical
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from XDiffusionLib.errors import XDiffusionError
+from XDiffusionLib.io.atomic import write_json_atomic
 from XDiffusionLib.training import state as ckpt
 from XDiffusionLib.training.config import TrainConfig, train_profile
 from XDiffusionLib.training.ema import EMA
@@ -45,7 +46,7 @@ def test_optimizer_state_round_trips_through_tensors_and_json(tmp_path):
     tensors, meta = ckpt.flatten_optimizer_state(optimizer.state_dict())
     assert all(isinstance(v, torch.Tensor) for v in tensors.values())
     ckpt.save_tensors_atomic(tensors, tmp_path / "opt.safetensors")
-    ckpt.write_json_atomic(tmp_path / "opt.json", meta)  # JSON, no pickle
+    write_json_atomic(tmp_path / "opt.json", meta)  # JSON, no pickle
 
     model2, optimizer2 = _adam_pair()
     model2.load_state_dict(model.state_dict())
@@ -72,7 +73,7 @@ def test_rng_states_round_trip_as_uint8_tensors():
 
 def test_checkpoint_is_atomic_and_keeps_the_last_k(tmp_path):
     def fill(folder: Path) -> None:
-        ckpt.write_json_atomic(folder / ckpt.STATE_JSON, {"step": 1})
+        write_json_atomic(folder / ckpt.STATE_JSON, {"step": 1})
 
     for step in (1, 2, 3):
         ckpt.write_checkpoint(tmp_path, step, fill, keep_last=2)
@@ -283,7 +284,7 @@ def test_resume_continues_exactly(tmp_path, tiny_data):
 
 
 def test_final_model_is_the_ema_and_reconstructs(tmp_path, tiny_data):
-    from XDiffusionLib.methods import SliceInput
+    from XDiffusionLib.inputs import SliceInput
     from XDiffusionLib.model.checkpoint import load_pretrained
     from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
     from XDiffusionLib.training.validation import VALIDATION_FIELDS

@@ -51,7 +51,7 @@ def _findXDiffusionLib() -> None:
 
 _findXDiffusionLib()
 
-from XDiffusionLib.methods import PLANE_AXIS  # noqa: E402 - needs _findXDiffusionLib first
+from XDiffusionLib.inputs import PLANE_AXIS  # noqa: E402 - needs _findXDiffusionLib first
 from XDiffusionLib.settings import DEFAULTS, DEVICES as SETTING_DEVICES, MAX_SAMPLES, MAX_STEPS, MAX_VIEWS, SAMPLERS  # noqa: E402,E501 - torch-free
 
 PLANES = list(PLANE_AXIS)
@@ -293,7 +293,7 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             if state == "done":
                 self._lastResult = self.logic.finishReconstruction(self._parameterNode)
-                self.ui.statusLabel.text = "Done: " + self._lastResult.reconstruction.GetName()
+                self.ui.statusLabel.text = "Done: " + self._lastResult.reconstruction.GetName() + self.uncertaintyText()
                 if self._parameterNode.showComparison:
                     self.logic.showComparison(self._lastResult.layout)
             elif state == "failed":
@@ -317,6 +317,15 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onShowComparison(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not show the comparison.", waitCursor=True):
             self.logic.showComparison(self.logic.comparisonFromParameterNode(self._parameterNode))
+
+    def uncertaintyText(self) -> str:
+        """What the uncertainty volume shows (its colour bar says the same in the slice view)."""
+        node = self._lastResult.uncertainty if self._lastResult is not None else None
+        if node is None:
+            return ""
+        from XDiffusionLib.slicer.display import uncertainty_info_of
+
+        return f"; uncertainty = {uncertainty_info_of(node).label}"
 
     def onExport(self) -> None:
         p = self._parameterNode
@@ -474,16 +483,14 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         """Add indices typed as "40, 64" or "30-34"; all are checked against the volume before any is added."""
         from XDiffusionLib.errors import XDiffusionError
         from XDiffusionLib.slicer.nodes import check_scalar_volume, grid_from_node
+        from XDiffusionLib.inputs import check_slice_indices
         from XDiffusionLib.slicer.slices import canonical_depth, parse_indices
 
         indices = parse_indices(text)
         if not indices:
             raise XDiffusionError("type slice indices such as 40, 64 or 30-34")
         check_scalar_volume(p.inputVolume)
-        depth = canonical_depth(grid_from_node(p.inputVolume), p.plane)
-        outside = [i for i in indices if i >= depth]
-        if outside:
-            raise XDiffusionError(f"slice index {outside[0]} is outside the volume: {p.plane} indices run 0..{depth - 1}")
+        check_slice_indices(indices, canonical_depth(grid_from_node(p.inputVolume), p.plane), p.plane)
         p.sliceIndices = sorted(set(p.sliceIndices) | set(indices))
         return indices
 
@@ -594,20 +601,29 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         apply_to_scene(slicer.mrmlScene, layout)
         slicer.util.resetSliceViews()
 
-    def export(self, p: XDiffusionParameterNode, target: str) -> str:
-        """Write the reconstruction: .nii.gz/.nrrd file, or a DICOM series into the new folder ``target``."""
+    def export(self, p: XDiffusionParameterNode, target: str, uncertainty: bool = False) -> str:
+        """Write the reconstruction (or, with ``uncertainty``, its uncertainty volume, labelled with
+        its meaning and level in the header): .nii.gz/.nrrd file, or a DICOM series into the new
+        folder ``target``."""
         from XDiffusionLib.errors import XDiffusionError
+        from XDiffusionLib.slicer.display import uncertainty_info_of
         from XDiffusionLib.slicer.export import Provenance, export_dicom_series, export_volume
         from XDiffusionLib.slicer.nodes import volume_from_node
 
         node = p.outputVolume
         if node is None:
             raise XDiffusionError("no reconstruction to export: run Reconstruct first")
-        volume = volume_from_node(node)
+        info = None
+        if uncertainty:
+            if p.uncertaintyVolume is None:
+                raise XDiffusionError("this reconstruction has no uncertainty volume to export")
+            info = uncertainty_info_of(p.uncertaintyVolume)
+        volume = volume_from_node(p.uncertaintyVolume if uncertainty else node)
         if EXPORT_FORMATS[p.exportFormat] != "dicom":
-            return str(export_volume(volume, target))
+            return str(export_volume(volume, target, uncertainty=info))
         provenance = Provenance.from_attributes(node.GetAttribute)
-        files = export_dicom_series(volume, target, provenance, source=self.dicomSource(p.inputVolume))
+        files = export_dicom_series(volume, target, provenance, source=self.dicomSource(p.inputVolume),
+                                    uncertainty=info)
         return f"{target} ({len(files)} files)"
 
     @staticmethod

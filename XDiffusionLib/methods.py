@@ -1,98 +1,16 @@
-"""What every reconstruction method shares: the sparse input it sees and the interface it offers.
+"""The method registry: every slices-to-volume method by its command-line name.
 
-A method never sees the full volume: only the grid geometry (which a user knows from the
-acquisition) and the chosen input slices with their plane and indices. That makes evaluation
-leak-free by construction.
-
-Planes refer to the canonical (RAS+) voxel orientation produced by
-``XDiffusionLib.transforms.orientation``: axis 0 runs left->right (sagittal slices are constant
-axis 0), axis 1 posterior->anterior (coronal), axis 2 inferior->superior (axial).
+The vocabulary the methods share (planes, ``SliceInput``, the ``Reconstructor`` interface) lives on
+the ground floor in ``inputs.py``; this module sits above the baselines and the model and builds
+them on demand.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Protocol
-
-import numpy as np
+from typing import Callable
 
 from .errors import XDiffusionError
-from .io.volume import Grid, Volume
-
-PLANE_AXIS: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
-
-
-def plane_axis(plane: str) -> int:
-    """Array axis that is constant across slices of ``plane``."""
-    try:
-        return PLANE_AXIS[plane]
-    except KeyError:
-        raise XDiffusionError(f"unknown plane {plane!r}: choose one of {', '.join(PLANE_AXIS)}") from None
-
-
-@dataclass(frozen=True)
-class SliceInput:
-    """The input slices of one reconstruction, in a canonically oriented grid.
-
-    ``slices[n]`` is the 2D slice at ``indices[n]`` along ``plane_axis(plane)``; the two remaining
-    axes keep their order.
-    """
-
-    grid: Grid
-    plane: str
-    indices: tuple[int, ...]
-    slices: np.ndarray
-
-    def __post_init__(self) -> None:
-        axis = plane_axis(self.plane)
-        object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
-        if not self.indices:
-            raise XDiffusionError("no input slices given: pick at least one slice index")
-        depth = self.grid.shape[axis]
-        for index in self.indices:
-            if not 0 <= index < depth:
-                raise XDiffusionError(
-                    f"slice index {index} is outside the volume: {self.plane} indices run 0..{depth - 1}"
-                )
-        if len(set(self.indices)) != len(self.indices):
-            raise XDiffusionError(f"slice indices {list(self.indices)} repeat a slice")
-        in_plane = tuple(s for a, s in enumerate(self.grid.shape) if a != axis)
-        if self.slices.shape != (len(self.indices), *in_plane):
-            raise ValueError(f"slices shape {self.slices.shape} != {(len(self.indices), *in_plane)}")
-
-    @property
-    def axis(self) -> int:
-        return plane_axis(self.plane)
-
-    @classmethod
-    def from_volume(cls, volume: Volume, plane: str, indices) -> "SliceInput":
-        """Cut the input slices out of a canonically oriented volume."""
-        axis = plane_axis(plane)
-        indices = tuple(int(i) for i in indices)
-        depth = volume.shape[axis]
-        for index in indices:
-            if not 0 <= index < depth:
-                raise XDiffusionError(f"slice index {index} is outside the volume: {plane} indices run 0..{depth - 1}")
-        slices = np.stack([np.take(volume.array, i, axis=axis) for i in indices]).astype(np.float32)
-        return cls(volume.grid, plane, indices, slices)
-
-    def paste_into(self, array: np.ndarray) -> np.ndarray:
-        """Return ``array`` with the input slices written at their indices (outputs reproduce the inputs)."""
-        out = np.array(array, dtype=np.float32, copy=True)
-        for index, image in zip(self.indices, self.slices):
-            np.moveaxis(out, self.axis, 0)[index] = image
-        return out
-
-
-class Reconstructor(Protocol):
-    """A slices-to-volume method: baselines and the X-Diffusion model share it."""
-
-    name: str
-
-    def reconstruct(self, inputs: SliceInput) -> Volume:
-        """Return a volume on exactly ``inputs.grid``, in the inputs' intensity range."""
-        ...
-
+from .inputs import Reconstructor
 
 def _xdiffusion(**options) -> Reconstructor:
     # Imported on use: torch and diffusers load only when the model is asked for.

@@ -109,7 +109,7 @@ def demo_reconstruction(channels_last: bool) -> dict:
     from XDiffusionLib.data.samples import sample_path
     from XDiffusionLib.evaluation.protocol import choose_indices, score
     from XDiffusionLib.io import read_volume
-    from XDiffusionLib.methods import SliceInput
+    from XDiffusionLib.inputs import SliceInput
     from XDiffusionLib.model.checkpoint import default_model_dir, load_pretrained
     from XDiffusionLib.sampling import pipeline as pipeline_module
     from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor

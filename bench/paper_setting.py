@@ -39,7 +39,7 @@ def demo_case():
     from XDiffusionLib.data.samples import sample_path
     from XDiffusionLib.evaluation.protocol import choose_indices
     from XDiffusionLib.io import read_volume
-    from XDiffusionLib.methods import SliceInput
+    from XDiffusionLib.inputs import SliceInput
     from XDiffusionLib.transforms.orientation import to_canonical
 
     canonical, _ = to_canonical(read_volume(sample_path(DEMO_SAMPLE)))

@@ -65,7 +65,7 @@ def run_point(views: int, side: int | None, shape: tuple[int, int, int] | None) 
 
     import torch
 
-    from XDiffusionLib.methods import SliceInput
+    from XDiffusionLib.inputs import SliceInput
     from XDiffusionLib.model.checkpoint import default_model_dir, load_pretrained
     from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
 

@@ -22,7 +22,7 @@ from XDiffusionLib.baselines.interpolation import linear_fill, pchip_fill
 from XDiffusionLib.baselines.template import TemplateBaseline
 from XDiffusionLib.evaluation import protocol
 from XDiffusionLib.io import read_volume
-from XDiffusionLib.methods import SliceInput
+from XDiffusionLib.inputs import SliceInput
 from XDiffusionLib.training.data import find_volume_sources
 
 KS = (1, 3, 5, 10, 31)

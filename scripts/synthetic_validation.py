@@ -21,7 +21,8 @@ import numpy as np
 
 from XDiffusionLib.evaluation import protocol
 from XDiffusionLib.io import read_volume
-from XDiffusionLib.methods import SliceInput, get_method
+from XDiffusionLib.inputs import SliceInput
+from XDiffusionLib.methods import get_method
 from XDiffusionLib.training.data import find_volume_sources
 
 KS = (1, 3, 5, 10, 31)

@@ -44,7 +44,8 @@ def run_demo(
     from ..evaluation.protocol import choose_indices, score
     from ..evaluation.runner import check_out_dir
     from ..io import read_volume, write_volume
-    from ..methods import SliceInput, get_method
+    from ..inputs import SliceInput
+    from ..methods import get_method
     from ..sampling.reconstructor import XDiffusionReconstructor
     from ..transforms.orientation import to_canonical
 
@@ -83,14 +84,14 @@ def run_demo(
         "figure": out_dir / f"{sample}_demo.png",
     }
     write_volume(on_input_grid(result.volume.array), outputs["reconstruction"])
-    write_volume(on_input_grid(result.uncertainty.array), outputs["uncertainty"])
+    write_volume(on_input_grid(result.uncertainty.array), outputs["uncertainty"], metadata=result.info.metadata())
     write_volume(on_input_grid(canonical.array - result.volume.array), outputs["difference"])
     model_row = rows[0]
     title = (f"{sample} | X-Diffusion (AI-generated pseudo-MRI, not for diagnosis) | K={k} {plane} {list(indices)}\n"
              f"PSNR paper convention (max of GT): {model_row['psnr_paper']:.2f} dB whole volume, "
              f"{model_row['psnr_paper_noninput']:.2f} dB non-input slices")
     case_figure(canonical, result.volume.array, inputs, title, outputs["figure"],
-                uncertainty=result.uncertainty.array)
+                uncertainty=result.uncertainty.array, uncertainty_label=result.info.label)
     return DemoResult(rows=rows, outputs=outputs, indices=indices)
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..io.volume import Volume
-from ..methods import SliceInput
+from ..inputs import SliceInput
 from .interpolation import linear_fill, nearest_fill, pchip_fill
 from .template import TemplateBaseline
 

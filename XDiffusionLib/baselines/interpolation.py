@@ -20,7 +20,7 @@ import numpy as np
 from scipy.interpolate import PchipInterpolator
 
 from ..io.volume import Volume
-from ..methods import SliceInput
+from ..inputs import SliceInput
 
 # Output positions interpolated per block: bounds the float64 temporaries of PCHIP.
 _BLOCK = 16

@@ -37,7 +37,7 @@ from scipy.optimize import minimize
 
 from ..errors import XDiffusionError
 from ..io.volume import Volume
-from ..methods import SliceInput
+from ..inputs import SliceInput
 from .foreground import bounding_box, foreground_mask, foreground_threshold
 
 _QUANTILES = np.linspace(0.0, 1.0, 257)

@@ -49,7 +49,7 @@ import numpy as np
 from ..baselines.foreground import bounding_box, foreground_mask
 from ..errors import XDiffusionError
 from ..io.volume import Volume
-from ..methods import plane_axis
+from ..inputs import plane_axis
 
 PROTOCOL_VERSION = 1
 LABEL_MAP_MAX_VALUES = 16

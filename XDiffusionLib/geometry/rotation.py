@@ -16,7 +16,7 @@ import math
 import torch
 
 from ..errors import XDiffusionError
-from ..methods import plane_axis
+from ..inputs import plane_axis
 
 _AXIS_NAMES = {"x": 0, "y": 1, "z": 2}
 

@@ -15,7 +15,9 @@ import re
 import shutil
 import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 _MARK = ".xdpart-"
 # This host's tag: a process id means something only on the host that wrote it (shared folders).
@@ -34,6 +36,35 @@ def temporary_file(final: str | os.PathLike, suffix: str = "") -> Path:
     handle, name = tempfile.mkstemp(dir=final.parent, prefix=_prefix(final), suffix=suffix)
     os.close(handle)
     return Path(name)
+
+
+@contextmanager
+def atomic_file(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """The one way to write a file in place: yields a hidden temporary next to ``final`` to write;
+    when the block ends normally it replaces ``final`` in one rename (readable by all, like any
+    other output), and on any error it is removed, leaving ``final`` as it was."""
+    final = Path(final)
+    temporary = temporary_file(final, suffix or "".join(final.suffixes[-2:]))
+    try:
+        yield temporary
+        os.chmod(temporary, 0o644)  # mkstemp makes owner-only files
+        os.replace(temporary, final)
+    except BaseException:
+        remove_quietly(temporary)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with atomic_file(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, **dump_options) -> Path:
+    """``data`` as indented JSON ending in a newline, written in place in one step."""
+    import json
+
+    return write_text_atomic(path, json.dumps(data, indent=2, **dump_options) + "\n")
 
 
 def temporary_directory(final: str | os.PathLike) -> Path:

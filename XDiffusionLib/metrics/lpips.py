@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import XDiffusionError
-from ..methods import PLANE_AXIS
+from ..inputs import PLANE_AXIS
 from ._checks import as_pair
 
 NO_WEIGHTS_MESSAGE = (

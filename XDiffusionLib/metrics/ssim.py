@@ -13,7 +13,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from ..errors import XDiffusionError
-from ..methods import PLANE_AXIS
+from ..inputs import PLANE_AXIS
 from ._checks import as_pair
 
 SIGMA = 1.5

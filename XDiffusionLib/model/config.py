@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import XDiffusionError
+from ..io.atomic import write_json_atomic
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 MULTISLICE_MODES = ("product", "attention", "none")
@@ -185,17 +185,7 @@ class XDiffusionConfig:
 
     def save_json(self, path: str | os.PathLike) -> None:
         """Write atomically (temp file in the same folder, then rename)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
-                handle.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_json_atomic(path, self.to_dict(), sort_keys=True)
 
     @classmethod
     def load_json(cls, path: str | os.PathLike) -> "XDiffusionConfig":

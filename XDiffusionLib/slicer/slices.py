@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import XDiffusionError
 from ..io.volume import Grid
-from ..methods import plane_axis
+from ..inputs import check_slice_indices, plane_axis
 from ..transforms.orientation import Reorientation
 
 # The default slice view that shows each plane.
@@ -51,9 +51,8 @@ def ras_point_of_slice(grid: Grid, plane: str, index: int) -> np.ndarray:
     """RAS centre of canonical slice ``index`` of ``plane`` (to move a slice view onto it)."""
     reorientation = Reorientation.for_grid(grid)
     depth = reorientation.canonical.shape[plane_axis(plane)]
-    if not 0 <= int(index) < depth:
-        raise XDiffusionError(f"slice index {index} is outside the volume: {plane} indices run 0..{depth - 1}")
-    axis, original = reorientation.original_index(plane_axis(plane), int(index))
+    (index,) = check_slice_indices([index], depth, plane)
+    axis, original = reorientation.original_index(plane_axis(plane), index)
     ijk = (np.asarray(grid.shape, dtype=float) - 1.0) / 2.0
     ijk[axis] = original
     lps = np.asarray(grid.origin) + grid.direction @ (np.asarray(grid.spacing) * ijk)

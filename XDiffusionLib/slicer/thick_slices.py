@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import XDiffusionError
 from ..io.volume import Grid, Volume
-from ..methods import PLANE_AXIS, plane_axis
+from ..inputs import PLANE_AXIS, plane_axis
 from ..transforms.orientation import Reorientation
 
 # Keeps a typo (0.01 mm) from asking for a grid that cannot fit in memory: 512^3 float32 voxels.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import XDiffusionError
+from ..inputs import check_slice_indices
 from ..io.volume import Grid
 from ..worker.protocol import JobSettings
 from .nodes import check_scalar_volume, grid_from_node
@@ -76,11 +77,7 @@ def check_request(input_node, settings: JobSettings, reference_node=None, segmen
     check_scalar_volume(input_node, "input volume")
     grid = grid_from_node(input_node)
     settings.check()
-    depth = canonical_depth(grid, settings.plane)
-    outside = [i for i in settings.indices if i >= depth]
-    if outside:
-        raise XDiffusionError(f"slice index {outside[0]} is outside the volume: "
-                              f"{settings.plane} indices run 0..{depth - 1}")
+    check_slice_indices(settings.indices, canonical_depth(grid, settings.plane), settings.plane)
     check_model_dir(settings.model_dir)
     if reference_node is not None:
         check_scalar_volume(reference_node, "reference volume")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ..io.atomic import atomic_file
 from .subject import SyntheticSubject
 
 _LESION_COLOURS = {1: "#ff3b30", 2: "#ffd60a", 4: "#32d2ff"}
@@ -56,14 +56,6 @@ def save_preview(subjects: Sequence[SyntheticSubject], path: str | os.PathLike, 
                 axis.set_title(name, color="white", fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(handle)
-    try:
+    with atomic_file(path, suffix=".png") as temp:
         figure.savefig(temp, dpi=90, facecolor="black")
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
     return path

@@ -24,7 +24,6 @@ The bank is cached in the run folder (``anchor_bank.npz``), so ``--resume`` reus
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import XDiffusionError
+from ..io.atomic import atomic_file
 
 BANK_FILE = "anchor_bank.npz"
 ANISOTROPY_PROBABILITY = 0.35
@@ -60,17 +60,11 @@ class AnchorBank:
 
     def save(self, path: Path) -> None:
         """Atomic write (temp file in the same folder, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
         counts = np.array([len(p) for p in self.positions])
-        try:
+        with atomic_file(path, suffix=".npz") as tmp:
             np.savez(tmp, cubes=self.cubes, anchors=self.anchors, axes=self.axes, counts=counts,
                      positions=np.concatenate([np.asarray(p) for p in self.positions]),
                      points=np.stack(self.points), sources=np.array(self.sources))
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
     @classmethod
     def load(cls, path: Path) -> "AnchorBank":
@@ -155,7 +149,7 @@ def make_entry(volume, config, rng: np.random.Generator, template=None):
     from ..baselines.anchor import anchor_estimate
     from ..baselines.foreground import bounding_box, foreground_mask
     from ..io.volume import Grid
-    from ..methods import SliceInput
+    from ..inputs import SliceInput
     from ..transforms.intensity import IntensityNormalizer
     from ..transforms.model_space import ModelSpace
 

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import time
@@ -26,8 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import XDiffusionError
+from ..io.atomic import write_json_atomic
 from . import state as ckpt
 from .config import TrainConfig
+from .csv_log import append_row, truncate_after
 from .data import VolumeDataset
 from .ema import EMA
 from .examples import ExampleSettings, sample_batch, sample_residual_batch
@@ -213,7 +214,7 @@ class Trainer:
             (tmp / "weights").rmdir()
             ckpt.save_tensors_atomic(self.ema.averaged_state_dict(model), tmp / ckpt.EMA_FILE)
             ckpt.save_tensors_atomic(tensors, tmp / ckpt.STATE_TENSORS)
-            ckpt.write_json_atomic(tmp / ckpt.STATE_JSON, meta)
+            write_json_atomic(tmp / ckpt.STATE_JSON, meta, sort_keys=True)
 
         return ckpt.write_checkpoint(self.run_dir, self.step, fill, self.tc.keep_last)
 
@@ -241,19 +242,13 @@ class Trainer:
             target, condition = sample_residual_batch(self.dataset, self.tc.batch_size, generator, self.config, self.settings)
         else:
             target, condition = sample_batch(self.dataset, self.tc.batch_size, generator, self.config, self.settings)
-        from ..model.conditioning import drop_condition
-
-        # Latent profiles (paper) bring their own guidance dropout and learn in their VAE's latent space.
-        model_drop = getattr(self.unwrapped, "drop_condition", None)
-        if model_drop is not None:
-            condition = model_drop(condition, generator)
-        else:
-            condition = drop_condition(condition, generator, self.config.cond_dropout)
+        # The profile's hooks (model.denoiser.Denoiser): latent profiles (paper) bring their own
+        # guidance dropout and learn in their VAE's latent space; pixel profiles keep the defaults.
+        condition = self.unwrapped.drop_condition(condition, generator)
         self.model.train()
         target, condition = target.to(device), condition.to(device)
-        if hasattr(self.unwrapped, "encode"):
-            with torch.no_grad():
-                target = self.unwrapped.encode(target)
+        with torch.no_grad():
+            target = self.unwrapped.encode(target)
         loss = diffusion_loss(
             self.model, self.noise_scheduler, target, condition, generator, self.config.prediction_type,
             self.config.start_fraction,
@@ -279,7 +274,7 @@ class Trainer:
         main = acc.is_main_process
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            _truncate_csv(self.run_dir / TRAIN_LOG, self.step)
+            truncate_after(self.run_dir / TRAIN_LOG, self.step)
             if self.validator is not None:
                 self.validator.truncate(self.step)
         acc.wait_for_everyone()
@@ -299,7 +294,7 @@ class Trainer:
                 rate = window_steps / max(time.perf_counter() - window_start, 1e-9)
                 lr = self.lr_scheduler.get_last_lr()[0]
                 if main:
-                    _append_csv(self.run_dir / TRAIN_LOG, TRAIN_LOG_FIELDS, [self.step, f"{mean_loss:.6g}", f"{lr:.6g}", f"{rate:.4g}"])
+                    append_row(self.run_dir / TRAIN_LOG, TRAIN_LOG_FIELDS, [self.step, f"{mean_loss:.6g}", f"{lr:.6g}", f"{rate:.4g}"])
                     if bar is not None:
                         bar.set_postfix(loss=f"{mean_loss:.4f}", steps_per_s=f"{rate:.2f}")
                 window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
@@ -321,37 +316,6 @@ class Trainer:
         final = self.save_final() if main else self.run_dir / FINAL_DIR
         acc.wait_for_everyone()
         return final
-
-
-# --- small CSV helpers (append-only logs that a resume cuts back to the resumed step) -------------
-
-def _append_csv(path: Path, header: Sequence[str], row: Sequence) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as handle:
-        writer = csv.writer(handle)
-        if new:
-            writer.writerow(header)
-        writer.writerow(row)
-
-
-def _truncate_csv(path: Path, step: int) -> None:
-    """Drop rows logged after ``step`` (a resumed run logs them again); atomic rewrite."""
-    if not path.exists():
-        return
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows:
-        return
-    header, body = rows[0], rows[1:]
-    kept = [r for r in body if r and int(r[0]) <= step]
-    if len(kept) == len(body):
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(kept)
-    os.replace(tmp, path)
 
 
 def train(spec: RunSpec, stop_after: int | None = None) -> Path | None:

@@ -12,7 +12,6 @@ the non-input slices, the evaluation protocol's two PSNRs); ``validation.png`` p
 from __future__ import annotations
 
 import csv
-import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -20,8 +19,10 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import XDiffusionError
+from ..io.atomic import atomic_file
 from ..io.volume import Volume
-from ..methods import SliceInput, plane_axis
+from ..inputs import SliceInput, plane_axis
+from .csv_log import append_row, truncate_after
 
 VALIDATION_CSV = "validation.csv"
 VALIDATION_PNG = "validation.png"
@@ -64,16 +65,12 @@ class Validator:
         return self.run_dir / VALIDATION_CSV
 
     def truncate(self, step: int) -> None:
-        from .trainer import _truncate_csv
-
-        _truncate_csv(self.csv_path, step)
+        truncate_after(self.csv_path, step)
 
     def run(self, model, config, step: int) -> list[dict]:
         from ..evaluation.protocol import choose_indices, noninput_mask
         from ..metrics.psnr import psnr_paper
         from ..sampling.reconstructor import XDiffusionReconstructor
-        from .trainer import _append_csv
-
         reconstructor = XDiffusionReconstructor(
             model=model, config=config, views=self.tc.val_views, steps=self.tc.val_steps, sampler="dpmpp",
             seed=0, device="auto",
@@ -92,7 +89,7 @@ class Validator:
                 rows.append(self._row(step, name, k, score, seconds))
             rows.append(self._row(step, "mean", k, tuple(np.mean(scores, axis=0)), float("nan")))
         for row in rows:
-            _append_csv(self.csv_path, VALIDATION_FIELDS, [row[f] for f in VALIDATION_FIELDS])
+            append_row(self.csv_path, VALIDATION_FIELDS, [row[f] for f in VALIDATION_FIELDS])
         self.plot()
         return rows
 
@@ -124,7 +121,8 @@ class Validator:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        tmp = self.run_dir / f".{VALIDATION_PNG}.tmp.png"
-        fig.savefig(tmp)
-        plt.close(fig)
-        os.replace(tmp, self.run_dir / VALIDATION_PNG)
+        try:
+            with atomic_file(self.run_dir / VALIDATION_PNG, suffix=".png") as tmp:
+                fig.savefig(tmp)
+        finally:
+            plt.close(fig)

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import XDiffusionError
-from ..methods import PLANE_AXIS
+from ..io.atomic import write_json_atomic
+from ..inputs import plane_axis
 
 PROTOCOL_VERSION = 1
 REQUEST_NAME = "request.json"
@@ -52,8 +52,7 @@ class JobSettings:
 
     def check(self) -> "JobSettings":
         """Itself, or a one-line XDiffusionError naming the bad setting (no torch needed)."""
-        if self.plane not in PLANE_AXIS:
-            raise XDiffusionError(f"unknown plane {self.plane!r}: choose one of {', '.join(PLANE_AXIS)}")
+        plane_axis(self.plane)  # an unknown plane fails here, with the one message for it
         if not self.indices:
             raise XDiffusionError("no input slices given: pick at least one slice index")
         if len(set(self.indices)) != len(self.indices):
@@ -99,16 +98,7 @@ class Request:
 
 def write_request(request: Request, path: str | os.PathLike) -> Path:
     """Write ``request`` as JSON atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(request.to_dict(), stream, indent=2)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(path, request.to_dict())
 
 
 def read_request(path: str | os.PathLike) -> Request:
