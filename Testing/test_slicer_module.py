@@ -323,11 +323,14 @@ def test_resources_where_slicer_expects_them():
         assert needle in top
 
 
-def test_model_file_names_match_the_checkpoint_module():
-    from XDiffusionLib.model import checkpoint
-
-    assert validation.MODEL_FILES == (checkpoint.CONFIG_NAME, checkpoint.WEIGHTS_NAME)
-    assert validation.default_model_dir() == checkpoint.default_model_dir()
+def test_panel_checks_find_the_shipped_model_without_torch():
+    # The panel checks run before torch is installed: the model folder's names come from the
+    # torch-free model/files.py, the same names the checkpoint code writes.
+    code = ("import sys; from XDiffusionLib.slicer import validation as v; "
+            "from XDiffusionLib.model import files; d = v.check_model_dir(None); "
+            "print(d == files.default_model_dir(), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False"]
 
 
 # ----------------------------------------------------------------------------- logic

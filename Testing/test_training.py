@@ -14,7 +14,7 @@ import torch
 
 from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.io.atomic import write_json_atomic
-from XDiffusionLib.training import state as ckpt
+from XDiffusionLib.training import checkpoints
 from XDiffusionLib.training.config import TrainConfig, train_profile
 from XDiffusionLib.training.ema import EMA
 
@@ -43,15 +43,15 @@ def test_optimizer_state_round_trips_through_tensors_and_json(tmp_path):
     model, optimizer = _adam_pair()
     for seed in range(3):
         _adam_step(model, optimizer, seed)
-    tensors, meta = ckpt.flatten_optimizer_state(optimizer.state_dict())
+    tensors, meta = checkpoints.flatten_optimizer_state(optimizer.state_dict())
     assert all(isinstance(v, torch.Tensor) for v in tensors.values())
-    ckpt.save_tensors_atomic(tensors, tmp_path / "opt.safetensors")
+    checkpoints.save_tensors_atomic(tensors, tmp_path / "opt.safetensors")
     write_json_atomic(tmp_path / "opt.json", meta)  # JSON, no pickle
 
     model2, optimizer2 = _adam_pair()
     model2.load_state_dict(model.state_dict())
-    restored = ckpt.unflatten_optimizer_state(
-        ckpt.load_tensors(tmp_path / "opt.safetensors"), json.loads((tmp_path / "opt.json").read_text())
+    restored = checkpoints.unflatten_optimizer_state(
+        checkpoints.load_tensors(tmp_path / "opt.safetensors"), json.loads((tmp_path / "opt.json").read_text())
     )
     optimizer2.load_state_dict(restored)
     assert optimizer2.param_groups[0]["betas"] == (0.8, 0.95)
@@ -62,40 +62,40 @@ def test_optimizer_state_round_trips_through_tensors_and_json(tmp_path):
 
 
 def test_rng_states_round_trip_as_uint8_tensors():
-    tensors = ckpt.rng_state_tensors(rank=0)
+    tensors = checkpoints.rng_state_tensors(rank=0)
     assert all(t.dtype == torch.uint8 for t in tensors.values())
     expected_torch, expected_numpy = torch.rand(3), np.random.rand(3)
     torch.rand(7), np.random.rand(7)
-    ckpt.restore_rng_state(tensors, rank=0)
+    checkpoints.restore_rng_state(tensors, rank=0)
     assert torch.equal(torch.rand(3), expected_torch)
     assert np.array_equal(np.random.rand(3), expected_numpy)
 
 
 def test_checkpoint_is_atomic_and_keeps_the_last_k(tmp_path):
     def fill(folder: Path) -> None:
-        write_json_atomic(folder / ckpt.STATE_JSON, {"step": 1})
+        write_json_atomic(folder / checkpoints.STATE_JSON, {"step": 1})
 
     for step in (1, 2, 3):
-        ckpt.write_checkpoint(tmp_path, step, fill, keep_last=2)
-    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000002", "step-000003"]
+        checkpoints.write_checkpoint(tmp_path, step, fill, keep_last=2)
+    assert [p.name for p in checkpoints.list_checkpoints(tmp_path)] == ["step-000002", "step-000003"]
 
     def broken(folder: Path) -> None:
         (folder / "model.safetensors").write_bytes(b"half")
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        ckpt.write_checkpoint(tmp_path, 4, broken, keep_last=2)
-    names = sorted(p.name for p in (tmp_path / ckpt.CHECKPOINTS).iterdir())
+        checkpoints.write_checkpoint(tmp_path, 4, broken, keep_last=2)
+    names = sorted(p.name for p in (tmp_path / checkpoints.CHECKPOINTS).iterdir())
     assert names == ["step-000002", "step-000003"]  # no step-4, no leftover temp folder
-    assert ckpt.resolve_resume(tmp_path).name == "step-000003"
+    assert checkpoints.resolve_resume(tmp_path).name == "step-000003"
     with pytest.raises(XDiffusionError, match="no checkpoint"):
-        ckpt.resolve_resume(tmp_path / "elsewhere")
+        checkpoints.resolve_resume(tmp_path / "elsewhere")
 
 
 def test_step_seeds_differ_by_step_and_rank_and_repeat():
-    seeds = {ckpt.step_seed(0, s, r) for s in range(1, 50) for r in range(4)}
+    seeds = {checkpoints.step_seed(0, s, r) for s in range(1, 50) for r in range(4)}
     assert len(seeds) == 49 * 4
-    assert ckpt.step_seed(3, 7, 1) == ckpt.step_seed(3, 7, 1)
+    assert checkpoints.step_seed(3, 7, 1) == checkpoints.step_seed(3, 7, 1)
 
 
 # --- EMA -------------------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ def test_resume_continues_exactly(tmp_path, tiny_data):
     assert _cli(_train_args(tiny_data, tmp_path / "split", "--steps", "6", "--stop-after", "3")) == 0
     split = tmp_path / "split"
     assert not (split / "final").exists()
-    assert [p.name for p in ckpt.list_checkpoints(split)] == ["step-000002", "step-000003"]
+    assert [p.name for p in checkpoints.list_checkpoints(split)] == ["step-000002", "step-000003"]
     assert _cli(["train", "--out", str(split), "--resume", "--no-progress"]) == 0
     for name in ("model.safetensors", "ema.safetensors", "training_state.safetensors"):
         a = _tensors(tmp_path / "straight" / "checkpoints" / "step-000006" / name)
@@ -279,7 +279,7 @@ def test_resume_continues_exactly(tmp_path, tiny_data):
     assert [r.split(",")[:3] for r in straight_log] == [r.split(",")[:3] for r in split_log]  # same losses and lr
     a, b = _tensors(split / "final" / "model.safetensors"), _tensors(tmp_path / "straight" / "final" / "model.safetensors")
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    state = json.loads((split / "checkpoints" / "step-000006" / ckpt.STATE_JSON).read_text())
+    state = json.loads((split / "checkpoints" / "step-000006" / checkpoints.STATE_JSON).read_text())
     assert state["step"] == 6 and state["seed"] == 0 and len(state["data_sources"]) == 3
 
 
@@ -365,7 +365,7 @@ def test_two_processes_train_data_parallel_with_identical_weights(tmp_path, tiny
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    state = json.loads((out / "checkpoints" / "step-000002" / ckpt.STATE_JSON).read_text())
+    state = json.loads((out / "checkpoints" / "step-000002" / checkpoints.STATE_JSON).read_text())
     assert state["world_size"] == 2
     hashes = state["rank_weight_sha256"]
     assert len(hashes) == 2 and hashes[0] == hashes[1]
@@ -373,7 +373,7 @@ def test_two_processes_train_data_parallel_with_identical_weights(tmp_path, tiny
     torch.manual_seed(0)
     initial = build_denoiser(_tiny_config()).state_dict()
     assert any(not torch.equal(trained[k], initial[k]) for k in initial)
-    assert {"rng.rank0.torch", "rng.rank1.torch"} <= set(_tensors(out / "checkpoints" / "step-000002" / ckpt.STATE_TENSORS))
+    assert {"rng.rank0.torch", "rng.rank1.torch"} <= set(_tensors(out / "checkpoints" / "step-000002" / checkpoints.STATE_TENSORS))
 
 
 def test_checkpoint_ema_exports_as_a_loadable_model(tmp_path, tiny_data):
@@ -381,7 +381,7 @@ def test_checkpoint_ema_exports_as_a_loadable_model(tmp_path, tiny_data):
 
     out = tmp_path / "run"
     assert _cli(_train_args(tiny_data, out, "--steps", "2")) == 0
-    exported = ckpt.export_ema_model(out / "checkpoints" / "step-000002", tmp_path / "ema-model")
+    exported = checkpoints.export_ema_model(out / "checkpoints" / "step-000002", tmp_path / "ema-model")
     model, config = load_pretrained(exported)
     assert config.side == 16
     ema = _tensors(out / "checkpoints" / "step-000002" / "ema.safetensors")

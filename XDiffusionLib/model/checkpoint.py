@@ -31,17 +31,11 @@ from ..io.checksums import (
 )
 from .config import XDiffusionConfig
 from .factory import build_denoiser
+from .files import CONFIG_NAME, WEIGHTS_NAME, default_model_dir  # noqa: F401  (their one home is model/files.py)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 # Keys of the checksums recorded in the weights file's metadata.
 CONFIG_CHECKSUM = "config_sha256"
 WEIGHTS_CHECKSUM = "weights_sha256"
-
-
-def default_model_dir() -> Path:
-    """Where the shipped compact weights live (placed there by training)."""
-    return Path(__file__).resolve().parent / "weights" / "compact"
 
 
 def save_pretrained(model: nn.Module, config: XDiffusionConfig, directory: str | os.PathLike) -> Path:

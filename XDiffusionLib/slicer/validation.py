@@ -16,19 +16,11 @@ from typing import Optional
 from ..errors import XDiffusionError
 from ..inputs import check_slice_indices
 from ..io.volume import Grid
+from ..model.files import MODEL_FILES, default_model_dir
 from ..worker.protocol import JobSettings
 from .nodes import check_scalar_volume, grid_from_node
 from .slices import canonical_depth
 from .thick_slices import AllSlicesPlan, plan_all_slices
-
-# The files of a model folder (``XDiffusionLib.model.checkpoint``, which imports torch; the panel
-# must work before torch is installed, so the names are repeated here and a test keeps them equal).
-MODEL_FILES = ("config.json", "model.safetensors")
-
-
-def default_model_dir() -> Path:
-    """Where the shipped weights live (same place as ``XDiffusionLib.model.checkpoint.default_model_dir``)."""
-    return Path(__file__).resolve().parents[1] / "model" / "weights" / "compact"
 
 
 def check_model_dir(model_dir: str | os.PathLike | None) -> Path:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import XDiffusionError
 from ..io.atomic import write_json_atomic
-from . import state as ckpt
+from . import checkpoints
 from .config import TrainConfig
 from .csv_log import append_row, truncate_after
 from .data import VolumeDataset
@@ -91,7 +91,7 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed(ckpt.step_seed(seed, step, rank))
+    return torch.Generator().manual_seed(checkpoints.step_seed(seed, step, rank))
 
 
 class Trainer:
@@ -156,15 +156,15 @@ class Trainer:
     def _load(self, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         import json
 
-        meta = json.loads((folder / ckpt.STATE_JSON).read_text())
-        weights = ckpt.load_tensors(folder / "model.safetensors")
+        meta = json.loads((folder / checkpoints.STATE_JSON).read_text())
+        weights = checkpoints.load_tensors(folder / "model.safetensors")
         model.load_state_dict(weights, strict=True)
-        ema_weights = ckpt.load_tensors(folder / ckpt.EMA_FILE)
+        ema_weights = checkpoints.load_tensors(folder / checkpoints.EMA_FILE)
         self.ema.load_shadow(ema_weights, meta["ema"]["num_updates"])
-        tensors = ckpt.load_tensors(folder / ckpt.STATE_TENSORS)
-        optimizer.load_state_dict(ckpt.unflatten_optimizer_state(tensors, meta["optimizer"]))
+        tensors = checkpoints.load_tensors(folder / checkpoints.STATE_TENSORS)
+        optimizer.load_state_dict(checkpoints.unflatten_optimizer_state(tensors, meta["optimizer"]))
         self.lr_scheduler.load_state_dict(meta["lr_scheduler"])
-        ckpt.restore_rng_state(tensors, self.rank)
+        checkpoints.restore_rng_state(tensors, self.rank)
         self._scaler_state = meta.get("grad_scaler")
         self.step = int(meta["step"])
 
@@ -189,7 +189,7 @@ class Trainer:
 
         from ..model.checkpoint import save_pretrained
 
-        rng = gather_object([ckpt.rng_state_tensors(self.rank)])
+        rng = gather_object([checkpoints.rng_state_tensors(self.rank)])
         # Data-parallel ranks must hold identical weights; a checkpoint records each rank's hash.
         hashes = gather_object([weights_sha256(self.unwrapped)])
         if not self.accelerator.is_main_process:
@@ -199,7 +199,7 @@ class Trainer:
 
             warnings.warn(f"data-parallel ranks hold different weights at step {self.step}: {hashes}")
         model = self.unwrapped
-        optimizer_tensors, optimizer_meta = ckpt.flatten_optimizer_state(self.optimizer.state_dict())
+        optimizer_tensors, optimizer_meta = checkpoints.flatten_optimizer_state(self.optimizer.state_dict())
         meta = self._state_meta()
         meta["optimizer"] = optimizer_meta
         meta["rank_weight_sha256"] = hashes
@@ -212,11 +212,11 @@ class Trainer:
             for name in ("model.safetensors", "config.json"):
                 os.replace(tmp / "weights" / name, tmp / name)
             (tmp / "weights").rmdir()
-            ckpt.save_tensors_atomic(self.ema.averaged_state_dict(model), tmp / ckpt.EMA_FILE)
-            ckpt.save_tensors_atomic(tensors, tmp / ckpt.STATE_TENSORS)
-            write_json_atomic(tmp / ckpt.STATE_JSON, meta, sort_keys=True)
+            checkpoints.save_tensors_atomic(self.ema.averaged_state_dict(model), tmp / checkpoints.EMA_FILE)
+            checkpoints.save_tensors_atomic(tensors, tmp / checkpoints.STATE_TENSORS)
+            write_json_atomic(tmp / checkpoints.STATE_JSON, meta, sort_keys=True)
 
-        return ckpt.write_checkpoint(self.run_dir, self.step, fill, self.tc.keep_last)
+        return checkpoints.write_checkpoint(self.run_dir, self.step, fill, self.tc.keep_last)
 
     def ema_model(self) -> torch.nn.Module:
         """A CPU copy of the model holding the EMA weights, in eval mode."""

@@ -106,7 +106,7 @@ def _check_out(out: Path, resume: bool) -> None:
 
 def prepare_run(args):
     """Check every argument and build the run's configs; nothing is written here."""
-    from ...training import state as ckpt
+    from ...training import checkpoints
     from ...training.config import TrainConfig, model_profile, train_profile
     from ...training.trainer import RunSpec
 
@@ -118,10 +118,10 @@ def prepare_run(args):
         raise XDiffusionError(f"--steps must be a positive number of steps, got {args.steps}")
 
     if resume:
-        folder = ckpt.resolve_resume(Path(args.resume) if args.resume else out)
+        folder = checkpoints.resolve_resume(Path(args.resume) if args.resume else out)
         # Every file the trainer will load is checked first: one line naming it, not a traceback.
-        meta = ckpt.read_training_state(folder)
-        model_config = ckpt.check_checkpoint_weights(folder)
+        meta = checkpoints.read_training_state(folder)
+        model_config = checkpoints.check_checkpoint_weights(folder)
         changed = {k: v for k, v in _cli_train_overrides(args).items() if v is not None and k not in RESUMABLE_OVERRIDES}
         if changed or args.profile or args.side or model_over or set(train_over) - set(RESUMABLE_OVERRIDES):
             raise XDiffusionError(
@@ -131,7 +131,7 @@ def prepare_run(args):
         try:
             saved = TrainConfig.from_dict(meta["train_config"])
         except (XDiffusionError, TypeError, ValueError) as error:
-            raise XDiffusionError(f"{folder / ckpt.STATE_JSON}: its train_config is not usable ({error})") from None
+            raise XDiffusionError(f"{folder / checkpoints.STATE_JSON}: its train_config is not usable ({error})") from None
         train_config = TrainConfig.from_dict({**saved.to_dict(), **train_over}).with_overrides(
             **{k: getattr(args, k) for k in RESUMABLE_OVERRIDES}
         )
