@@ -15,7 +15,6 @@ from XDiffusionLib.model.checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     default_model_dir,
-    load_default,
     load_pretrained,
     save_pretrained,
 )
@@ -341,8 +340,10 @@ def test_default_model_dir_reports_missing_shipped_weights(monkeypatch, tmp_path
 
     assert default_model_dir().parts[-3:] == ("model", "weights", "compact")
     monkeypatch.setattr(checkpoint, "default_model_dir", lambda: tmp_path / "weights" / "compact")
+    from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
+
     with pytest.raises(XDiffusionError, match="no shipped weights at"):
-        load_default()
+        XDiffusionReconstructor().config
 
 
 # ------------------------------------------------------------------ training and inference agree

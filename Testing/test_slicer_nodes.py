@@ -70,13 +70,14 @@ def test_node_written_by_slicer_reads_back_as_same_volume(scene, tmp_path, direc
     np.testing.assert_array_equal(again.array, volume.array)
 
 
-def test_ijk_to_ras_matrix_maps_voxels_like_the_node(scene):
+def test_node_ijk_to_ras_matrix_is_the_grid_in_ras(scene):
     volume = oblique_volume()
     node = nodes.add_volume_node(scene, volume, "out")
     matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
     from_node = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-    np.testing.assert_allclose(nodes.ijk_to_ras(volume.grid), from_node, atol=1e-12)
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    np.testing.assert_allclose(lps_to_ras @ volume.grid.index_to_physical, from_node, atol=1e-12)
     ijk = np.array([3.0, 7.0, 5.0, 1.0])
     lps = volume.grid.index_to_physical @ ijk
     np.testing.assert_allclose(from_node @ ijk, [-lps[0], -lps[1], lps[2], 1.0], atol=1e-9)

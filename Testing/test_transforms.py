@@ -10,7 +10,6 @@ import pytest
 from XDiffusionLib.data.samples import sample_path
 from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.io import Grid, Volume, read_volume
-from XDiffusionLib.transforms.cube import CenteredCube
 from XDiffusionLib.transforms.intensity import IntensityNormalizer
 from XDiffusionLib.transforms.model_space import ModelSpace
 from XDiffusionLib.transforms.orientation import orientation_code, to_canonical
@@ -385,27 +384,3 @@ def test_normalizer_edge_cases():
         IntensityNormalizer(60.0, 40.0)
     with pytest.raises(RuntimeError):
         IntensityNormalizer().forward(np.ones(3))
-
-
-# ---- centred cube ---------------------------------------------------------------------------------
-
-
-def test_centred_cube_pads_and_crops_and_inverts():
-    array = smooth_array((5, 12, 8))
-    cube = CenteredCube.for_shape(array.shape, 8)
-    out = cube.forward(array)
-    assert out.shape == (8, 8, 8)
-    # axis 0 padded 1 before and 2 after, axis 1 cropped 2 before and 2 after, axis 2 unchanged.
-    assert cube.start == (-1, 2, 0)
-    np.testing.assert_array_equal(out[1:6, :, :], array[:, 2:10, :])
-    assert np.all(out[0] == 0) and np.all(out[6:] == 0)
-    back = cube.inverse(out)
-    np.testing.assert_array_equal(back[:, 2:10], array[:, 2:10])
-    assert np.all(back[:, :2] == 0) and np.all(back[:, 10:] == 0)
-    for axis, index in [(0, 0), (1, 2), (2, 7)]:
-        assert cube.array_index(axis, cube.cube_index(axis, index)) == index
-    assert cube.cube_index(0, 0) == 1 and cube.cube_index(1, 2) == 0
-    batched = cube.forward(np.stack([array, -array]))
-    np.testing.assert_array_equal(batched[1], -out)
-    with pytest.raises(ValueError):
-        cube.forward(np.zeros((5, 12, 7)))

@@ -25,10 +25,6 @@ def _registry() -> dict[str, Callable[..., Reconstructor]]:
     return {**BASELINES, "xdiffusion": _xdiffusion}
 
 
-def method_names() -> list[str]:
-    return list(_registry())
-
-
 def get_method(name: str, **options) -> Reconstructor:
     """Build a method by its command-line name (``nearest``, ``linear``, ``cubic``, ``template``, ``xdiffusion``)."""
     registry = _registry()

@@ -170,11 +170,3 @@ def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "
     _check_state(weights_path, _shapes(model.state_dict()), _shapes(state))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), config
-
-
-def load_default(device: str | torch.device = "cpu") -> tuple[nn.Module, XDiffusionConfig]:
-    """The shipped compact model, or a clear error while none has been trained and placed yet."""
-    directory = default_model_dir()
-    if not (directory / WEIGHTS_NAME).is_file():
-        raise XDiffusionError(f"no shipped weights at {directory}: train a model or pass --model DIR")
-    return load_pretrained(directory, device)

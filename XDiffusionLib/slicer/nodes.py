@@ -61,12 +61,6 @@ def set_node_geometry(node, grid: Grid) -> None:
     node.SetOrigin(*(LPS_TO_RAS @ np.array(grid.origin)))
 
 
-def ijk_to_ras(grid: Grid) -> np.ndarray:
-    """4x4 IJK-to-RAS matrix of ``grid`` (what Slicer's volume nodes hold)."""
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
-    return flip @ grid.index_to_physical
-
-
 def check_scalar_volume(node, role: str = "input volume") -> None:
     """A 3D scalar volume node with voxels, or a one-line XDiffusionError saying what is wrong."""
     if node is None:
@@ -131,11 +125,6 @@ def add_volume_node(scene, volume: Volume, name: str, like=None,
         node.SetAndObserveTransformNodeID(like.GetTransformNodeID())
     node.CreateDefaultDisplayNodes()
     return node
-
-
-def same_grid_as(node, grid: Grid, tol: float = 1e-4) -> bool:
-    """Whether ``node`` has exactly the voxel grid of ``grid`` (shape, spacing, origin, directions)."""
-    return grid_from_node(node).same_geometry(grid, tol=tol)
 
 
 def _name(node) -> str:

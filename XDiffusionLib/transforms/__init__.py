@@ -1,13 +1,11 @@
 """Invertible preprocessing: canonical orientation, resampling, intensity scaling, the model's cube."""
 
-from .cube import CenteredCube
 from .intensity import IntensityNormalizer
 from .model_space import ModelSpace
 from .orientation import Reorientation, orientation_code, to_canonical
 from .resample import isotropic_grid, resample_isotropic, resample_to_grid
 
 __all__ = [
-    "CenteredCube",
     "IntensityNormalizer",
     "ModelSpace",
     "Reorientation",
