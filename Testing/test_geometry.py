@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.geometry import (
-    average_views,
     azimuth_rotations,
     coverage_mask,
     cross_section,
@@ -321,27 +320,39 @@ def test_coverage_mask_padded_full_unpadded_cuts_corners():
     assert coverage_mask(torch.eye(3), side, side).all()
 
 
+def _aggregate(views, rotations, side):
+    from XDiffusionLib.sampling.aggregate import ViewAggregator
+
+    aggregator = ViewAggregator(side)
+    aggregator.start_sample()
+    for view, R in zip(views, rotations):
+        aggregator.add_view(view, R)
+    aggregator.end_sample()
+    return aggregator.result(0.0), aggregator.coverage
+
+
 def test_average_views_reconstructs_and_weights():
+    # The view aggregator (sampling.aggregate, which replaced geometry.average_views) on exact views.
     side = 32
-    X = _blob(side, sigma_frac=0.25)
+    X = _blob(side, sigma_frac=0.25)[0, 0]
     rotations = azimuth_rotations(3)
     out = padded_side(side)
-    views = [rotate_volume(X, R, out_side=out) for R in rotations]
-    merged, weight = average_views(views, rotations, side)
+    views = [rotate_volume(X[None, None], R, out_side=out)[0, 0] for R in rotations]
+    merged, weight = _aggregate(views, rotations, side)
     assert merged.shape == X.shape and torch.all(weight == 3)
-    interior = (slice(None), slice(None), slice(2, -2), slice(2, -2), slice(2, -2))
+    interior = (slice(2, -2), slice(2, -2), slice(2, -2))
     assert ((merged - X)[interior].norm() / X[interior].norm()) < 1e-2
     # Unpadded views (the paper's same-size cubes), each filled with ones as a generator would:
     # corners are covered by fewer views and must not be averaged with the zeros beyond a view.
     side = 12
-    views = torch.ones(3, 1, 1, side, side, side)
+    views = torch.ones(3, side, side, side)
     rotations = rotation_about_axis(torch.tensor([45.0, 165.0, 285.0]).deg2rad(), 2)
-    merged, weight = average_views(views, rotations, side)
+    merged, weight = _aggregate(views, rotations, side)
     assert weight.max() == 3 and (weight == 1).any() and (weight == 2).any()
     covered = weight > 0
     assert (~covered).any()  # in-plane cube corners stay inside a same-size cube only at multiples of 90 deg
-    assert torch.allclose(merged[:, 0][covered], torch.ones(()), atol=1e-5)
-    assert torch.all(merged[:, 0][~covered] == 0)
+    assert torch.allclose(merged[covered], torch.ones((), dtype=merged.dtype), atol=1e-5)
+    assert torch.all(merged[~covered] == 0)
 
 
 def test_device_and_dtype_follow_input():

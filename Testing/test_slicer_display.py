@@ -191,3 +191,20 @@ def test_layout_without_reference_shows_uncertainty():
     assert xml.count('class="vtkMRMLSliceNode"') == 3 and "Axial" in xml
     with pytest.raises(XDiffusionError, match="unknown plane"):
         layout.comparison_layout("a", "b", plane="oblique")
+
+
+def test_uncertainty_display_has_a_colour_bar_with_its_level(scene):
+    from XDiffusionLib.uncertainty.intervals import calibrated_info
+
+    width = np.abs(np.random.default_rng(3).normal(0, 5, (8, 8, 8))).astype(np.float32)
+    node = nodes.add_volume_node(scene, Volume.from_array(width), "T1 uncertainty")
+    display.show_uncertainty(node, scene, calibrated_info(0.9))
+    legend = display.color_legend(node, scene)
+    assert legend.IsA("vtkMRMLColorLegendDisplayNode") and "90% interval" in legend.GetTitleText()
+    assert legend.GetPrimaryDisplayNode() is node.GetDisplayNode()
+    assert node.GetAttribute("XDiffusion.uncertainty_level") == "0.9"
+    assert display.uncertainty_info_of(node) == calibrated_info(0.9)
+    display.show_uncertainty(node, scene)  # shown again uncalibrated: the same colour bar, retitled
+    assert scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode") == 1
+    assert "not calibrated" in display.color_legend(node, scene).GetTitleText()
+    assert node.GetAttribute("XDiffusion.uncertainty_level") == ""

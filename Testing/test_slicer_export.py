@@ -221,3 +221,34 @@ def test_dicom_series_with_pydicom_2_4_as_in_slicer_5_4_to_5_10(tmp_path, pydico
     first = pydicom.dcmread(sorted((tmp_path / "series").iterdir())[0])
     assert first.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert first.SeriesDescription == SERIES_DESCRIPTION and "model tiny;" in first.DerivationDescription
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_uncertainty_files_carry_their_level(tmp_path, suffix):
+    from XDiffusionLib.uncertainty.intervals import calibrated_info
+
+    volume = oblique_volume()
+    path = export_volume(volume, tmp_path / f"unc{suffix}", uncertainty=calibrated_info(0.9))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    if suffix == ".nii.gz":  # one 80-character field
+        import nibabel
+
+        assert "90% interval half-width" in nibabel.load(str(path)).header["descrip"].item().decode()
+    else:
+        assert reader.GetMetaData("XDiffusion_uncertainty_level") == "0.9"
+        assert "intensity units" in reader.GetMetaData("XDiffusion_uncertainty_units")
+    back = read_volume(path)
+    assert back.grid.same_geometry(volume.grid, tol=1e-4)
+    np.testing.assert_allclose(back.array, volume.array, rtol=1e-6)
+
+
+def test_dicom_uncertainty_series_says_its_level(tmp_path):
+    from XDiffusionLib.uncertainty.intervals import calibrated_info
+
+    files = export_dicom_series(oblique_volume(), tmp_path / "unc", PROVENANCE, uncertainty=calibrated_info(0.9))
+    first = pydicom.dcmread(files[0])
+    assert first.SeriesDescription == "XDiffusion uncertainty (90% interval) - not for diagnosis"
+    assert "level 0.9" in first.ImageComments and "intensity units" in first.ImageComments
+    assert "not for diagnosis" in first.ImageComments and "axial" in first.DerivationDescription

@@ -29,6 +29,20 @@ def foreground_mask(values: np.ndarray) -> np.ndarray:
     return values > threshold
 
 
+def head_mask(values: np.ndarray) -> np.ndarray:
+    """The head: the foreground closed by 2 voxels with its enclosed holes filled (ventricles and
+    sulcal CSF are dark but inside the head). Scores of uncertainty intervals count these voxels
+    (``metrics.coverage``): on the empty background nearly every method is exact."""
+    from scipy import ndimage
+
+    mask = foreground_mask(values)
+    if not mask.any():
+        return mask
+    mask = ndimage.binary_closing(mask, structure=ndimage.generate_binary_structure(3, 1), iterations=2,
+                                  border_value=0)
+    return ndimage.binary_fill_holes(mask)
+
+
 def bounding_box(mask: np.ndarray, axis: int) -> tuple[int, int] | None:
     """First and last index along ``axis`` where ``mask`` has any True voxel; None when empty."""
     other = tuple(a for a in range(mask.ndim) if a != axis)

@@ -1,4 +1,5 @@
-"""Evaluation figures (matplotlib, Agg, no display): one panel per case/method/K, and PSNR against K.
+"""Evaluation figures (matplotlib, Agg, no display): one panel per case/method/K, PSNR against K,
+and the interval calibration plot (expected against observed coverage, one panel per K).
 
 Error-by-distance figure (paper Fig. XV): per case, the PSNR of the non-input slices inside the head
 (peak = the volume's maximum), grouped by their distance in mm to the nearest input slice, one line
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..methods import PLANE_AXIS, SliceInput
+from ..inputs import PLANE_AXIS, SliceInput
 from .protocol import foreground_extent
 from .report import write_atomic
 
@@ -68,9 +69,10 @@ def _save(figure, path: Path) -> Path:
 
 
 def case_figure(ground_truth, prediction: np.ndarray, inputs: SliceInput, title: str, path: Path,
-                uncertainty: np.ndarray | None = None) -> Path:
+                uncertainty: np.ndarray | None = None, uncertainty_label: str = "std across views") -> Path:
     """The case panel (module docstring) written atomically to ``path``; with ``uncertainty``, a fifth
-    column shows the per-voxel spread across views and samples."""
+    column shows it, titled and its colour bar labelled with ``uncertainty_label`` (what it is: the
+    calibrated interval half-width at its level, or the view spread; ``UncertaintyInfo.label``)."""
     from matplotlib.figure import Figure
 
     gt = np.asarray(ground_truth.array if hasattr(ground_truth, "array") else ground_truth, dtype=np.float32)
@@ -106,7 +108,7 @@ def case_figure(ground_truth, prediction: np.ndarray, inputs: SliceInput, title:
             (_cut(pred - gt, plane, position), "difference (recon - GT)", "RdBu_r", (-limit, limit)),
         ]
         if uncertainty is not None:
-            panels.append((_cut(uncertainty, plane, position), "uncertainty (std over views)", "magma",
+            panels.append((_cut(uncertainty, plane, position), "uncertainty", "magma",
                            (0.0, spread_max)))
         for col, (image, label, cmap, (vmin, vmax)) in enumerate(panels):
             ax = axes[row, col]
@@ -118,7 +120,7 @@ def case_figure(ground_truth, prediction: np.ndarray, inputs: SliceInput, title:
             if col == 3 and row == 0:
                 figure.colorbar(shown, ax=axes[:, 3], shrink=0.6, label="intensity difference")
             if col == 4 and row == 0:
-                figure.colorbar(shown, ax=axes[:, 4], shrink=0.6, label="std across views")
+                figure.colorbar(shown, ax=axes[:, 4], shrink=0.6, label=uncertainty_label)
     return _save(figure, path)
 
 
@@ -172,4 +174,38 @@ def error_by_distance_figure(rows: list[dict], case: str, plane: str, spacing_mm
     axes[0].set_ylabel("slice PSNR (dB, volume peak)")
     axes[-1].legend(fontsize=7)
     figure.suptitle(f"{case}: error against distance to the nearest {plane} input slice", fontsize=10)
+    return _save(figure, path)
+
+
+def calibration_figure(rows: list[dict], path: Path) -> Path:
+    """Expected against observed coverage of the calibrated interval, one panel per K: one thin
+    line per case, the mean over cases thick, the diagonal = perfect calibration; ``rows`` hold
+    ``coverage_<level>`` keys (``metrics.coverage.interval_coverage``)."""
+    from matplotlib.figure import Figure
+
+    from .report import coverage_levels
+
+    levels = coverage_levels(rows)
+    ks = sorted({int(r["k"]) for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    figure = Figure(figsize=(2.7 * max(len(ks), 1) + 0.8, 3.3), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, max(len(ks), 1), sharey=True))
+    for ax, k in zip(axes, ks):
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+        for number, method in enumerate(methods):
+            group = [r for r in rows if r["method"] == method and int(r["k"]) == k]
+            colour = f"C{number}"
+            for r in group:
+                ax.plot(levels, [r[f"coverage_{a:g}"] for a in levels], color=colour, lw=0.8, alpha=0.45)
+            mean = [float(np.mean([r[f"coverage_{a:g}"] for r in group])) for a in levels]
+            ax.plot(levels, mean, color=colour, lw=2, marker="o", ms=3, label=f"{method} (mean of {len(group)})")
+        ax.plot([0.9, 0.9], [0.85, 0.95], color="k", lw=3, alpha=0.25, solid_capstyle="butt")  # 85-95% target
+        ax.set_xlim(min(levels) - 0.05, 1.0)
+        ax.set_ylim(min(levels) - 0.25, 1.0)
+        ax.set_title(f"K={k}", fontsize=9)
+        ax.set_xlabel("stated level")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("observed coverage\n(non-input voxels in the head)")
+    axes[-1].legend(fontsize=7, loc="lower right")
+    figure.suptitle("Calibrated interval: observed against stated coverage (dashed: perfect; grey bar at 90%: the 85-95% target)", fontsize=10)
     return _save(figure, path)

@@ -19,12 +19,16 @@ from typing import Any, Callable
 
 from ..errors import XDiffusionError
 from ..io.volume import Volume
-from ..methods import PLANE_AXIS, Reconstructor, SliceInput, get_method, plane_axis
+from ..inputs import PLANE_AXIS, Reconstructor, SliceInput, plane_axis
+from ..methods import get_method
 from ..metrics.slice_errors import error_by_distance
+from ..baselines.foreground import head_mask
+from ..metrics.coverage import result_coverage, scored_mask
+from ..uncertainty.intervals import DEFAULT_LEVEL
 from . import protocol
 from .cases import CaseSource, find_cases
-from .report import (CASE_COLUMNS, SUMMARY_COLUMNS, format_markdown, format_table, summarise, write_atomic,
-                     write_csv, write_json)
+from .report import (CASE_COLUMNS, SUMMARY_COLUMNS, format_coverage_markdown, format_markdown, format_table, summarise,
+                     write_atomic, write_coverage, write_csv, write_json)
 
 DEFAULT_METHODS = ("nearest", "linear", "cubic", "template")
 DEFAULT_KS = (1, 3, 5, 10, 31)  # the paper's numbers of input slices (its tables use 1, 2, 3, 5, 10, 31)
@@ -271,11 +275,18 @@ def run_cases(plan: Plan, progress: bool = True) -> tuple[list[dict], list[Path]
                     indices = case.indices[k]
                     inputs = SliceInput.from_volume(volume, settings.plane, indices)
                     start = time.perf_counter()
-                    output = method.reconstruct(inputs)
+                    # Methods with a calibrated interval also get its coverage scored (metrics.coverage).
+                    detailed = getattr(method, "reconstruct_with_uncertainty", None)
+                    result = detailed(inputs) if callable(detailed) else None
+                    output = result.volume if result is not None else method.reconstruct(inputs)
                     seconds = time.perf_counter() - start
                     if not output.grid.same_geometry(volume.grid):
                         raise XDiffusionError(f"method {name} returned a volume off the input grid for {case.source.name}")
                     metrics = protocol.score(volume.array, output.array, settings.plane, indices)
+                    interval = getattr(result, "interval", None)
+                    if interval is not None:  # truth inside the interval, non-input voxels inside the head
+                        mask = scored_mask(head_mask(volume.array), inputs.axis, indices)
+                        metrics.update(result_coverage(volume.array, output.array, interval, mask, DEFAULT_LEVEL))
                     rows.append({"case": case.source.name, "method": name, "k": k, "plane": settings.plane,
                                  "indices": indices, **metrics, "seconds": seconds})
                     if settings.figures:
@@ -308,7 +319,8 @@ def write_tables(plan: Plan, rows: list[dict], written: list[Path]) -> Evaluatio
     summary = summarise(rows)
     written.append(write_csv(plan.out / "cases.csv", rows, CASE_COLUMNS))
     written.append(write_csv(plan.out / "summary.csv", summary, SUMMARY_COLUMNS))
-    markdown = format_markdown(summary)
+    markdown = format_markdown(summary) + format_coverage_markdown(rows)
+    written.extend(write_coverage(plan.out, rows, settings.figures))
     written.append(write_atomic(plan.out / "summary.md", lambda handle: handle.write(markdown)))
     if settings.figures and len(plan.ks) > 1:
         written.append(psnr_vs_k_figure(summary, plan.out / "psnr_vs_k.png", len(plan.cases)))

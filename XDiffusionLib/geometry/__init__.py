@@ -11,7 +11,6 @@ from .rotation import (
     rotation_from_6d,
 )
 from .sampling import (
-    average_views,
     coverage_mask,
     cross_section,
     cross_section_grid,
@@ -27,7 +26,6 @@ from .sampling import (
 
 __all__ = [
     "axis_index",
-    "average_views",
     "azimuth_rotations",
     "coverage_mask",
     "cross_section",

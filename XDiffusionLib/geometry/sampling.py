@@ -215,40 +215,6 @@ def coverage_mask(R: torch.Tensor, side: int, out_side: int, tol: float = 1e-4) 
     return (points.abs() <= 1.0 + tol).all(dim=-1)
 
 
-def average_views(
-    views: Sequence[torch.Tensor] | torch.Tensor,
-    rotations: torch.Tensor,
-    side: int,
-    mode: str = "bilinear",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paper eq. after (3): X = mean_i R_i^T X_{R_i}, weighted by coverage.
-
-    views: V tensors (B, C, out, out, out) (or (B, out, out, out)), view i being R_i.X; as a list
-    or stacked (V, B, ...). rotations: (V, 3, 3) (same R for the whole batch) or (V, B, 3, 3).
-    Returns (merged, weight): merged has the canonical shape (B, [C,] S, S, S); weight (B, S, S, S)
-    counts the views covering each voxel (float). Voxels no view covers are 0. With padded views
-    every weight equals V and this is the plain mean of the paper.
-    """
-    views = list(views)
-    if len(views) == 0:
-        raise XDiffusionError("average_views needs at least one view")
-    if rotations.shape[0] != len(views):
-        raise XDiffusionError(f"{len(views)} views but {rotations.shape[0]} rotations: give one rotation per view")
-    total = None
-    weight = None
-    for view, R in zip(views, rotations):
-        back, covered = rotate_back(view, R, side, mode=mode, return_coverage=True)
-        covered = covered.to(back.dtype)
-        if covered.shape[0] != back.shape[0]:
-            covered = covered.expand(back.shape[0], -1, -1, -1)
-        w = covered if back.ndim == 4 else covered[:, None]
-        total = back * w if total is None else total + back * w
-        weight = covered if weight is None else weight + covered
-    denom = weight.clamp_min(1.0)
-    merged = total / (denom if total.ndim == 4 else denom[:, None])
-    return merged, weight
-
-
 def plane_hits_cube(R: torch.Tensor, depths: torch.Tensor, side: int, out_side: int) -> torch.Tensor:
     """Bool (B, K): which depth planes of R.X can hold nonzero values from the original cube.
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -36,23 +37,38 @@ def volume_to_image(volume: Volume, dtype: np.dtype | type | None = None) -> sit
     return image
 
 
-def write_volume(volume: Volume, path: str | os.PathLike, dtype: np.dtype | type | None = None) -> Path:
+def write_volume(volume: Volume, path: str | os.PathLike, dtype: np.dtype | type | None = None,
+                 metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``volume`` to ``path`` (.nii, .nii.gz, .nrrd or .mha) and return the path.
 
     ``dtype`` converts the voxels first (integer types round and clip to their range); by default
     the array's own type is kept. The file appears complete or not at all: it is written to a
     hidden temporary file in the same folder and renamed (``io.atomic``). Missing parent folders
     are created. An existing file is replaced: commands refuse that first (``io.outputs``).
+    ``metadata``: text key-value pairs for the header (``add_metadata``).
     """
-    return write_volumes([(volume, path)], dtype)[0]
+    return write_volumes([(volume, path)], dtype, [metadata])[0]
 
 
-def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]], dtype: np.dtype | type | None = None) -> list[Path]:
+def add_metadata(image: sitk.Image, metadata: Mapping[str, str] | None) -> sitk.Image:
+    """Text key-value pairs into the file header: NRRD and MetaImage keep every key (``key:=value``
+    in NRRD); NIfTI has one 80-character ``descrip`` field, filled from the ``descrip`` key."""
+    for key, value in (metadata or {}).items():
+        image.SetMetaData(str(key), str(value))
+    return image
+
+
+def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]], dtype: np.dtype | type | None = None,
+                  metadata: Sequence[Mapping[str, str] | None] | None = None) -> list[Path]:
     """Write several volumes that belong together (a result and its uncertainty): every file is
     written to its temporary first and only then are they all renamed into place, so an error or
-    an interrupt leaves none of them (and no temporary). Returns the paths."""
+    an interrupt leaves none of them (and no temporary). Returns the paths. ``metadata``: one
+    mapping (or None) per item, for its header (``add_metadata``)."""
     targets = [check_volume_path(path) for _, path in items]
-    images = [volume_to_image(volume, dtype) for volume, _ in items]
+    metadata = list(metadata) if metadata is not None else [None] * len(items)
+    if len(metadata) != len(items):
+        raise ValueError(f"{len(metadata)} metadata entries for {len(items)} volumes")
+    images = [add_metadata(volume_to_image(volume, dtype), extra) for (volume, _), extra in zip(items, metadata)]
     for path in targets:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +85,8 @@ def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]], dtype: np.d
             temporaries.append(temporary_file(path, suffix=volume_suffix(path) or ""))
             # NIfTI .nii stays uncompressed by its suffix; NRRD and MHA get gzip-encoded data.
             sitk.WriteImage(image, str(temporaries[-1]), useCompression=volume_suffix(path) != ".nii")
+            if volume_suffix(path) in (".nii", ".nii.gz") and image.HasMetaDataKey("descrip"):
+                set_nifti_description(temporaries[-1], image.GetMetaData("descrip"))
             os.chmod(temporaries[-1], 0o666 & ~_umask())
         # The first one (the main result) last: once it is there, everything is.
         for temporary, path in reversed(list(zip(temporaries, targets))):
@@ -81,6 +99,20 @@ def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]], dtype: np.d
         for temporary in temporaries:
             remove_quietly(temporary)
     return targets
+
+
+def set_nifti_description(path: Path, text: str) -> None:
+    """Write ``text`` (ASCII, cut to 79 characters) into the ``descrip`` field of a NIfTI-1/2 file in
+    place; ITK's NIfTI writer does not take it from the metadata. Only those 80 header bytes change."""
+    raw = text.encode("ascii", "replace")[:79]
+    compressed = str(path).endswith(".gz")
+    data = bytearray(gzip.decompress(Path(path).read_bytes()) if compressed else Path(path).read_bytes())
+    size = int.from_bytes(data[:4], "little")
+    offset = {348: 148, 540: 240}.get(size)
+    if offset is None:
+        raise XDiffusionError(f"{path}: not a NIfTI-1 or NIfTI-2 header")
+    data[offset:offset + 80] = raw + b"\0" * (80 - len(raw))
+    Path(path).write_bytes(gzip.compress(bytes(data), compresslevel=6) if compressed else bytes(data))
 
 
 def check_volume_path(path: str | os.PathLike) -> Path:

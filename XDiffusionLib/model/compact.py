@@ -16,11 +16,12 @@ from torch import nn
 
 from .conditioning import Condition
 from .config import XDiffusionConfig
+from .denoiser import Denoiser
 from .multislice import build_reduction
 from .pose import PoseEmbedding
 
 
-class CompactDenoiser(nn.Module):
+class CompactDenoiser(Denoiser):
     def __init__(self, config: XDiffusionConfig) -> None:
         super().__init__()
         self.config = config

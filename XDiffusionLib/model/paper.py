@@ -46,6 +46,7 @@ from torch import nn
 from ..errors import XDiffusionError
 from .conditioning import Condition
 from .config import XDiffusionConfig
+from .denoiser import Denoiser
 from .multislice import build_reduction
 
 # profile_options of the paper profile and their paper values (SD-1.x VAE, CLIP ViT-L/14).
@@ -147,7 +148,7 @@ def _resize(images: torch.Tensor, side: int) -> torch.Tensor:
     return F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False, antialias=shrink)
 
 
-class PaperDenoiser(nn.Module):
+class PaperDenoiser(Denoiser):
     """Latent-space denoiser: ``forward(noisy latents (B,4,h,w), timesteps (B,), cond) -> (B,4,h,w)``.
 
     ``latent_shape`` is (4, h, w); ``encode`` maps (B,1,S,S) network-range sections to scaled

@@ -7,10 +7,11 @@ vertical axis (axis 2, I->S):
      evaluation, so the scheduler state and the random draws do not depend on the chunk size;
   2. the D generated sections are stacked: the view-conditional volume X_{R_i} (= R_i.X estimate);
   3. it is rotated back with R_i^T to the canonical cube.
-The views are aggregated per voxel over the views that cover it (same-size rotated cubes cut the
-corners of oblique views): ``mean`` = the paper's X = 1/N sum_i R_i^T X_{R_i}, or ``max`` (the
-max-pool variant of the paper's Table V). Samples are averaged; the uncertainty is the per-voxel
-standard deviation across all views x samples.
+The views are aggregated per voxel over the views that cover it by ``aggregate.ViewAggregator``
+(same-size rotated cubes cut the corners of oblique views): ``mean`` = the paper's
+X = 1/N sum_i R_i^T X_{R_i}, or ``max`` (the max-pool variant of the paper's Table V). Samples are
+averaged; ``uncertainty`` is the per-voxel standard deviation across all views x samples (the
+reconstructor turns it into a calibrated interval where the model has a calibration table).
 
 Determinism: every (sample, view) pair has its own torch.Generator seeded from (seed, sample,
 view), so a seed fixes the output, whatever the chunk size.
@@ -27,10 +28,12 @@ import torch
 
 from ..errors import XDiffusionError
 from ..geometry.rotation import azimuth_rotations, section_rotations
-from ..geometry.sampling import depth_index_to_normalised, rotate_back
-from ..model.conditioning import Condition, ConditionBuilder, SparseCube, from_network, null_condition
+from ..geometry.sampling import depth_index_to_normalised
+from ..model.conditioning import Condition, ConditionBuilder, SparseCube, from_network
+from ..model.denoiser import DenoiserHooks, hooks_of
 from ..model.config import XDiffusionConfig
 from ..settings import AGGREGATES, DEVICES, check_aggregate, check_sampler  # noqa: F401  (re-exported)
+from .aggregate import ViewAggregator
 from .schedulers import make_scheduler
 
 ACTIVE_LEVEL = 0.02  # anchor intensity (fraction of the inputs' range) below which a section is empty
@@ -72,7 +75,8 @@ class PipelineOutput:
 
 
 class XDiffusionPipeline:
-    """Runs a denoiser ``model(noisy, timesteps, cond)`` over views, depths and samples."""
+    """Runs a denoiser ``model(noisy, timesteps, cond)`` over views, depths and samples; a
+    ``model.denoiser.Denoiser`` brings its own hooks (latent space, guidance's null condition)."""
 
     def __init__(
         self,
@@ -85,6 +89,7 @@ class XDiffusionPipeline:
         self.config = config
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
+        self.hooks: DenoiserHooks = hooks_of(self.model)  # a profile's own hooks, or the pixel-space defaults
         if isinstance(model, torch.nn.Module) and self.device.type == "cpu":
             # Same numbers (within float rounding), ~10% faster convolutions on CPU (bench/cpu_limit.py).
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -129,14 +134,9 @@ class XDiffusionPipeline:
         total = int(samples) * int(views) * int(steps)
         done = 0
 
-        weight = torch.zeros((side,) * 3, dtype=torch.float64)
-        total_sum = torch.zeros_like(weight)
-        total_sq = torch.zeros_like(weight)
-        sample_sum = torch.zeros_like(weight)  # per-sample aggregates, averaged over samples
+        views_seen = ViewAggregator(side, aggregate)
         for m in range(int(samples)):
-            best = torch.full((side,) * 3, -torch.inf, dtype=torch.float64)
-            view_weight = torch.zeros_like(weight)
-            view_sum = torch.zeros_like(weight)
+            views_seen.start_sample()
             for i, R in enumerate(rotations):
 
                 def step_done(k: int, m=m, i=i) -> None:
@@ -146,34 +146,21 @@ class XDiffusionPipeline:
                 rotated = self.sample_view(builder, R, depths, view_generator(seed, m, i), sampler, int(steps), guidance,
                                            step_done, start)
                 done += int(steps)
-                back, covered = rotate_back(rotated[None].float().cpu(), R, side, return_coverage=True)
-                back, covered = back[0].double(), covered[0].double()
-                view_weight += covered
-                view_sum += back * covered
-                total_sq += back * back * covered
-                best = torch.where(covered > 0, torch.maximum(best, back), best)
-            total_sum += view_sum
-            weight += view_weight
-            if aggregate == "mean":
-                sample_sum += view_sum / view_weight.clamp_min(1.0)
-            else:
-                sample_sum += torch.where(view_weight > 0, best, torch.zeros_like(best))
-        mean = total_sum / weight.clamp_min(1.0)
-        variance = (total_sq / weight.clamp_min(1.0) - mean * mean).clamp_min(0.0)
+                views_seen.add_view(rotated, R)
+            views_seen.end_sample()
+        spread = views_seen.std()
         if residual:
             # Residual models: network units are residual_scale x intensity units; no view = no change.
             scale = float(self.config.residual_scale)
-            result = torch.where(weight > 0, sample_sum / int(samples), torch.zeros_like(weight))
-            return PipelineOutput(
-                cube=(result / scale).float(), uncertainty=(variance.sqrt() / scale).float(), coverage=weight.float()
-            )
+            return PipelineOutput(cube=(views_seen.result(0.0) / scale).float(), uncertainty=(spread / scale).float(),
+                                  coverage=views_seen.coverage.float())
         # Voxels no view covers (none with the identity view among them) read background (-1).
-        result = torch.where(weight > 0, sample_sum / int(samples), torch.full_like(weight, -1.0))
+        result = views_seen.result(-1.0)
         # Network range spans 2 intensity units, so a std in network units halves in [0, 1] units.
         return PipelineOutput(
             cube=from_network(result).clamp(0.0, 1.0).float(),
-            uncertainty=(variance.sqrt() * 0.5).float(),
-            coverage=weight.float(),
+            uncertainty=(spread * 0.5).float(),
+            coverage=views_seen.coverage.float(),
         )
 
     def sample_view(
@@ -195,7 +182,7 @@ class XDiffusionPipeline:
         scheduler = make_scheduler(sampler, self.config)
         cond = builder(R.to(self.device), depths.to(self.device))
         # Latent profiles (paper) denoise in their VAE latent space and decode at the end.
-        latent_shape = getattr(self.model, "latent_shape", None)
+        latent_shape = self.hooks.latent_shape
         shape = tuple(latent_shape) if latent_shape is not None else (1, side, side)
         noise = torch.randn(depths.numel(), *shape, generator=generator)
         if self.config.noise_sharing > 0:
@@ -233,7 +220,7 @@ class XDiffusionPipeline:
             if step_done is not None:
                 step_done(k + 1)  # may raise to cancel the run
         if latent_shape is not None:
-            x = self.model.decode(x).float()
+            x = self.hooks.decode(x).float()
         if active is not None:
             out = torch.zeros(depths.numel(), side, side, device=self.device)
             out[active] = x[:, 0].float()
@@ -276,8 +263,7 @@ class XDiffusionPipeline:
         # Classifier-free guidance: conditional and unconditional branches share one batch.
         if guidance == 1.0:
             return self._evaluate(x, t, cond)
-        null = getattr(self.model, "null_condition", null_condition)  # a profile may define its own
-        both = self._evaluate(torch.cat([x, x]), t, Condition.cat([cond, null(cond)]))
+        both = self._evaluate(torch.cat([x, x]), t, Condition.cat([cond, self.hooks.null_condition(cond)]))
         conditional, unconditional = both.chunk(2)
         return unconditional + guidance * (conditional - unconditional)
 

@@ -6,8 +6,13 @@ Input slices (``SliceInput``, canonical grid) -> model space -> pipeline -> back
    ``SparseCube`` (their cube plane and normalised position);
 3. ``XDiffusionPipeline`` generates the cube (N views x M samples, see pipeline.py);
 4. the cube is resampled onto exactly ``inputs.grid``, mapped back to the inputs' intensities, and
-   the input slices are pasted in unchanged; the uncertainty (std across views x samples) follows
-   the same way (0 on the input slices, which are known).
+   the input slices are pasted in unchanged;
+5. the uncertainty: with the model's calibration table (``model.calibration``, residual models)
+   the half-width of the calibrated interval at ``level`` (90% by default, ``uncertainty.intervals``):
+   the truth lay within reconstruction +- that value for that share of non-input voxels inside the
+   head of synthetic calibration subjects; without a table the std across views x samples. Either
+   is 0 on the input slices (known) and in the inputs' intensity units; ``ReconstructionResult.info``
+   says which it is (label, level, units) for displays and file metadata.
 
 ``reconstruct_volume`` does the same for a volume in any orientation: it reorients to canonical
 RAS+ (``to_canonical``; indices are canonical indices), reconstructs, and inverts the
@@ -17,22 +22,31 @@ reorientation so the output lies on exactly the input volume's grid.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import XDiffusionError
 from ..io.volume import Volume
-from ..methods import SliceInput, plane_axis
+from ..inputs import SliceInput, plane_axis
 from ..settings import AGGREGATES, ReconstructionSettings
+from ..uncertainty.intervals import (DEFAULT_LEVEL, UNCALIBRATED, IntervalCalibration, IntervalEstimate,
+                                     IntervalFeatures, UncertaintyInfo, calibrated_info, interval_features)
 from .pipeline import ACTIVE_LEVEL, Progress
 
 
 @dataclass(frozen=True)
 class ReconstructionResult:
+    """``uncertainty`` means what ``info`` says (``info.label``, ``info.level``, ``info.units``):
+    the calibrated interval half-width, or the view spread when the model has no calibration."""
+
     volume: Volume
     uncertainty: Volume
+    spread: Volume | None = None  # std across views x samples (intensity units), always
+    interval: IntervalEstimate | None = None  # the calibrated interval at any table level
+    info: UncertaintyInfo = UNCALIBRATED
+    features: IntervalFeatures | None = None  # only with ``keep_features`` (calibration)
 
 
 class XDiffusionReconstructor:
@@ -51,9 +65,23 @@ class XDiffusionReconstructor:
         progress: Progress | None = None,
         model=None,
         config=None,
+        level: float = DEFAULT_LEVEL,
+        calibration: IntervalCalibration | None = None,
+        calibrated: bool = True,
+        keep_features: bool = False,
         **settings,
     ) -> None:
+        """``calibration``: a table to use instead of the model folder's; ``calibrated=False``:
+        report the raw view spread (the calibration script's own runs); ``level``: one of the
+        table's levels (``uncertainty.intervals.LEVELS``)."""
         self.settings = ReconstructionSettings.from_options(settings)
+        self.level = float(level)
+        self.calibrated = bool(calibrated)
+        self.keep_features = bool(keep_features)
+        self._calibration = calibration
+        self._calibration_read = False
+        if calibration is not None:
+            calibration.level_index(self.level)
         if (model is None) != (config is None):
             raise ValueError("pass both model and config, or neither")
         self.progress = progress
@@ -85,6 +113,22 @@ class XDiffusionReconstructor:
                 raise XDiffusionError(f"{directory}: model folder not found")
             self._config = _read_config(directory)
         return self._config
+
+    @property
+    def calibration(self) -> IntervalCalibration | None:
+        """The interval table: given, or the model folder's (required for the shipped model); None
+        for a ready model without a table, a folder without one, or ``calibrated=False``."""
+        if not self.calibrated:
+            return None
+        if self._calibration is None and not self._calibration_read:
+            self._calibration_read = True
+            if self._model is None or self.model_dir is not None:  # the model comes from a folder
+                from ..model.calibration import load_calibration
+
+                self._calibration = load_calibration(self._directory(), required=False)  # TODO(u14) required once shipped
+                if self._calibration is not None:
+                    self._calibration.level_index(self.level)
+        return self._calibration
 
     @property
     def pipeline(self):
@@ -126,6 +170,7 @@ class XDiffusionReconstructor:
         self.validate(inputs)
         config = self.config
         if config.target == "residual":
+            _ = self.calibration  # a missing or broken table fails before any work
             return self._reconstruct_residual(inputs)
         pipeline = self.pipeline
         normalizer = IntensityNormalizer().fit(inputs.slices)
@@ -177,7 +222,8 @@ class XDiffusionReconstructor:
 
         config = self.config
         _ = self.pipeline  # load the model before the anchor's work, so a bad model fails first
-        anchor = anchor_estimate(inputs, config.anchor_decay_inside_mm, config.anchor_decay_outside_mm).volume.array
+        estimate = anchor_estimate(inputs, config.anchor_decay_inside_mm, config.anchor_decay_outside_mm)
+        anchor = estimate.volume.array
         normalizer = IntensityNormalizer(zero_floor=True).fit(inputs.slices)
         space = ModelSpace.for_grid(inputs.grid, config.side)
         anchor_cube = np.asarray(normalizer.forward(space.to_cube(anchor, antialias=True)), dtype=np.float32)
@@ -192,8 +238,27 @@ class XDiffusionReconstructor:
         volume = np.clip(anchor + residual, low, high).astype(np.float32)
         uncertainty = np.clip(space.from_cube(out.uncertainty.numpy()), 0.0, None) * np.float32(scale) * head
         known = SliceInput(inputs.grid, inputs.plane, inputs.indices, np.zeros_like(inputs.slices))
-        return ReconstructionResult(Volume(inputs.paste_into(volume), inputs.grid),
-                                    Volume(known.paste_into(uncertainty), inputs.grid))
+        spread = Volume(known.paste_into(uncertainty), inputs.grid)
+        result = ReconstructionResult(Volume(inputs.paste_into(volume), inputs.grid), spread, spread)
+        calibration = self.calibration
+        if calibration is None and not self.keep_features:
+            return result
+        features = self._features(inputs, estimate, spread.array, scale)
+        kept = features if self.keep_features else None
+        if calibration is None:
+            return replace(result, features=kept)
+        interval = calibration.estimate(features)
+        return replace(result, uncertainty=Volume(interval.halfwidth(self.level), inputs.grid), interval=interval,
+                       info=calibrated_info(self.level), features=kept)
+
+    @staticmethod
+    def _features(inputs: SliceInput, estimate, spread: np.ndarray, scale: float) -> IntervalFeatures:
+        from ..baselines.anchor import slice_distance_mm
+
+        known = np.zeros(inputs.grid.shape[inputs.axis], dtype=bool)
+        known[list(inputs.indices)] = True
+        return interval_features(len(inputs.indices), inputs.axis, slice_distance_mm(inputs), known, spread,
+                                 estimate.interpolation, estimate.template, estimate.volume.array, scale)
 
     @staticmethod
     def _template_cube(inputs: SliceInput, space, normalizer) -> np.ndarray:
@@ -229,13 +294,21 @@ def reconstruct_volume(
         raise XDiffusionError(f"{len(indices)} input slices but the volume has only {depth} {plane} slices")
     inputs = SliceInput.from_volume(canonical, plane, indices)
     result = reconstructor.reconstruct_with_uncertainty(inputs)
-    return ReconstructionResult(reorientation.invert(result.volume), reorientation.invert(result.uncertainty))
+    return replace(
+        result,
+        volume=reorientation.invert(result.volume),
+        uncertainty=reorientation.invert(result.uncertainty),
+        spread=None if result.spread is None else reorientation.invert(result.spread),
+        interval=None if result.interval is None else result.interval.mapped(reorientation.invert_array),
+        features=None,  # per-slice profiles along a canonical axis: meaningless after reorientation
+    )
 
 
 __all__ = [
     "AGGREGATES",
     "ReconstructionResult",
     "ReconstructionSettings",
+    "UncertaintyInfo",
     "XDiffusionReconstructor",
     "reconstruct_volume",
 ]

@@ -3,15 +3,20 @@
 The difference (reference - reconstruction) uses a blue-white-red table whose white middle sits
 exactly at 0: red where the reconstruction is too dark, blue where it is too bright. Its window is
 symmetric, +/- the 99.5th percentile of |difference|, so a few outliers do not wash out the rest.
-Uncertainty (spread across samples, >= 0) uses a black-to-yellow table from 0 up to its 99.5th
-percentile. The colour tables are built here (not taken from Slicer's shipped files) so they exist
+Uncertainty (>= 0; with a calibrated model the half-width of its 90% interval, else the spread
+across views) uses a black-to-yellow table from 0 up to its 99.5th percentile, with a colour bar
+(Slicer's colour legend) titled with what it is and its level (``uncertainty.intervals.UncertaintyInfo``);
+the same label, level and units are stored on the node as ``XDiffusion.uncertainty*`` attributes. The colour tables are built here (not taken from Slicer's shipped files) so they exist
 in any scene, and are reused when already present.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import slicer
 import slicer.util
+
+from ..uncertainty.intervals import UNCALIBRATED, UncertaintyInfo
 
 DIVERGING_NAME = "XDiffusion diverging"
 SEQUENTIAL_NAME = "XDiffusion uncertainty"
@@ -66,8 +71,10 @@ def show_difference(node, scene) -> "slicer.vtkMRMLScalarVolumeDisplayNode":
     return display
 
 
-def show_uncertainty(node, scene) -> "slicer.vtkMRMLScalarVolumeDisplayNode":
-    """Sequential colours from 0 (certain) to the 99.5th percentile of the spread."""
+def show_uncertainty(node, scene, info: UncertaintyInfo | None = None) -> "slicer.vtkMRMLScalarVolumeDisplayNode":
+    """Sequential colours from 0 (certain) to the 99.5th percentile, and a colour bar titled
+    ``info.label`` (default: the uncalibrated view spread); ``info`` is recorded on the node."""
+    info = UNCALIBRATED if info is None else info
     values = np.asarray(slicer.util.arrayFromVolume(node), dtype=np.float64)
     high = float(np.percentile(values, 99.5)) if values.size else 0.0
     high = high if high > 0.0 else (float(values.max()) if values.size and values.max() > 0 else 1.0)
@@ -75,7 +82,44 @@ def show_uncertainty(node, scene) -> "slicer.vtkMRMLScalarVolumeDisplayNode":
     display.SetAndObserveColorNodeID(color_table(scene, SEQUENTIAL_NAME, _SEQUENTIAL).GetID())
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(0.0, high)
+    for key, value in info.metadata().items():
+        node.SetAttribute(key.replace("XDiffusion_", UNCERTAINTY_ATTRIBUTE_PREFIX, 1), value)
+    legend = color_legend(node, scene)
+    legend.SetTitleText(legend_title(info))
+    legend.SetLabelFormat("%.3g")
+    legend.SetVisibility(True)
     return display
+
+
+UNCERTAINTY_ATTRIBUTE_PREFIX = "XDiffusion."
+
+
+def uncertainty_info_of(node) -> UncertaintyInfo:
+    """What an uncertainty node shows, from the attributes ``show_uncertainty`` recorded."""
+    return UncertaintyInfo.from_metadata(
+        lambda key: node.GetAttribute(key.replace("XDiffusion_", UNCERTAINTY_ATTRIBUTE_PREFIX, 1)))
+
+
+def legend_title(info: UncertaintyInfo) -> str:
+    """Colour-bar title: what the value is, its level, its units (two short lines)."""
+    if info.calibrated:
+        return f"{info.level:.0%} interval\nhalf-width (\u00b1)"
+    return "view spread (std)\nnot calibrated"
+
+
+def color_legend(node, scene):
+    """The colour legend (colour bar) of ``node``'s display, created once (as Slicer's Colors module does)."""
+    for index in range(node.GetNumberOfDisplayNodes()):
+        candidate = node.GetNthDisplayNode(index)
+        if candidate is not None and candidate.IsA("vtkMRMLColorLegendDisplayNode"):
+            return candidate
+    if not scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):  # a bare MRML scene (no Colors module)
+        scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
+    legend = scene.AddNewNodeByClass("vtkMRMLColorLegendDisplayNode")
+    legend.SetName(f"{node.GetName()} colour bar")
+    legend.SetAndObservePrimaryDisplayNode(_display_node(node))
+    node.AddAndObserveDisplayNodeID(legend.GetID())
+    return legend
 
 
 def show_like(node, template) -> None:

@@ -33,6 +33,7 @@ from ..errors import XDiffusionError
 from ..io import write_volume
 from ..io.atomic import remove_stale_temporaries, temporary_directory
 from ..io.volume import Volume
+from ..uncertainty.intervals import UncertaintyInfo
 
 SERIES_DESCRIPTION = "AI-generated pseudo-MRI (X-Diffusion) - not for diagnosis"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -112,9 +113,17 @@ def describe_model(model: str) -> str:
     return text
 
 
-def export_volume(volume: Volume, path: str | os.PathLike) -> Path:
-    """NIfTI (.nii/.nii.gz), NRRD (.nrrd) or MetaImage (.mha) file, written atomically."""
-    return write_volume(volume, path)
+def export_volume(volume: Volume, path: str | os.PathLike, uncertainty: UncertaintyInfo | None = None) -> Path:
+    """NIfTI (.nii/.nii.gz), NRRD (.nrrd) or MetaImage (.mha) file, written atomically. For an
+    uncertainty volume, ``uncertainty`` says what it is: its label, level and units go into the
+    header (NRRD/MHA keys ``XDiffusion_uncertainty*``, NIfTI ``descrip``)."""
+    return write_volume(volume, path, metadata=None if uncertainty is None else uncertainty.metadata())
+
+
+def uncertainty_series_description(info: UncertaintyInfo) -> str:
+    """SeriesDescription (at most 64 characters) of an exported uncertainty series."""
+    what = f"{info.level:.0%} interval" if info.calibrated else "view spread"
+    return f"XDiffusion uncertainty ({what}) - not for diagnosis"[:64]
 
 
 def read_source_dataset(source) -> "Any":
@@ -136,11 +145,14 @@ def read_source_dataset(source) -> "Any":
 
 
 def export_dicom_series(volume: Volume, folder: str | os.PathLike, provenance: Provenance, source=None,
-                        study_instance_uid: str | None = None, series_number: int | None = None) -> list[Path]:
+                        study_instance_uid: str | None = None, series_number: int | None = None,
+                        uncertainty: UncertaintyInfo | None = None) -> list[Path]:
     """Write ``volume`` as a DICOM MR series into the new folder ``folder``; returns the files.
 
     ``source``: the input's DICOM (Dataset, file or folder) whose patient and study are kept;
-    ``study_instance_uid``: the study to file into when no source dataset is at hand.
+    ``study_instance_uid``: the study to file into when no source dataset is at hand;
+    ``uncertainty``: the volume is the reconstruction's uncertainty, described by this (its
+    SeriesDescription, and ImageComments/DerivationDescription starting with its meaning and level).
     """
     from pydicom.uid import generate_uid
 
@@ -188,6 +200,8 @@ def export_dicom_series(volume: Volume, folder: str | os.PathLike, provenance: P
         for k in range(grid.shape[2]):
             position = np.asarray(grid.origin) + direction @ (np.asarray(grid.spacing) * np.array([0.0, 0.0, k]))
             dataset = _slice_dataset(shared, series_uid, series_number, k, now, provenance)
+            if uncertainty is not None:
+                _describe_uncertainty(dataset, uncertainty, provenance)
             dataset.ImageOrientationPatient = [_ds(v) for v in (*row, *column)]
             dataset.ImagePositionPatient = [_ds(v) for v in position]
             dataset.SliceLocation = _ds(float(position @ normal))
@@ -211,6 +225,14 @@ def export_dicom_series(volume: Volume, folder: str | os.PathLike, provenance: P
         shutil.rmtree(temp, ignore_errors=True)
         raise
     return files
+
+
+def _describe_uncertainty(dataset, info: UncertaintyInfo, provenance: Provenance) -> None:
+    meaning = (f"Uncertainty of an AI-generated pseudo-MRI: {info.label}, {info.units}"
+               + (f", level {info.level:g}" if info.level is not None else "") + f". {info.description}. ")
+    dataset.SeriesDescription = uncertainty_series_description(info)
+    dataset.DerivationDescription = (meaning + provenance.summary())[:1024]
+    dataset.ImageComments = ("Not an acquisition, not for diagnosis. " + meaning + provenance.summary())[:10240]
 
 
 def _save(dataset, path: Path) -> None:

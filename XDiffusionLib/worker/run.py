@@ -62,7 +62,9 @@ def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = 
     output_dir = Path(request.output_dir)
     outputs = {"reconstruction": str(write_volume(result.volume, output_dir / OUTPUT_NAMES["reconstruction"]))}
     if getattr(result, "uncertainty", None) is not None:
-        outputs["uncertainty"] = str(write_volume(result.uncertainty, output_dir / OUTPUT_NAMES["uncertainty"]))
+        info = getattr(result, "info", None)  # what the uncertainty is, in the file's header (NRRD keys)
+        outputs["uncertainty"] = str(write_volume(result.uncertainty, output_dir / OUTPUT_NAMES["uncertainty"],
+                                                  metadata=None if info is None else info.metadata()))
     report(1.0, "finished")
     emit(done_message(outputs))
     return outputs

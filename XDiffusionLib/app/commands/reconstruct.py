@@ -2,7 +2,8 @@
 
 Reads IN, takes the slices ``--slices``/``--indices-file`` of ``--plane`` (canonical RAS+ indices,
 as ``xdiffusion`` shows them), runs ``sampling.reconstructor.reconstruct_volume`` and writes OUT
-and its uncertainty (std across views x samples) on exactly IN's grid.
+and its uncertainty (the calibrated 90% interval half-width, or the view spread for a model without
+a calibration table; its header says which) on exactly IN's grid.
 
 Nothing is lost: before any computation, the outputs are checked (``io.outputs.check_outputs``):
 never one of the inputs (any spelling or link), an existing file only with ``--overwrite``, and
@@ -171,6 +172,7 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
         for bar in bars:
             bar.close()
 
-    write_volumes([(result.volume, output), (result.uncertainty, uncertainty)])
-    print(f"wrote {output} and {uncertainty}")
+    write_volumes([(result.volume, output), (result.uncertainty, uncertainty)],
+                  metadata=[None, result.info.metadata()])  # the uncertainty file says what it is
+    print(f"wrote {output} and {uncertainty} ({result.info.label})")
     return 0

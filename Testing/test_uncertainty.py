@@ -1,0 +1,206 @@
+"""Calibrated intervals (uncertainty.intervals), their table beside the weights (model.calibration),
+their use by the reconstructor, the coverage metrics and report, and the tumour segmentation used
+by the hallucination check."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from XDiffusionLib.baselines.foreground import head_mask
+from XDiffusionLib.errors import XDiffusionError
+from XDiffusionLib.io.volume import Volume
+from XDiffusionLib.metrics.coverage import interval_coverage, rank_correlation, result_coverage, scored_mask
+from XDiffusionLib.metrics.lesion import dice, invented_regions, segment_tumour, tumour_window
+from XDiffusionLib.model.calibration import CALIBRATION_NAME, load_calibration, save_calibration, uncertainty_info
+from XDiffusionLib.uncertainty.intervals import (DISTANCE_EDGES_MM, FEATURES, K_EDGES, LEVELS, UNCALIBRATED,
+                                                 IntervalCalibration, calibrated_info, conformal_quantile,
+                                                 distance_bins, fit_calibration, k_range)
+
+
+def test_conformal_quantile_is_the_finite_sample_rank():
+    scores = np.arange(1, 100, dtype=float)  # n = 99: rank ceil(100 * 0.9) = 90
+    assert conformal_quantile(scores, 0.9) == 90.0
+    assert conformal_quantile(np.array([3.0, 1.0]), 0.9) == 3.0  # rank beyond n: the largest
+    with pytest.raises(XDiffusionError):
+        conformal_quantile(np.array([]), 0.9)
+
+
+def test_k_ranges_and_distance_bins():
+    assert [k_range(k) for k in (1, 2, 4, 5, 9, 10, 19, 20, 31)] == [0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert distance_bins(np.array([0.5, 2.5, 2.6, 39.0, 41.0, 200.0])).tolist() == [0, 0, 1, 4, 5, 5]
+
+
+def synthetic_samples(n: int, seed: int) -> dict[str, np.ndarray]:
+    """|error| = s(x) |N(0, 1)| with s growing with the spread and the disagreement features."""
+    rng = np.random.default_rng(seed)
+    features = rng.uniform(0, 1, size=(n, len(FEATURES)))
+    design = np.column_stack([np.ones(n), features])
+    true_scale = 0.02 + 0.1 * features[:, 0] + 0.05 * features[:, 1]
+    ks = rng.choice([1, 3, 5, 10, 31], size=n)
+    return {"design": design, "abs_error": np.abs(rng.normal(size=n)) * true_scale, "k": ks,
+            "distance_mm": rng.uniform(0, 60, size=n)}
+
+
+def test_fitted_table_covers_fresh_samples_at_every_level_and_width_follows_the_error():
+    table = fit_calibration(synthetic_samples(20000, 0), synthetic_samples(40000, 1))
+    assert np.all(table.coefficients >= 0) and table.coefficients[:, 1].min() > 0.05  # spread found
+    test = synthetic_samples(40000, 2)
+    scale = np.maximum(np.einsum("ij,ij->i", test["design"],
+                                 table.coefficients[[k_range(k) for k in test["k"]]]), 1e-3)
+    ranges = np.array([k_range(k) for k in test["k"]])
+    bins = distance_bins(test["distance_mm"])
+    for index, level in enumerate(LEVELS):
+        width = table.quantiles[ranges, bins, index] * scale
+        assert abs(np.mean(test["abs_error"] <= width) - level) < 0.02
+    assert rank_correlation(scale, test["abs_error"]) > 0.3
+
+
+def small_table() -> IntervalCalibration:
+    n_k, n_d = len(K_EDGES), len(DISTANCE_EDGES_MM) + 1
+    coefficients = np.tile([0.01, 1.0, 0.5, 0.0, 0.0], (n_k, 1))
+    quantiles = np.tile(np.linspace(1.0, 2.0, len(LEVELS)), (n_k, n_d, 1)) * np.arange(1, n_d + 1)[None, :, None]
+    return IntervalCalibration(coefficients, quantiles, np.full((n_k, n_d), 500), info={"data": "test"})
+
+
+def weights_folder(tmp_path, value: float = 1.0):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.full((3,), value)}, str(tmp_path / "model.safetensors"))
+    return tmp_path
+
+
+def test_table_round_trips_and_every_corruption_is_refused(tmp_path):
+    folder = weights_folder(tmp_path)
+    assert load_calibration(folder) is None
+    with pytest.raises(XDiffusionError, match="missing interval calibration"):
+        load_calibration(folder, required=True)
+    path = save_calibration(small_table(), folder)
+    table = load_calibration(folder, required=True)
+    np.testing.assert_allclose(table.quantiles, small_table().quantiles)
+    assert uncertainty_info(folder) == calibrated_info(0.9)
+    data = json.loads(path.read_text())
+    data["quantiles"][0][0][0] = 9.0  # edited by hand
+    path.write_text(json.dumps(data))
+    with pytest.raises(XDiffusionError, match=f"{CALIBRATION_NAME}: does not match its recorded checksum"):
+        load_calibration(folder)
+    assert uncertainty_info(folder) == UNCALIBRATED
+    path.write_text("{not json")
+    with pytest.raises(XDiffusionError, match="not valid JSON"):
+        load_calibration(folder)
+    save_calibration(small_table(), folder)
+    weights_folder(tmp_path, 2.0)  # other weights in the same folder
+    with pytest.raises(XDiffusionError, match="calibrated for other weights"):
+        load_calibration(folder)
+
+
+def test_malformed_table_fields_are_named():
+    data = small_table().to_dict()
+    data["quantiles"] = data["quantiles"][:2]
+    with pytest.raises(XDiffusionError, match="shapes"):
+        IntervalCalibration.from_dict(data, "t.json")
+    data = small_table().to_dict()
+    data["coefficients"][0][1] = -1.0
+    with pytest.raises(XDiffusionError, match="t.json: malformed interval calibration"):
+        IntervalCalibration.from_dict(data, "t.json")
+    with pytest.raises(XDiffusionError, match="format"):
+        IntervalCalibration.from_dict({"format": "other"}, "t.json")
+
+
+def test_reconstructor_reports_the_calibrated_halfwidth_or_the_spread():
+    from test_residual_model import ExactResidual, head, residual_config
+
+    from XDiffusionLib.inputs import SliceInput
+    from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
+
+    volume = head()
+    inputs = SliceInput.from_volume(volume, "axial", [6, 13])
+    config = residual_config()
+    plain = XDiffusionReconstructor(model=ExactResidual(config, 0.1), config=config, views=2, steps=2, device="cpu")
+    spread = plain.reconstruct_with_uncertainty(inputs)
+    assert spread.info == UNCALIBRATED and spread.interval is None
+    assert np.array_equal(spread.uncertainty.array, spread.spread.array)
+    calibrated = XDiffusionReconstructor(model=ExactResidual(config, 0.1), config=config, views=2, steps=2,
+                                         device="cpu", calibration=small_table())
+    result = calibrated.reconstruct_with_uncertainty(inputs)
+    assert np.array_equal(result.volume.array, spread.volume.array)  # the interval never changes the volume
+    assert result.info.calibrated and result.info.level == 0.9 and "90% interval" in result.info.label
+    width = result.uncertainty.array
+    np.testing.assert_array_equal(width, result.interval.halfwidth(0.9))
+    assert np.all(width[:, :, [6, 13]] == 0) and np.all(width[:, :, 0] > 0)  # known slices are exact
+    assert np.all(result.interval.halfwidth(0.5) <= width) and np.all(width <= result.interval.halfwidth(0.95))
+    # Farther from the inputs, a farther distance bin: the test table's quantiles grow with the bin.
+    assert width[12, 14, 19].mean() > width[12, 14, 7].mean()
+    with pytest.raises(XDiffusionError, match="level 0.42"):
+        XDiffusionReconstructor(model=ExactResidual(config, 0.1), config=config, calibration=small_table(), level=0.42)
+
+
+def test_coverage_counts_non_input_voxels_inside_the_head():
+    truth = np.zeros((10, 10, 10), np.float32)
+    truth[2:8, 2:8, 2:8] = 100.0
+    truth[4:6, 4:6, 4:6] = 0.0  # a dark hole inside the head still counts
+    head = head_mask(truth)
+    assert head[5, 5, 5] and not head[0, 0, 0]
+    mask = scored_mask(head, 2, [3])
+    assert not mask[:, :, 3].any() and mask[5, 5, 5]
+    prediction = truth + np.where(np.arange(10)[None, None, :] < 5, 1.0, 5.0).astype(np.float32)
+    scores = interval_coverage(truth, prediction, lambda a: np.full(truth.shape, 2.0 * a), mask, (0.5, 0.9), 0.9)
+    # |error| 1 everywhere for k < 5 (inside a width of 1.8 or 1.0), 5 beyond (outside both).
+    expected = float(mask[:, :, :5].sum()) / mask.sum()
+    assert scores["coverage"] == pytest.approx(expected) and scores["coverage_0.5"] == pytest.approx(expected)
+    assert np.isnan(scores["width_error_spearman"])  # a constant width says nothing about the error
+
+    class Interval:
+        levels = (0.9,)
+
+        @staticmethod
+        def halfwidth(level):
+            return np.abs(prediction - truth) * 1.5  # wider exactly where the error is
+
+    scored = result_coverage(truth, prediction, Interval, mask, 0.9)
+    assert scored["coverage"] == 1.0 and scored["width_error_spearman"] == pytest.approx(1.0) and scored["level"] == 0.9
+
+
+def test_coverage_report_and_calibration_figure(tmp_path):
+    from XDiffusionLib.evaluation.report import coverage_rows, format_coverage_markdown, write_coverage
+
+    rows = [{"case": c, "method": "xdiffusion", "k": k, "level": 0.9, "coverage": 0.88, "width_error_spearman": 0.4,
+             "mean_halfwidth": 10.0, "median_abs_error": 4.0, "voxels": 100.0,
+             **{f"coverage_{a:g}": a - 0.02 for a in LEVELS}} for c in ("a", "b") for k in (1, 5)]
+    rows.append({"case": "a", "method": "linear", "k": 1})  # no interval: not in the coverage table
+    table = coverage_rows(rows)
+    assert len(table) == 6 and [r["case"] for r in table[-2:]] == ["mean", "mean"]
+    assert "| xdiffusion | 1 | 90% | 88.0% |" in format_coverage_markdown(rows)
+    written = write_coverage(tmp_path, rows, figures=True)
+    assert [p.name for p in written] == ["coverage.csv", "calibration.png"]
+    assert written[1].read_bytes()[:4] == b"\x89PNG"
+    assert write_coverage(tmp_path / "none", rows[-1:], figures=True) == [] and format_coverage_markdown(rows[-1:]) == ""
+
+
+def test_tumour_segmentation_finds_a_bright_ball_and_invented_regions_need_both_departures():
+    grid = np.indices((30, 30, 30)).astype(np.float32)
+    ball = ((grid - 15) ** 2).sum(axis=0) < 25
+    truth = np.where(ball, 200.0, 100.0).astype(np.float32)
+    brain = np.ones(truth.shape, bool)
+    window = tumour_window(truth, ball)
+    assert window == (200.0, 200.0)
+    assert dice(segment_tumour(truth, window, brain, 10), ball) == 1.0
+    assert dice(segment_tumour(np.full_like(truth, 100.0), window, brain, 10), ball) == 0.0
+    assert dice(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+    invented = truth.copy()
+    invented[2:8, 2:8, 2:8] = 300.0  # a new compact structure, absent from the truth and the anchor
+    assert invented_regions(invented, truth, truth, brain, 50.0, 20) == (1, 216)
+    assert invented_regions(invented, truth, invented, brain, 50.0, 20)[0] == 0  # the anchor had it: not invented
+
+
+def test_result_info_is_exposed_for_the_web_app():
+    from XDiffusionLib.sampling.reconstructor import ReconstructionResult
+
+    volume = Volume.from_array(np.zeros((2, 2, 2), np.float32))
+    result = ReconstructionResult(volume, volume)
+    assert result.info is UNCALIBRATED and not result.info.calibrated
+    metadata = calibrated_info(0.9).metadata()
+    assert metadata["XDiffusion_uncertainty_level"] == "0.9" and len(metadata["descrip"]) <= 80

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Hallucination check (paper Table I, honestly): are tumours recovered, or invented?
+
+On synthetic subjects (``xdiffusion synth --seed 14``: a seed no training, validation or
+calibration uses; half get a tumour), with ONE axial input slice:
+
+- tumour subjects, twice: the input slice passes through the tumour (its centroid), and it does
+  not (the slice nearest the protocol's middle slice that touches no tumour or edema voxel). The
+  same automatic segmentation (``XDiffusionLib.metrics.lesion``: the tumour core's intensity
+  window from the ground truth, inside the brain, opened, components >= 0.5 cm3) is applied to the
+  ground truth, to the model's reconstruction and to its deterministic anchor; Dice with the true
+  tumour core label (labels 1 + 4). Also: how much of the tumour the 90% interval covers.
+- tumour-free subjects: how many compact regions (>= 0.5 cm3, inside the brain) the model makes
+  that depart from the truth by more than 25% of the brain's intensity range AND from its own
+  anchor by more than half of that, i.e. structure the generative residual invented.
+
+Writes ``--out``/hallucination.json and .md, and the figure (default Resources/hallucination-check.png).
+
+    OMP_NUM_THREADS=1 python scripts/hallucination_check.py --data synth-h14 --out outputs/hallucination
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from XDiffusionLib.baselines.anchor import anchor_estimate
+from XDiffusionLib.baselines.foreground import head_mask
+from XDiffusionLib.evaluation import protocol
+from XDiffusionLib.io import read_volume
+from XDiffusionLib.inputs import SliceInput
+from XDiffusionLib.metrics.lesion import brain_mask, dice, invented_regions, segment_tumour, tumour_window
+from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
+
+SEED = 14
+PLANE, AXIS = "axial", 2
+MIN_MM3 = 500.0
+INVENT_FRACTION = 0.25
+
+
+def ensure_subjects(data: Path, n: int) -> list[dict]:
+    if not (data / "manifest.json").is_file():
+        subprocess.run([sys.executable, "-m", "XDiffusionLib.app.cli", "synth", "--n", str(n), "--seed", str(SEED),
+                        "--out", str(data), "--quiet"], check=True)
+    manifest = json.loads((data / "manifest.json").read_text())
+    if int(manifest.get("seed", -1)) != SEED:
+        raise SystemExit(f"{data}: made with seed {manifest.get('seed')}, this check uses seed {SEED}")
+    return manifest["subjects"][:n]
+
+
+def slice_without(whole: np.ndarray, start: int) -> int:
+    touched = whole.any(axis=(0, 1))
+    for offset in range(whole.shape[AXIS]):
+        for index in (start - offset, start + offset):
+            if 0 <= index < whole.shape[AXIS] and not touched[index]:
+                return index
+    raise ValueError("every slice touches the tumour")
+
+
+def reconstruct(method, truth, index):
+    inputs = SliceInput.from_volume(truth, PLANE, [index])
+    result = method.reconstruct_with_uncertainty(inputs)
+    anchor = anchor_estimate(inputs).volume.array
+    return result, anchor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="synthetic subjects of seed 14 (made if missing)")
+    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--figure", type=Path, default=Path("Resources/hallucination-check.png"))
+    args = parser.parse_args()
+    entries = ensure_subjects(args.data, args.n)
+    args.out.mkdir(parents=True, exist_ok=True)
+    method = XDiffusionReconstructor()
+    rows, free_rows, examples = [], [], {}
+    for entry in entries:
+        start = time.perf_counter()
+        truth = protocol.canonical_case(read_volume(args.data / entry["image"]))
+        spacing = float(truth.spacing[AXIS])
+        min_voxels = int(np.ceil(MIN_MM3 / float(np.prod(truth.spacing))))
+        brain = brain_mask(head_mask(truth.array), spacing)
+        if entry["labels"]:
+            labels = protocol.canonical_case(read_volume(args.data / entry["labels"])).array
+            core = np.isin(labels, (1, 4)) & brain
+            if core.sum() < min_voxels:
+                continue
+            window = tumour_window(truth.array, core)
+            truth_seg = segment_tumour(truth.array, window, brain, min_voxels)
+            centre = int(round(float(np.mean(np.nonzero(core)[AXIS]))))
+            middle = protocol.choose_indices(truth.array, PLANE, 1)[0]
+            for condition, index in (("through", centre), ("none", slice_without(labels > 0, middle))):
+                result, anchor = reconstruct(method, truth, index)
+                recon = result.volume.array
+                row = {
+                    "subject": entry["index"], "contrast": entry["params"]["contrast"], "condition": condition,
+                    "slice": index, "core_cm3": float(core.sum() * np.prod(truth.spacing) / 1000),
+                    "distance_mm": float(np.abs(np.nonzero(core)[AXIS] - index).min() * spacing),
+                    "dice_truth_seg": dice(truth_seg, core),
+                    "dice_model": dice(segment_tumour(recon, window, brain, min_voxels), core),
+                    "dice_anchor": dice(segment_tumour(anchor, window, brain, min_voxels), core),
+                }
+                if result.info.calibrated:
+                    width = result.uncertainty.array
+                    row["core_covered"] = float(np.mean(np.abs(recon - truth.array)[core] <= width[core]))
+                    row["halfwidth_core_over_brain"] = float(width[core].mean() / max(width[brain].mean(), 1e-6))
+                rows.append(row)
+                examples.setdefault(entry["index"], {"truth": truth.array, "core": core, "centre": centre})[condition] = recon
+        else:
+            index = protocol.choose_indices(truth.array, PLANE, 1)[0]
+            result, anchor = reconstruct(method, truth, index)
+            low, high = np.percentile(truth.array[brain], [1, 99])
+            threshold = INVENT_FRACTION * float(high - low)
+            count, voxels = invented_regions(result.volume.array, truth.array, anchor, brain, threshold, min_voxels)
+            anchor_count, _ = invented_regions(anchor, truth.array, None, brain, threshold, min_voxels)
+            free_rows.append({"subject": entry["index"], "contrast": entry["params"]["contrast"], "slice": index,
+                              "invented_regions": count, "invented_cm3": voxels * float(np.prod(truth.spacing)) / 1000,
+                              "anchor_error_regions": anchor_count})
+        print(f"subject {entry['index']}: {time.perf_counter() - start:.1f} s", flush=True)
+    summary = summarise(rows, free_rows)
+    (args.out / "hallucination.json").write_text(json.dumps({"tumour": rows, "tumour_free": free_rows,
+                                                             "summary": summary}, indent=1))
+    table = markdown(summary, rows, free_rows)
+    (args.out / "hallucination.md").write_text(table)
+    print(table)
+    figure(examples, rows, args.figure)
+    print(f"wrote {args.out}/hallucination.json, .md and {args.figure}")
+
+
+def summarise(rows: list[dict], free_rows: list[dict]) -> dict:
+    out = {}
+    for condition in ("through", "none"):
+        group = [r for r in rows if r["condition"] == condition]
+        if not group:
+            continue
+        out[condition] = {key: float(np.mean([r[key] for r in group])) for key in group[0]
+                          if key not in ("subject", "contrast", "condition", "slice")}
+        out[condition]["n"] = len(group)
+        out[condition]["found_model"] = int(sum(r["dice_model"] >= 0.2 for r in group))
+    if free_rows:
+        out["tumour_free"] = {"n": len(free_rows),
+                              "subjects_with_invented_region": int(sum(r["invented_regions"] > 0 for r in free_rows)),
+                              "invented_regions": int(sum(r["invented_regions"] for r in free_rows)),
+                              "invented_cm3_mean": float(np.mean([r["invented_cm3"] for r in free_rows]))}
+    return out
+
+
+def markdown(summary: dict, rows: list[dict], free_rows: list[dict]) -> str:
+    lines = ["| input slice (K=1, axial) | subjects | Dice truth seg. (ceiling) | Dice model | Dice anchor | "
+             "model found (Dice >= 0.2) | tumour voxels inside the 90% interval |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for condition, name in (("through", "passes through the tumour"), ("none", "misses the tumour")):
+        s = summary.get(condition)
+        if s:
+            covered = f"{s['core_covered']:.0%}" if "core_covered" in s else "n/a"
+            lines.append(f"| {name} | {s['n']} | {s['dice_truth_seg']:.2f} | {s['dice_model']:.2f} | "
+                         f"{s['dice_anchor']:.2f} | {s['found_model']}/{s['n']} | {covered} |")
+    free = summary.get("tumour_free")
+    if free:
+        lines += ["", f"Tumour-free subjects: {free['subjects_with_invented_region']} of {free['n']} got a compact "
+                      f"region (>= 0.5 cm3) the generative residual invented ({free['invented_regions']} regions in all, "
+                      f"{free['invented_cm3_mean']:.2f} cm3 per subject on average)."]
+    lines += ["", "Per subject (tumour): subject, contrast, condition, slice, distance to the tumour (mm), core cm3, "
+                  "Dice truth seg / model / anchor:", ""]
+    lines += [f"- {r['subject']} {r['contrast']} {r['condition']} z={r['slice']} {r['distance_mm']:.0f} mm "
+              f"{r['core_cm3']:.1f} cm3: {r['dice_truth_seg']:.2f} / {r['dice_model']:.2f} / {r['dice_anchor']:.2f}"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def figure(examples: dict, rows: list[dict], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    shown = [s for s in examples if "through" in examples[s] and "none" in examples[s]][:3]
+    figure = Figure(figsize=(10.5, 3.0 * len(shown) + 3.2), layout="constrained")
+    grid = figure.add_gridspec(len(shown) + 1, 3)
+    for row, subject in enumerate(shown):
+        example = examples[subject]
+        cut = lambda a: np.asarray(a)[:, :, example["centre"]].T[::-1]  # noqa: E731  axial, anterior up
+        vmax = float(np.percentile(example["truth"], 99.5))
+        for col, (key, title) in enumerate((("truth", "ground truth"), ("through", "model, input slice through tumour"),
+                                            ("none", "model, input slice misses tumour"))):
+            ax = figure.add_subplot(grid[row, col])
+            ax.imshow(cut(example[key]), cmap="gray", vmin=0, vmax=vmax)
+            ax.contour(cut(example["core"]).astype(float), levels=[0.5], colors="red", linewidths=0.8)
+            ax.set_title(f"subject {subject}: {title}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    ax = figure.add_subplot(grid[len(shown), :])
+    for offset, (key, label) in enumerate((("dice_truth_seg", "segmentation of the truth (ceiling)"),
+                                           ("dice_model", "model"), ("dice_anchor", "anchor (no diffusion)"))):
+        for x, condition in enumerate(("through", "none")):
+            values = [r[key] for r in rows if r["condition"] == condition]
+            ax.scatter(np.full(len(values), x + (offset - 1) * 0.18), values, s=14, color=f"C{offset}",
+                       label=label if x == 0 else None)
+            if values:
+                ax.plot([x + (offset - 1) * 0.18 - 0.07, x + (offset - 1) * 0.18 + 0.07], [np.mean(values)] * 2,
+                        color=f"C{offset}", lw=2)
+    ax.set_xticks([0, 1], ["input slice through the tumour", "input slice misses the tumour"])
+    ax.set_ylabel("Dice with the true tumour core")
+    ax.set_ylim(-0.02, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    figure.suptitle("Hallucination check, one axial input slice (synthetic subjects, seed 14); red: true tumour core",
+                    fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+
+
+if __name__ == "__main__":
+    main()
