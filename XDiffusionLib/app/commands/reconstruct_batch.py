@@ -1,0 +1,208 @@
+"""``xdiffusion reconstruct-batch``: ``xdiffusion reconstruct`` over a folder of volumes or a CSV manifest.
+
+The per-case options (views, steps, sampler, model, device, ...) are exactly those of
+``xdiffusion reconstruct``, taken from its parser, so names, defaults (``settings.py``) and help
+never differ. The manifest format is in ``evaluation/manifest.py`` and docs/cohorts.md.
+
+Runs plain, or under ``torchrun`` / ``accelerate launch``: the cases are split across ranks
+(``evaluation.cohort``), each rank loads the model once (on its own GPU, ``cuda:LOCAL_RANK``,
+where there is one) and writes each case's volumes and then its ``OUT/per-case/<name>.json``
+atomically; rank 0 gathers ``OUT/results.csv``. Running the same command again skips the cases
+already done with the same settings and recomputes the others (``--fresh``: all of them).
+
+Nothing is lost: every row is checked before any work, an output never replaces an input, and an
+existing output file is replaced only if an earlier run of this batch wrote it, or with ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ...errors import XDiffusionError
+
+RESULTS_NAME = "results.csv"
+RESULT_COLUMNS = ("case", "input", "plane", "k", "indices", "output", "uncertainty", "seconds")
+# ``xdiffusion reconstruct``'s options that apply to every case of a batch, by their dest.
+SHARED_OPTIONS = ("views", "steps", "sampler", "guidance", "samples", "seed", "aggregate", "strength", "model",
+                  "device", "chunk_size", "bf16", "volume", "no_progress")
+
+
+def _reconstruct_actions() -> list[argparse.Action]:
+    from . import reconstruct
+
+    subparsers = argparse.ArgumentParser(add_help=False).add_subparsers()
+    reconstruct.register(subparsers)
+    return [a for a in subparsers.choices["reconstruct"]._actions if a.dest in SHARED_OPTIONS]
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "reconstruct-batch",
+        help="reconstruct many volumes (a folder or a CSV manifest), on one or many processes",
+        description=(
+            "Reconstruct every volume of a folder (with --plane and --slices or --k) or every row of a CSV "
+            "manifest (columns path, plane, slices or k, output; paths relative to the manifest's folder) into "
+            "OUT. Runs under torchrun or accelerate launch with the cases split across ranks; OUT/results.csv "
+            "lists every case. Running it again skips cases already done with the same settings."
+        ),
+    )
+    parser.add_argument("--inputs", required=True, metavar="DIR|CSV", help="a folder of volumes or a CSV manifest")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    parser.add_argument("--plane", help="plane of the input slices (manifest: for rows without one)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--slices", type=int, nargs="+", metavar="I",
+                       help="input slice indices, canonical RAS+ (manifest: for rows without slices or k)")
+    which.add_argument("--k", type=int, metavar="K",
+                       help="number of input slices, chosen by the evaluation protocol (manifest: for rows without slices or k)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing output files this batch did not write (never an input)")
+    parser.add_argument("--fresh", action="store_true", help="recompute every case (default: skip those already done)")
+    for action in _reconstruct_actions():
+        parser._add_action(action)  # the very same option objects as `xdiffusion reconstruct`
+    parser.set_defaults(func=run)
+
+
+def _settings(args) -> dict:
+    return dict(views=args.views, steps=args.steps, sampler=args.sampler, guidance=args.guidance, samples=args.samples,
+                seed=args.seed, device=args.device, aggregate=args.aggregate, chunk_size=args.chunk_size,
+                bf16=args.bf16, strength=args.strength)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ...evaluation.cohort import Case, Cohort, current_rank, rank_device, unique_file_names
+    from ...evaluation.manifest import Defaults, case_name, folder_cases, read_manifest
+    from ...sampling.reconstructor import XDiffusionReconstructor
+
+    rank = current_rank()
+    settings = _settings(args)
+    settings["device"] = rank_device(settings["device"], rank)
+    reconstructor = XDiffusionReconstructor(model_dir=args.model, **settings)  # checks the settings first
+    max_slices = reconstructor.config.max_slices  # config.json only: no weights loaded yet
+    if args.k is not None and args.k < 1:
+        raise XDiffusionError(f"--k {args.k}: the number of input slices must be at least 1")
+    out = _check_out(Path(args.out))
+    defaults = Defaults(args.plane, tuple(args.slices) if args.slices else None, args.k)
+    inputs = Path(args.inputs).expanduser()
+    if inputs.is_dir():
+        batch = folder_cases(inputs, defaults, args.volume, max_slices)
+    elif inputs.is_file():
+        batch = read_manifest(inputs, defaults, args.volume, max_slices)
+    else:
+        raise XDiffusionError(f"--inputs {args.inputs}: no such folder or manifest file")
+
+    names = unique_file_names([case_name(Path(b.output)) for b in batch])
+    by_name = dict(zip(names, batch))
+    key_base = _key_base(args, reconstructor)
+    cases = [Case(name, _case_key(key_base, b, args.volume)) for name, b in by_name.items()]
+    cohort = Cohort(out, rank)
+    _check_outputs(out, cases, by_name, cohort, args.overwrite)
+
+    def note(text: str) -> None:
+        if rank.is_main:
+            print(text, file=sys.stderr)
+
+    def work(case: Case):
+        return _reconstruct_case(by_name[case.name], out, reconstructor, args, rank)
+
+    out.mkdir(parents=True, exist_ok=True)
+    records = cohort.run(cases, work, note=note, fresh=args.fresh)
+    if records is None:
+        return 0
+    from ...evaluation.report import write_csv
+
+    rows = [{"case": r["case"], **r["result"]} for r in records]
+    write_csv(out / RESULTS_NAME, rows, RESULT_COLUMNS)
+    print(f"wrote {len(rows)} reconstructions and {out / RESULTS_NAME}")
+    return 0
+
+
+def _check_out(out: Path) -> Path:
+    from ...io.outputs import check_writable
+
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise XDiffusionError(f"--out {out} is an existing file, not a folder")
+    check_writable(out / "results.csv")
+    return out
+
+
+def _outputs(out: Path, case) -> tuple[Path, Path]:
+    from .reconstruct import uncertainty_path
+
+    output = out / case.output
+    return output, uncertainty_path(output)
+
+
+def _check_outputs(out: Path, cases, by_name, cohort, overwrite: bool) -> None:
+    """Before any work: no output is an input, and an existing output is ours or ``--overwrite`` was given."""
+    from ...io.outputs import check_outputs, same_file
+    from ...io.readers import volume_files
+
+    ours = {p.resolve() for case in cases for p in cohort.recorded_files(case)}
+    inputs = [f for b in by_name.values() for f in volume_files(b.path)]
+    errors = []
+    for case in cases:
+        batch = by_name[case.name]
+        for path in _outputs(out, batch):
+            source = next((f for f in inputs if same_file(path, f)), None)
+            if source is not None:
+                errors.append(f"{batch.row}: output {path} is the input {source}: choose another output name")
+            elif path.exists() and path.resolve() not in ours and not overwrite:
+                errors.append(f"{batch.row}: {path} already exists and this batch did not write it: "
+                              "pass --overwrite to replace it, or choose another output name")
+    if errors:
+        raise XDiffusionError("\n".join(errors[:20] + ([f"... and {len(errors) - 20} more"] if len(errors) > 20 else [])))
+    check_outputs([p for b in by_name.values() for p in _outputs(out, b)], overwrite=True)
+
+
+def _key_base(args, reconstructor) -> dict:
+    from ... import __version__
+    from ...evaluation.cohort import file_identity
+
+    from ...model.checkpoint import default_model_dir
+
+    directory = Path(args.model) if args.model else default_model_dir()
+    settings = {k: v for k, v in reconstructor.settings.to_dict().items() if k not in ("device", "chunk_size")}
+    return {"what": "reconstruct-batch", "version": __version__, "settings": settings,
+            "model": file_identity([directory / "config.json", directory / "model.safetensors"], content=True)}
+
+
+def _case_key(base: dict, batch, volume_index) -> str:
+    from ...evaluation.cohort import digest, file_identity
+    from ...io.readers import volume_files
+
+    return digest({**base, "input": file_identity(volume_files(batch.path)), "volume_index": volume_index,
+                   "plane": batch.plane, "slices": batch.slices, "k": batch.k, "output": batch.output})
+
+
+def _reconstruct_case(batch, out: Path, reconstructor, args, rank) -> tuple[dict, list[Path]]:
+    from ...evaluation import protocol
+    from ...io.readers import read_volume
+    from ...io.writers import write_volumes
+    from ...sampling.reconstructor import reconstruct_volume
+
+    output, uncertainty = _outputs(out, batch)
+    start = time.perf_counter()
+    try:
+        volume = read_volume(batch.path, args.volume)
+        labels = protocol.label_value_count(volume.array)
+        if labels is not None:
+            raise XDiffusionError(f"{batch.path} is a label map ({labels} distinct values), not an MRI intensity volume")
+        if batch.slices is not None:
+            indices = list(batch.slices)
+        else:  # the evaluation protocol's choice: bin centres over the head along the plane's axis
+            indices = list(protocol.choose_indices(protocol.canonical_case(volume).array, batch.plane, batch.k))
+        result = reconstruct_volume(volume, batch.plane, indices, reconstructor=reconstructor)
+        write_volumes([(result.volume, output), (result.uncertainty, uncertainty)])
+    except XDiffusionError as error:
+        raise XDiffusionError(f"{batch.row}: {error}") from None
+    seconds = time.perf_counter() - start
+    if not args.no_progress:
+        print(f"[rank {rank.rank}] {batch.output}: {len(indices)} {batch.plane} slices, {seconds:.1f} s", file=sys.stderr)
+    relative = lambda path: path.relative_to(out).as_posix()  # noqa: E731
+    return ({"input": batch.source, "plane": batch.plane, "k": len(indices), "indices": indices,
+             "output": relative(output), "uncertainty": relative(uncertainty), "seconds": seconds},
+            [output, uncertainty])
