@@ -17,11 +17,11 @@ from typing import Any
 from ..errors import XDiffusionError
 from ..io.atomic import write_text_atomic
 from ..io.checksums import safetensors_metadata, tensor_data_sha256
+from .files import WEIGHTS_NAME
 from ..uncertainty.intervals import DEFAULT_LEVEL, UNCALIBRATED, IntervalCalibration, UncertaintyInfo, calibrated_info
 
 CALIBRATION_NAME = "uncertainty_calibration.json"
-_WEIGHTS_NAME = "model.safetensors"  # = checkpoint.WEIGHTS_NAME (that module imports torch)
-_WEIGHTS_CHECKSUM = "weights_sha256"  # = checkpoint.WEIGHTS_CHECKSUM
+_WEIGHTS_CHECKSUM = "weights_sha256"  # = checkpoint.WEIGHTS_CHECKSUM (that module imports torch)
 
 
 def content_sha256(data: dict[str, Any]) -> str:
@@ -31,7 +31,7 @@ def content_sha256(data: dict[str, Any]) -> str:
 
 
 def model_weights_sha256(directory: str | os.PathLike) -> str:
-    weights = Path(directory) / _WEIGHTS_NAME
+    weights = Path(directory) / WEIGHTS_NAME
     return safetensors_metadata(weights).get(_WEIGHTS_CHECKSUM) or tensor_data_sha256(weights)
 
 
@@ -64,7 +64,7 @@ def load_calibration(directory: str | os.PathLike, required: bool = False) -> In
         raise XDiffusionError(f"{path}: no checksum in the interval calibration; {regenerate}")
     if content_sha256(data) != data["sha256"]:
         raise XDiffusionError(f"{path}: does not match its recorded checksum (edited or corrupt); {regenerate}")
-    weights = Path(directory) / _WEIGHTS_NAME
+    weights = Path(directory) / WEIGHTS_NAME
     if weights.is_file() and data.get("weights_sha256") != model_weights_sha256(directory):
         raise XDiffusionError(f"{path}: calibrated for other weights than {weights}; {regenerate}")
     return IntervalCalibration.from_dict(data, str(path))

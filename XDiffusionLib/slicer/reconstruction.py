@@ -4,7 +4,8 @@
 (the input node is only read), starts a worker job (``XDiffusionLib.worker.launcher``) and, when
 the job is done, adds the results as new nodes:
 - "<input> XDiffusion": the reconstruction, shown with the input's window/level;
-- "<input> uncertainty": spread across views x samples, sequential colours;
+- "<input> uncertainty": the calibrated 90% interval half-width (or, for a model without a
+  calibration table, the spread across views x samples), sequential colours and a titled colour bar;
 - "<input> difference": reference - reconstruction, diverging colours centred on 0 (with a reference);
 - segmentation overlays on the real and the generated volume (automatic tissue classes, or the
   user's labelmap/segmentation), and the description of the side-by-side layout.
@@ -115,6 +116,13 @@ class SceneReconstruction:
             settings["all_acquired_slices_onto_grid_mm"] = self.plan.spacing
         return Provenance(self.settings.plane, self.settings.indices, model, settings, self._input_name)
 
+    def uncertainty_info(self):
+        """What the worker's uncertainty output is (the model folder's calibration decides; torch-free)."""
+        from ..model.calibration import uncertainty_info
+        from ..model.files import default_model_dir
+
+        return uncertainty_info(self.settings.model_dir or default_model_dir())
+
     def finish(self) -> ResultNodes:
         """Add the result nodes (once the job is done); raises XDiffusionError if it failed or was cancelled."""
         if self.result is not None:
@@ -150,7 +158,7 @@ class SceneReconstruction:
         result = ResultNodes(reconstruction)
         if outputs.uncertainty is not None:
             result.uncertainty = add(outputs.uncertainty, "uncertainty")
-            display.show_uncertainty(result.uncertainty, scene)
+            display.show_uncertainty(result.uncertainty, scene, self.uncertainty_info())
         real = self._input
         if self.reference_node is not None:
             real = volume_from_node(self.reference_node)
