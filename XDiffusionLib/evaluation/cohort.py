@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import XDiffusionError
-from ..io.atomic import _HOST, _process_alive, remove_quietly, temporary_file
+from ..io.atomic import _HOST, _process_alive, remove_quietly, write_json_atomic
 
 RESULTS_DIR = "per-case"
 RANKS_DIR = ".ranks"
@@ -164,13 +164,7 @@ class Case:
 
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_file(path, ".json")
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, default=_json_default)
-        os.replace(temporary, path)
-    finally:
-        remove_quietly(temporary)
+    write_json_atomic(path, data, default=_json_default)
 
 
 def _json_default(value: Any):
