@@ -134,6 +134,13 @@ def test_reconstructor_reports_the_calibrated_halfwidth_or_the_spread():
     assert np.all(result.interval.halfwidth(0.5) <= width) and np.all(width <= result.interval.halfwidth(0.95))
     # Farther from the inputs, a farther distance bin: the test table's quantiles grow with the bin.
     assert width[12, 14, 19].mean() > width[12, 14, 7].mean()
+    # In any orientation (reconstruct_volume reorients and back) the interval stays the uncertainty.
+    from XDiffusionLib.sampling.reconstructor import reconstruct_volume
+
+    tilted = Volume.from_array(volume.array[::-1].copy(), volume.spacing, (0.0, 0.0, 0.0), np.diag([-1.0, 1.0, 1.0]))
+    back = reconstruct_volume(tilted, "axial", [6, 13], reconstructor=calibrated)
+    np.testing.assert_array_equal(back.uncertainty.array, back.interval.halfwidth(0.9))
+    assert back.spread.grid.same_geometry(tilted.grid) and back.info == result.info
     with pytest.raises(XDiffusionError, match="level 0.42"):
         XDiffusionReconstructor(model=ExactResidual(config, 0.1), config=config, calibration=small_table(), level=0.42)
 
@@ -165,7 +172,7 @@ def test_coverage_counts_non_input_voxels_inside_the_head():
 
 
 def test_coverage_report_and_calibration_figure(tmp_path):
-    from XDiffusionLib.evaluation.report import coverage_rows, format_coverage_markdown, write_coverage
+    from XDiffusionLib.evaluation.coverage_report import coverage_rows, format_coverage_markdown, write_coverage
 
     rows = [{"case": c, "method": "xdiffusion", "k": k, "level": 0.9, "coverage": 0.88, "width_error_spearman": 0.4,
              "mean_halfwidth": 10.0, "median_abs_error": 4.0, "voxels": 100.0,

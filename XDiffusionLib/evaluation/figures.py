@@ -177,15 +177,12 @@ def error_by_distance_figure(rows: list[dict], case: str, plane: str, spacing_mm
     return _save(figure, path)
 
 
-def calibration_figure(rows: list[dict], path: Path) -> Path:
+def calibration_figure(rows: list[dict], levels: list[float], path: Path) -> Path:
     """Expected against observed coverage of the calibrated interval, one panel per K: one thin
     line per case, the mean over cases thick, the diagonal = perfect calibration; ``rows`` hold
     ``coverage_<level>`` keys (``metrics.coverage.interval_coverage``)."""
     from matplotlib.figure import Figure
 
-    from .report import coverage_levels
-
-    levels = coverage_levels(rows)
     ks = sorted({int(r["k"]) for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
     figure = Figure(figsize=(2.7 * max(len(ks), 1) + 0.8, 3.3), layout="constrained")

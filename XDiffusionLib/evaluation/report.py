@@ -1,5 +1,4 @@
-"""Evaluation outputs: ``cases.csv``, ``summary.csv``, ``protocol.json``, the printed table and, for
-methods with a calibrated interval, ``coverage.csv`` and a coverage section of ``summary.md``.
+"""Evaluation outputs: ``cases.csv``, ``summary.csv``, ``protocol.json`` and the printed table.
 
 Every file is written atomically (temporary file in the same folder, then ``os.replace``), so a
 reader never sees half a table.
@@ -149,57 +148,3 @@ def format_markdown(summary: list[dict]) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
-
-# ---- interval coverage (methods whose reconstruction carries a calibrated interval) ----------
-
-COVERAGE_COLUMNS = ("case", "method", "k", "level", "coverage", "width_error_spearman", "mean_halfwidth",
-                    "median_abs_error", "voxels")
-
-
-def coverage_levels(rows: list[dict]) -> list[float]:
-    """The interval levels scored in ``rows`` (keys ``coverage_<level>``), ascending."""
-    found = {float(key.split("_", 1)[1]) for row in rows for key in row
-             if key.startswith("coverage_") and key[9:].replace(".", "", 1).isdigit()}
-    return sorted(found)
-
-
-def coverage_rows(rows: list[dict]) -> list[dict]:
-    """Per case, method and K the coverage at the stated level, then per method and K the mean over
-    cases (case ``mean``)."""
-    scored = [r for r in rows if "coverage" in r]
-    out = [{key: r[key] for key in COVERAGE_COLUMNS} for r in scored]
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for row in scored:
-        groups.setdefault((row["method"], int(row["k"])), []).append(row)
-    for (method, k), group in groups.items():
-        mean = {key: float(np.mean([r[key] for r in group])) for key in COVERAGE_COLUMNS[4:]}
-        out.append({"case": "mean", "method": method, "k": k, "level": group[0]["level"], **mean})
-    return out
-
-
-def format_coverage_markdown(rows: list[dict]) -> str:
-    """A Markdown table of the mean coverage per method and K ('' when no method has an interval)."""
-    table = [r for r in coverage_rows(rows) if r["case"] == "mean"]
-    if not table:
-        return ""
-    lines = ["", "Calibrated interval, non-input voxels inside the head (ground-truth foreground, closed, holes "
-             "filled), mean over cases:", "",
-             "| method | K | level | coverage | Spearman(width, error) | mean half-width | median abs error |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in table:
-        lines.append(f"| {r['method']} | {r['k']} | {r['level']:.0%} | {r['coverage']:.1%} | "
-                     f"{r['width_error_spearman']:.3f} | {r['mean_halfwidth']:.2f} | {r['median_abs_error']:.2f} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_coverage(out: Path, rows: list[dict], figures: bool) -> list[Path]:
-    """``coverage.csv`` and (with ``figures``) ``calibration.png`` when some method has an interval."""
-    table = coverage_rows(rows)
-    if not table:
-        return []
-    written = [write_csv(Path(out) / "coverage.csv", table, COVERAGE_COLUMNS)]
-    if figures:
-        from .figures import calibration_figure
-
-        written.append(calibration_figure([r for r in rows if "coverage" in r], Path(out) / "calibration.png"))
-    return written

@@ -27,8 +27,9 @@ from ..metrics.coverage import result_coverage, scored_mask
 from ..uncertainty.intervals import DEFAULT_LEVEL
 from . import protocol
 from .cases import CaseSource, find_cases
-from .report import (CASE_COLUMNS, SUMMARY_COLUMNS, format_coverage_markdown, format_markdown, format_table, summarise,
-                     write_atomic, write_coverage, write_csv, write_json)
+from .coverage_report import format_coverage_markdown, write_coverage
+from .report import (CASE_COLUMNS, SUMMARY_COLUMNS, format_markdown, format_table, summarise, write_atomic,
+                     write_csv, write_json)
 
 DEFAULT_METHODS = ("nearest", "linear", "cubic", "template")
 DEFAULT_KS = (1, 3, 5, 10, 31)  # the paper's numbers of input slices (its tables use 1, 2, 3, 5, 10, 31)
