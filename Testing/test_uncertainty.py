@@ -211,3 +211,30 @@ def test_result_info_is_exposed_for_the_web_app():
     assert result.info is UNCALIBRATED and not result.info.calibrated
     metadata = calibrated_info(0.9).metadata()
     assert metadata["XDiffusion_uncertainty_level"] == "0.9" and len(metadata["descrip"]) <= 80
+
+
+def test_evaluate_reports_coverage_for_a_calibrated_model(tmp_path):
+    import csv
+
+    from test_residual_model import head, residual_config
+
+    from XDiffusionLib.app.cli import main
+    from XDiffusionLib.io.writers import write_volume
+    from XDiffusionLib.model.checkpoint import save_pretrained
+    from XDiffusionLib.model.factory import build_denoiser
+
+    torch.manual_seed(0)
+    config = residual_config()
+    model_dir = save_pretrained(build_denoiser(config).eval(), config, tmp_path / "model")
+    save_calibration(small_table(), model_dir)
+    data = write_volume(head(), tmp_path / "case.nii.gz")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(data), "--method", "xdiffusion", "linear", "--model", str(model_dir),
+                 "--slices", "1", "3", "--views", "1", "--steps", "1", "--no-progress", "--out", str(out)]) == 0
+    with open(out / "coverage.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["case"], r["method"], r["k"]) for r in rows] == [("case", "xdiffusion", "1"), ("case", "xdiffusion", "3"),
+                                                               ("mean", "xdiffusion", "1"), ("mean", "xdiffusion", "3")]
+    assert all(0.0 <= float(r["coverage"]) <= 1.0 and float(r["level"]) == 0.9 for r in rows)
+    assert "Calibrated interval" in (out / "summary.md").read_text()
+    assert (out / "calibration.png").read_bytes()[:4] == b"\x89PNG"
