@@ -34,7 +34,7 @@ from XDiffusionLib.evaluation import protocol
 from XDiffusionLib.io import read_volume
 from XDiffusionLib.inputs import SliceInput
 from XDiffusionLib.metrics.coverage import scored_mask
-from XDiffusionLib.model.calibration import CALIBRATION_NAME, save_calibration
+from XDiffusionLib.model.calibration import save_calibration
 from XDiffusionLib.model.checkpoint import default_model_dir
 from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
 from XDiffusionLib.settings import ReconstructionSettings
@@ -131,7 +131,7 @@ def main() -> None:
     }
     table = fit_calibration(joined["fit"], joined["calibrate"], info)
     path = save_calibration(table, model_dir)
-    print(f"wrote {path} ({CALIBRATION_NAME})")
+    print(f"wrote {path}")
     cal = joined["calibrate"]
     scale = np.maximum(np.einsum("ij,ij->i", cal["design"], table.coefficients[[k_range(k) for k in cal["k"]]]), 1e-3)
     print("coefficients [1, spread, disagreement, gradient, intensity] per K range:")

@@ -125,7 +125,7 @@ class XDiffusionReconstructor:
             if self._model is None or self.model_dir is not None:  # the model comes from a folder
                 from ..model.calibration import load_calibration
 
-                self._calibration = load_calibration(self._directory(), required=False)  # TODO(u14) required once shipped
+                self._calibration = load_calibration(self._directory(), required=self.model_dir is None)
                 if self._calibration is not None:
                     self._calibration.level_index(self.level)
         return self._calibration
