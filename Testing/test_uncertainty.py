@@ -238,3 +238,16 @@ def test_evaluate_reports_coverage_for_a_calibrated_model(tmp_path):
     assert all(0.0 <= float(r["coverage"]) <= 1.0 and float(r["level"]) == 0.9 for r in rows)
     assert "Calibrated interval" in (out / "summary.md").read_text()
     assert (out / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_shipped_model_requires_its_table_and_ships_a_valid_one(tmp_path, monkeypatch):
+    from XDiffusionLib.model import checkpoint
+    from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
+
+    shipped = load_calibration(checkpoint.default_model_dir(), required=True)  # valid, bound to the shipped weights
+    assert shipped.counts.sum() > 0 and "seed 13" in shipped.info["data"]
+    monkeypatch.setattr(checkpoint, "default_model_dir", lambda: weights_folder(tmp_path))
+    with pytest.raises(XDiffusionError, match="missing interval calibration of the shipped model"):
+        XDiffusionReconstructor().calibration
+    assert XDiffusionReconstructor(model_dir=tmp_path).calibration is None  # a user's folder may have none
+    assert XDiffusionReconstructor(calibrated=False).calibration is None
