@@ -300,3 +300,16 @@ def test_an_existing_file_the_batch_did_not_write_is_kept(cohort_dir, tiny_model
     assert "cohort.csv line 2:" in err and "already exists and this batch did not write it" in err
     assert (out / "sub0.nii.gz").read_text() == "someone's file"
     assert sorted(p.name for p in out.iterdir()) == ["sub0.nii.gz"]
+
+
+def test_folder_inputs_use_the_commands_plane_and_k(cohort_dir, tiny_model, capsys):
+    out = cohort_dir / "out"
+    args = ["reconstruct-batch", "--inputs", str(cohort_dir / "data"), "--out", str(out), "--model", str(tiny_model),
+            "--views", "1", "--steps", "1", "--device", "cpu", "--no-progress"]
+    assert main(args) == 2
+    assert "give --plane" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--plane", "coronal", "--k", "2"]) == 0
+    rows = read_csv(out / "results.csv")
+    # Named as `xdiffusion evaluate --data FOLDER` names them (clashing file names get their folder's).
+    assert [(r["case"], r["plane"], r["k"]) for r in rows] == [(f"sub{n}_t1_xdiffusion", "coronal", "2") for n in range(3)]
+    assert all((out / r["output"]).is_file() and (out / r["uncertainty"]).is_file() for r in rows)

@@ -14,7 +14,7 @@ import and model loading in every process count, as they do for a real cohort:
 Usage::
 
     .venv/bin/python bench/cohort.py                  # writes bench/results/cohort_cpu.json
-    .venv/bin/python bench/cohort.py --repeat 2 --only 1x1 2x1
+    .venv/bin/python bench/cohort.py --repeat 2 --only 1x1 2x1 --copies 2   # 6 cases (K = 1 and 2)
 
 The machine's 1-minute load average is recorded before and after each run: on a shared machine it
 says how much else was running.
@@ -61,7 +61,7 @@ def machine() -> dict:
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
-def write_manifest(folder: Path) -> tuple[Path, list[str]]:
+def write_manifest(folder: Path, copies: int = 1) -> tuple[Path, list[str]]:
     from XDiffusionLib.data.samples import samples_with_role
     from XDiffusionLib.evaluation.protocol import label_value_count
     from XDiffusionLib.io import read_volume
@@ -72,9 +72,13 @@ def write_manifest(folder: Path) -> tuple[Path, list[str]]:
     with open(manifest, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "plane", "k", "output"])
-        for sample in samples:
-            writer.writerow([sample.path, "axial", 1, sample.name])
-    return manifest, [s.name for s in samples]
+        names = []
+        for copy in range(copies):  # copy c: K = c + 1, so every row is its own case
+            for sample in samples:
+                name = sample.name if copy == 0 else f"{sample.name}_k{copy + 1}"
+                writer.writerow([sample.path, "axial", copy + 1, name])
+                names.append(name)
+    return manifest, names
 
 
 def run(config: str, manifest: Path, out: Path) -> dict:
@@ -105,11 +109,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--repeat", type=int, default=1, help="runs per configuration (alternating)")
+    parser.add_argument("--copies", type=int, default=1,
+                        help="list every volume this many times (copy c with K = c + 1): a longer cohort")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     runs = []
     with tempfile.TemporaryDirectory(prefix="xdiffusion-cohort-bench-") as scratch:
-        manifest, names = write_manifest(Path(scratch))
+        manifest, names = write_manifest(Path(scratch), args.copies)
         for repeat in range(args.repeat):
             for config in args.only:
                 result = run(config, manifest, Path(scratch) / f"{config}-{repeat}")
@@ -121,6 +127,7 @@ def main() -> None:
         "what": "xdiffusion reconstruct-batch over the shipped held-out MRI, K=1 axial, shipped model, default "
                 "settings; wall time from launch to exit (process start, torch import and model load included)",
         "cases": names,
+        "copies": args.copies,
         "settings": DEFAULTS.to_dict(),
         "machine": machine(),
         "runs": runs,

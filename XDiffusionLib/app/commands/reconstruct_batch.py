@@ -17,6 +17,7 @@ existing output file is replaced only if an earlier run of this batch wrote it, 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -25,9 +26,9 @@ from ...errors import XDiffusionError
 
 RESULTS_NAME = "results.csv"
 RESULT_COLUMNS = ("case", "input", "plane", "k", "indices", "output", "uncertainty", "seconds")
-# ``xdiffusion reconstruct``'s options that apply to every case of a batch, by their dest.
-SHARED_OPTIONS = ("views", "steps", "sampler", "guidance", "samples", "seed", "aggregate", "strength", "model",
-                  "device", "chunk_size", "bf16", "volume", "no_progress")
+# ``xdiffusion reconstruct``'s options that are not about one input and its output, by their dest:
+# every sampling setting (``settings.ReconstructionSettings``) and these.
+PER_CASE_OPTIONS = ("model", "volume", "no_progress")
 
 
 def _reconstruct_actions() -> list[argparse.Action]:
@@ -35,7 +36,16 @@ def _reconstruct_actions() -> list[argparse.Action]:
 
     subparsers = argparse.ArgumentParser(add_help=False).add_subparsers()
     reconstruct.register(subparsers)
-    return [a for a in subparsers.choices["reconstruct"]._actions if a.dest in SHARED_OPTIONS]
+    from dataclasses import fields
+
+    from ...settings import ReconstructionSettings
+
+    shared = {f.name for f in fields(ReconstructionSettings)} | set(PER_CASE_OPTIONS)
+    actions = [a for a in subparsers.choices["reconstruct"]._actions if a.dest in shared]
+    missing = shared - {a.dest for a in actions}
+    if missing:  # a setting without its option in `xdiffusion reconstruct`: fail loudly, not silently
+        raise RuntimeError(f"xdiffusion reconstruct has no option for {sorted(missing)}")
+    return actions
 
 
 def register(subparsers) -> None:
@@ -66,9 +76,12 @@ def register(subparsers) -> None:
 
 
 def _settings(args) -> dict:
-    return dict(views=args.views, steps=args.steps, sampler=args.sampler, guidance=args.guidance, samples=args.samples,
-                seed=args.seed, device=args.device, aggregate=args.aggregate, chunk_size=args.chunk_size,
-                bf16=args.bf16, strength=args.strength)
+    """The sampling settings of every case: each field of ``ReconstructionSettings`` from its option."""
+    from dataclasses import fields
+
+    from ...settings import ReconstructionSettings
+
+    return {f.name: getattr(args, f.name) for f in fields(ReconstructionSettings)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,7 +121,14 @@ def run(args: argparse.Namespace) -> int:
         return _reconstruct_case(by_name[case.name], out, reconstructor, args, rank)
 
     out.mkdir(parents=True, exist_ok=True)
-    records = cohort.run(cases, work, note=note, fresh=args.fresh)
+    from .reconstruct import _terminate
+
+    # SIGTERM (a launcher stopping the ranks) unwinds like Ctrl-C: temporaries are removed on the way out.
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        records = cohort.run(cases, work, note=note, fresh=args.fresh)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if records is None:
         return 0
     from ...evaluation.report import write_csv
