@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -46,6 +48,21 @@ def volume_factory():
 def oblique_volume(volume_factory) -> Volume:
     """12x10x8 float32 volume, spacing 0.9x1.3x2.0 mm, oblique direction, non-zero origin."""
     return volume_factory()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_onnx_cache(tmp_path_factory):
+    """Exported ONNX graphs go to a folder of this test run, never to the user's cache (worker
+    subprocesses inherit it)."""
+    import os
+
+    previous = os.environ.get("XDIFFUSION_CACHE")
+    os.environ["XDIFFUSION_CACHE"] = str(tmp_path_factory.mktemp("xdiffusion-cache"))
+    yield Path(os.environ["XDIFFUSION_CACHE"])
+    if previous is None:
+        os.environ.pop("XDIFFUSION_CACHE", None)
+    else:
+        os.environ["XDIFFUSION_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,9 @@ from .errors import XDiffusionError
 SAMPLERS = ("dpmpp", "ddim", "ddpm")  # the default first
 AGGREGATES = ("mean", "max")
 DEVICES = ("auto", "cpu", "cuda")
+# How the network runs on a CPU: "auto" = ONNX Runtime where installed (same numbers, faster;
+# model/onnx_runtime.py), "torch" = torch eager, "onnx" = ONNX Runtime or an error.
+RUNTIMES = ("auto", "torch", "onnx")
 MAX_VIEWS = 64
 MAX_STEPS = 1000
 MAX_SAMPLES = 16
@@ -57,11 +60,14 @@ class ReconstructionSettings:
     bf16: bool = False
     # Residual models: fraction of the noise schedule sampling starts from (None: the model's own).
     strength: float | None = None
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         check_sampler(self.sampler)
         check_aggregate(self.aggregate)
         check_device_name(self.device)
+        if self.runtime not in RUNTIMES:
+            raise XDiffusionError(f"unknown runtime {self.runtime!r}: choose one of {', '.join(RUNTIMES)}")
         for name, limit in (("views", MAX_VIEWS), ("steps", MAX_STEPS), ("samples", MAX_SAMPLES)):
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or int(value) < 1:

@@ -31,3 +31,7 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
     fi
 fi
 .venv/bin/python -c "import XDiffusionLib, torch, diffusers, slicer" || { echo "setup failed: XDiffusionLib does not import" >&2; exit 1; }
+# Export the shipped model's U-Net for ONNX Runtime once (cached per weights and torch version), so
+# the first reconstruction does not wait for it; without it, the first run exports it itself.
+.venv/bin/python -c "from XDiffusionLib.model.onnx_runtime import warm_cache; warm_cache()" \
+    || echo "setup: warning: could not prepare the ONNX Runtime graph (reconstructions fall back to torch)" >&2

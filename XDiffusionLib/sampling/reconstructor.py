@@ -136,10 +136,16 @@ class XDiffusionReconstructor:
             from .pipeline import XDiffusionPipeline, resolve_device
 
             device = resolve_device(self.settings.device)
+            model_dir = None
             if self._model is None:
                 from ..model.checkpoint import load_pretrained
 
-                self._model, self._config = load_pretrained(self._directory(), device)
+                model_dir = self._directory()
+                self._model, self._config = load_pretrained(model_dir, device)
+            if device.type == "cpu":
+                from ..model.onnx_runtime import on_onnx_runtime
+
+                self._model = on_onnx_runtime(self._model, self.settings.runtime, model_dir)
             self._pipeline = XDiffusionPipeline(
                 self._model, self._config, device, self.settings.chunk_size, self.settings.bf16
             )
