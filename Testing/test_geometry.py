@@ -17,15 +17,14 @@ from XDiffusionLib.geometry import (
     depth_index_to_normalised,
     normalised_to_depth_index,
     padded_side,
-    plane_hits_cube,
-    plane_rotation,
     random_rotations,
     rotate_back,
-    rotate_volume,
     rotation_6d,
     rotation_about_axis,
     rotation_from_6d,
 )
+
+from geometry_helpers import plane_rotation, rotate_volume  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -292,21 +291,6 @@ def test_fractional_depth_interpolates_between_planes():
     assert torch.allclose(half, 0.5 * (X[:, :, 2] + X[:, :, 3]), atol=1e-5)
 
 
-def test_plane_hits_cube_marks_empty_planes():
-    side = 12
-    out = padded_side(side)
-    ones = torch.ones(2, 1, side, side, side)
-    R = torch.stack([rotation_about_axis(math.pi / 4, 2), random_rotations(1, torch.Generator().manual_seed(9))[0]])
-    depths = depth_index_to_normalised(torch.arange(out, dtype=torch.float32), out)
-    hits = plane_hits_cube(R, depths, side, out)
-    full = rotate_volume(ones, R, out_side=out)
-    nonzero = full.flatten(3).amax(-1)[:, 0] > 0
-    assert hits.shape == (2, out)
-    assert not (nonzero & ~hits).any()  # never skips a plane with content
-    assert (~hits).sum() > 0  # and does skip some at these angles
-    assert (hits & ~nonzero).sum() <= 4  # at most the slack plane on each side
-
-
 # --------------------------------------------------------------------------- putting views back
 
 
@@ -388,10 +372,12 @@ def test_float32_on_each_device_matches_float64_cpu_reference(device):
 
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(XDiffusionError, match="cube"):
-        rotate_volume(torch.zeros(1, 1, 4, 4, 5), torch.eye(3))
+        cross_section(torch.zeros(1, 1, 4, 4, 5), torch.eye(3), 0.0)
     with pytest.raises(XDiffusionError, match="rotations"):
-        rotate_volume(torch.zeros(1, 1, 4, 4, 4), torch.eye(4))
+        cross_section(torch.zeros(1, 1, 4, 4, 4), torch.eye(4), 0.0)
     with pytest.raises(XDiffusionError, match="rotation per volume"):
-        rotate_volume(torch.zeros(2, 1, 4, 4, 4), torch.eye(3).expand(3, 3, 3))
+        rotate_back(torch.zeros(2, 1, 4, 4, 4), torch.eye(3).expand(3, 3, 3), 4)
+    with pytest.raises(XDiffusionError, match="give one per volume"):
+        cross_section(torch.zeros(2, 1, 4, 4, 4), torch.eye(3).expand(3, 3, 3), 0.0)
     with pytest.raises(XDiffusionError, match="mode"):
-        rotate_volume(torch.zeros(1, 1, 4, 4, 4), torch.eye(3), mode="bicubic")
+        cross_section(torch.zeros(1, 1, 4, 4, 4), torch.eye(3), 0.0, mode="bicubic")

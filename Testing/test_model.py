@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from XDiffusionLib.errors import XDiffusionError
-from XDiffusionLib.geometry.rotation import azimuth_rotations, plane_rotation, random_rotations
-from XDiffusionLib.geometry.sampling import cross_section, depth_index_to_normalised
+from XDiffusionLib.geometry.rotation import azimuth_rotations, random_rotations
+from geometry_helpers import plane_rotation
+from XDiffusionLib.geometry.sections import cross_section, depth_index_to_normalised
 from XDiffusionLib.model.checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,

@@ -11,7 +11,7 @@ from XDiffusionLib.model import onnx_runtime
 from XDiffusionLib.model.checkpoint import load_pretrained
 from XDiffusionLib.model.conditioning import ConditionBuilder, SparseCube
 from XDiffusionLib.geometry.rotation import section_rotations
-from XDiffusionLib.geometry.sampling import depth_index_to_normalised
+from XDiffusionLib.geometry.sections import depth_index_to_normalised
 from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
 from XDiffusionLib.settings import ReconstructionSettings
 

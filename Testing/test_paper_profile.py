@@ -17,7 +17,7 @@ import torch
 
 from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.geometry.rotation import azimuth_rotations
-from XDiffusionLib.geometry.sampling import depth_index_to_normalised
+from XDiffusionLib.geometry.sections import depth_index_to_normalised
 from XDiffusionLib.io.volume import Volume
 from XDiffusionLib.inputs import SliceInput
 from XDiffusionLib.model.checkpoint import load_pretrained, save_pretrained

@@ -512,7 +512,7 @@ def test_resume_of_an_old_checkpoint_with_a_mismatched_config_is_one_line(tmp_pa
 
 
 def test_worker_refuses_options_of_the_wrong_type_with_one_line(tmp_path):
-    from XDiffusionLib.worker import protocol
+    from XDiffusionLib.worker import messages
 
     request = {"protocol": 1, "input": str(tmp_path / "input.nrrd"), "output_dir": str(tmp_path),
                "settings": {"plane": "axial", "indices": [2], "options": {"views": "many"}}}
@@ -520,7 +520,7 @@ def test_worker_refuses_options_of_the_wrong_type_with_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "XDiffusionLib.worker", str(tmp_path / "request.json")],
                           capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert [protocol.decode(line) for line in done.stdout.splitlines()] == [
+    assert [messages.decode(line) for line in done.stdout.splitlines()] == [
         {"type": "error", "message": "setting 'views' must be a whole number, got 'many'"}]
     assert "Traceback" not in done.stderr
 
@@ -533,7 +533,7 @@ def test_worker_help_prints_usage_and_exits_0():
 
 def test_worker_4d_error_does_not_name_an_option_it_lacks(tmp_path, oblique_volume):
     from XDiffusionLib.io.writers import volume_to_image
-    from XDiffusionLib.worker.protocol import JobSettings, Request
+    from XDiffusionLib.worker.messages import JobSettings, Request
     from XDiffusionLib.worker.run import run_request
 
     four_d = tmp_path / "series4d.nii.gz"

@@ -32,7 +32,7 @@ import slicer.util
 from conftest import rotation, smooth_array
 
 from XDiffusionLib.io.volume import Volume
-from XDiffusionLib.slicer import nodes, validation
+from XDiffusionLib.slicer import nodes, request_checks
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "XDiffusion"
@@ -326,7 +326,7 @@ def test_resources_where_slicer_expects_them():
 def test_panel_checks_find_the_shipped_model_without_torch():
     # The panel checks run before torch is installed: the model folder's names come from the
     # torch-free model/files.py, the same names the checkpoint code writes.
-    code = ("import sys; from XDiffusionLib.slicer import validation as v; "
+    code = ("import sys; from XDiffusionLib.slicer import request_checks as v; "
             "from XDiffusionLib.model import files; d = v.check_model_dir(None); "
             "print(d == files.default_model_dir(), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -356,7 +356,7 @@ def test_validation_messages_create_nothing(xd, scene, tmp_path, monkeypatch, ti
     assert message().startswith("slice index 50 is outside the volume: axial indices run 0..")
     p.sliceIndices = [2, 5]
     empty = tmp_path / "empty_default"
-    monkeypatch.setattr(validation, "default_model_dir", lambda: empty)
+    monkeypatch.setattr(request_checks, "default_model_dir", lambda: empty)
     assert message().startswith("the default model is not installed")
     p.useDefaultModel = False
     p.modelPath = tmp_path / "nowhere"

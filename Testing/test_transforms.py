@@ -121,7 +121,7 @@ def test_invert_refuses_a_foreign_grid(oblique_volume):
 
 def cross_section(space: ModelSpace, cube: np.ndarray, axis: int, index: int) -> np.ndarray:
     """The cube's plane at canonical slice ``index``: linear along ``axis`` at slice_position, read
-    only from data voxels (as from_cube does)."""
+    only from data voxels (as to_grid does)."""
     first, last = space.cube_data_range(axis)
     u = np.clip((space.slice_position(axis, index) + 1) * (space.side - 1) / 2, first, last)
     low = int(min(np.floor(u), max(last - 1, first)))
@@ -135,7 +135,7 @@ def test_identity_when_grid_is_the_cube():
     space = ModelSpace.for_grid(grid, 16)
     array = smooth_array(grid.shape)
     np.testing.assert_array_equal(space.to_cube(array), array)
-    np.testing.assert_array_equal(space.from_cube(array), array)
+    np.testing.assert_array_equal(space.to_grid(array), array)
     np.testing.assert_allclose(space.cube_to_canonical, np.eye(4), atol=1e-12)
     assert space.slice_position(2, 0) == -1.0 and space.slice_position(2, 15) == 1.0
     assert space.cube_grid.same_geometry(grid)
@@ -145,12 +145,12 @@ def test_identity_when_grid_is_the_cube():
     "shape, spacing, side",
     [((20, 14, 10), (1.0, 1.0, 2.0), 24), ((20, 14, 10), (1.0, 1.0, 2.0), 16), ((10, 10, 8), (2.0, 2.0, 3.0), 16)],
 )
-def test_to_cube_then_from_cube_reproduces_smooth_volume(shape, spacing, side):
+def test_to_cube_then_to_grid_reproduces_smooth_volume(shape, spacing, side):
     space = ModelSpace.for_grid(Grid(shape, spacing), side)
     array = smooth_array(shape, noise=0.0)
     cube = space.to_cube(array)
     assert cube.shape == (side,) * 3 and cube.dtype == np.float32
-    back = space.from_cube(cube)
+    back = space.to_grid(cube)
     assert back.shape == shape and back.dtype == np.float32
     error = np.abs(back - array) / np.ptp(array)
     assert error.max() < 0.03 and error.mean() < 0.01
@@ -268,7 +268,7 @@ def test_nearest_order_keeps_labels():
     space = ModelSpace.for_grid(Grid(labels.shape, (1.0, 1.0, 2.0)), 16)
     cube = space.to_cube(labels, order=0)
     assert set(np.unique(cube)) == {0.0, 3.0, 7.0}
-    back = space.from_cube(cube, order=0)
+    back = space.to_grid(cube, order=0)
     assert set(np.unique(back)) == {0.0, 3.0, 7.0}
     assert np.mean(back == labels) > 0.85
     with pytest.raises(ValueError):

@@ -25,7 +25,7 @@ from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.io.volume import Volume
 from XDiffusionLib.slicer import nodes
 from XDiffusionLib.slicer.reconstruction import AUTOMATIC, SceneReconstruction
-from XDiffusionLib.worker import protocol
+from XDiffusionLib.worker import messages
 from XDiffusionLib.worker.launcher import CANCELLED, DONE, FAILED, WorkerLauncher
 
 FAST = {"views": 1, "steps": 2, "samples": 1, "device": "cpu", "seed": 3}
@@ -83,15 +83,15 @@ def wait_for_progress(job, word: str = "step", timeout: float = 120.0) -> None:
 
 
 def test_messages_and_request_round_trip(tmp_path):
-    line = protocol.encode(protocol.progress_message(1.7, "step 3/10"))
+    line = messages.encode(messages.progress_message(1.7, "step 3/10"))
     assert "\n" not in line
-    assert protocol.decode(line + "\n") == {"type": "progress", "fraction": 1.0, "message": "step 3/10"}
-    assert protocol.decode("UserWarning: something\n") == {"type": "log", "message": "UserWarning: something"}
-    assert protocol.decode('{"type": "other"}')["type"] == "log"
-    settings = protocol.JobSettings("coronal", (4, 1), str(tmp_path), dict(FAST))
-    request = protocol.Request(str(tmp_path / "input.nrrd"), str(tmp_path), settings)
-    path = protocol.write_request(request, tmp_path / "request.json")
-    assert protocol.read_request(path) == request
+    assert messages.decode(line + "\n") == {"type": "progress", "fraction": 1.0, "message": "step 3/10"}
+    assert messages.decode("UserWarning: something\n") == {"type": "log", "message": "UserWarning: something"}
+    assert messages.decode('{"type": "other"}')["type"] == "log"
+    settings = messages.JobSettings("coronal", (4, 1), str(tmp_path), dict(FAST))
+    request = messages.Request(str(tmp_path / "input.nrrd"), str(tmp_path), settings)
+    path = messages.write_request(request, tmp_path / "request.json")
+    assert messages.read_request(path) == request
     assert [p.name for p in tmp_path.iterdir()] == ["request.json"]  # no temporary file left
 
 
@@ -110,7 +110,7 @@ def test_bad_request_files_are_clear_errors(tmp_path, content, message):
     path = tmp_path / "request.json"
     path.write_text(content)
     with pytest.raises(XDiffusionError, match=message):
-        protocol.read_request(path)
+        messages.read_request(path)
 
 
 def test_worker_process_reports_a_bad_request_as_one_error_line(tmp_path):
@@ -118,7 +118,7 @@ def test_worker_process_reports_a_bad_request_as_one_error_line(tmp_path):
                                capture_output=True, text=True, timeout=120,
                                cwd=Path(__file__).resolve().parents[1])
     assert completed.returncode == 2
-    lines = [protocol.decode(line) for line in completed.stdout.splitlines()]
+    lines = [messages.decode(line) for line in completed.stdout.splitlines()]
     assert lines == [{"type": "error", "message": f"{tmp_path / 'missing.json'}: request file not found"}]
 
 
@@ -127,14 +127,14 @@ def test_worker_process_reports_a_bad_request_as_one_error_line(tmp_path):
 
 def test_in_process_mode_same_api(tiny_model, private_tmp):
     volume = head_volume()
-    job = WorkerLauncher("inprocess").start(volume, protocol.JobSettings("axial", (2, 5), tiny_model, FAST))
+    job = WorkerLauncher("inprocess").start(volume, messages.JobSettings("axial", (2, 5), tiny_model, FAST))
     assert job.wait(120) == DONE
     assert job.fraction == 1.0
     result = job.result()
     assert result.reconstruction.grid.same_geometry(volume.grid, tol=1e-6)
     assert list(private_tmp.iterdir()) == []
     # cancel: the run stops at its next progress report and leaves nothing behind
-    job = WorkerLauncher("inprocess").start(volume, protocol.JobSettings("axial", (2, 5), tiny_model, SLOW))
+    job = WorkerLauncher("inprocess").start(volume, messages.JobSettings("axial", (2, 5), tiny_model, SLOW))
     wait_for_progress(job)
     job.cancel()
     assert job.state == CANCELLED
@@ -148,7 +148,7 @@ def test_subprocess_bad_input_is_a_clear_error(tiny_model, private_tmp):
     array = smooth_array((12, 10, 8))
     array[3, 4, 5] = np.nan
     volume = Volume.from_array(array)
-    job = WorkerLauncher("subprocess").start(volume, protocol.JobSettings("axial", (2, 5), tiny_model, FAST))
+    job = WorkerLauncher("subprocess").start(volume, messages.JobSettings("axial", (2, 5), tiny_model, FAST))
     assert job.wait(120) == FAILED
     assert job.error.endswith("input.nrrd has 1 NaN voxel: fix or mask them before reconstruction")
     assert list(private_tmp.iterdir()) == []
@@ -162,7 +162,7 @@ def test_scene_reconstruction_in_a_worker_process(scene, tiny_model, private_tmp
     volume = head_volume()
     source = nodes.add_volume_node(scene, volume, "T1")
     before_array = np.array(slicer.util.arrayFromVolume(source), copy=True)
-    settings = protocol.JobSettings("axial", (2, 5), str(tiny_model), FAST)
+    settings = messages.JobSettings("axial", (2, 5), str(tiny_model), FAST)
     run = SceneReconstruction(scene, source, settings, reference_node=source, overlay=AUTOMATIC,
                               launcher=WorkerLauncher("subprocess")).start()
     assert len(list(private_tmp.iterdir())) == 1  # the job's private folder, while it runs
@@ -195,7 +195,7 @@ def test_scene_reconstruction_in_a_worker_process(scene, tiny_model, private_tmp
 def test_cancel_mid_run_leaves_nothing(scene, tiny_model, private_tmp):
     source = nodes.add_volume_node(scene, head_volume(), "T1")
     before = snapshot(scene)
-    run = SceneReconstruction(scene, source, protocol.JobSettings("axial", (2, 5), str(tiny_model), SLOW),
+    run = SceneReconstruction(scene, source, messages.JobSettings("axial", (2, 5), str(tiny_model), SLOW),
                               launcher=WorkerLauncher("subprocess")).start()
     wait_for_progress(run.job)
     pid = run.job.process.pid
@@ -214,7 +214,7 @@ def test_cancel_mid_run_leaves_nothing(scene, tiny_model, private_tmp):
 def test_corrupt_model_is_a_clear_error_and_scene_unchanged(scene, corrupt_model, private_tmp):
     source = nodes.add_volume_node(scene, head_volume(), "T1")
     before = snapshot(scene)
-    run = SceneReconstruction(scene, source, protocol.JobSettings("axial", (2, 5), str(corrupt_model), FAST),
+    run = SceneReconstruction(scene, source, messages.JobSettings("axial", (2, 5), str(corrupt_model), FAST),
                               overlay=AUTOMATIC, launcher=WorkerLauncher("subprocess")).start()
     assert run.wait(120) == FAILED
     assert "model.safetensors: corrupt or truncated safetensors file" in run.error
@@ -229,7 +229,7 @@ def test_corrupt_model_is_a_clear_error_and_scene_unchanged(scene, corrupt_model
 def test_killed_worker_is_reported_and_scene_unchanged(scene, tiny_model, private_tmp):
     source = nodes.add_volume_node(scene, head_volume(), "T1")
     before = snapshot(scene)
-    run = SceneReconstruction(scene, source, protocol.JobSettings("axial", (2, 5), str(tiny_model), SLOW),
+    run = SceneReconstruction(scene, source, messages.JobSettings("axial", (2, 5), str(tiny_model), SLOW),
                               launcher=WorkerLauncher("subprocess")).start()
     wait_for_progress(run.job, "reading")
     os.kill(run.job.process.pid, signal.SIGKILL)  # what the out-of-memory killer does
@@ -243,9 +243,9 @@ def test_scene_checks_happen_before_any_work(scene, tiny_model, private_tmp):
     source = nodes.add_volume_node(scene, head_volume(), "T1")
     before = snapshot(scene)
     with pytest.raises(XDiffusionError, match="slice index 40 is outside the volume"):
-        SceneReconstruction(scene, source, protocol.JobSettings("axial", (2, 40), str(tiny_model), FAST))
+        SceneReconstruction(scene, source, messages.JobSettings("axial", (2, 40), str(tiny_model), FAST))
     with pytest.raises(XDiffusionError, match="model folder .* not found"):
-        SceneReconstruction(scene, source, protocol.JobSettings("axial", (2,), str(private_tmp / "nope"), FAST))
+        SceneReconstruction(scene, source, messages.JobSettings("axial", (2,), str(private_tmp / "nope"), FAST))
     assert snapshot(scene) == before
     assert list(private_tmp.iterdir()) == []
 
@@ -336,7 +336,7 @@ def wait_until_gone(text: str, timeout: float = 10.0) -> list[int]:
 def test_cancel_ends_the_worker_behind_a_launcher_that_forwards_no_signal(in_slicer_app, tiny_model, private_tmp):
     launcher = WorkerLauncher("auto")
     assert launcher.mode == "slicer" and launcher.command("r.json")[0] == str(in_slicer_app)
-    job = launcher.start(head_volume(), protocol.JobSettings("axial", (2, 5), str(tiny_model), SLOW))
+    job = launcher.start(head_volume(), messages.JobSettings("axial", (2, 5), str(tiny_model), SLOW))
     marker = str(job.workdir)
     wait_for_progress(job)
     assert len(processes_mentioning(marker)) == 2  # the launcher and the worker it started
@@ -355,13 +355,13 @@ def test_a_running_worker_does_not_outlive_the_process_that_started_it(standin_l
     script = tmp_path / "host.py"
     script.write_text(
         "import sys, time\n"
-        "from XDiffusionLib.worker import protocol\n"
+        "from XDiffusionLib.worker import messages\n"
         "from XDiffusionLib.worker.launcher import WorkerLauncher\n"
         "from XDiffusionLib.io.volume import Volume\n"
         "import numpy as np\n"
         f"job = WorkerLauncher('subprocess', python={str(standin_launcher)!r}).start(\n"
         "    Volume.from_array(np.random.default_rng(0).normal(100, 10, (12, 10, 8)).astype('float32')),\n"
-        f"    protocol.JobSettings('axial', (2, 5), {str(tiny_model)!r}, {SLOW!r}))\n"
+        f"    messages.JobSettings('axial', (2, 5), {str(tiny_model)!r}, {SLOW!r}))\n"
         "print(job.workdir, flush=True)\n"
         "while not any('step' in m.get('message', '') for m in job.poll()):\n"
         "    time.sleep(0.05)\n"
@@ -377,15 +377,15 @@ def test_a_running_worker_does_not_outlive_the_process_that_started_it(standin_l
 @pytest.mark.parametrize("mode", ["slicer", "subprocess"])
 def test_undecodable_worker_output_is_replaced_and_reading_goes_on(mode, in_slicer_app, tmp_path, private_tmp):
     fake = _executable(tmp_path / "fake-worker", UNDECODABLE_WORKER)
-    job = WorkerLauncher(mode, python=str(fake)).start(head_volume(), protocol.JobSettings("axial", (2,), None, FAST))
-    messages = []
+    job = WorkerLauncher(mode, python=str(fake)).start(head_volume(), messages.JobSettings("axial", (2,), None, FAST))
+    received = []
     deadline = time.monotonic() + 60
     while not job.finished and time.monotonic() < deadline:
-        messages += job.poll()
+        received += job.poll()
         time.sleep(0.02)
-    messages += job.poll()
+    received += job.poll()
     assert job.state == DONE, (job.state, job.error)
-    assert {"type": "progress", "fraction": 0.5, "message": "after the bad line"} in messages
-    logs = [m["message"] for m in messages if m["type"] == "log"]
+    assert {"type": "progress", "fraction": 0.5, "message": "after the bad line"} in received
+    logs = [m["message"] for m in received if m["type"] == "log"]
     assert logs[0] == "C:\\Users\\J\ufffdrgen\\scan.nrrd: \ufffd\ufffd not UTF-8"
     assert len(logs) == 4001 and logs[-1].startswith("log line 3999 \ufffd\ufffd")

@@ -402,7 +402,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
 
     def jobSettings(self, p: XDiffusionParameterNode):
         """The worker's JobSettings from the parameter node."""
-        from XDiffusionLib.worker.protocol import JobSettings
+        from XDiffusionLib.worker.messages import JobSettings
 
         modelDir = None if p.useDefaultModel else str(p.modelPath)
         options = {"views": int(p.views), "steps": int(p.steps), "sampler": p.sampler, "guidance": float(p.guidance),
@@ -431,7 +431,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         """Everything a run needs (raises XDiffusionError with the panel's line); with all acquired
         slices, returns the plan of the finer grid (``XDiffusionLib.slicer.thick_slices``), else None."""
         from XDiffusionLib.slicer.dependencies import check_host
-        from XDiffusionLib.slicer.validation import check_request, plan_request
+        from XDiffusionLib.slicer.request_checks import check_request, plan_request
 
         check_host(slicerVersion())
         overlay = self.overlaySource(p)

@@ -8,9 +8,10 @@
    XDiffusionLib/settings.py): wall time, the section evaluations actually run (empty sections are
    skipped), the time inside the network, hence achieved GFLOP/s and the fraction of the sgemm rate.
 4. Options at equal output, each measured on the same batch of 64 sections, interleaved over
-   repeats (median): eager (NCHW), channels_last (what the pipeline uses on CPU), torch.compile
-   (with its one-off compile time), 1 vs default threads; and the reconstruction with channels_last
-   off vs on, with the output difference in dB.
+   repeats (median): torch eager (NCHW), channels_last, torch.compile (with its one-off compile
+   time), ONNX Runtime (what the reconstructor uses on CPU, model/onnx_runtime.py), at 1 and at the
+   default threads; and the whole demo reconstruction with each network runtime, with the largest
+   output difference against torch NCHW.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/cpu_limit.py          # writes bench/results/cpu_limit.json
     .venv/bin/python bench/cpu_limit.py --no-compile                # skip torch.compile (~90 s to compile)
@@ -62,7 +63,7 @@ def section_batch(model, config, batch: int):
     import torch
 
     from XDiffusionLib.geometry.rotation import section_rotations
-    from XDiffusionLib.geometry.sampling import depth_index_to_normalised
+    from XDiffusionLib.geometry.sections import depth_index_to_normalised
     from XDiffusionLib.model.conditioning import ConditionBuilder, SparseCube
 
     side = config.side
@@ -101,8 +102,9 @@ class CountingModel:
         return out
 
 
-def demo_reconstruction(channels_last: bool) -> dict:
-    """The demo's case with the default settings; the network wrapped to count its work."""
+def demo_reconstruction(variant: str) -> dict:
+    """The demo's case with the default settings, the network (``variant``: torch_nchw,
+    torch_channels_last or onnxruntime) wrapped to count its work."""
     import torch
 
     from XDiffusionLib.app.demo import DEMO_SAMPLE
@@ -115,7 +117,11 @@ def demo_reconstruction(channels_last: bool) -> dict:
     from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
     from XDiffusionLib.transforms.orientation import to_canonical
 
+    from XDiffusionLib.model.onnx_runtime import on_onnx_runtime
+
     model, config = load_pretrained(default_model_dir())
+    if variant == "onnxruntime":
+        model = on_onnx_runtime(model, "onnx", default_model_dir())
     canonical, _ = to_canonical(read_volume(sample_path(DEMO_SAMPLE)))
     indices = choose_indices(canonical.array, "axial", 1)
     inputs = SliceInput.from_volume(canonical, "axial", indices)
@@ -124,21 +130,21 @@ def demo_reconstruction(channels_last: bool) -> dict:
 
     def init(self, model, config, *args, **kwargs):  # the pipeline sees the wrapper, not an nn.Module
         original(self, model.model, config, *args, **kwargs)
-        if not channels_last:
+        if variant == "torch_nchw":
             self.model = self.model.to(memory_format=torch.contiguous_format)
         counting.model = self.model
         self.model = counting
 
     pipeline_module.XDiffusionPipeline.__init__ = init
     try:
-        reconstructor = XDiffusionReconstructor(model=counting, config=config, device="cpu")
+        reconstructor = XDiffusionReconstructor(model=counting, config=config, device="cpu", runtime="torch")
         start = time.perf_counter()
         result = reconstructor.reconstruct(inputs)
         wall = time.perf_counter() - start
     finally:
         pipeline_module.XDiffusionPipeline.__init__ = original
     scores = score(canonical.array, result.array, "axial", indices)
-    return {"channels_last": channels_last, "wall_seconds": round(wall, 2),
+    return {"variant": variant, "wall_seconds": round(wall, 2),
             "network_seconds": round(counting.seconds, 2), "sections_evaluated": counting.sections,
             "psnr_paper": round(scores["psnr_paper"], 3), "array": result.array}
 
@@ -157,6 +163,12 @@ def option_timings(model, config, repeats: int, compile_model: bool) -> dict:
             start = time.perf_counter()
             variants["torch_compile"](x, t, cond)
             compile_seconds = round(time.perf_counter() - start, 1)
+        import tempfile
+
+        from XDiffusionLib.model.onnx_runtime import OnnxCompactDenoiser, export_unet
+
+        with tempfile.TemporaryDirectory() as folder:
+            variants["onnxruntime"] = OnnxCompactDenoiser(model, export_unet(model, Path(folder) / "unet.onnx"))
         differences = {name: float((m(x, t, cond) - reference).abs().max()) for name, m in variants.items()}
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(repeats):
@@ -193,18 +205,19 @@ def main(argv: list[str] | None = None) -> int:
                for n in sorted({1, default_threads})}
     torch.set_num_threads(default_threads)
     print(f"[cpu_limit] options: {options}", flush=True)
-    off = demo_reconstruction(channels_last=False)
-    on = demo_reconstruction(channels_last=True)
+    runs = {v: demo_reconstruction(v) for v in ("torch_nchw", "torch_channels_last", "onnxruntime")}
     peak = dense[-1]["sgemm_2048_gflops"]
-    difference = float(np.abs(on.pop("array") - off.pop("array")).max())
+    reference = runs["torch_nchw"]["array"]
+    for run in runs.values():
+        run["max_abs_output_difference_vs_torch_nchw"] = float(np.abs(run.pop("array") - reference).max())
+    on = runs["onnxruntime"]
     achieved = flops * on["sections_evaluated"] / on["network_seconds"] / 1e9
     report = {
         "machine": info,
         "gflop_per_section_evaluation": round(flops / 1e9, 4),
         "dense_rates": dense,
         "options_batch64": options,
-        "demo_reconstruction": {"channels_last_off": off, "channels_last_on": on,
-                                "max_abs_output_difference": difference},
+        "demo_reconstruction": runs,
         "achieved_network_gflops": round(achieved, 1),
         "fraction_of_sgemm_rate_in_network": round(achieved / peak, 3),
         "fraction_of_sgemm_rate_whole_reconstruction": round(

@@ -84,7 +84,7 @@ def paper_seconds_per_step(model, config, inputs, guidance: float, measured_step
     import torch
 
     from XDiffusionLib.geometry.rotation import section_rotations
-    from XDiffusionLib.geometry.sampling import depth_index_to_normalised
+    from XDiffusionLib.geometry.sections import depth_index_to_normalised
     from XDiffusionLib.model.conditioning import ConditionBuilder
     from XDiffusionLib.sampling.pipeline import XDiffusionPipeline
     from XDiffusionLib.sampling.schedulers import make_scheduler

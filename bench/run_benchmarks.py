@@ -256,7 +256,7 @@ def case_paper_gpu_paper_setting() -> dict:
     import torch
 
     from XDiffusionLib.geometry.rotation import azimuth_rotations
-    from XDiffusionLib.geometry.sampling import depth_index_to_normalised
+    from XDiffusionLib.geometry.sections import depth_index_to_normalised
     from XDiffusionLib.model.conditioning import ConditionBuilder
     from XDiffusionLib.sampling.pipeline import XDiffusionPipeline
     from XDiffusionLib.sampling.schedulers import make_scheduler

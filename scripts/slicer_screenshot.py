@@ -56,7 +56,7 @@ def reconstruct(scene, args):
     from XDiffusionLib.slicer.reconstruction import SceneReconstruction
     from XDiffusionLib.transforms.orientation import to_canonical
     from XDiffusionLib.worker.launcher import DONE, WorkerLauncher
-    from XDiffusionLib.worker.protocol import JobSettings
+    from XDiffusionLib.worker.messages import JobSettings
 
     if args.sample not in SAMPLES or SAMPLES[args.sample].role != "heldout":
         raise XDiffusionError(f"sample {args.sample!r} is not a held-out sample: the model may have seen it")
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     from trame_slicer.views import DirectViewFactory
 
     from XDiffusionLib.slicer.export import describe_model
-    from XDiffusionLib.slicer.validation import check_model_dir
+    from XDiffusionLib.slicer.request_checks import check_model_dir
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":

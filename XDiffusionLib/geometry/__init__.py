@@ -1,16 +1,15 @@
-"""Rotations and cross-sections of cube volumes (torch). Conventions: see ``geometry.sampling``."""
+"""Rotations and cross-sections of cube volumes (torch). Conventions: see ``geometry.sections``."""
 
 from .rotation import (
     axis_index,
     azimuth_rotations,
-    plane_rotation,
     quaternion_to_matrix,
     random_rotations,
     rotation_6d,
     rotation_about_axis,
     rotation_from_6d,
 )
-from .sampling import (
+from .sections import (
     coverage_mask,
     cross_section,
     cross_section_grid,
@@ -18,9 +17,7 @@ from .sampling import (
     from_grid_sample_order,
     normalised_to_depth_index,
     padded_side,
-    plane_hits_cube,
     rotate_back,
-    rotate_volume,
     to_grid_sample_order,
 )
 
@@ -34,12 +31,9 @@ __all__ = [
     "from_grid_sample_order",
     "normalised_to_depth_index",
     "padded_side",
-    "plane_hits_cube",
-    "plane_rotation",
     "quaternion_to_matrix",
     "random_rotations",
     "rotate_back",
-    "rotate_volume",
     "rotation_6d",
     "rotation_about_axis",
     "rotation_from_6d",

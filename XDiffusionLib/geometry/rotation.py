@@ -3,7 +3,7 @@
 Coordinates are ordered like the array axes: ``p = (u0, u1, u2)`` where ``u_a`` runs along
 array axis ``a``. In the canonical RAS+ array (see ``XDiffusionLib.methods``) axis 0 is L->R,
 axis 1 P->A and axis 2 I->S, so the axis names "x", "y", "z" below mean array axes 0, 1, 2
-(the RAS axes), NOT grid_sample's (x, y, z), which is reversed (see ``geometry.sampling``).
+(the RAS axes), NOT grid_sample's (x, y, z), which is reversed (see ``geometry.sections``).
 
 A rotation about axis ``a`` by angle ``t`` is right-handed: it turns axis ``a+1`` towards
 axis ``a+2`` (indices mod 3). A matrix ``R`` acts on volumes as ``(R.X)(p) = X(R^T p)``.
@@ -16,7 +16,6 @@ import math
 import torch
 
 from ..errors import XDiffusionError
-from ..inputs import plane_axis
 
 _AXIS_NAMES = {"x": 0, "y": 1, "z": 2}
 
@@ -141,27 +140,6 @@ def rotation_from_6d(code: torch.Tensor) -> torch.Tensor:
     c1 = b / b.norm(dim=-1, keepdim=True)
     c2 = torch.linalg.cross(c0, c1, dim=-1)
     return torch.stack([c0, c1, c2], dim=-1)
-
-
-def plane_rotation(
-    plane: str, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-) -> torch.Tensor:
-    """The axis permutation R (det +1) that makes canonical ``plane`` slices the depth planes of R.X.
-
-    With out_side == side, ``rotate_volume(X, R)[:, :, d]`` is then the canonical slice d:
-    - sagittal (axis 0): R = I,  plane d = X[d, :, :]
-    - coronal (axis 1):  plane d = X[:, d, :].T  (a proper rotation cannot keep both in-plane
-      axes in order, so the coronal image comes out transposed: rows run along axis 2)
-    - axial (axis 2):    plane d = X[:, :, d]
-    """
-    axis = plane_axis(plane)
-    # Row r of R^T says which canonical axis rotated axis r reads: (R^T p)_c = p_r. The axis order
-    # (axis, axis+1, axis+2) is a cyclic permutation, so det = +1.
-    order = [axis, (axis + 1) % 3, (axis + 2) % 3]
-    R_T = torch.zeros(3, 3, dtype=dtype or torch.get_default_dtype(), device=device)
-    for rotated_axis, canonical_axis in enumerate(order):
-        R_T[canonical_axis, rotated_axis] = 1.0
-    return R_T.T.contiguous()
 
 
 def section_rotations(

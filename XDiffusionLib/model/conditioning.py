@@ -35,7 +35,7 @@ import torch
 
 from ..errors import XDiffusionError
 from ..geometry.rotation import rotation_6d
-from ..geometry.sampling import cross_section
+from ..geometry.sections import cross_section
 from .config import XDiffusionConfig
 
 

@@ -1,6 +1,6 @@
 """``ViewAggregator``: per-voxel statistics over views x samples, streamed one view at a time.
 
-Each generated view R_i.X is rotated back with R_i^T (``geometry.sampling.rotate_back``) and
+Each generated view R_i.X is rotated back with R_i^T (``geometry.sections.rotate_back``) and
 added; only the voxels the view covers count (same-size rotated cubes cut the corners of oblique
 views). Nothing but running sums is kept, so memory does not grow with the number of views:
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import XDiffusionError
-from ..geometry.sampling import rotate_back
+from ..geometry.sections import rotate_back
 from ..settings import check_aggregate
 
 

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import XDiffusionError
 from ..geometry.rotation import azimuth_rotations, section_rotations
-from ..geometry.sampling import depth_index_to_normalised
+from ..geometry.sections import depth_index_to_normalised
 from ..model.conditioning import Condition, ConditionBuilder, SparseCube, from_network
 from ..model.denoiser import DenoiserHooks, hooks_of
 from ..model.config import XDiffusionConfig

@@ -197,10 +197,10 @@ class XDiffusionReconstructor:
         )
         cube = out.cube.numpy()
         spread = out.uncertainty.numpy()
-        intensities = np.asarray(normalizer.inverse(space.from_cube(cube)), dtype=np.float32)
+        intensities = np.asarray(normalizer.inverse(space.to_grid(cube)), dtype=np.float32)
         # The normaliser is linear: a std in [0, 1] units scales by its (high - low).
         scale = float(normalizer.inverse(np.float32(1.0)) - normalizer.inverse(np.float32(0.0)))
-        uncertainty = np.clip(space.from_cube(spread), 0.0, None) * np.float32(scale)
+        uncertainty = np.clip(space.to_grid(spread), 0.0, None) * np.float32(scale)
         volume = Volume(inputs.paste_into(intensities), inputs.grid)
         known = SliceInput(inputs.grid, inputs.plane, inputs.indices, np.zeros_like(inputs.slices))
         return ReconstructionResult(volume, Volume(known.paste_into(uncertainty), inputs.grid))
@@ -239,10 +239,10 @@ class XDiffusionReconstructor:
         # The residual never paints empty space: zero where the anchor shows no head (background is
         # 38-76% of a scan, and a faint residual there costs SSIM; chosen on synthetic validation).
         head = np.asarray(normalizer.forward(anchor)) > ACTIVE_LEVEL  # on the input grid
-        residual = space.from_cube(out.cube.numpy()) * np.float32(scale) * head
+        residual = space.to_grid(out.cube.numpy()) * np.float32(scale) * head
         low, high = float(np.min(inputs.slices)), float(np.max(inputs.slices))
         volume = np.clip(anchor + residual, low, high).astype(np.float32)
-        uncertainty = np.clip(space.from_cube(out.uncertainty.numpy()), 0.0, None) * np.float32(scale) * head
+        uncertainty = np.clip(space.to_grid(out.uncertainty.numpy()), 0.0, None) * np.float32(scale) * head
         known = SliceInput(inputs.grid, inputs.plane, inputs.indices, np.zeros_like(inputs.slices))
         spread = Volume(known.paste_into(uncertainty), inputs.grid)
         result = ReconstructionResult(Volume(inputs.paste_into(volume), inputs.grid), spread, spread)

@@ -3,7 +3,7 @@ and numpy, so the same code runs inside Slicer, in trame-slicer and in tests on 
 
 - ``nodes``: volume nodes <-> ``Volume`` with exact geometry (RAS/LPS, [k, j, i] arrays), output names;
 - ``slices``: slice views and typed text -> canonical slice indices;
-- ``validation``: the panel's checks (nothing is created);
+- ``request_checks``: the panel's checks (nothing is created);
 - ``reconstruction``: a run from input node to result nodes, through the worker process;
 - ``display``: diverging difference and sequential uncertainty colour maps;
 - ``segmentation``: overlays from labelmaps/segmentations or automatic tissue classes;

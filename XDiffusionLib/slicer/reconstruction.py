@@ -23,13 +23,13 @@ import numpy as np
 
 from ..errors import XDiffusionError
 from ..worker.launcher import CANCELLED, DONE, FAILED, RUNNING, WorkerJob, WorkerLauncher
-from ..worker.protocol import JobSettings
+from ..worker.messages import JobSettings
 from . import display, segmentation as seg
 from .export import Provenance
 from .layout import ComparisonLayout, comparison_layout
 from .nodes import add_volume_node, node_ids, output_name, remove_nodes_added_since, volume_from_node
 from .thick_slices import AllSlicesPlan, acquired_slices_volume
-from .validation import check_request, plan_request
+from .request_checks import check_request, plan_request
 
 AUTOMATIC = "automatic"
 

@@ -23,7 +23,7 @@ import vtk
 from ..errors import XDiffusionError
 from ..io.volume import Volume
 from .nodes import add_volume_node, grid_from_node, node_ids, remove_nodes_added_since, volume_from_node
-from .validation import check_same_grid
+from .request_checks import check_same_grid
 
 # label value -> (name, RGB)
 TISSUE_CLASSES: dict[int, tuple[str, tuple[float, float, float]]] = {

@@ -110,7 +110,7 @@ def load_cube(path: Path, side: int, rng: np.random.Generator) -> CachedVolume:
     coords = np.argwhere(mask)
     if len(coords) > _FOREGROUND_POINTS:
         coords = coords[rng.choice(len(coords), _FOREGROUND_POINTS, replace=False)]
-    # voxel index -> normalised cube coordinate (geometry.sampling convention: 2i/(S-1) - 1)
+    # voxel index -> normalised cube coordinate (geometry.sections convention: 2i/(S-1) - 1)
     points = (2.0 * coords / (side - 1) - 1.0).astype(np.float32)
     return CachedVolume(str(path), cube, tuple(boxes), points)  # type: ignore[arg-type]
 

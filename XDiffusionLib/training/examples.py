@@ -13,7 +13,7 @@ Per example, all from one ``torch.Generator`` (so a step's batch is a pure funct
    vertical axis (canonical axis 2), so half the rotations (``so3_fraction``) are uniform on SO(3)
    (keeps every section direction in the training distribution) and the other half are azimuth
    rotations by a uniform random angle (the views the model is actually asked for);
-5. a depth d (normalised on the rotated cube, ``geometry.sampling`` convention): with probability
+5. a depth d (normalised on the rotated cube, ``geometry.sections`` convention): with probability
    ``foreground_depth_fraction`` uniform over the depths whose plane meets the foreground
    (projection of foreground points on the plane normal), otherwise uniform over [-1, 1];
 6. target = ``cross_section(cube, R, d)`` in network range; condition = ``build_condition`` of
@@ -131,7 +131,7 @@ def draw_examples(dataset: VolumeDataset, batch_size: int, generator: torch.Gene
 
 def build_examples(dataset: VolumeDataset, draws: ExampleDraws, config, device: torch.device | str = "cpu"):
     """Steps 3 and 6: normalise each cube on its input slices, cut targets (one batched call) and conditions."""
-    from ..geometry.sampling import cross_section
+    from ..geometry.sections import cross_section
     from ..model.conditioning import Condition, SparseCube, build_condition, to_network
     from ..transforms.intensity import IntensityNormalizer
 
@@ -184,7 +184,7 @@ def sample_residual_batch(bank, batch_size: int, generator: torch.Generator, con
     contain the input normal, at a uniform angle) and a depth as in ``draw_depths``.
     """
     from ..geometry.rotation import section_rotations_at
-    from ..geometry.sampling import cross_section
+    from ..geometry.sections import cross_section
     from ..model.conditioning import Condition, SparseCube, build_condition
 
     if len(bank) == 0:

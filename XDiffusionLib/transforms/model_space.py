@@ -17,7 +17,7 @@ longest axis can sit up to half a cube voxel outside that range.
 Resampling is separable (the affine is diagonal): order 1 is trilinear, order 0 nearest.
 A cube voxel holds data when its centre lies inside the grid's box (``cube_data_range``; within
 half a canonical voxel of the edge voxels it takes the edge value); the others are 0 padding.
-``from_cube`` reads only the data voxels, so the padding never bleeds into the canonical grid.
+``to_grid`` reads only the data voxels, so the padding never bleeds into the canonical grid.
 """
 
 from __future__ import annotations
@@ -147,11 +147,11 @@ class ModelSpace:
             array = self._to_cube_sampler(axis, order).apply(array, array.ndim - 3 + axis)
         return array
 
-    def from_cube(self, cube: np.ndarray, order: int = 1) -> np.ndarray:
+    def to_grid(self, cube: np.ndarray, order: int = 1) -> np.ndarray:
         """Cube (..., S, S, S) -> float32 array (..., n0, n1, n2) on the canonical grid."""
         cube = self._check(cube, (self.side,) * 3, 3, "cube")
         for axis in range(3):
-            cube = self._from_cube_sampler(axis, order).apply(cube, cube.ndim - 3 + axis)
+            cube = self._to_grid_sampler(axis, order).apply(cube, cube.ndim - 3 + axis)
         return cube
 
     def slice_to_cube_plane(self, axis: int, image2d: np.ndarray, order: int = 1, antialias: bool = False) -> np.ndarray:
@@ -174,12 +174,12 @@ class ModelSpace:
         axes = [a for a in range(3) if a != axis]
         plane = self._check(plane, (self.side,) * 2, 2, "cube plane")
         for position, a in enumerate(axes):
-            plane = self._from_cube_sampler(a, order).apply(plane, plane.ndim - 2 + position)
+            plane = self._to_grid_sampler(a, order).apply(plane, plane.ndim - 2 + position)
         return plane
 
     def cube_data_range(self, axis: int) -> tuple[int, int]:
         """First and last cube index along ``axis`` whose voxel centre lies inside the canonical grid's
-        box: ``to_cube`` fills these and zero-pads the rest; ``from_cube`` reads only these."""
+        box: ``to_cube`` fills these and zero-pads the rest; ``to_grid`` reads only these."""
         n = self.grid.shape[axis]
         first = int(np.ceil((-0.5 - self.offset[axis]) / self.scale[axis] - 1e-9))
         last = int(np.floor((n - 0.5 - self.offset[axis]) / self.scale[axis] + 1e-9))
@@ -195,7 +195,7 @@ class ModelSpace:
         coords = self.scale[axis] * u + self.offset[axis]
         return _AxisSampler.build(coords, 0, self.grid.shape[axis] - 1, order, (u >= first) & (u <= last))
 
-    def _from_cube_sampler(self, axis: int, order: int) -> _AxisSampler:
+    def _to_grid_sampler(self, axis: int, order: int) -> _AxisSampler:
         # Read only cube voxels that hold data, so edge voxels never blend in the zero padding.
         first, last = self.cube_data_range(axis)
         coords = (np.arange(self.grid.shape[axis]) - self.offset[axis]) / self.scale[axis]

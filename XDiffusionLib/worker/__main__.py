@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 
-from .protocol import encode, error_message
+from .messages import encode, error_message
 
 
 def _own_process_group() -> None:
@@ -25,7 +25,7 @@ def _own_process_group() -> None:
 
 USAGE = """usage: python -m XDiffusionLib.worker REQUEST.json
 
-Run the one reconstruction that REQUEST.json describes (see XDiffusionLib.worker.protocol) and
+Run the one reconstruction that REQUEST.json describes (see XDiffusionLib.worker.messages) and
 report on stdout as JSON lines: progress, then done or error. Exit codes: 0 done, 2 a problem
 with the request or its input, 1 anything else."""
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         emit(error_message(USAGE.splitlines()[0]))
         return 2
     from ..errors import XDiffusionError
-    from .protocol import read_request
+    from .messages import read_request
     from .run import describe_failure, run_request
 
     try:

@@ -46,7 +46,7 @@ from typing import Any
 
 from ..errors import XDiffusionError
 from ..io.volume import Volume
-from .protocol import INPUT_NAME, REQUEST_NAME, JobSettings, Request, decode, error_message, write_request
+from .messages import INPUT_NAME, REQUEST_NAME, JobSettings, Request, decode, error_message, write_request
 
 MODES = ("auto", "slicer", "subprocess", "inprocess")
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"

@@ -1,7 +1,7 @@
 """One reconstruction request, start to finish: read input, reconstruct, write outputs, report.
 
 Shared by the worker process (``python -m XDiffusionLib.worker``) and the launcher's in-process
-mode, so both behave the same. ``emit`` receives protocol messages (see ``protocol``);
+mode, so both behave the same. ``emit`` receives protocol messages (see ``messages``);
 ``should_stop`` is polled at every progress report and ends the run with ``Cancelled``.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import XDiffusionError
-from .protocol import OUTPUT_NAMES, Request, done_message, progress_message
+from .messages import OUTPUT_NAMES, Request, done_message, progress_message
 
 Emit = Callable[[dict[str, Any]], None]
 

@@ -21,8 +21,8 @@ out grid) is the physical point ``q * (out_side - 1) / (S - 1)`` in the original
 units. ``padded_side(S)`` is large enough that nothing is cut at any angle; ``out_side = S`` is the
 paper's same-size, zero-padded choice (corners are cut for oblique R).
 
-Depth: plane d of R.X is index d along axis 0 of the rotated (out_side) volume, i.e.
-``rotate_volume(X, R)[:, :, d]``. Depths are passed NORMALISED on that axis,
+Depth: plane d of R.X is index d along axis 0 of the rotated (out_side) volume (what
+``cross_section`` samples, and what ``rotate_back`` takes a stack of). Depths are passed NORMALISED on that axis,
 ``depth = 2 * d / (out_side - 1) - 1`` in [-1, 1] (``depth_index_to_normalised``); fractional
 depths are allowed. (Not the 2*d/size - 1 of the authors' loader, which is off by half a voxel.)
 
@@ -32,7 +32,6 @@ Sampling is trilinear (grid_sample "bilinear" on 5D input) with zeros outside th
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -122,8 +121,7 @@ def cross_section(
 ) -> torch.Tensor:
     """Plane ``depth`` of R.X sampled directly from X: (B, C, out, out), or (B, out, out) for 4D input.
 
-    Equals ``rotate_volume(volume, R, out_side)[:, :, d]`` for ``depth = depth_index_to_normalised(d)``
-    without rotating the whole volume. ``depth`` is normalised (float or (B,) tensor), not an index:
+    Plane d of R.X for ``depth = depth_index_to_normalised(d)``, without rotating the whole volume. ``depth`` is normalised (float or (B,) tensor), not an index:
     Python ints are refused to catch that mix-up. (B, K) depths give (B, C, K, out, out).
     """
     vol, squeeze, side = _as_volume_batch(volume)
@@ -148,27 +146,6 @@ def cross_section(
     if not isinstance(depth, torch.Tensor) or depth.ndim <= 1:
         planes = planes[:, :, 0]
     return planes[:, 0] if squeeze else planes
-
-
-def rotate_volume(
-    volume: torch.Tensor,
-    R: torch.Tensor,
-    out_side: int | None = None,
-    mode: str = "bilinear",
-) -> torch.Tensor:
-    """R.X on an ``out_side`` cube (default: same side as X), same voxel size, zeros outside X.
-
-    ``out_side = padded_side(S)`` keeps everything at any angle. Output shape follows the input:
-    (B, C, out, out, out) or (B, out, out, out).
-    """
-    vol, squeeze, side = _as_volume_batch(volume)
-    out_side = side if out_side is None else _check_side(out_side, "out_side")
-    R = _rotation_like(R, vol)
-    vol, R = _match_batch(vol, R)
-    depths = torch.linspace(-1.0, 1.0, out_side, device=vol.device, dtype=_grid_dtype(vol))
-    scale = (out_side - 1) / (side - 1)
-    out = _sample_in_chunks(vol, R.transpose(-1, -2), depths, out_side, scale, mode)
-    return out[:, 0] if squeeze else out
 
 
 def rotate_back(
@@ -213,27 +190,6 @@ def coverage_mask(R: torch.Tensor, side: int, out_side: int, tol: float = 1e-4) 
     depths = torch.linspace(-1.0, 1.0, side, device=R.device, dtype=R.dtype)[None].expand(R.shape[0], -1)
     points = _mapped_points(R, depths, side, (side - 1) / (out_side - 1))
     return (points.abs() <= 1.0 + tol).all(dim=-1)
-
-
-def plane_hits_cube(R: torch.Tensor, depths: torch.Tensor, side: int, out_side: int) -> torch.Tensor:
-    """Bool (B, K): which depth planes of R.X can hold nonzero values from the original cube.
-
-    depths: normalised, (K,) shared by all samples or (B, K). Planes that miss the cube are pure
-    zero padding: a generator can skip them. A plane at normalised depth t is the rotated-frame
-    slab u0' = t * (out-1)/(S-1); the cube's voxel centres reach u0' = +-sum_k |R[0, k]|.
-    """
-    side = _check_side(side, "side")
-    out_side = _check_side(out_side, "out_side")
-    R = _as_rotation_batch(R)
-    if not R.is_floating_point():
-        R = R.to(torch.get_default_dtype())
-    reach = R[:, 0, :].abs().sum(-1)  # (B,)
-    depths = torch.as_tensor(depths, device=R.device, dtype=R.dtype)
-    if depths.ndim == 1:
-        depths = depths[None]
-    position = depths * (out_side - 1) / (side - 1)
-    # One voxel (2 / (S - 1) normalised) of slack: trilinear sampling reaches that far past the centres.
-    return position.abs() <= reach[:, None] + 2.0 / (side - 1) + 1e-6
 
 
 # ---------------------------------------------------------------------------------------------

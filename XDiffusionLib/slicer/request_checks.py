@@ -17,7 +17,7 @@ from ..errors import XDiffusionError
 from ..inputs import check_slice_indices
 from ..io.volume import Grid
 from ..model.files import MODEL_FILES, default_model_dir
-from ..worker.protocol import JobSettings
+from ..worker.messages import JobSettings
 from .nodes import check_scalar_volume, grid_from_node
 from .slices import canonical_depth
 from .thick_slices import AllSlicesPlan, plan_all_slices
