@@ -39,7 +39,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...slicer.validation import check_model_dir
+    from ...slicer.request_checks import check_model_dir
     from ..web.hub import HubSettings, is_loopback, serve
 
     if not 0 <= args.port <= 65535:
@@ -75,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
 def data_roots(given: list[str] | None) -> list[Path]:
     """The folders the page may open server paths in: ``--data-root`` folders (each must be an
     existing folder), by default the shipped samples and the current folder."""
-    from ...data.samples import SAMPLES_DIR
+    from ..web.server_paths import default_data_roots
 
     if not given:
-        return [SAMPLES_DIR.resolve(), Path.cwd().resolve()]
+        return default_data_roots()
     roots = []
     for text in given:
         root = Path(text).expanduser()

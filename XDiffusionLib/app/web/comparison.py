@@ -3,7 +3,9 @@
 ``Comparison`` takes the result nodes of a ``SceneReconstruction`` and its ``ComparisonLayout``
 (``XDiffusionLib.slicer.layout``), adds the uncertainty view next to the difference, fills the views
 (``layout.apply_to_scene``: backgrounds, linking, each segmentation in its own view), keeps their
-slices in step, switches the plane and shows or hides the segmentation overlays.
+slice, zoom and pan in step (one field of view for all: the real and the generated head are drawn
+at the same size), switches the plane, jumps between input slices and shows or hides the
+segmentation overlays (hidden at first: the anatomy comes first).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class Comparison:
         return self.layout is not None and any(spec.segmentation for spec in self.layout.views)
 
     def show(self, result, plane: str, indices, grid: Grid) -> None:
-        """Show ``result`` in the comparison views, in ``plane``, on a generated slice."""
+        """Show ``result`` in the comparison views, in ``plane``, on its first input slice."""
         from ...slicer.layout import apply_to_scene
 
         specs = list(result.layout.views)
@@ -51,6 +53,7 @@ class Comparison:
                 display.SetOpacity2DFill(0.3)
                 display.SetOpacity2DOutline(1.0)
         self.sync.set_views([self.view_manager.get_view(spec.name) for spec in specs])
+        self.set_overlay_visible(False)
         self.layout_manager.set_layout(views.COMPARE_LAYOUT)
         self._fit(grid)
 
@@ -88,21 +91,42 @@ class Comparison:
         nodes = [self.result.segmentation_real, self.result.segmentation_generated]
         return [node for index, node in enumerate(nodes) if node is not None and node not in nodes[:index]]
 
-    def _fit(self, grid: Grid) -> None:
-        """Fit the views and show a generated slice: the middle of the widest gap between input
-        slices of this plane (an input slice is copied into the result: it shows no difference)."""
+    @property
+    def plane_indices(self) -> tuple[int, ...]:
+        """The input slices of the plane shown (none when another plane is shown)."""
+        if self.layout is None or self.result is None or self.layout.plane != self.result.layout.plane:
+            return ()
+        return tuple(sorted(self.indices))
+
+    def views(self) -> list:
+        return [] if self.layout is None else [self.view_manager.get_view(spec.name) for spec in self.layout.views]
+
+    def go_to_slice(self, grid: Grid, index: int) -> None:
+        """Show canonical slice ``index`` of the plane shown in every comparison view."""
         from ...slicer.slices import canonical_depth, ras_point_of_slice
 
         plane = self.layout.plane
-        depth = canonical_depth(grid, plane)
-        index = depth // 2
-        if self.indices and plane == self.result.layout.plane:
-            bounds = [-1, *sorted(self.indices), depth]
-            gaps = [(b - a, (a + b) // 2) for a, b in zip(bounds, bounds[1:]) if b - a > 1]
-            if gaps:
-                index = max(gaps)[1]
-        point = ras_point_of_slice(grid, plane, min(max(index, 0), depth - 1))
-        for spec in self.layout.views:
-            view = self.view_manager.get_view(spec.name)
-            view.fit_view_to_content()
-            view.get_view_node().JumpSliceByOffsetting(*point)
+        point = ras_point_of_slice(grid, plane, min(max(int(index), 0), canonical_depth(grid, plane) - 1))
+        shown = self.views()
+        if shown:  # one view moves, the others follow it (SliceSync)
+            shown[0].get_view_node().JumpSliceByOffsetting(*point)
+            self.sync.follow(shown[0])
+
+    def fit(self, grid: Grid) -> None:
+        """One zoom for all: the scale that shows the whole slice in the smallest view, given to
+        the first view and from it, with its pan and slice, to the others."""
+        shown = self.views()
+        if not shown:
+            return
+        views.fit(shown[0], grid, max(views.fit_scale(view, grid) for view in shown))
+        self.sync.follow(shown[0])
+
+    def _fit(self, grid: Grid) -> None:
+        """Fit the views and open on the first input slice when the plane is the inputs' (a
+        radiologist checks there first that the input came through), else the middle slice."""
+        from ...slicer.slices import canonical_depth
+
+        inputs = self.plane_indices
+        index = inputs[0] if inputs else canonical_depth(grid, self.layout.plane) // 2
+        self.fit(grid)
+        self.go_to_slice(grid, index)

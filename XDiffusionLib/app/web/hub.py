@@ -202,7 +202,9 @@ class Hub:
             *self.session_command(), stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.PIPE,
             env=environment, start_new_session=os.name != "nt")
         self._processes.add(process)
-        session = Session(secrets.token_urlsafe(12), process)
+        # Lower-case hex: trame's client lower-cases the websocket address the session gives it
+        # (``session._session_manager_answer``), so the token must survive that.
+        session = Session(secrets.token_hex(16), process)
         try:
             session.port = await asyncio.wait_for(self._read_port(process), self.settings.start_timeout)
         except (asyncio.TimeoutError, XDiffusionError) as error:
@@ -336,6 +338,10 @@ class Hub:
     async def _forward_http(self, request: web.Request, session: Session, tail: str) -> web.StreamResponse:
         url = f"http://127.0.0.1:{session.port}/{tail}"
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        # Where the page lives for the browser: the session answers trame's launcher request
+        # (``paraview/``) with the websocket address under this prefix.
+        headers["X-XDiffusion-Prefix"] = f"/s/{session.token}/"
+        headers.setdefault("X-Forwarded-Proto", request.scheme)
         data = request.content if request.body_exists else None
         try:
             async with self._client.request(request.method, url, params=request.query, headers=headers, data=data,

@@ -19,6 +19,14 @@ from typing import Sequence
 from ...errors import XDiffusionError
 
 
+def default_data_roots() -> list[Path]:
+    """Where the page may open server paths when no ``--data-root`` is given: the shipped samples
+    and the current folder."""
+    from ...data.samples import SAMPLES_DIR
+
+    return [SAMPLES_DIR.resolve(), Path.cwd().resolve()]
+
+
 class DataRoots:
     """The data folders of one app (resolved once, links followed)."""
 

@@ -1,10 +1,13 @@
-"""The page: a control panel on the left, the slice views on the right.
+"""The page: a control panel on the left, the slice views on the right, the result below them.
 
-Panel, top to bottom: volume (upload, shipped sample, path on the server), input slices (chips
-with remove), model settings, Reconstruct / Cancel with a progress bar, and once there is a result:
-plane, segmentation overlay, metrics and export. The views are trame-slicer's streamed slice views;
-``view_overlay`` adds a title, the slice index, "use this slice" and a slider to each of them.
-Elements the browser tests look for carry ``id="xd-..."``.
+Panel, top to bottom: volume (upload with its percentage, shipped sample, path on the server, the
+volume picker of a 4D file), input slices (chips), model settings (locked while a run goes),
+Reconstruct / Cancel with progress, elapsed time and time left. Above the views: the comparison's
+plane, previous / next input slice, overlay and reset; below them: metrics and export. Everything
+fits a 1280x720 laptop screen without scrolling. Each view (``view_overlay``) shows its title, slice
+index, position in mm, an "input slice" badge, a colour bar with units where colours mean values,
+and a slider. Field names come from ``state``; elements the browser tests look for carry
+``id="xd-..."``.
 """
 
 from __future__ import annotations
@@ -13,12 +16,16 @@ from trame.ui.vuetify3 import VAppLayout
 from trame.widgets import html
 from trame.widgets import vuetify3 as v
 
-from .session import EXPORT_FIELDS, RECONSTRUCT_FIELDS
+from .state import EXPORT_FIELDS, RECONSTRUCT_FIELDS, SAMPLING_FIELDS
 from .views import COMPARE_TITLES, VIEW_PLANE
 
-_TITLE_STYLE = ("position: absolute; top: 4px; left: 8px; right: 8px; display: flex; align-items: center; gap: 8px;"
+_TITLE_STYLE = ("position: absolute; top: 2px; left: 6px; right: 6px; display: flex; align-items: center; gap: 6px;"
                 " color: white; font: 13px sans-serif; text-shadow: 0 0 3px black; pointer-events: none;")
 _SLIDER_STYLE = "position: absolute; bottom: 0; left: 8px; right: 8px;"
+_COLORBAR_STYLE = ("position: absolute; right: 8px; bottom: 30px; width: min(40%, 200px); color: white;"
+                   " font: 11px sans-serif; pointer-events: none; background: rgba(0, 0, 0, 0.7);"
+                   " padding: 3px 5px; border-radius: 3px;")
+_RUNNING = "xd_running"
 
 
 def _fields(names) -> str:
@@ -26,31 +33,36 @@ def _fields(names) -> str:
     return "{" + ", ".join(f"{name}: {name}" for name in names) + "}"
 
 
-def build_page(session) -> VAppLayout:
-    with VAppLayout(session.server, template_name="main", full_height=True) as layout:
+def build_page(server, layout_manager) -> VAppLayout:
+    with VAppLayout(server, template_name="main", full_height=True) as layout:
         layout.root.theme = "dark"
-        html.Style(".xd-panel .v-card-title { font-size: 15px; } .xd-panel .v-card { margin-bottom: 8px; }")
-        with v.VAppBar(density="compact"):
-            v.VAppBarTitle("XDiffusion: a 3D MRI volume from a few slices")
+        with v.VAppBar(density="compact", height=40):
+            v.VAppBarTitle("XDiffusion: a 3D MRI volume from a few slices", classes="text-body-1")
+            html.Span("AI-generated pseudo-MRI: research and review, not diagnosis",
+                      classes="text-caption mr-4 text-medium-emphasis")
             with v.VBtnToggle(v_model=("xd_layout",), mandatory=True, density="compact", variant="outlined",
-                              classes="mr-4"):
-                v.VBtn("Input views", value="input", id="xd-layout-input")
-                v.VBtn("Comparison", value="compare", disabled=("!xd_has_result",), id="xd-layout-compare")
-        with v.VNavigationDrawer(permanent=True, width=390, classes="xd-panel pa-2"):
+                              classes="mr-2"):
+                v.VBtn("Input views", value="input", id="xd-layout-input", size="small")
+                v.VBtn("Comparison", value="compare", disabled=("!xd_has_result",), id="xd-layout-compare",
+                       size="small")
+        with v.VNavigationDrawer(permanent=True, width=340, classes="xd-panel pa-1"):
             _volume_card()
             _slices_card()
             _model_card()
             _run_card()
-            _result_card()
         with v.VMain():
-            with html.Div(style="display: flex; flex-direction: column; height: calc(100vh - 48px);"):
-                v.VAlert(v_if="xd_error", type="error", density="compact", text=("xd_error",), closable=True,
-                         click_close="xd_error = ''", id="xd-error", classes="ma-1", style="flex: none;")
-                v.VAlert(v_if="xd_info && !xd_error", type="info", density="compact", text=("xd_info",),
-                         closable=True, click_close="xd_info = ''", id="xd-info", classes="ma-1",
-                         style="flex: none;")
-                with html.Div(style="flex: 1; display: flex; min-height: 0;", id="xd-views"):
-                    session.layout_manager.initialize_layout_grid(layout)
+            with html.Div(style="position: relative; display: flex; flex-direction: column; height: calc(100vh - 40px);"):
+                _view_toolbar()
+                with html.Div(style="flex: 1; display: flex; min-height: 0; position: relative;", id="xd-views"):
+                    layout_manager.initialize_layout_grid(layout)
+                    # Messages float over the lower part of the views: they never shrink the images
+                    # and never cover the views' buttons or sliders.
+                    with html.Div(classes="xd-alerts"):
+                        v.VAlert(v_if="xd_error", type="error", density="compact", text=("xd_error",),
+                                 closable=True, click_close="xd_error = ''", id="xd-error", classes="ma-1")
+                        v.VAlert(v_if="xd_info && !xd_error", type="info", density="compact", text=("xd_info",),
+                                 closable=True, click_close="xd_info = ''", id="xd-info", classes="ma-1")
+                _result_bar()
     return layout
 
 
@@ -58,129 +70,196 @@ def _volume_card() -> None:
     with v.VCard(variant="tonal"):
         v.VCardTitle("1. Volume")
         with v.VCardText():
-            html.Div("Upload a volume (.nii, .nii.gz, .nrrd, .mha, or a .zip of a DICOM series), "
-                     "up to {{ xd_max_upload_mb }} MB:", classes="text-caption")
+            html.Div("Upload NIfTI, NRRD, MHA, or a .zip of a DICOM series (up to {{ xd_max_upload_mb }} MB)",
+                     classes="text-caption", title=".nii, .nii.gz, .nrrd, .mha, .zip")
             html.Input(type="file", id="xd-upload", accept=".nii,.gz,.nrrd,.mha,.zip",
                        change="window.xdiffusionUpload($event.target, xd_max_upload_bytes)",
-                       disabled=("xd_running",), style="width: 100%; margin: 4px 0 10px 0;")
+                       disabled=(_RUNNING,), style="width: 100%; margin: 2px 0 6px 0;")
+            with html.Div(v_if="xd_upload_percent >= 0", id="xd-upload-progress", classes="mb-1"):
+                v.VProgressLinear(model_value=("xd_upload_percent",), height=6, color="primary")
+                html.Div("uploaded {{ xd_upload_percent }}%", classes="text-caption", id="xd-upload-percent")
             with html.Div(style="display: flex; gap: 6px; align-items: center;"):
                 v.VSelect(v_model=("xd_sample",), items=("xd_sample_choices",), label="Shipped sample",
                           density="compact", hide_details=True, id="xd-sample")
                 v.VBtn("Open", click="trigger('xd_load_sample', [{xd_sample: xd_sample}])",
-                       disabled=("xd_running",), id="xd-open-sample")
+                       disabled=(_RUNNING,), id="xd-open-sample", size="small")
             with html.Div(v_if="xd_allow_paths", style="display: flex; gap: 6px; align-items: center;",
-                          classes="mt-2"):
-                v.VTextField(v_model=("xd_server_path",), label="Path on the server (file or DICOM folder inside the data folders)",
+                          classes="mt-1"):
+                v.VTextField(v_model=("xd_server_path",), label="Path on the server (file or DICOM folder)",
                              density="compact", hide_details=True, id="xd-path")
                 v.VBtn("Open", click="trigger('xd_load_path', [{xd_server_path: xd_server_path}])",
-                       disabled=("xd_running",), id="xd-open-path")
-            html.Div("{{ xd_busy }}", v_if="xd_busy", classes="text-caption mt-2", id="xd-busy")
+                       disabled=(_RUNNING,), id="xd-open-path", size="small")
+            with html.Div(v_if="xd_volume_choices.length", style="display: flex; gap: 6px; align-items: center;",
+                          classes="mt-1", id="xd-volume-picker"):
+                v.VSelect(v_model=("xd_volume_pick",), items=("xd_volume_choices",),
+                          label=("`Volume of ${xd_volume_pick_name}`",), density="compact", hide_details=True,
+                          id="xd-volume-pick", classes="xd-volume-pick")
+                v.VBtn("Open", click="trigger('xd_load_volume_pick', [{xd_volume_pick: xd_volume_pick}])",
+                       disabled=(_RUNNING,), id="xd-open-volume-pick", size="small")
+            html.Div("{{ xd_busy }}", v_if="xd_busy", classes="text-caption mt-1", id="xd-busy")
             html.Div("{{ xd_volume_name }}: {{ xd_volume_info }}", v_if="xd_volume_name",
-                     classes="text-body-2 mt-2", id="xd-volume")
+                     classes="text-body-2 mt-1", id="xd-volume")
 
 
 def _slices_card() -> None:
     with v.VCard(variant="tonal"):
         v.VCardTitle("2. Input slices")
         with v.VCardText():
-            html.Div("Scroll a view to a slice and press 'Use this slice'. All input slices come from one plane.",
+            html.Div("Scroll a view to a slice and press 'Use this slice' (one plane per reconstruction).",
                      v_if="!xd_picks.length", classes="text-caption")
             with html.Div(v_if="xd_picks.length", id="xd-picks"):
                 html.Span("{{ xd_pick_plane }}: ", classes="text-body-2")
                 v.VChip("{{ i }}", v_for="i in xd_picks", key="i", closable=True, size="small", classes="ma-1",
-                        click_close="trigger('xd_unpick', [i])", disabled=("xd_running",))
+                        click_close="trigger('xd_unpick', [i])", disabled=(_RUNNING,))
                 v.VBtn("Clear", size="x-small", variant="text", click="trigger('xd_clear_picks')",
-                       disabled=("xd_running",))
+                       disabled=(_RUNNING,))
 
 
 def _model_card() -> None:
     with v.VCard(variant="tonal"):
         v.VCardTitle("3. Model settings")
         with v.VCardText():
-            v.VTextField(v_model=("xd_model_dir",), label="Model folder (config.json + model.safetensors)",
-                         density="compact", hide_details=True, disabled=("!xd_allow_paths || xd_running",),
-                         id="xd-model", classes="mb-2")
-            with html.Div(style="display: grid; grid-template-columns: 1fr 1fr 1fr; gap: 6px;"):
-                v.VTextField(v_model=("xd_views",), label="views", type="number", density="compact",
-                             hide_details=True, id="xd-views-count")
-                v.VTextField(v_model=("xd_steps",), label="steps", type="number", density="compact",
-                             hide_details=True, id="xd-steps")
-                v.VSelect(v_model=("xd_sampler",), items=("xd_samplers",), label="sampler", density="compact",
-                          hide_details=True, id="xd-sampler")
-                v.VTextField(v_model=("xd_guidance",), label="guidance", type="number", step="0.5",
-                             density="compact", hide_details=True, id="xd-guidance")
-                v.VTextField(v_model=("xd_seed",), label="seed", type="number", density="compact",
-                             hide_details=True, id="xd-seed")
-                v.VTextField(v_model=("xd_samples",), label="samples", type="number", density="compact",
-                             hide_details=True, id="xd-samples-count")
+            # A text area that grows: a long folder path wraps instead of being cut off.
+            v.VTextarea(v_model=("xd_model_dir",), label="Model folder (config.json + model.safetensors)",
+                        density="compact", hide_details=True, rows=1, auto_grow=True, no_resize=True,
+                        disabled=("!xd_allow_paths || " + _RUNNING,), id="xd-model", classes="mb-2",
+                        style="word-break: break-all;")
+            # Views, steps, samples, seed in one row; sampler and guidance below: no label is cut off.
+            order = ("views", "steps", "samples", "seed", "sampler", "guidance")
+            by_key = {field.key: field for field in SAMPLING_FIELDS}
+            with html.Div(style="display: grid; grid-template-columns: 1fr 1fr 1.3fr 1fr; gap: 6px;",
+                          classes="xd-settings"):
+                for key in order:
+                    _sampling_field(by_key[key])
             v.VCheckbox(v_model=("xd_compare",), density="compact", hide_details=True, id="xd-compare",
-                        label="The loaded volume is complete: compare with it (difference, metrics)")
+                        disabled=(_RUNNING,), label="The loaded volume is complete: compare with it")
+
+
+def _sampling_field(field) -> None:
+    ident = {"views": "xd-views-count", "samples": "xd-samples-count"}.get(field.key, f"xd-{field.key}")
+    span = "grid-column: span 2;" if field.key in ("sampler", "guidance") else ""
+    if field.kind == "choice":
+        v.VSelect(v_model=(field.name,), items=("xd_samplers",), label=field.label, density="compact",
+                  hide_details=True, id=ident, disabled=(_RUNNING,), classes="xd-sampler", style=span)
+        return
+    limits = {}
+    if field.minimum is not None:
+        limits["min"] = field.minimum
+    if field.maximum is not None:
+        limits["max"] = field.maximum
+    hint = f"{field.label}: {field.minimum:g} to {field.maximum:g}" if field.maximum else field.label
+    v.VTextField(v_model=(field.name,), label=field.label, type="number", density="compact", hide_details=True,
+                 id=ident, disabled=(_RUNNING,), title=hint, step="0.5" if field.kind == "float" else "1",
+                 style=span, **limits)
 
 
 def _run_card() -> None:
     with v.VCard(variant="tonal"):
         with v.VCardText():
-            with html.Div(style="display: flex; gap: 8px;"):
+            with html.Div(style="display: flex; gap: 8px; align-items: center;"):
                 v.VBtn("Reconstruct", color="primary", id="xd-reconstruct",
                        click=f"trigger('xd_reconstruct', [{_fields(RECONSTRUCT_FIELDS)}])",
-                       disabled=("xd_running || !xd_picks.length || !xd_volume_name",))
-                v.VBtn("Cancel", color="warning", click="trigger('xd_cancel')", v_show="xd_running",
-                       id="xd-cancel")
+                       disabled=(_RUNNING + " || !xd_picks.length || !xd_volume_name",))
+                v.VBtn("Cancel", color="warning", click="trigger('xd_cancel')", v_show=_RUNNING, id="xd-cancel")
+                html.Span("model loaded, ready", v_if="xd_worker_warm && !xd_running",
+                          classes="text-caption text-success", id="xd-worker-ready")
+                html.Span("loading the model in the background", v_if="!xd_worker_warm && !xd_running",
+                          classes="text-caption text-medium-emphasis", id="xd-worker-warming")
             with html.Div(v_show="xd_running || xd_progress > 0", classes="mt-2", id="xd-progress"):
-                v.VProgressLinear(model_value=("xd_progress",), height=16, color="primary", rounded=True)
+                v.VProgressLinear(model_value=("xd_progress",), height=12, color="primary", rounded=True)
                 html.Div("{{ Math.round(xd_progress) }}% {{ xd_progress_message }}", classes="text-caption",
                          id="xd-progress-text")
+                html.Div("elapsed {{ xd_elapsed }}{{ xd_remaining ? ' · about ' + xd_remaining + ' left' : '' }}",
+                         v_if="xd_elapsed", classes="text-caption", id="xd-elapsed")
 
 
-def _result_card() -> None:
-    with v.VCard(variant="tonal", v_if="xd_has_result", id="xd-results"):
-        v.VCardTitle("4. Result")
-        with v.VCardText():
-            with v.VBtnToggle(v_model=("xd_result_plane",), mandatory=True, density="compact", variant="outlined"):
+def _view_toolbar() -> None:
+    gestures = "left-drag: window/level · right-drag: zoom · middle-drag: pan · wheel: slices"
+    with html.Div(style="flex: none; display: flex; gap: 8px; align-items: center; padding: 2px 6px; height: 36px;",
+                  id="xd-toolbar"):
+        with html.Template(v_if="xd_has_result && xd_layout === 'compare'"):
+            with v.VBtnToggle(v_model=("xd_result_plane",), mandatory=True, density="compact",
+                              variant="outlined"):
                 for plane in ("axial", "coronal", "sagittal"):
-                    v.VBtn(plane, value=plane, id=f"xd-plane-{plane}")
-            v.VSwitch(v_model=("xd_show_overlay",), label="Segmentation overlay (automatic tissue classes)",
-                      disabled=("!xd_has_overlay",), density="compact", hide_details=True, id="xd-overlay",
-                      color="primary")
-            html.Div("Metrics", classes="text-subtitle-2 mt-2")
-            html.Div("{{ xd_metrics_note }}", classes="text-caption")
-            with v.VTable(density="compact", v_if="xd_metrics.length", id="xd-metrics"):
-                with html.Tbody():
-                    with html.Tr(v_for="row in xd_metrics", key="row.key", title=("row.note",)):
-                        html.Td("{{ row.title }}")
-                        html.Td("{{ row.value }}", style="white-space: nowrap;")
-            html.Div("Export", classes="text-subtitle-2 mt-3")
-            with html.Div(style="display: flex; gap: 6px;"):
-                v.VSelect(v_model=("xd_export_what",), items=("xd_export_whats",), density="compact",
-                          hide_details=True, id="xd-export-what")
-                v.VSelect(v_model=("xd_export_format",), items=("xd_export_formats",), density="compact",
-                          hide_details=True, id="xd-export-format", classes="xd-export-format")
-            v.VBtn("Export", click=f"trigger('xd_export', [{_fields(EXPORT_FIELDS)}])", classes="mt-2", id="xd-export",
-                   disabled=("xd_running",))
-            html.A("Download {{ xd_download_name }}", v_if="xd_download_url", href=("xd_download_url",),
-                   raw_attrs=["download"], id="xd-download", classes="d-block mt-2")
+                    v.VBtn(plane, value=plane, id=f"xd-plane-{plane}", size="small")
+            v.VBtn("input", prepend_icon="mdi-chevron-left", size="small", variant="tonal",
+                   click="trigger('xd_previous_input')", disabled=("!xd_input_slices.length",),
+                   id="xd-previous-input", title="previous input slice")
+            v.VBtn("input", append_icon="mdi-chevron-right", size="small", variant="tonal",
+                   click="trigger('xd_next_input')", disabled=("!xd_input_slices.length",), id="xd-next-input",
+                   title="next input slice")
+            v.VSwitch(v_model=("xd_show_overlay",), label="tissue overlay", disabled=("!xd_has_overlay",),
+                      density="compact", hide_details=True, id="xd-overlay", color="primary",
+                      style="flex: none;")
+            v.VChip("stale: from the previous run", v_if="xd_stale", color="warning", size="small",
+                    id="xd-stale")
+        html.Div(style="flex: 1;")
+        html.Span(gestures, classes="text-caption text-medium-emphasis xd-hint")
+        v.VBtn("Reset view", size="small", variant="tonal", click="trigger('xd_reset_views')",
+               disabled=("!xd_volume_name",), id="xd-reset", title=gestures)
 
 
-def view_overlay(session, view_id: str, view) -> None:
-    """Title, slice index, 'use this slice' (input views) and a slider, drawn over one slice view."""
+def _result_bar() -> None:
+    with html.Div(v_if="xd_has_result", id="xd-results",
+                  style="flex: none; display: flex; flex-wrap: wrap; gap: 2px 8px; align-items: center; padding: 2px 6px;"
+                        " border-top: 1px solid #333;"):
+        html.Div("previous run", v_if="xd_stale", classes="text-caption text-warning")
+        html.Div("{{ xd_metrics_note }}", v_if="!xd_metrics.length", classes="text-caption", id="xd-metrics-note")
+        with v.VTable(density="compact", v_if="xd_metrics.length", id="xd-metrics", classes="xd-metrics",
+                      title=("xd_metrics_note",)):
+            with html.Thead():
+                with html.Tr():
+                    html.Th("{{ row.short }}", v_for="row in xd_metrics", key="row.key", title=("row.note",))
+            with html.Tbody():
+                with html.Tr():
+                    html.Td("{{ row.value }}", v_for="row in xd_metrics", key="row.key", title=("row.note",))
+        html.Div(style="flex: 1;")
+        with html.Div(style="display: flex; gap: 6px; align-items: center;"):
+            v.VSelect(v_model=("xd_export_what",), items=("xd_export_whats",), density="compact",
+                      hide_details=True, id="xd-export-what", classes="xd-export-what", style="flex: none; width: 190px;",
+                      label="Export")
+            v.VSelect(v_model=("xd_export_format",), items=("xd_export_formats",), density="compact",
+                      hide_details=True, id="xd-export-format", classes="xd-export-format",
+                      style="flex: none; width: 200px;", label="as")
+            v.VBtn("Export", id="xd-export", disabled=(_RUNNING,), color="primary", variant="tonal",
+                   click=f"trigger('xd_export', [{_fields(EXPORT_FIELDS)}]).then(window.xdiffusionDownload)")
+
+
+def view_overlay(server, view) -> None:
+    """Title, slice index and position, input badge, colour bar and slider over one slice view."""
     from trame_slicer.app.logic.slice_view_logic import connect_slice_view_slider_to_state
     from trame_slicer.app.ui.slider import Slider
 
     tag = view.get_singleton_tag()
     # A transparent box over the whole view: the tests screenshot exactly this area.
     html.Div(id=f"xd-view-{tag}", style="position: absolute; inset: 0; pointer-events: none;")
+    index = f"xd_view_index['{tag}']"
     with html.Div(style=_TITLE_STYLE):
         if tag in VIEW_PLANE:
-            plane = VIEW_PLANE[tag]
-            html.Span(f"{plane.capitalize()} " + "{{ xd_view_index['" + tag + "'] ?? '' }}",
-                      id=f"xd-title-{tag}")
-            v.VChip("input slice", size="x-small", color="primary", variant="flat",
-                    v_if=f"xd_pick_plane === '{plane}' && xd_picks.includes(xd_view_index['{tag}'])")
-            html.Div(style="flex: 1;")
+            html.Span(VIEW_PLANE[tag].capitalize(), id=f"xd-title-{tag}")
+        else:
+            html.Span(COMPARE_TITLES.get(tag, tag), id=f"xd-title-{tag}")
+            html.Span("{{ xd_result_plane }}", v_if=f"{index} != null")
+        html.Span("{{ " + index + " }}", v_if=f"{index} != null", id=f"xd-index-{tag}",
+                  style="font-weight: bold;")
+        html.Span("{{ xd_view_label['" + tag + "'] }}", v_if=f"{index} != null", id=f"xd-position-{tag}",
+                  classes="text-medium-emphasis")
+        v.VChip("input slice", size="x-small", color="primary", variant="flat", id=f"xd-badge-{tag}",
+                v_if=f"xd_view_is_input['{tag}']")
+        if tag not in VIEW_PLANE:
+            v.VChip("stale", size="x-small", color="warning", variant="flat", v_if="xd_stale")
+        html.Div(style="flex: 1;")
+        if tag in VIEW_PLANE:
             v.VBtn("Use this slice", size="x-small", color="primary", click=f"trigger('xd_pick', ['{tag}'])",
                    disabled=("!xd_volume_name || xd_running",), id=f"xd-use-{tag}",
                    style="pointer-events: auto;")
-        else:
-            html.Span(COMPARE_TITLES.get(tag, tag), id=f"xd-title-{tag}")
+    if tag not in VIEW_PLANE:
+        bar = f"xd_colorbars['{tag}']"
+        with html.Div(v_if=bar, style=_COLORBAR_STYLE, id=f"xd-colorbar-{tag}"):
+            html.Div(style=(f"{{ background: {bar}.gradient, height: '10px', border: '1px solid #888' }}",))
+            with html.Div(style="display: flex; justify-content: space-between;"):
+                html.Span("{{ " + bar + ".low }}", id=f"xd-colorbar-low-{tag}")
+                html.Span("{{ " + bar + ".high }}", id=f"xd-colorbar-high-{tag}")
+            html.Div("{{ " + bar + ".label }}", id=f"xd-colorbar-label-{tag}", style="text-align: right;")
     with html.Div(style=_SLIDER_STYLE):
-        Slider(typed_state=connect_slice_view_slider_to_state(session.server, view), theme="dark", dense=True)
+        Slider(typed_state=connect_slice_view_slider_to_state(server, view), theme="dark", dense=True)

@@ -4,9 +4,10 @@ Both are trame-slicer layouts over the session's one Slicer scene:
 - ``input``: Red (axial) | Green (coronal) | Yellow (sagittal), each with a title, its canonical
   slice index, a "use this slice" button and a slider;
 - ``compare``: the views of ``XDiffusionLib.slicer.layout.ComparisonLayout`` (real | generated |
-  difference | uncertainty), filled by ``layout.apply_to_scene``. Their slice offsets are kept equal
-  here (``SliceSync``): trame-slicer's slider sets the offset without Slicer's interaction flags,
-  so Slicer's own slice linking would not follow it.
+  difference | uncertainty) in a 2 x 2 grid (each view gets twice the height a row of four would
+  give it on a laptop screen), filled by ``layout.apply_to_scene``. Their slice, field of view and
+  pan are kept equal here (``SliceSync``): trame-slicer's slider sets the offset without Slicer's
+  interaction flags, so Slicer's own slice linking would not follow it.
 
 Every view exists from the start (the comparison views are created empty) so that the scene's
 view nodes are in place before any volume is loaded.
@@ -51,7 +52,7 @@ def input_layout() -> Layout:
 
 
 def compare_layout(names: list[str], plane: str = "axial") -> Layout:
-    """The comparison views ``names`` side by side, all showing ``plane``."""
+    """The comparison views ``names``, all showing ``plane``: two rows of two (one row for two)."""
     specs = {view.name: view for view in COMPARE_VIEWS}
     views = [
         ViewLayoutDefinition(
@@ -62,11 +63,16 @@ def compare_layout(names: list[str], plane: str = "axial") -> Layout:
         )
         for name in names
     ]
-    return Layout(LayoutDirection.Horizontal, views)
+    if len(views) <= 2:
+        return Layout(LayoutDirection.Horizontal, views)
+    rows = [views[i:i + 2] for i in range(0, len(views), 2)]
+    return Layout(LayoutDirection.Vertical, [Layout(LayoutDirection.Horizontal, row) for row in rows])
 
 
 class SliceSync:
-    """Keeps the slice offsets of a group of slice views equal: moving one moves the others."""
+    """Keeps a group of slice views on one slice, one zoom and one pan: scrolling, zooming or
+    panning one moves the others (the volumes share one grid, so the same slice-to-RAS matrix is
+    the same slice)."""
 
     def __init__(self) -> None:
         self._views: list = []
@@ -79,12 +85,31 @@ class SliceSync:
         """Called when ``source`` changed: give every other view its offset."""
         if self._busy or source not in self._views:
             return
-        offset = source.get_slice_value()
+        node = source.get_view_node()
+        matrix, fov, origin = node.GetSliceToRAS(), node.GetFieldOfView(), node.GetXYZOrigin()
+        # The same millimetres per pixel, not the same field of view: the views of the grid may
+        # differ by a few pixels in size, and each keeps its own aspect.
+        scale = fov[0] / max(node.GetDimensions()[0], 1)
         self._busy = True
         try:
             for view in self._views:
-                if view is not source and abs(view.get_slice_value() - offset) > 1e-6:
-                    view.set_slice_value(offset)
+                if view is source:
+                    continue
+                other = view.get_view_node()
+                dims = other.GetDimensions()
+                wanted = (scale * dims[0], scale * dims[1], fov[2])
+                same = (all(abs(other.GetSliceToRAS().GetElement(r, c) - matrix.GetElement(r, c)) < 1e-6
+                            for r in range(4) for c in range(4))
+                        and all(abs(a - b) < 1e-6 for a, b in zip(other.GetFieldOfView(), wanted))
+                        and all(abs(a - b) < 1e-6 for a, b in zip(other.GetXYZOrigin(), origin)))
+                if same:
+                    continue
+                disabled = other.StartModify()
+                other.GetSliceToRAS().DeepCopy(matrix)
+                other.SetFieldOfView(*wanted)
+                other.SetXYZOrigin(*origin)
+                other.UpdateMatrices()
+                other.EndModify(disabled)
         finally:
             self._busy = False
 
@@ -98,13 +123,65 @@ def on_resized(view, callback: Callable[[object], None]) -> None:
     """Call ``callback(view)`` after the browser gave the view a new size."""
     from vtkmodules.vtkCommonCore import vtkCommand
 
-    view.render_window().AddObserver(vtkCommand.WindowResizeEvent, lambda *_: callback(view))
+    # trame-slicer's RCA window announces a new size on the interactor (not on the render window);
+    # a low priority runs this after trame-slicer has resized the slice node.
+    view.interactor().AddObserver(vtkCommand.WindowResizeEvent, lambda *_: callback(view), -1.0)
 
 
-def refit(view) -> None:
-    """Fit the view's content to its (new) size on the same slice. A view is first fitted before the
-    page has shown it at its real size (a comparison appears, a volume loads), so fitting again on
-    resize is what keeps the whole image in view with square pixels."""
-    offset = view.get_slice_value()
-    view.fit_view_to_content()
-    view.set_slice_value(offset)
+def _extent(view, grid):
+    """The grid's extent (x, y mm) and centre (x, y) along the view's in-plane axes, and the view's
+    slice-to-RAS axes and origin."""
+    import numpy as np
+
+    shape = np.asarray(grid.shape, dtype=np.float64)
+    corners = np.array([[i, j, k, 1.0] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
+                        for k in (-0.5, shape[2] - 0.5)])
+    ras = (np.diag([-1.0, -1.0, 1.0, 1.0]) @ grid.index_to_physical @ corners.T).T[:, :3]
+    matrix = slice_to_ras(view)
+    axes, origin = matrix[:3, :3], matrix[:3, 3]
+    local = (ras - origin) @ axes  # coordinates along the view's x, y and normal (unit axes)
+    low, high = local.min(axis=0), local.max(axis=0)
+    extent = (max(high[0] - low[0], 1e-6), max(high[1] - low[1], 1e-6))
+    return extent, (low[:2] + high[:2]) / 2.0, axes, origin
+
+
+def view_size(view) -> tuple[int, int]:
+    width, height = view.render_window().GetSize()
+    return max(int(width), 1), max(int(height), 1)
+
+
+def fit_scale(view, grid) -> float:
+    """Millimetres per pixel that show the whole slice of ``grid`` in the view at its current size."""
+    (extent_x, extent_y), _, _, _ = _extent(view, grid)
+    width, height = view_size(view)
+    return max(extent_x / width, extent_y / height)
+
+
+def fit(view, grid, scale: float | None = None) -> None:
+    """Show the whole slice of ``grid`` centred in the view, with square pixels, on the same slice
+    (``scale``: millimetres per pixel, default the view's own fit).
+
+    The extent is that of the grid's eight corners along the view's own axes, at the view's
+    current size (a fit made before the page gave the view its real size would overflow it).
+    """
+    _, centre, axes, origin = _extent(view, grid)
+    scale = fit_scale(view, grid) if scale is None else scale
+    width, height = view_size(view)
+    node = view.get_view_node()
+    disabled = node.StartModify()
+    for row in range(3):  # move within the plane only: the slice stays where it is
+        node.GetSliceToRAS().SetElement(row, 3, float(origin[row] + axes[row, 0] * centre[0]
+                                                     + axes[row, 1] * centre[1]))
+    node.SetXYZOrigin(0.0, 0.0, 0.0)
+    node.SetDimensions(width, height, node.GetDimensions()[2])
+    node.SetFieldOfView(scale * width, scale * height, node.GetFieldOfView()[2])
+    node.UpdateMatrices()
+    node.EndModify(disabled)
+
+
+def slice_to_ras(view):
+    """The view's slice-to-RAS matrix as a 4 x 4 numpy array."""
+    import numpy as np
+
+    matrix = view.get_view_node().GetSliceToRAS()
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])

@@ -1,6 +1,30 @@
-// XDiffusion web app: send a chosen file to the session over HTTP (not the websocket), then ask
-// the session to load it. Files over the limit are refused here without sending a byte; the
-// server checks the limit again while it receives.
+// XDiffusion web app: send a chosen file to the session over HTTP (not the websocket), showing the
+// percentage sent, then ask the session to load it. Files over the limit are refused here without
+// sending a byte; the server checks the limit again while it receives.
+function xdiffusionPost(url, file, onProgress) {
+  return new Promise((resolve) => {
+    const request = new XMLHttpRequest();
+    request.open("POST", url);
+    request.setRequestHeader("Content-Type", "application/octet-stream");
+    request.upload.onprogress = (event) => {
+      if (event.lengthComputable) {
+        onProgress(Math.floor((100 * event.loaded) / event.total));
+      }
+    };
+    request.onload = () => {
+      let answer = null;
+      try {
+        answer = JSON.parse(request.responseText);
+      } catch (error) {
+        answer = { ok: false, error: `${file.name}: the server answered ${request.status} ${request.statusText}` };
+      }
+      resolve(answer);
+    };
+    request.onerror = () => resolve({ ok: false, error: `${file.name}: the upload failed (network error)` });
+    request.send(file);
+  });
+}
+
 window.xdiffusionUpload = async function xdiffusionUpload(input, maxBytes) {
   const file = input && input.files && input.files[0];
   if (!file) {
@@ -17,23 +41,35 @@ window.xdiffusionUpload = async function xdiffusionUpload(input, maxBytes) {
     return;
   }
   await window.trame.trigger("xd_upload_started", [file.name, file.size]);
-  let answer = null;
-  try {
-    const response = await fetch(`upload?name=${encodeURIComponent(file.name)}`, {
-      method: "POST",
-      body: file,
-      headers: { "Content-Type": "application/octet-stream" },
-    });
-    answer = await response.json().catch(() => ({
-      ok: false,
-      error: `${file.name}: the server answered ${response.status} ${response.statusText}`,
-    }));
-  } catch (error) {
-    answer = { ok: false, error: `${file.name}: the upload failed (${error})` };
-  }
+  // At most a few progress messages a second reach the server.
+  let last = -1;
+  let sentAt = 0;
+  const answer = await xdiffusionPost(`upload?name=${encodeURIComponent(file.name)}`, file, (percent) => {
+    const now = Date.now();
+    if (percent !== last && (now - sentAt > 200 || percent === 100)) {
+      last = percent;
+      sentAt = now;
+      window.trame.trigger("xd_upload_progress", [percent]);
+    }
+  });
   if (answer.ok) {
     await window.trame.trigger("xd_load_upload", [answer.token, answer.name]);
   } else {
     await window.trame.trigger("xd_upload_failed", [answer.error]);
   }
+};
+
+// Export in one click: the session answers the Export trigger with the file's address, and the
+// browser downloads it at once.
+window.xdiffusionDownload = function xdiffusionDownload(answer) {
+  if (!answer || !answer.url) {
+    return;
+  }
+  const link = document.createElement("a");
+  link.href = answer.url;
+  link.download = answer.name || "";
+  link.style.display = "none";
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
 };

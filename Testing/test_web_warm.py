@@ -1,0 +1,68 @@
+"""The web app's warm worker (issue 13): PyTorch and the model are loaded before the first run.
+
+``WarmLauncher`` starts a worker process that loads everything and waits; a run then goes to that
+very process. Without a browser: the launcher is driven directly with a tiny random model.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from XDiffusionLib.io.volume import Volume
+from XDiffusionLib.worker.launcher import DONE
+from XDiffusionLib.worker.messages import JobSettings
+
+
+def _head() -> Volume:
+    i, j, k = np.meshgrid(*[np.linspace(-1, 1, n) for n in (16, 16, 12)], indexing="ij")
+    array = np.where(i**2 + j**2 + k**2 < 0.7, 80.0 + 30.0 * i, 2.0).astype(np.float32)
+    return Volume.from_array(array, (2.0, 2.0, 2.5))
+
+
+def _wait_warm(launcher, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not launcher.is_warm:
+        assert launcher._process.poll() is None, "the warm worker stopped before it was ready"
+        assert time.monotonic() < deadline, "the worker did not get warm"
+        time.sleep(0.2)
+
+
+def test_a_run_goes_to_the_process_that_was_warmed_before_it(tiny_model):
+    from XDiffusionLib.app.web.warm_worker import WarmLauncher
+
+    launcher = WarmLauncher(str(tiny_model))
+    try:
+        assert not launcher.is_warm
+        launcher.warm()
+        _wait_warm(launcher)
+        warm_pid = launcher.warm_pid
+        settings = JobSettings("axial", (5,), str(tiny_model), {"views": 1, "steps": 1})
+        job = launcher.start(_head(), settings)
+        assert job.process.pid == warm_pid and launcher.used_warm  # no new process, no new imports
+        assert job.wait(timeout=240) == DONE, job.error
+        result = job.result()
+        assert result.reconstruction.shape == (16, 16, 12)
+        # The input slice comes through exactly, as from a cold worker.
+        assert np.allclose(result.reconstruction.array[:, :, 5], _head().array[:, :, 5], atol=1e-3)
+        # The used process is not handed out twice: the next run starts cold unless re-warmed.
+        assert not launcher.is_warm
+        job = launcher.start(_head(), settings)
+        assert not launcher.used_warm and job.process.pid != warm_pid
+        job.cancel()
+    finally:
+        launcher.close()
+
+
+def test_a_waiting_warm_worker_ends_with_its_session(tiny_model):
+    from XDiffusionLib.app.web.warm_worker import WarmLauncher
+
+    launcher = WarmLauncher(str(tiny_model))
+    launcher.warm()
+    process = launcher._process
+    _wait_warm(launcher)
+    process.stdin.close()  # what the session's exit does to the pipe
+    assert process.wait(timeout=30) == 0
+    launcher.close()
+    assert not launcher._folder.exists()

@@ -1,0 +1,282 @@
+"""Feature: looking at the volume and the result the way Slicer does.
+
+- Layouts: the input views, or the comparison (``comparison.Comparison``) in a plane.
+- Slicer's mouse gestures in every view: left-drag window/level (horizontal: window, vertical:
+  level), right-drag zoom and middle-drag pan (Slicer's own interactor style), and a reset. The
+  real and the generated view share one grey scale: a window/level change in one shows in both.
+- Jumping to the previous / next input slice in the comparison.
+- Colour bars for the difference (intensity units of the volume) and the uncertainty (its label
+  from ``state.UNCERTAINTY_LABEL``), read from the display nodes' colour tables and windows.
+- The result's metrics (``results.compute_metrics``: the evaluation protocol's scores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ...errors import XDiffusionError
+from . import views
+from .state import DIFFERENCE_UNITS, EXPORT_WHAT_TITLES, UNCERTAINTY_LABEL
+
+_COLORBAR_STOPS = 11
+
+
+def _display_of(view):
+    """The display node of the volume in the view's background, or None."""
+    node_id = view.get_background_volume_id()
+    node = view.get_view_node().GetScene().GetNodeByID(node_id) if node_id else None
+    return node.GetDisplayNode() if node is not None else None
+
+
+class WindowLevelDrag:
+    """Left-drag window/level on one slice view (Slicer's gesture): dragging right widens the
+    window, dragging up lowers the level (brighter), both by the volume's range per view size."""
+
+    def __init__(self, view, on_change):
+        from vtkmodules.vtkCommonCore import vtkCommand
+
+        self.view = view
+        self.on_change = on_change
+        self._start = None
+        interactor = view.interactor()
+        interactor.AddObserver(vtkCommand.LeftButtonPressEvent, self._press, 1.0)
+        interactor.AddObserver(vtkCommand.MouseMoveEvent, self._move, 1.0)
+        interactor.AddObserver(vtkCommand.LeftButtonReleaseEvent, self._release, 1.0)
+
+    def _press(self, interactor, _event) -> None:
+        display = _display_of(self.view)
+        if display is None:
+            return
+        node = self.view.get_view_node().GetScene().GetNodeByID(self.view.get_background_volume_id())
+        image = node.GetImageData() if node is not None else None
+        low, high = image.GetScalarRange() if image is not None else (0.0, 1.0)
+        self._start = (interactor.GetEventPosition(), display.GetWindow(), display.GetLevel(),
+                       max(high - low, 1e-6))
+
+    def _move(self, interactor, _event) -> None:
+        if self._start is None:
+            return
+        (x0, y0), window, level, span = self._start
+        x, y = interactor.GetEventPosition()
+        width, height = self.view.render_window().GetSize()
+        new_window = max(window + (x - x0) * span / max(width, 1), span * 1e-3)
+        new_level = level - (y - y0) * span / max(height, 1)
+        self.on_change(self.view, new_window, new_level)
+
+    def _release(self, _interactor, _event) -> None:
+        self._start = None
+
+
+class Viewing:
+    def __init__(self, app):
+        self.app = app
+        state = app.state
+        state.change("xd_layout")(self._on_layout_changed)
+        state.change("xd_show_overlay")(self._on_overlay_toggled)
+        state.change("xd_result_plane")(self._on_result_plane_changed)
+        self._drags = []
+
+    def connect_views(self) -> None:
+        """Gestures and labels on every view (called once the views exist)."""
+        app = self.app
+        for tag in [*views.VIEW_PLANE, *(spec.name for spec in views.COMPARE_VIEWS)]:
+            view = app.view_manager.get_view(tag)
+            views.on_modified(view, app.picking.on_view_modified)
+            views.on_resized(view, self._refit)
+            self._drags.append(WindowLevelDrag(view, self.set_window_level))
+
+    def _grid(self):
+        from ...slicer.nodes import grid_from_node
+
+        return grid_from_node(self.app.input_node)
+
+    def _refit(self, view) -> None:
+        """A view got a new size: fit its content again (a view is first fitted before the page
+        has shown it at its real size)."""
+        comparison = self.app.comparison
+        if self.app.input_node is None:
+            return
+        if view in comparison.views():
+            comparison.fit(self._grid())  # one field of view for all comparison views
+        else:
+            views.fit(view, self._grid())
+
+    # -- window/level, reset -------------------------------------------------------------------
+
+    def set_window_level(self, view, window: float, level: float) -> None:
+        display = _display_of(view)
+        if display is None:
+            return
+        targets = [display]
+        result = self.app.comparison.result
+        if result is not None:  # real and generated: one grey scale
+            greys = [self.app.input_node, result.reconstruction]
+            nodes = [n for n in greys if n is not None]
+            if display in [n.GetDisplayNode() for n in nodes]:
+                targets = [n.GetDisplayNode() for n in nodes if n.GetDisplayNode() is not None]
+        for target in targets:
+            target.AutoWindowLevelOff()
+            target.SetWindowLevel(window, level)
+        self.update_colorbars()
+
+    def reset_views(self) -> None:
+        """Back to the first look: fitted views, automatic window/level, the result's own colours."""
+        from ...slicer import display
+
+        app = self.app
+        if app.input_node is None:
+            return
+        input_display = app.input_node.GetDisplayNode()
+        if input_display is not None:
+            input_display.AutoWindowLevelOn()
+        result = app.comparison.result
+        if result is not None:
+            display.show_like(result.reconstruction, app.input_node)
+            if result.difference is not None:
+                display.show_difference(result.difference, app.scene)
+            if result.uncertainty is not None:
+                display.show_uncertainty(result.uncertainty, app.scene)
+        for tag in views.VIEW_PLANE:
+            views.fit(app.view_manager.get_view(tag), self._grid())
+        if app.comparison.shown:
+            app.comparison.fit(self._grid())
+        self.update_colorbars()
+
+    # -- colour bars ---------------------------------------------------------------------------
+
+    def update_colorbars(self) -> None:
+        result = self.app.comparison.result
+        bars = {}
+        if result is not None:
+            for spec in self.app.comparison.layout.views:
+                label = {"difference": DIFFERENCE_UNITS, "uncertainty": UNCERTAINTY_LABEL}.get(spec.role)
+                node = self.app.scene.GetNodeByID(spec.background) if spec.background else None
+                if label is None or node is None or node.GetDisplayNode() is None:
+                    continue
+                bars[spec.name] = colorbar(node.GetDisplayNode(), label)
+        if bars != self.app.state.xd_colorbars:
+            self.app.push(xd_colorbars=bars)
+
+    # -- result --------------------------------------------------------------------------------
+
+    def replace_result(self, run):
+        """Add ``run``'s result nodes, remove the previous result's, and show the comparison."""
+        comparison = self.app.comparison
+        previous = comparison.result
+        result = run.finish()
+        self.remove_result(previous)
+        self.show_result(run, result)
+        return result
+
+    def show_result(self, run, result) -> None:
+        app = self.app
+        plane = run.settings.plane
+        app.comparison.show(result, plane, run.settings.indices, self._grid())
+        whats = [{"title": EXPORT_WHAT_TITLES["reconstruction"], "value": "reconstruction"}]
+        if result.uncertainty is not None:
+            whats.append({"title": EXPORT_WHAT_TITLES["uncertainty"], "value": "uncertainty"})
+        if result.difference is not None:
+            whats.append({"title": EXPORT_WHAT_TITLES["difference"], "value": "difference"})
+        app.push(xd_has_result=True, xd_has_overlay=app.comparison.has_overlay, xd_export_whats=whats,
+                 xd_export_what="reconstruction", xd_metrics=[], xd_metrics_note="", xd_layout="compare",
+                 xd_result_plane=plane, xd_show_overlay=False,
+                 xd_input_slices=list(app.comparison.plane_indices))
+        app.exporting.refresh_formats()
+        self.update_colorbars()
+        self.refresh_comparison_labels()
+
+    def refresh_comparison_labels(self) -> None:
+        for view in self.app.comparison.views():
+            self.app.picking.on_view_modified(view)
+
+    async def compute_metrics(self, run, result) -> None:
+        """Fill the metrics table (in a thread: SSIM over every slice of a large volume takes a while)."""
+        from ...slicer.nodes import volume_from_node
+        from .results import compute_metrics
+
+        app = self.app
+        if result.difference is None:
+            app.push(xd_metrics_note="no reference: the loaded volume was not used as ground truth")
+            return
+        app.push(xd_metrics_note="computing metrics")
+        reconstruction = volume_from_node(result.reconstruction)
+        try:
+            rows = await asyncio.to_thread(compute_metrics, app.volume, reconstruction, run.settings.plane,
+                                           run.settings.indices)
+        except XDiffusionError as error:
+            app.push(xd_metrics_note=f"metrics not available: {error}")
+            return
+        if app.comparison.result is result:
+            app.push(xd_metrics=[row.to_dict() for row in rows],
+                     xd_metrics_note="against the loaded volume as the reference (the evaluation protocol's scores)")
+
+    def remove_result(self, result=None) -> None:
+        """Remove a result's nodes (default: the one shown); back to the input views if it was shown."""
+        app = self.app
+        shown = result is None or result is app.comparison.result
+        app.comparison.remove(result)
+        if shown:
+            app.push(xd_has_result=False, xd_has_overlay=False, xd_metrics=[], xd_metrics_note="",
+                     xd_layout="input", xd_download_name="", xd_colorbars={}, xd_input_slices=[], xd_stale=False)
+
+    # -- navigation ----------------------------------------------------------------------------
+
+    def step_input_slice(self, direction: int) -> None:
+        """Show the previous (-1) or next (+1) input slice in the comparison."""
+        app = self.app
+        comparison = app.comparison
+        inputs = comparison.plane_indices
+        shown = comparison.views()
+        if not inputs or not shown:
+            app.report_info("the comparison shows another plane than the input slices': switch to "
+                            f"{comparison.result.layout.plane if comparison.result else 'their plane'} first")
+            return
+        current = app.picking.current_index(shown[0])
+        later = [i for i in inputs if i > current]
+        earlier = [i for i in inputs if i < current]
+        if direction > 0:
+            target = later[0] if later else inputs[0]
+        else:
+            target = earlier[-1] if earlier else inputs[-1]
+        comparison.go_to_slice(self._grid(), target)
+
+    # -- state changes -------------------------------------------------------------------------
+
+    def _on_layout_changed(self, xd_layout, **_) -> None:
+        app = self.app
+        if xd_layout == "compare" and not app.comparison.shown:
+            app.push(xd_layout="input")
+            return
+        app.layout_manager.set_layout(views.COMPARE_LAYOUT if xd_layout == "compare" else views.INPUT_LAYOUT)
+
+    def _on_overlay_toggled(self, xd_show_overlay, **_) -> None:
+        self.app.comparison.set_overlay_visible(bool(xd_show_overlay))
+
+    def _on_result_plane_changed(self, xd_result_plane, **_) -> None:
+        app = self.app
+        if app.comparison.shown and app.input_node is not None:
+            app.comparison.set_plane(xd_result_plane, self._grid())
+            app.push(xd_input_slices=list(app.comparison.plane_indices))
+            self.refresh_comparison_labels()
+
+
+def colorbar(display, label: str) -> dict:
+    """A colour bar of ``display``'s colour table over its window, for the page (CSS gradient)."""
+    color_node = display.GetColorNode()
+    low = display.GetLevel() - display.GetWindow() / 2.0
+    high = display.GetLevel() + display.GetWindow() / 2.0
+    stops = []
+    count = color_node.GetNumberOfColors() if color_node is not None else 0
+    for i in range(_COLORBAR_STOPS):
+        t = i / (_COLORBAR_STOPS - 1)
+        rgba = [t, t, t, 1.0]
+        if count:
+            color_node.GetColor(min(int(round(t * (count - 1))), count - 1), rgba)
+        stops.append(f"rgb({round(255 * rgba[0])}, {round(255 * rgba[1])}, {round(255 * rgba[2])}) {100 * t:.0f}%")
+    return {"gradient": f"linear-gradient(to right, {', '.join(stops)})", "low": _number(low),
+            "high": _number(high), "label": label}
+
+
+def _number(value: float) -> str:
+    magnitude = abs(value)
+    return f"{value:.0f}" if magnitude >= 100 else (f"{value:.1f}" if magnitude >= 1 else f"{value:.3g}")
