@@ -335,3 +335,26 @@ def test_folder_without_dicom_is_refused(tmp_path):
     with pytest.raises(XDiffusionError) as excinfo:
         read_volume(tmp_path)
     assert_one_line_error(excinfo, str(tmp_path), "no DICOM series")
+
+
+def test_atomic_file_replaces_in_one_step_and_a_failure_leaves_the_old_file(tmp_path):
+    from XDiffusionLib.io.atomic import atomic_file, write_atomic
+
+    target = tmp_path / "table.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as temporary:
+            temporary.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+    write_atomic(target, lambda handle: handle.write("a,b\n1,2\n"))
+    assert target.read_text() == "a,b\n1,2\n" and oct(target.stat().st_mode & 0o777) == "0o644"
+
+
+def test_one_file_name_sanitiser():
+    from XDiffusionLib.io.names import safe_file_name
+
+    assert safe_file_name("sub-01/T1w (run 2).nii.gz") == "sub-01_T1w_run_2_.nii.gz"
+    assert safe_file_name("../../etc/passwd") == "etc_passwd"  # no separators, never hidden
+    assert safe_file_name("...", fallback="upload") == "upload"
+    assert len(safe_file_name("x" * 500)) == 120

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import threading
 import time
 import uuid
@@ -39,6 +38,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import XDiffusionError
 from ..io.atomic import _HOST, _process_alive, remove_quietly, write_json_atomic
+from ..io.names import safe_file_name
 
 RESULTS_DIR = "per-case"
 RANKS_DIR = ".ranks"
@@ -143,10 +143,10 @@ def file_identity(paths: Sequence[str | os.PathLike], content: bool = False) -> 
 
 
 def unique_file_names(names: Sequence[str]) -> list[str]:
-    """File-safe versions of ``names`` (letters, digits, ``._-``), made unique with a number."""
+    """File-safe versions of ``names`` (``io.names.safe_file_name``), made unique with a number."""
     out: list[str] = []
     for name in names:
-        base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
+        base = safe_file_name(name)
         candidate, n = base, 2
         while candidate.lower() in (o.lower() for o in out):  # also unique on case-insensitive file systems
             candidate, n = f"{base}_{n}", n + 1

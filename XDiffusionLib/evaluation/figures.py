@@ -16,14 +16,14 @@ shared grey window (ground truth 0.5..99.5 percentile), and physical aspect rati
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
+from ..io.atomic import write_atomic
+from ..io.names import safe_file_name
 from ..inputs import PLANE_AXIS, SliceInput
 from .protocol import foreground_extent
-from .report import write_atomic
 
 _PLANES = ("axial", "coronal", "sagittal")
 PAPER_CONVENTION = "PSNR paper convention: 10 log10(max(GT)^2 / MSE)"
@@ -31,7 +31,7 @@ PAPER_CONVENTION = "PSNR paper convention: 10 log10(max(GT)^2 / MSE)"
 
 def safe_name(text: str) -> str:
     """A file-name-safe version of a case or method name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "case"
+    return safe_file_name(text)
 
 
 def cut_positions(ground_truth: np.ndarray, inputs: SliceInput) -> list[int]:

@@ -10,36 +10,17 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from ..io.atomic import write_atomic
 from .protocol import METRIC_COLUMNS
 
 CASE_COLUMNS = ("case", "method", "k", "plane", "indices", *METRIC_COLUMNS, "seconds")
 SUMMARY_COLUMNS = ("method", "k", "n", "psnr_paper_mean", "psnr_paper_std", "psnr_paper_noninput_mean", "psnr_unit_mean",
                    "ssim_mean")
-
-
-def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False) -> Path:
-    """Create ``path`` whole or not at all: ``write(handle)`` fills a temporary file that is then renamed."""
-    path = Path(path)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as f:
-            write(f)
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.remove(temp_name)
-        except OSError:
-            pass
-        raise
-    return path
 
 
 def _cell(value: Any) -> str:

@@ -25,11 +25,11 @@ from ..metrics.slice_errors import error_by_distance
 from ..baselines.foreground import head_mask
 from ..metrics.coverage import result_coverage, scored_mask
 from ..uncertainty.intervals import DEFAULT_LEVEL
+from ..io.atomic import write_atomic
 from . import protocol
 from .cases import CaseSource, find_cases
 from .coverage_report import format_coverage_markdown, write_coverage
-from .report import (CASE_COLUMNS, SUMMARY_COLUMNS, format_markdown, format_table, summarise, write_atomic,
-                     write_csv, write_json)
+from .report import CASE_COLUMNS, SUMMARY_COLUMNS, format_markdown, format_table, summarise, write_csv, write_json
 
 DEFAULT_METHODS = ("nearest", "linear", "cubic", "template")
 DEFAULT_KS = (1, 3, 5, 10, 31)  # the paper's numbers of input slices (its tables use 1, 2, 3, 5, 10, 31)

@@ -17,7 +17,7 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 _MARK = ".xdpart-"
 # This host's tag: a process id means something only on the host that wrote it (shared folders).
@@ -52,6 +52,16 @@ def atomic_file(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     except BaseException:
         remove_quietly(temporary)
         raise
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Any], None], binary: bool = False) -> Path:
+    """``path`` whole or not at all: ``write(handle)`` fills the temporary file (text: UTF-8, no
+    newline translation, for csv) that then replaces ``path``."""
+    with atomic_file(path) as temporary:
+        mode = {"mode": "wb"} if binary else {"mode": "w", "newline": "", "encoding": "utf-8"}
+        with open(temporary, **mode) as handle:
+            write(handle)
+    return Path(path)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
