@@ -6,7 +6,9 @@ It starts ``xdiffusion app`` with the shipped model on a free port, drives Debia
 (``/usr/bin/chromium``, never a browser download) through Playwright the way a user would: opens
 the shipped held-out real T1 ``kmeans_t1``, scrolls the axial view to each of 5 input slices chosen
 as the evaluation protocol chooses them (``evaluation.protocol.choose_indices``), picks them,
-reconstructs at the page's default settings, waits for the metrics, and saves the page. The app
+waits for the warm worker, reconstructs at the page's default settings, waits for the metrics,
+scrolls the comparison to a generated slice (halfway between the third and the fourth input) and
+saves the page. The app
 is stopped on the way out, whatever happens. Re-run it after the shipped weights or the page change.
 """
 
@@ -75,23 +77,23 @@ def start_app(model: str | None, log_path: Path) -> tuple[subprocess.Popen, str]
             time.sleep(0.5)
 
 
-def shown_index(page) -> int:
-    return int(re.search(r"\d+", page.inner_text(f"#xd-index-{TAG}")).group(0))
+def shown_index(page, tag: str) -> int:
+    return int(re.search(r"\d+", page.inner_text(f"#xd-index-{tag}")).group(0))
 
 
-def scroll_to(page, index: int) -> None:
-    """Scroll the axial view with the mouse wheel until it shows slice ``index``."""
-    box = page.locator(f"#xd-view-{TAG}").bounding_box()
+def scroll_to(page, index: int, tag: str = TAG) -> None:
+    """Scroll view ``tag`` with the mouse wheel until it shows slice ``index``."""
+    box = page.locator(f"#xd-view-{tag}").bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    for _ in range(200):
-        current = shown_index(page)
+    for _ in range(300):
+        current = shown_index(page, tag)
         if current == index:
             return
         page.mouse.wheel(0, -120 if current < index else 120)
         deadline = time.monotonic() + 10
-        while shown_index(page) == current and time.monotonic() < deadline:
+        while shown_index(page, tag) == current and time.monotonic() < deadline:
             time.sleep(0.1)
-    raise SystemExit(f"could not scroll the {PLANE} view to slice {index}")
+    raise SystemExit(f"could not scroll the {tag} view to slice {index}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,10 +122,15 @@ def main(argv: list[str] | None = None) -> int:
             page.click("#xd-reconstruct")
             page.wait_for_selector("#xd-metrics", timeout=SLOW_MS)
             page.click("#xd-info .v-alert__close button")
+            # The page opens on the first input slice (copied, so no difference to see); the
+            # picture shows a generated one, halfway between the third and the fourth input.
+            generated = (slices[2] + slices[3]) // 2
+            scroll_to(page, generated, "XDiffusionGenerated")
             time.sleep(3.0)  # the streamed views' last frames
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out))
-            print(f"wrote {out} ({args.width}x{args.height}); inputs {PLANE} {' '.join(map(str, slices))}; "
+            print(f"wrote {out} ({args.width}x{args.height}); inputs {PLANE} {' '.join(map(str, slices))}, "
+                  f"shown {generated}; "
                   f"metrics: {' | '.join(page.inner_text('#xd-metrics').split(chr(10)))}")
             browser.close()
     finally:
