@@ -14,7 +14,7 @@ from XDiffusionLib.baselines.foreground import head_mask
 from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.io.volume import Volume
 from XDiffusionLib.metrics.coverage import interval_coverage, rank_correlation, result_coverage, scored_mask
-from XDiffusionLib.metrics.lesion import dice, invented_regions, segment_tumour, tumour_window
+from XDiffusionLib.metrics.lesion import dice, invented_regions, segment_anomaly, segment_tumour, tumour_window
 from XDiffusionLib.model.calibration import CALIBRATION_NAME, load_calibration, save_calibration, uncertainty_info
 from XDiffusionLib.uncertainty.intervals import (DISTANCE_EDGES_MM, FEATURES, K_EDGES, LEVELS, UNCALIBRATED,
                                                  IntervalCalibration, calibrated_info, conformal_quantile,
@@ -197,6 +197,9 @@ def test_tumour_segmentation_finds_a_bright_ball_and_invented_regions_need_both_
     assert dice(segment_tumour(truth, window, brain, 10), ball) == 1.0
     assert dice(segment_tumour(np.full_like(truth, 100.0), window, brain, 10), ball) == 0.0
     assert dice(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+    healthy = np.full_like(truth, 100.0)  # the same head without the ball
+    assert dice(segment_anomaly(truth, healthy, brain, 50.0, 10), ball) == 1.0
+    assert not segment_anomaly(healthy + 20.0, healthy, brain, 50.0, 10).any()  # small departures are no tumour
     invented = truth.copy()
     invented[2:8, 2:8, 2:8] = 300.0  # a new compact structure, absent from the truth and the anchor
     assert invented_regions(invented, truth, truth, brain, 50.0, 20) == (1, 216)

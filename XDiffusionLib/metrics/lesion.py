@@ -5,10 +5,13 @@ both volumes, so any difference between the two masks comes from the images.
 
 - ``brain_mask``: the ground truth's head (``baselines.foreground.head_mask``) eroded by ``erode_mm`` so the
   scalp, skull and face layers (about 20 mm in the synthetic heads) are left out;
-- ``tumour_window``: the intensity window of a tumour, the 10th..90th percentile of the ground
-  truth inside the true tumour label; computed once, on the ground truth;
-- ``segment_tumour``: voxels of the brain inside the window, opened once (6-neighbourhood) and
-  kept as connected components of at least ``min_voxels`` (26-connectivity).
+- ``segment_anomaly``: voxels of the brain that depart from a *healthy reference* (the template
+  fitted to the whole ground truth, computed once and used for both volumes) by more than a
+  threshold, opened once (6-neighbourhood) and kept as connected components of at least
+  ``min_voxels`` (26-connectivity): a tumour with its edema is such an anomaly, in any contrast;
+- ``tumour_window`` / ``segment_tumour``: the same with an intensity window (the 10th..90th
+  percentile of the truth inside the label) instead of a reference; it needs the label, and
+  healthy tissue of the same intensity falls inside the window (kept for comparison).
 
 ``invented_regions`` answers "did the reconstruction make a structure the truth does not have":
 compact regions inside the brain where the reconstruction departs from the truth by more than
@@ -54,6 +57,13 @@ def segment_tumour(image: np.ndarray, window: tuple[float, float], brain: np.nda
     return keep_components(mask, min_voxels)
 
 
+def segment_anomaly(image: np.ndarray, reference: np.ndarray, brain: np.ndarray, threshold: float,
+                    min_voxels: int) -> np.ndarray:
+    away = brain & (np.abs(np.asarray(image, np.float32) - np.asarray(reference, np.float32)) > threshold)
+    away = ndimage.binary_opening(away, structure=ndimage.generate_binary_structure(3, 1))
+    return keep_components(away, min_voxels)
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice of two masks; 1 when both are empty."""
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
@@ -74,4 +84,5 @@ def invented_regions(reconstruction: np.ndarray, truth: np.ndarray, reference: n
     return int(count), int(kept.sum())
 
 
-__all__ = ["brain_mask", "dice", "invented_regions", "keep_components", "segment_tumour", "tumour_window"]
+__all__ = ["brain_mask", "dice", "invented_regions", "keep_components", "segment_anomaly", "segment_tumour",
+           "tumour_window"]
