@@ -14,7 +14,7 @@ from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.evaluation import protocol
 from XDiffusionLib.evaluation.cases import find_cases
 from XDiffusionLib.evaluation.report import CASE_COLUMNS, SUMMARY_COLUMNS
-from XDiffusionLib.io import write_volume
+from XDiffusionLib.io import read_volume, write_volume
 from XDiffusionLib.io.volume import Volume
 
 RAS = np.diag([-1.0, -1.0, 1.0])
@@ -152,6 +152,64 @@ def test_bad_arguments_fail_with_one_line_and_write_nothing(data_dir, tmp_path, 
     assert not out.exists()
 
 
+def test_extra_metrics_volume_error_and_correlation_across_cases(data_dir, tmp_path):
+    from XDiffusionLib.baselines.foreground import head_mask
+
+    write_volume(Volume.from_array(head((20, 22, 24), seed=3), spacing=(1.1, 0.9, 1.3), direction=RAS),
+                 data_dir / "case_c.nii.gz")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(data_dir), "--method", "nearest", "linear", "--slices", "3",
+                 "--extra-metrics", "volume", "--out", str(out), "--no-figures", "--no-progress"]) == 0
+    _, cases = read_csv(out / "extra_metrics_cases.csv")
+    assert len(cases) == 6  # 3 cases x 2 methods
+    truth = read_volume(data_dir / "case_a.nii.gz")
+    expected_ml = head_mask(truth.array).sum() * np.prod(truth.spacing) / 1000.0
+    row = next(r for r in cases if r["case"] == "case_a" and r["method"] == "nearest")
+    assert float(row["volume_true_ml"]) == pytest.approx(expected_ml, rel=1e-3)
+    error = 100 * (float(row["volume_reconstructed_ml"]) - float(row["volume_true_ml"])) / float(row["volume_true_ml"])
+    assert float(row["volume_error_pct"]) == pytest.approx(error, abs=1e-3)
+    _, summary = read_csv(out / "extra_metrics.csv")
+    assert {(r["method"], r["n"]) for r in summary} == {("nearest", "3"), ("linear", "3")}
+    for r in summary:  # three head sizes: reconstructed volumes follow the true ones
+        assert 0.9 < float(r["volume_pearson_r"]) <= 1.0 and 0 < float(r["volume_abs_error_pct_mean"]) < 100
+    assert "## Extra metrics" in (out / "summary.md").read_text()
+
+
+def test_random_pair_floor_on_one_grid_and_refused_across_grids(tmp_path):
+    from XDiffusionLib.metrics.psnr import psnr_paper
+
+    same = tmp_path / "same"
+    truths = [head(seed=s) for s in (0, 1)]
+    truths[1] = truths[1] * 0.8  # two "subjects" on one grid
+    for n, array in enumerate(truths):
+        write_volume(Volume.from_array(array, spacing=(1.0, 1.0, 1.0), direction=RAS), same / f"s{n}.nii.gz")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(same), "--method", "nearest", "--slices", "2", "--extra-metrics", "random_pair",
+                 "--out", str(out), "--no-figures", "--no-progress"]) == 0
+    floor = json.loads((out / "random_pair.json").read_text())
+    pairs = [psnr_paper(truths[0], truths[1]), psnr_paper(truths[1], truths[0])]  # canonical = these arrays (RAS)
+    assert floor["psnr_paper_mean"] == pytest.approx(np.mean(pairs), abs=1e-3)
+    assert not (out / "extra_metrics_cases.csv").exists() and "Random-pair floor" in (out / "summary.md").read_text()
+    write_volume(Volume.from_array(head((20, 22, 24), seed=3), direction=RAS), same / "other_grid.nii.gz")
+    mixed = tmp_path / "mixed"
+    assert main(["evaluate", "--data", str(same), "--method", "nearest", "--slices", "2", "--extra-metrics", "random_pair",
+                 "--out", str(mixed), "--no-figures", "--no-progress"]) == 0
+    assert "different grids" in json.loads((mixed / "random_pair.json").read_text())["skipped"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--extra-metrics", "fid"], "unknown extra metric 'fid'"),
+    (["--extra-metrics", "lpips"], "LPIPS needs backbone weights"),
+    (["--extra-metrics", "lpips", "--lpips-weights", "nowhere.pth"], "nowhere.pth: no such file"),
+    (["--lpips-weights", "w.pth"], "only used by --extra-metrics lpips"),
+])
+def test_extra_metrics_refuse_bad_requests_in_one_line(data_dir, tmp_path, capsys, args, words):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(data_dir), "--method", "nearest", "--out", str(out), "--no-progress", *args]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and not out.exists()
+
+
 def test_output_folder_that_is_a_file_is_refused(data_dir, tmp_path, capsys):
     out = tmp_path / "results.txt"
     out.write_text("keep me")
@@ -252,3 +310,27 @@ def test_xdiffusion_method_gets_the_model_folder(data_dir, tmp_path, capsys):
     record = json.loads((out / "protocol.json").read_text())
     assert record["methods"]["xdiffusion"]["options"]["model_dir"] == str(model_dir)
     assert "torch" in record["versions"]
+
+
+def test_extra_metric_lpips_with_local_weights_fills_every_plane(tmp_path):
+    """Plumbing only (random backbone weights, as in test_metrics): the columns and their means."""
+    import torch
+
+    from XDiffusionLib.metrics.lpips_net import LPIPSNet
+
+    torch.manual_seed(0)
+    net = LPIPSNet("alexnet")
+    weights = tmp_path / "alex_random_plumbing.pth"
+    torch.save({k: v.abs() if k.startswith("lin") else v for k, v in net.state_dict().items()}, weights)
+    data = tmp_path / "data"
+    for seed in (0, 1):
+        write_volume(Volume.from_array(head((32, 32, 32), seed=seed), direction=RAS), data / f"c{seed}.nii.gz")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(data), "--method", "nearest", "--slices", "3", "--extra-metrics", "lpips",
+                 "--lpips-weights", str(weights), "--out", str(out), "--no-figures", "--no-progress"]) == 0
+    _, cases = read_csv(out / "extra_metrics_cases.csv")
+    _, summary = read_csv(out / "extra_metrics.csv")
+    for plane in ("axial", "coronal", "sagittal"):
+        values = [float(r[f"lpips_{plane}"]) for r in cases]
+        assert all(v > 0 for v in values)  # nearest-slice copies differ from the truth
+        assert float(summary[0][f"lpips_{plane}_mean"]) == pytest.approx(np.mean(values), abs=1e-3)

@@ -29,6 +29,8 @@ from ..io.atomic import write_atomic
 from . import protocol
 from .cases import CaseSource, find_cases
 from .coverage_report import format_coverage_markdown, write_coverage
+from .extra_metrics import (case_columns, check_extra_metrics, format_extra_markdown, format_random_pair_markdown,
+                            random_pair_floor, score_extra, summarise_extra, summary_columns)
 from .report import CASE_COLUMNS, SUMMARY_COLUMNS, format_markdown, format_table, summarise, write_csv, write_json
 
 DEFAULT_METHODS = ("nearest", "linear", "cubic", "template")
@@ -50,6 +52,8 @@ class EvaluationSettings:
     volume_index: int | None = None
     figures: bool = True
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra_metrics: list[str] = field(default_factory=list)  # evaluation.extra_metrics.EXTRA_METRICS
+    lpips_weights: str | None = None
 
 
 @dataclass
@@ -140,6 +144,7 @@ def _case_indices(volume: Volume, source: CaseSource, settings: EvaluationSettin
 def prepare(settings: EvaluationSettings, note: Callable[[str], None] = print) -> Plan:
     """Phase 1: every check, before anything is computed or written (see the module docstring)."""
     plane_axis(settings.plane)
+    settings.extra_metrics = list(check_extra_metrics(settings.extra_metrics, settings.lpips_weights))
     out = check_out_dir(settings.out)
     ks = _check_ks(settings)
     if settings.volume_index is not None and settings.volume_index < 0:
@@ -288,6 +293,8 @@ def run_cases(plan: Plan, progress: bool = True) -> tuple[list[dict], list[Path]
                     if interval is not None:  # truth inside the interval, non-input voxels inside the head
                         mask = scored_mask(head_mask(volume.array), inputs.axis, indices)
                         metrics.update(result_coverage(volume.array, output.array, interval, mask, DEFAULT_LEVEL))
+                    if settings.extra_metrics:
+                        metrics.update(score_extra(settings.extra_metrics, volume, output, settings.lpips_weights))
                     rows.append({"case": case.source.name, "method": name, "k": k, "plane": settings.plane,
                                  "indices": indices, **metrics, "seconds": seconds})
                     if settings.figures:
@@ -321,6 +328,17 @@ def write_tables(plan: Plan, rows: list[dict], written: list[Path]) -> Evaluatio
     written.append(write_csv(plan.out / "cases.csv", rows, CASE_COLUMNS))
     written.append(write_csv(plan.out / "summary.csv", summary, SUMMARY_COLUMNS))
     markdown = format_markdown(summary) + format_coverage_markdown(rows)
+    per_case = [name for name in settings.extra_metrics if name != "random_pair"]  # that one is per cohort
+    if per_case:
+        extra = summarise_extra(rows, per_case)
+        written.append(write_csv(plan.out / "extra_metrics.csv", extra, summary_columns(per_case)))
+        written.append(write_csv(plan.out / "extra_metrics_cases.csv", rows, case_columns(per_case)))
+        markdown += format_extra_markdown(extra, per_case)
+    if "random_pair" in settings.extra_metrics:
+        floor = random_pair_floor([case.load() for case in plan.cases])
+        markdown += format_random_pair_markdown(floor)
+        written.append(write_json(plan.out / "random_pair.json", {"psnr_paper_mean": floor[0], "psnr_paper_std": floor[1]}
+                                  if not isinstance(floor, str) else {"skipped": floor}))
     written.extend(write_coverage(plan.out, rows, settings.figures))
     written.append(write_atomic(plan.out / "summary.md", lambda handle: handle.write(markdown)))
     if settings.figures and len(plan.ks) > 1:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .overlap import dice_per_label
 
 
 def brain_mask(head: np.ndarray, spacing_mm: float, erode_mm: float = 20.0) -> np.ndarray:
@@ -65,10 +66,8 @@ def segment_anomaly(image: np.ndarray, reference: np.ndarray, brain: np.ndarray,
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two masks; 1 when both are empty."""
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+    """Dice of two masks; 1 when both are empty (``overlap.dice_per_label`` on label 1)."""
+    return dice_per_label(np.asarray(a, dtype=bool).astype(np.uint8), np.asarray(b, dtype=bool).astype(np.uint8), [1])[1]
 
 
 def invented_regions(reconstruction: np.ndarray, truth: np.ndarray, reference: np.ndarray | None, brain: np.ndarray,

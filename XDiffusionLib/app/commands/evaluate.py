@@ -47,6 +47,12 @@ def register(subparsers) -> None:
                              ("--device", str, "auto, cpu or cuda")):
         parser.add_argument(flag, type=kind, default=None, help=f"--method xdiffusion: {text} (default: the model's)")
     parser.add_argument("--atlas", metavar="PATH", help="template volume for --method template (default: shipped ICBM152 T1)")
+    # Names are checked by evaluation.extra_metrics (imported on use: it pulls in scipy and the baselines).
+    parser.add_argument("--extra-metrics", nargs="+", default=[], metavar="NAME",
+                        help="also score: volume (foreground volume error and Pearson r across cases), "
+                             "lpips (needs --lpips-weights), random_pair (PSNR floor between different subjects; one grid)")
+    parser.add_argument("--lpips-weights", metavar="FILE",
+                        help="local LPIPS backbone+heads state dict for --extra-metrics lpips (nothing is downloaded)")
     parser.add_argument("--fresh", action="store_true",
                         help="recompute every case (default: reuse the cases OUT/per-case holds for these same settings)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -89,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         volume_index=args.volume,
         figures=args.figures,
         method_options=options,
+        extra_metrics=args.extra_metrics,
+        lpips_weights=args.lpips_weights,
     )
     def note(text: str) -> None:
         if rank.is_main:  # every rank checks everything; one of them speaks
@@ -131,6 +139,8 @@ def _case_key(plan, case) -> str:
         "indices": {str(k): list(v) for k, v in case.indices.items()}, "methods": options, "models": models,
         "figures": settings.figures, "volume_index": case.source.volume_index, "name": case.source.name,
         "input": file_identity(volume_files(case.source.path)),
+        "extra_metrics": list(settings.extra_metrics),
+        "lpips_weights": file_identity([Path(settings.lpips_weights)], content=True) if settings.lpips_weights else None,
     })
 
 
