@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ...settings import DEVICES, SAMPLERS
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -41,10 +43,10 @@ def register(subparsers) -> None:
     parser.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                         help="write PNG figures (default: yes)")
     parser.add_argument("--model", metavar="DIR", help="model folder for --method xdiffusion (default: shipped weights)")
-    for flag, kind, text in (("--views", int, "azimuth views"), ("--steps", int, "denoising steps per view"),
-                             ("--sampler", str, "ddpm, ddim or dpmpp"), ("--guidance", float, "guidance scale"),
+    for flag, kind, text in (("--views", int, "views"), ("--steps", int, "denoising steps per view"),
+                             ("--sampler", str, " or ".join(SAMPLERS)), ("--guidance", float, "guidance scale"),
                              ("--samples", int, "samples per view"), ("--seed", int, "random seed"),
-                             ("--device", str, "auto, cpu or cuda")):
+                             ("--device", str, " or ".join(DEVICES))):
         parser.add_argument(flag, type=kind, default=None, help=f"--method xdiffusion: {text} (default: the model's)")
     parser.add_argument("--atlas", metavar="PATH", help="template volume for --method template (default: shipped ICBM152 T1)")
     # Names are checked by evaluation.extra_metrics (imported on use: it pulls in scipy and the baselines).
