@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 from ...settings import DEFAULTS, MAX_SAMPLES, MAX_STEPS, MAX_VIEWS, SAMPLERS
 
-# Colour-bar units of the comparison views. The difference is real - generated, in the volume's
-# own intensity units. The uncertainty's meaning belongs to the model's output; its label is read
-# from this one name so that it can change without touching the page.
+# Colour-bar units of the difference view (real - generated, in the volume's own intensity units).
+# The uncertainty's label is not declared here: it is what the run's model reports
+# (``model.calibration.uncertainty_info``: a calibrated interval, or the view spread).
 DIFFERENCE_UNITS = "intensity units of the volume"
-UNCERTAINTY_LABEL = "spread across views (std, intensity units; not calibrated)"
 
 
 @dataclass(frozen=True)

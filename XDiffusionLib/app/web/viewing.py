@@ -5,8 +5,9 @@
   level), right-drag zoom and middle-drag pan (Slicer's own interactor style), and a reset. The
   real and the generated view share one grey scale: a window/level change in one shows in both.
 - Jumping to the previous / next input slice in the comparison.
-- Colour bars for the difference (intensity units of the volume) and the uncertainty (its label
-  from ``state.UNCERTAINTY_LABEL``), read from the display nodes' colour tables and windows.
+- Colour bars for the difference (intensity units of the volume) and the uncertainty (the label
+  the run's model gives it, ``model.calibration.uncertainty_info``), read from the display nodes'
+  colour tables and windows.
 - The result's metrics (``results.compute_metrics``: the evaluation protocol's scores).
 """
 
@@ -16,7 +17,7 @@ import asyncio
 
 from ...errors import XDiffusionError
 from . import views
-from .state import DIFFERENCE_UNITS, EXPORT_WHAT_TITLES, UNCERTAINTY_LABEL
+from .state import DIFFERENCE_UNITS, EXPORT_WHAT_TITLES
 
 _COLORBAR_STOPS = 11
 
@@ -75,6 +76,7 @@ class Viewing:
         state.change("xd_show_overlay")(self._on_overlay_toggled)
         state.change("xd_result_plane")(self._on_result_plane_changed)
         self._drags = []
+        self._uncertainty_label = ""
 
     def connect_views(self) -> None:
         """Gestures and labels on every view (called once the views exist)."""
@@ -149,7 +151,7 @@ class Viewing:
         bars = {}
         if result is not None:
             for spec in self.app.comparison.layout.views:
-                label = {"difference": DIFFERENCE_UNITS, "uncertainty": UNCERTAINTY_LABEL}.get(spec.role)
+                label = {"difference": DIFFERENCE_UNITS, "uncertainty": self._uncertainty_label}.get(spec.role)
                 node = self.app.scene.GetNodeByID(spec.background) if spec.background else None
                 if label is None or node is None or node.GetDisplayNode() is None:
                     continue
@@ -171,6 +173,7 @@ class Viewing:
     def show_result(self, run, result) -> None:
         app = self.app
         plane = run.settings.plane
+        self._uncertainty_label = uncertainty_label(run.settings.model_dir or app.model_dir)
         app.comparison.show(result, plane, run.settings.indices, self._grid())
         whats = [{"title": EXPORT_WHAT_TITLES["reconstruction"], "value": "reconstruction"}]
         if result.uncertainty is not None:
@@ -258,6 +261,15 @@ class Viewing:
             app.comparison.set_plane(xd_result_plane, self._grid())
             app.push(xd_input_slices=list(app.comparison.plane_indices))
             self.refresh_comparison_labels()
+
+
+def uncertainty_label(model_dir: str | None) -> str:
+    """What the uncertainty of a run with ``model_dir`` means, with its units, as the model says."""
+    from ...model.calibration import uncertainty_info
+    from ...model.files import default_model_dir
+
+    info = uncertainty_info(model_dir or default_model_dir())
+    return info.label if "intensity units" in info.label else f"{info.label}, {info.units}"
 
 
 def colorbar(display, label: str) -> dict:
