@@ -30,7 +30,6 @@ import contextlib
 import hashlib
 import hmac
 import html
-import json
 import logging
 import os
 import secrets
