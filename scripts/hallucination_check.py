@@ -211,14 +211,16 @@ def figure(examples: dict, rows: list[dict], path: Path) -> None:
     grid = figure.add_gridspec(len(shown) + 1, 3)
     for row, subject in enumerate(shown):
         example = examples[subject]
-        cut = lambda a: np.asarray(a)[:, :, example["centre"]].T[::-1]  # noqa: E731  axial, anterior up
+        # 3 slices (6 mm at 2 mm) off the tumour's centre, which is the "through" input slice itself.
+        level = min(example["centre"] + 3, example["truth"].shape[AXIS] - 1)
+        cut = lambda a: np.asarray(a)[:, :, level].T[::-1]  # noqa: E731  axial, anterior up
         vmax = float(np.percentile(example["truth"], 99.5))
         for col, (key, title) in enumerate((("truth", "ground truth"), ("through", "model, input slice through tumour"),
                                             ("none", "model, input slice misses tumour"))):
             ax = figure.add_subplot(grid[row, col])
             ax.imshow(cut(example[key]), cmap="gray", vmin=0, vmax=vmax)
             ax.contour(cut(example["core"]).astype(float), levels=[0.5], colors="red", linewidths=0.8)
-            ax.set_title(f"subject {subject}: {title}", fontsize=8)
+            ax.set_title(f"subject {subject}: {title}\n(axial {level}, 3 slices from the tumour's centre)", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
     ax = figure.add_subplot(grid[len(shown), :])
