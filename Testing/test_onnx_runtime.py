@@ -1,5 +1,7 @@
 """The compact U-Net on ONNX Runtime (model/onnx_runtime.py): same numbers as torch, cached graphs."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -30,8 +32,9 @@ def batch(config, size=5):
 def test_onnx_unet_gives_the_torch_numbers_at_any_batch(tiny_model, tmp_path):
     model, config = load_pretrained(tiny_model)
     fast = onnx_runtime.OnnxCompactDenoiser(model, onnx_runtime.export_unet(model, tmp_path / "unet.onnx"))
-    for size in (1, 5):  # exported at batch 2: the batch axis is dynamic
-        x, t, cond = batch(config, size)
+    bigger = dataclasses.replace(config, side=24)  # a model space other than the trained one
+    for size, cfg in ((1, config), (5, config), (3, bigger)):  # exported at batch 2, side 16: both dynamic
+        x, t, cond = batch(cfg, size)
         with torch.no_grad():
             expected = model(x, t, cond)
         got = fast(x, t, cond)

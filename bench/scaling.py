@@ -16,6 +16,9 @@ Expected growth, written beside the measurement in the table:
   resampling to and from the cube and the intensity mapping are linear in V, and so is memory.
 
     .venv/bin/python bench/scaling.py          # writes bench/results/scaling_cpu.{json,md,png}
+
+Each point runs with one thread and reports the process's CPU time of the reconstruction (what
+the work costs, nearly independent of other jobs on a shared machine) beside its wall time.
 """
 
 from __future__ import annotations
@@ -75,13 +78,18 @@ def run_point(views: int, side: int | None, shape: tuple[int, int, int] | None) 
     volume = volume_of_shape(shape)
     inputs = SliceInput.from_volume(volume, "axial", [volume.shape[2] // 2])
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    reconstructor = XDiffusionReconstructor(model=model, config=config, device="cpu", views=views)
+    # The shipped path: ONNX Runtime for the U-Net (the in-memory model is exported for it).
+    reconstructor = XDiffusionReconstructor(model=model, config=config, device="cpu", views=views, runtime="onnx")
+    _ = reconstructor.pipeline  # export and session set-up are not part of the growth
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     result = reconstructor.reconstruct(inputs)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_seconds = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
     assert result.shape == volume.shape
     return {"views": views, "side": config.side, "shape": list(volume.shape), "voxels": int(volume.array.size),
-            "seconds": round(seconds, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "rss_before_mb": round(rss_before, 1), "torch_threads": torch.get_num_threads()}
 
 
@@ -89,23 +97,25 @@ def in_subprocess(views: int, side: int | None, shape) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "point.json"
         spec = json.dumps({"views": views, "side": side, "shape": shape})
-        subprocess.run([sys.executable, __file__, "--point", spec, "--result", str(out)], check=True, cwd=ROOT)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # CPU time of one thread: robust to a shared machine
+        subprocess.run([sys.executable, __file__, "--point", spec, "--result", str(out)], check=True, cwd=ROOT, env=env)
         return json.loads(out.read_text())
 
 
 def growth(points: list[dict], key: str) -> list[str]:
     """Measured ratio to the first point beside the ratio of ``key``."""
     first = points[0]
-    return [f"{p['seconds'] / first['seconds']:.2f}x time, {p['peak_rss_mb'] / first['peak_rss_mb']:.2f}x memory "
+    return [f"{p['cpu_seconds'] / first['cpu_seconds']:.2f}x CPU time, {p['peak_rss_mb'] / first['peak_rss_mb']:.2f}x memory "
             f"for {p[key] / first[key]:.2f}x {key}" for p in points]
 
 
 def table(title: str, points: list[dict], key: str, expected: str) -> list[str]:
     lines = [f"### {title}", "", f"Expected: {expected}", "",
-             "| views | model side | volume | seconds | peak RSS (MB) | growth vs first row |", "|---|---|---|---|---|---|"]
+             "| views | model side | volume | CPU seconds | wall seconds | peak RSS (MB) | growth vs first row |",
+             "|---|---|---|---|---|---|---|"]
     for p, g in zip(points, growth(points, key)):
-        lines.append(f"| {p['views']} | {p['side']} | {'x'.join(map(str, p['shape']))} | {p['seconds']} | "
-                     f"{p['peak_rss_mb']} | {g} |")
+        lines.append(f"| {p['views']} | {p['side']} | {'x'.join(map(str, p['shape']))} | {p['cpu_seconds']} | "
+                     f"{p['seconds']} | {p['peak_rss_mb']} | {g} |")
     return lines + [""]
 
 
@@ -118,12 +128,12 @@ def plot(groups: dict[str, tuple[list[dict], str]], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, (title, (points, key)) in zip(axes, groups.items()):
         x = [p[key] for p in points]
-        ax.plot(x, [p["seconds"] for p in points], "o-", color="tab:blue", label="seconds")
+        ax.plot(x, [p["cpu_seconds"] for p in points], "o-", color="tab:blue", label="CPU seconds (1 thread)")
         ideal = {"views": lambda v: v, "side": lambda s: s**3, "voxels": lambda v: 1.0}[key]
-        ax.plot(x, [points[0]["seconds"] * ideal(v) / ideal(x[0]) for v in x], ":", color="tab:blue",
+        ax.plot(x, [points[0]["cpu_seconds"] * ideal(v) / ideal(x[0]) for v in x], ":", color="tab:blue",
                 label="expected (network)")
         ax.set_xlabel(key)
-        ax.set_ylabel("seconds per volume", color="tab:blue")
+        ax.set_ylabel("CPU seconds per volume", color="tab:blue")
         if key != "views":
             ax.set_xscale("log")
             ax.set_yscale("log")

@@ -31,6 +31,7 @@ from .conditioning import Condition
 from .denoiser import Denoiser
 
 OPSET = 17
+GRAPH_VERSION = 2  # bump when the exported graph changes (2: dynamic section size)
 EXPORT_BATCH = 2  # any batch runs: the batch axis is dynamic
 
 
@@ -64,7 +65,8 @@ class _UNetGraph(nn.Module):
 
 
 def export_unet(model: nn.Module, path: Path) -> Path:
-    """Export ``model.unet`` (a ``CompactDenoiser``'s) to ``path`` with a dynamic batch axis, atomically."""
+    """Export ``model.unet`` (a ``CompactDenoiser``'s) to ``path`` with dynamic batch and section
+    size (a model-space side other than the trained one runs too), atomically."""
     config = model.config
     channels = model.unet.config.in_channels
     embedding_dim = model.unet.config.block_out_channels[0] * 4
@@ -77,7 +79,8 @@ def export_unet(model: nn.Module, path: Path) -> Path:
         warnings.simplefilter("ignore")  # tracer notes on diffusers' shape checks, which hold for every batch
         torch.onnx.export(graph, example, str(temporary), input_names=["x", "timesteps", "embedding"],
                           output_names=["sample"], opset_version=OPSET, dynamo=False,
-                          dynamic_axes={name: {0: "batch"} for name in ("x", "timesteps", "embedding", "sample")})
+                          dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}, "timesteps": {0: "batch"},
+                                        "embedding": {0: "batch"}, "sample": {0: "batch", 2: "height", 3: "width"}})
     return path
 
 
@@ -86,7 +89,7 @@ def graph_key(weights: Path, config_json: Path) -> str:
     digest = hashlib.sha256()
     for path in (weights, config_json):
         digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
-    digest.update(f"torch {torch.__version__} opset {OPSET}".encode())
+    digest.update(f"torch {torch.__version__} opset {OPSET} graph {GRAPH_VERSION}".encode())
     return digest.hexdigest()[:24]
 
 

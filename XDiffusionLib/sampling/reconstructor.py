@@ -254,7 +254,10 @@ class XDiffusionReconstructor:
         if calibration is None:
             return replace(result, features=kept)
         interval = calibration.estimate(features)
-        return replace(result, uncertainty=Volume(interval.halfwidth(self.level), inputs.grid), interval=interval,
+        # Shown as 0 where the anchor shows no head, like the residual: the interval's floor out
+        # there is not calibrated (coverage is scored inside the head) and drew a box around the head.
+        shown = interval.halfwidth(self.level) * head
+        return replace(result, uncertainty=Volume(shown.astype(np.float32), inputs.grid), interval=interval,
                        info=calibrated_info(self.level), features=kept)
 
     @staticmethod
