@@ -21,6 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ...errors import XDiffusionError
+from ...io.names import safe_file_name
 from ...io.readers import volume_suffix
 
 CHUNK = 1 << 20
@@ -35,10 +36,8 @@ def megabytes(count: int) -> str:
 
 
 def safe_filename(name: str) -> str:
-    """The last path component of ``name`` with only harmless characters (never empty, never hidden)."""
-    base = re.split(r"[\\/]", str(name or ""))[-1]
-    base = re.sub(r"[^A-Za-z0-9._+-]", "_", base).lstrip(".")
-    return base[:120] or "upload"
+    """The last path component of ``name`` as a harmless file name (``io.names.safe_file_name``)."""
+    return safe_file_name(re.split(r"[\\/]", str(name or ""))[-1], fallback="upload")
 
 
 class Transfers:
