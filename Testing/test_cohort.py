@@ -67,11 +67,13 @@ def free_port() -> int:
 
 def launch(launcher: list[str], args: list[str], cwd: Path) -> None:
     """``python -m <launcher> -m XDiffusionLib.app.cli <args>``; on a timeout the whole process group is ended."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # UTF-8 both ways whatever the locale: the tables print "±" (an ASCII locale broke the decode once).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     process = subprocess.Popen([sys.executable, "-m", *launcher, "-m", "XDiffusionLib.app.cli", *args], cwd=cwd,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
+                               errors="replace",
                                start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=240)

@@ -358,3 +358,20 @@ def test_one_file_name_sanitiser():
     assert safe_file_name("../../etc/passwd") == "etc_passwd"  # no separators, never hidden
     assert safe_file_name("...", fallback="upload") == "upload"
     assert len(safe_file_name("x" * 500)) == 120
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"\xff\xfe1 2 3", "not UTF-8 text"),
+    (b"1 2\x00 3", "it holds binary data"),
+])
+def test_user_text_files_refuse_non_text_in_one_line(tmp_path, content, words):
+    from XDiffusionLib.app.commands.reconstruct import read_indices_file
+    from XDiffusionLib.errors import XDiffusionError
+    from XDiffusionLib.evaluation.manifest import Defaults, read_manifest
+
+    path = tmp_path / "picks.txt"
+    path.write_bytes(content)
+    with pytest.raises(XDiffusionError, match=f"picks.txt: not a text file of slice indices \\({words}"):
+        read_indices_file(str(path))
+    with pytest.raises(XDiffusionError, match=f"picks.txt: not a CSV manifest \\({words}"):
+        read_manifest(path, Defaults())

@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..errors import XDiffusionError
 from ..inputs import PLANE_AXIS
+from ..io.text_files import read_user_text
 
 COLUMNS = ("path", "plane", "slices", "k", "output")
 OUTPUT_SUFFIX = "_xdiffusion.nii.gz"
@@ -66,14 +67,7 @@ def read_manifest(manifest: str | os.PathLike, defaults: Defaults, volume_index:
                   max_slices: int | None = None) -> list[BatchCase]:
     """Every row of ``manifest`` as a checked case; all bad rows in one error, one line each."""
     manifest = Path(manifest).expanduser()
-    try:
-        text = manifest.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise XDiffusionError(f"{manifest}: not a CSV manifest (not UTF-8 text)") from None
-    except OSError as error:
-        raise XDiffusionError(f"{manifest}: cannot read it ({error.strerror or error})") from None
-    if "\0" in text:
-        raise XDiffusionError(f"{manifest}: not a CSV manifest (it holds binary data)")
+    text = read_user_text(manifest, "a CSV manifest")
     lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1)
              if line.strip() and not line.lstrip().startswith("#")]
     if not lines:

@@ -80,14 +80,9 @@ def read_indices_file(path: str) -> list[int]:
         raise XDiffusionError(f"{file} is a folder: give a text file of slice indices")
     if not file.is_file():
         raise XDiffusionError(f"{file}: indices file not found")
-    try:
-        content = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise XDiffusionError(f"{file}: not a text file of slice indices (it holds binary data)") from None
-    except OSError as error:
-        raise XDiffusionError(f"{file}: cannot read it ({error.strerror or error})") from None
-    if "\0" in content:
-        raise XDiffusionError(f"{file}: not a text file of slice indices (it holds binary data)")
+    from ...io.text_files import read_user_text
+
+    content = read_user_text(file, "a text file of slice indices")
     text = "\n".join(line.split("#", 1)[0] for line in content.splitlines())
     tokens = [t for t in re.split(r"[\s,;]+", text) if t]
     try:
