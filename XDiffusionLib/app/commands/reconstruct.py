@@ -20,6 +20,7 @@ import signal
 from pathlib import Path
 
 from ...errors import XDiffusionError
+from ...inputs import PLANE_AXIS
 from ...settings import AGGREGATES, DEFAULTS, DEVICES, RUNTIMES, SAMPLERS
 
 
@@ -37,7 +38,7 @@ def register(subparsers) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--slices", type=int, nargs="+", metavar="I", help="input slice indices")
     which.add_argument("--indices-file", metavar="F", help="text file of slice indices (spaces, commas or lines; # comments)")
-    parser.add_argument("--plane", required=True, choices=("sagittal", "coronal", "axial"), help="plane of the input slices")
+    parser.add_argument("--plane", required=True, choices=tuple(PLANE_AXIS), help="plane of the input slices")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output volume (.nii.gz, .nii, .nrrd, .mha)")
     parser.add_argument("--uncertainty", metavar="PATH", help="uncertainty volume (default: OUT with _uncertainty)")
     parser.add_argument("--overwrite", action="store_true",
