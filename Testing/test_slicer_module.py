@@ -860,6 +860,24 @@ def test_extension_passes_the_index_checks(tmp_path):
     assert any(p.startswith("EXTENSION_SCREENSHOTURLS") and p.endswith("is not in the repository") for p in problems)
 
 
+def test_repository_size_counts_each_object_once(tmp_path):
+    """A clone's size is its files plus one pack of its objects; copies a local .git keeps (loose
+    objects beside a pack, older packs) are not sent by a clone. Counting them failed CI once at 123 MB
+    for a repository whose fresh clone is 79 MB."""
+    index = load_script("check_extension_index")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git[:3] + ["init", "-q"], check=True)
+    blob = np.random.default_rng(0).bytes(2 * 2**20)  # incompressible: the pack holds it whole
+    (tmp_path / "weights.bin").write_bytes(blob)
+    subprocess.run(git + ["add", "weights.bin"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "weights"], check=True)
+    subprocess.run(git[:3] + ["repack", "-a", "-q"], check=True)  # without -d: loose copies stay beside the pack
+    git_bytes = sum(p.stat().st_size for p in (tmp_path / ".git").rglob("*") if p.is_file())
+    assert git_bytes > 2 * len(blob)  # the local folder holds the blob twice
+    size = index.repository_size(tmp_path)
+    assert 2 * len(blob) <= size < 2 * len(blob) + 2**16  # the file, and the blob once in the pack
+
+
 @pytest.mark.slow
 def test_screenshot_script_renders_the_comparison(tmp_path, tiny_model):
     """The pipeline behind Resources/Screenshots/comparison.png, with a tiny model (the real one

@@ -163,17 +163,22 @@ def _tracked(repo: Path, path: Path) -> bool:
 
 
 def repository_size(repo: Path) -> int:
-    """Bytes a clone holds: the tracked files plus the .git folder (the Index measures the clone)."""
+    """Bytes a fresh clone holds: the tracked files plus one pack of every reachable object.
+
+    The Index clones over the network, which sends one freshly made pack; the local .git folder can
+    hold the same objects several times (older packs, loose copies) and so overstates a clone.
+    """
     try:
         listing = subprocess.run(["git", "-C", str(repo), "ls-files", "-z"], capture_output=True, check=True).stdout
-        files = [repo / name for name in listing.decode("utf-8", "replace").split("\0") if name]
-    except (OSError, subprocess.CalledProcessError):
-        files = [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts]
+    except (OSError, subprocess.CalledProcessError):  # not a clone: the files are all there is
+        return sum(p.stat().st_size for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts)
+    files = [repo / name for name in listing.decode("utf-8", "replace").split("\0") if name]
     total = sum(p.stat().st_size for p in files if p.is_file())
-    git = repo / ".git"
-    if git.is_dir():
-        total += sum(p.stat().st_size for p in git.rglob("*") if p.is_file())
-    return total
+    objects = subprocess.run(["git", "-C", str(repo), "rev-list", "--objects", "--all"],
+                             capture_output=True, check=True).stdout
+    pack = subprocess.run(["git", "-C", str(repo), "pack-objects", "--stdout", "-q"], input=objects,
+                          capture_output=True, check=True).stdout
+    return total + len(pack)
 
 
 def main(argv: list[str] | None = None) -> int:
