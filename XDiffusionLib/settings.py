@@ -14,6 +14,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from .errors import XDiffusionError
+from .records import unknown_fields
 
 SAMPLERS = ("dpmpp", "ddim", "ddpm")  # the default first
 AGGREGATES = ("mean", "max")
@@ -83,10 +84,10 @@ class ReconstructionSettings:
 
     @classmethod
     def from_options(cls, options: dict) -> "ReconstructionSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
+        unknown = unknown_fields(cls, options)
         if unknown:
-            raise XDiffusionError(f"unknown reconstruction settings {unknown}: choose from {', '.join(sorted(known))}")
+            known = sorted(f.name for f in fields(cls))
+            raise XDiffusionError(f"unknown reconstruction settings {unknown}: choose from {', '.join(known)}")
         return cls(**options)
 
     def to_dict(self) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 from diffusers import UNet2DModel
-from torch import nn
 
 from .conditioning import Condition
 from .config import XDiffusionConfig

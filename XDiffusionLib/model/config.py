@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import XDiffusionError
 from ..io.atomic import write_json_atomic
+from ..records import check_record
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 MULTISLICE_MODES = ("product", "attention", "none")
@@ -170,12 +171,7 @@ class XDiffusionConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "XDiffusionConfig":
-        if not isinstance(data, dict):
-            raise XDiffusionError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise XDiffusionError(f"{source}: unknown config keys {unknown}")
+        check_record(data, cls, source, "config keys")
         try:
             return cls(**data)
         except XDiffusionError as error:

@@ -12,7 +12,6 @@ schedule and 10 steps. Training uses ``make_scheduler("ddpm", config)`` for ``ad
 
 from __future__ import annotations
 
-from ..errors import XDiffusionError
 from ..model.config import XDiffusionConfig
 
 from ..settings import SAMPLERS, check_sampler  # noqa: F401  (re-exported: the names live in settings)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..errors import XDiffusionError
+from ..records import unknown_fields
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -79,8 +80,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = unknown_fields(cls, data)
         if unknown:
             raise XDiffusionError(f"unknown training setting(s): {', '.join(unknown)}")
         return cls(**data)

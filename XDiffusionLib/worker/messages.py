@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import XDiffusionError
 from ..io.atomic import write_json_atomic
 from ..inputs import plane_axis
+from ..records import check_record
 
 PROTOCOL_VERSION = 1
 REQUEST_NAME = "request.json"
@@ -71,12 +72,7 @@ class JobSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> "JobSettings":
-        if not isinstance(data, dict):
-            raise XDiffusionError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise XDiffusionError(f"{source}: unknown settings {unknown}")
+        check_record(data, cls, source, "settings")
         if not isinstance(data.get("options", {}), dict):
             raise XDiffusionError(f"{source}: options must be a JSON object")
         try:
