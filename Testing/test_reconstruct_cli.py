@@ -54,7 +54,7 @@ def test_uncertainty_path_keeps_double_suffixes():
 
 def test_reconstruct_writes_output_and_uncertainty(tmp_path, volume_file, model_dir, capsys):
     out = tmp_path / "out" / "recon.nii.gz"
-    code = main(["reconstruct", str(volume_file), "--slices", "3", "7", "--plane", "axial", "--steps", "2",
+    code = main(["reconstruct", str(volume_file), "--indices", "3", "7", "--plane", "axial", "--steps", "2",
                  "--views", "2", "--model", str(model_dir), "--device", "cpu", "-o", str(out)])
     assert code == 0
     assert listing(out.parent) == ["recon.nii.gz", "recon_uncertainty.nii.gz"]
@@ -84,6 +84,8 @@ def test_indices_file_and_explicit_uncertainty(tmp_path, volume_file, model_dir)
     "extra, words",
     [
         (["--slices", "3", "40", "--plane", "axial"], "slice index 40 is outside the volume"),
+        # --indices, as in `xdiffusion evaluate`; it once fell to argparse's prefix match of --indices-file
+        (["--indices", "3", "40", "--plane", "axial"], "slice index 40 is outside the volume"),
         (["--slices", "1", "2", "3", "4", "5", "--plane", "axial"], "at most 4"),
         (["--slices", "3", "--plane", "axial", "--sampler", "euler"], "unknown sampler"),
         (["--slices", "3", "--plane", "axial", "--aggregate", "median"], "unknown aggregation"),

@@ -7,7 +7,7 @@ A manifest is a CSV file with a header row; the columns, in any order (names are
 - ``plane``: ``axial``, ``coronal`` or ``sagittal`` (empty: the command's ``--plane``);
 - ``slices``: the input slice indices, canonical RAS+ indices separated by spaces or semicolons;
   or ``k``: how many slices, chosen by the evaluation protocol (bin centres over the head); one of
-  the two per row (both empty: the command's ``--slices`` / ``--k``);
+  the two per row (both empty: the command's ``--indices`` / ``--k``);
 - ``output`` (optional): the output file name inside the output folder (``.nii.gz`` added when
   it has no volume suffix); default ``<input name>_xdiffusion.nii.gz``.
 
@@ -49,7 +49,7 @@ class BatchCase:
 
 @dataclass(frozen=True)
 class Defaults:
-    """The command's ``--plane``, ``--slices`` and ``--k``, used where a row leaves them empty."""
+    """The command's ``--plane``, ``--indices`` and ``--k``, used where a row leaves them empty."""
 
     plane: str | None = None
     slices: tuple[int, ...] | None = None
@@ -113,7 +113,7 @@ def folder_cases(folder: str | os.PathLike, defaults: Defaults, volume_index: in
     if not _volume_files(folder):
         raise XDiffusionError(f"--inputs {folder}: the folder holds no volume files (.nii, .nii.gz, .nrrd, .mha, DICOM)")
     if defaults.plane is None:
-        raise XDiffusionError("--inputs is a folder: give --plane (and --slices or --k) for its volumes")
+        raise XDiffusionError("--inputs is a folder: give --plane (and --indices or --k) for its volumes")
     # The same cases, names and order as `xdiffusion evaluate --data FOLDER` (clashing names made unique).
     cases = [_row_case(str(source.path), {"path": str(source.path), "output": source.name + OUTPUT_SUFFIX},
                        folder, defaults) for source in find_cases([str(folder)], volume_index)]
@@ -170,7 +170,7 @@ def _row_case(label: str, row: dict[str, str], base: Path, defaults: Defaults) -
     elif defaults.k is not None:
         k = defaults.k
     else:
-        raise XDiffusionError(f"{label}: no input slices: fill 'slices' or 'k', or give --slices or --k")
+        raise XDiffusionError(f"{label}: no input slices: fill 'slices' or 'k', or give --indices or --k")
     source = given if path != Path(given).expanduser() or not path.is_absolute() else os.path.relpath(path, base)
     return BatchCase(label, source, path, plane, slices, k, _output_name(label, row.get("output", ""), path))
 

@@ -1,6 +1,6 @@
 """``xdiffusion reconstruct``: a 3D volume from a few of its slices with the X-Diffusion model.
 
-Reads IN, takes the slices ``--slices``/``--indices-file`` of ``--plane`` (canonical RAS+ indices,
+Reads IN, takes the slices ``--indices``/``--indices-file`` of ``--plane`` (canonical RAS+ indices,
 as ``xdiffusion`` shows them), runs ``sampling.reconstructor.reconstruct_volume`` and writes OUT
 and its uncertainty (the calibrated 90% interval half-width, or the view spread for a model without
 a calibration table; its header says which) on exactly IN's grid.
@@ -36,7 +36,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("input", metavar="IN", help="volume file (.nii, .nii.gz, .nrrd, .mha, ...) or DICOM folder")
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--slices", type=int, nargs="+", metavar="I", help="input slice indices")
+    # --indices as in `xdiffusion evaluate` (where --slices counts slices); --slices kept for old scripts
+    which.add_argument("--indices", "--slices", dest="slices", type=int, nargs="+", metavar="I",
+                       help="input slice indices (canonical RAS+)")
     which.add_argument("--indices-file", metavar="F", help="text file of slice indices (spaces, commas or lines; # comments)")
     parser.add_argument("--plane", required=True, choices=tuple(PLANE_AXIS), help="plane of the input slices")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output volume (.nii.gz, .nii, .nrrd, .mha)")

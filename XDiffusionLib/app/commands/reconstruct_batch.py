@@ -53,7 +53,7 @@ def register(subparsers) -> None:
         "reconstruct-batch",
         help="reconstruct many volumes (a folder or a CSV manifest), on one or many processes",
         description=(
-            "Reconstruct every volume of a folder (with --plane and --slices or --k) or every row of a CSV "
+            "Reconstruct every volume of a folder (with --plane and --indices or --k) or every row of a CSV "
             "manifest (columns path, plane, slices or k, output; paths relative to the manifest's folder) into "
             "OUT. Runs under torchrun or accelerate launch with the cases split across ranks; OUT/results.csv "
             "lists every case. Running it again skips cases already done with the same settings."
@@ -63,7 +63,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     parser.add_argument("--plane", help="plane of the input slices (manifest: for rows without one)")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--slices", type=int, nargs="+", metavar="I",
+    which.add_argument("--indices", "--slices", dest="slices", type=int, nargs="+", metavar="I",
                        help="input slice indices, canonical RAS+ (manifest: for rows without slices or k)")
     which.add_argument("--k", type=int, metavar="K",
                        help="number of input slices, chosen by the evaluation protocol (manifest: for rows without slices or k)")

@@ -2,7 +2,7 @@
 
 Every view (input and comparison) reports its canonical RAS+ slice index, the slice's position in
 mm along the plane's normal (Slicer's "S 12.0 mm" style) and whether it is an input slice; the
-page draws them in the view's title row. Indices are those ``xdiffusion reconstruct --slices``
+page draws them in the view's title row. Indices are those ``xdiffusion reconstruct --indices``
 takes, whatever the file's own voxel order.
 """
 
