@@ -21,17 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import write_atomic
-from ..io.names import safe_file_name
 from ..inputs import PLANE_AXIS, SliceInput
 from .protocol import foreground_extent
 
 _PLANES = ("axial", "coronal", "sagittal")
 PAPER_CONVENTION = "PSNR paper convention: 10 log10(max(GT)^2 / MSE)"
-
-
-def safe_name(text: str) -> str:
-    """A file-name-safe version of a case or method name."""
-    return safe_file_name(text)
 
 
 def cut_positions(ground_truth: np.ndarray, inputs: SliceInput) -> list[int]:

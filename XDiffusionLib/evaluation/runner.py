@@ -259,7 +259,8 @@ def run_cases(plan: Plan, progress: bool = True) -> tuple[list[dict], list[Path]
     the figures (``evaluation.cohort`` runs this one case at a time, on many ranks)."""
     from tqdm import tqdm
 
-    from .figures import PAPER_CONVENTION, case_figure, error_by_distance_figure, safe_name
+    from ..io.names import safe_file_name
+    from .figures import PAPER_CONVENTION, case_figure, error_by_distance_figure
 
     settings = plan.settings
     plan.out.mkdir(parents=True, exist_ok=True)
@@ -307,11 +308,11 @@ def run_cases(plan: Plan, progress: bool = True) -> tuple[list[dict], list[Path]
                                  f"{PAPER_CONVENTION}: {metrics['psnr_paper']:.2f} dB whole volume, "
                                  f"{metrics['psnr_paper_noninput']:.2f} dB non-input slices | "
                                  f"unit [0,1] convention: {metrics['psnr_unit']:.2f} dB")
-                        path = figure_dir / f"{safe_name(case.source.name)}_{safe_name(name)}_k{k}.png"
+                        path = figure_dir / f"{safe_file_name(case.source.name)}_{safe_file_name(name)}_k{k}.png"
                         written.append(case_figure(volume, output.array, inputs, title, path))
                     bar.update()
             if settings.figures:
-                path = figure_dir / f"{safe_name(case.source.name)}_error_by_distance.png"
+                path = figure_dir / f"{safe_file_name(case.source.name)}_error_by_distance.png"
                 written.append(error_by_distance_figure(distance_rows.pop(case.source.name, []), case.source.name,
                                                         settings.plane, volume.spacing[plane_axis(settings.plane)], path))
             del volume
