@@ -148,6 +148,27 @@ def test_lesions_lie_inside_the_brain_with_documented_labels(seed):
     assert largest >= 0.5 * lesion.sum()
 
 
+def test_healthy_twin_differs_only_where_the_tumour_is():
+    """The twin (same rng, lesion_tissue=False): healthy tissue at the tumour and its edema, the same
+    image elsewhere up to the global scale the tumour shifts (the hallucination check's reference)."""
+    from scipy import ndimage
+
+    for seed in (3, 8):
+        subject = make(seed, lesion_probability=1.0)
+        twin = make(seed, lesion_probability=1.0, lesion_tissue=False)
+        assert twin.labels is None and twin.params["lesion_tissue"] is False
+        assert twin.params["lesions"] == subject.params["lesions"]  # same mass effect
+        lesion = subject.labels.array > 0
+        assert not np.isin(twin.classes.array, [CLASS["necrotic"], CLASS["enhancing"], CLASS["edema"]]).any()
+        far = ~ndimage.binary_dilation(lesion, iterations=3)  # beyond the blur of the lower resolution
+        image, healthy = subject.image.array, twin.image.array
+        scale = np.median(image[far & (healthy > 0.1)] / healthy[far & (healthy > 0.1)])
+        assert 0.3 < scale < 1.02  # a bright tumour raises the top percentile the image is scaled by
+        # the same image up to the scale, but for the brightest voxels the twin's lower top clips at 1
+        assert np.percentile(np.abs(image - scale * healthy)[far], 99) < 0.02
+        assert np.abs(image - scale * healthy)[lesion].mean() > 0.05  # the tumour is what differs
+
+
 def test_no_lesion_when_probability_is_zero():
     for index in range(4):
         subject = make(4, index, lesion_probability=0.0)

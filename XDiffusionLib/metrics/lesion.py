@@ -5,9 +5,9 @@ both volumes, so any difference between the two masks comes from the images.
 
 - ``brain_mask``: the ground truth's head (``baselines.foreground.head_mask``) eroded by ``erode_mm`` so the
   scalp, skull and face layers (about 20 mm in the synthetic heads) are left out;
-- ``segment_anomaly``: voxels of the brain that depart from a *healthy reference* (the template
-  fitted to the whole ground truth, computed once and used for both volumes) by more than a
-  threshold, opened once (6-neighbourhood) and kept as connected components of at least
+- ``segment_anomaly``: voxels of the brain that depart from a *healthy reference* (in the
+  hallucination check the synthetic subject's healthy twin, computed once and used for both
+  volumes) by more than a threshold, opened once (6-neighbourhood) and kept as connected components of at least
   ``min_voxels`` (26-connectivity): a tumour with its edema is such an anomaly, in any contrast;
 - ``tumour_window`` / ``segment_tumour``: the same with an intensity window (the 10th..90th
   percentile of the truth inside the label) instead of a reference; it needs the label, and

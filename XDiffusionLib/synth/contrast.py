@@ -68,9 +68,13 @@ def random_means(rng: np.random.Generator, contrast: str) -> dict[str, float]:
 
 
 def render(
-    rng: np.random.Generator, fractions: np.ndarray, means: dict[str, float], texture_scale_mm: float, spacing: float
+    rng: np.random.Generator, fractions: np.ndarray, means: dict[str, float], texture_scale_mm: float, spacing: float,
+    shown: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Image = sum over classes of fraction * mean * (1 + smooth texture).
+
+    The random draws follow ``fractions``; the image is made of ``shown`` (default ``fractions``),
+    so another tissue layout (a subject's healthy twin) gets exactly the same texture.
 
     ``fractions`` is (len(RENDER_CLASSES), *shape). Texture is a per-class smooth random field with
     correlation length about ``texture_scale_mm`` and a random relative strength (stronger in
@@ -88,9 +92,10 @@ def render(
     angles = rng.uniform(0.0, 2.0 * np.pi, size=len(present))
     # Trilinear upsampling of unit noise loses variance; the strengths are relative, so it is fine.
     fields = F.interpolate(torch.from_numpy(coarse)[None], size=tuple(shape), mode="trilinear", align_corners=True)[0].numpy()
+    shown = fractions if shown is None else shown
     image = np.zeros(shape, np.float32)
     for n, c in enumerate(present):
         a, b = np.float32(strengths[n] * np.cos(angles[n])), np.float32(strengths[n] * np.sin(angles[n]))
-        image += fractions[c] * np.float32(means[RENDER_CLASSES[c]]) * (1.0 + a * fields[0] + b * fields[1])
+        image += shown[c] * np.float32(means[RENDER_CLASSES[c]]) * (1.0 + a * fields[0] + b * fields[1])
     params = {"texture_strength": {RENDER_CLASSES[c]: round(float(s), 4) for c, s in zip(present, strengths)}}
     return np.maximum(image, 0.0), params

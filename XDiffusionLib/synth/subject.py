@@ -88,8 +88,16 @@ def synthesize_subject(
     contrast: str | None = None,
     lesion_probability: float = 0.5,
     spacing: float = 2.0,
+    lesion_tissue: bool = True,
 ) -> SyntheticSubject:
-    """Draw one synthetic subject. ``contrast`` None draws one of ``CONTRASTS`` (``CONTRAST_WEIGHTS``)."""
+    """Draw one synthetic subject. ``contrast`` None draws one of ``CONTRASTS`` (``CONTRAST_WEIGHTS``).
+
+    ``lesion_tissue`` False gives the subject's healthy twin from the same ``rng`` state: the same
+    anatomy (with the tumour's mass effect), contrast, texture, bias, noise and gamma, but healthy
+    tissue where the tumour and its edema would be, and no labels. A reference for tumour
+    segmentation in synthetic studies (``scripts/hallucination_check.py``): away from the tumour the
+    two images differ only by the global intensity scale, which the tumour shifts slightly.
+    """
     validate_settings(contrast, lesion_probability, spacing)
     spacing = float(spacing)
     if contrast is None:
@@ -120,6 +128,8 @@ def synthesize_subject(
 
     lesion_params: list[dict] = []
     labels = None
+    # The twin keeps the tissue as it is before the tumour replaces it.
+    healthy = None if lesion_tissue else (fractions.copy(), gm, wm, csf)
     if lesions:
         necrotic, enhancing, edema_extent = lesion_fractions(positions, lesions, spacing)
         tumour = necrotic + enhancing
@@ -136,17 +146,23 @@ def synthesize_subject(
     fractions[index["gm"]] = gm
     fractions[index["wm"]] = wm
     fractions[index["csf"]] += csf
+    shown = fractions
+    if not lesion_tissue:  # the healthy twin: tissue without the tumour, random draws as with it
+        shown, gm, wm, csf = healthy
+        shown[index["gm"]], shown[index["wm"]] = gm, wm
+        shown[index["csf"]] += csf
+        labels = None
 
     means = random_means(rng, contrast)
     texture_mm = float(rng.uniform(6.0, 16.0))
-    image, render_params = render(rng, fractions, means, texture_mm, spacing)
+    image, render_params = render(rng, fractions, means, texture_mm, spacing, shown=shown)
     image, bias_params = artifacts.bias_field(rng, image)
     image, resolution_params = artifacts.lower_resolution(rng, image, spacing)
     image, noise_params = artifacts.rician_noise(rng, image)
     image = artifacts.normalise(image)
     image, gamma_params = artifacts.gamma(rng, image)
 
-    classes = _argmax_classes(fractions)
+    classes = _argmax_classes(shown)
     params = {
         "contrast": contrast,
         "spacing_mm": spacing,
@@ -159,6 +175,7 @@ def synthesize_subject(
         "sulcal_widening_mm": round(sulcal_widening_mm, 3),
         "head": head_params,
         "lesions": lesion_params,
+        **({} if lesion_tissue else {"lesion_tissue": False}),
         **bias_params, **resolution_params, **noise_params, **gamma_params,
     }
     return SyntheticSubject(
