@@ -7,10 +7,15 @@ calibration uses; half get a tumour), with ONE axial input slice:
 - tumour subjects, twice: the input slice passes through the tumour (its centroid), and it does
   not (the slice nearest the protocol's middle slice that touches no tumour or edema voxel). The
   same automatic segmentation (``XDiffusionLib.metrics.lesion.segment_anomaly``: brain voxels that
-  depart by more than 25% of the brain's intensity range from the healthy template fitted to the
-  whole ground truth, opened, components >= 0.5 cm3) is applied to the ground truth (the ceiling),
-  to the model's reconstruction and to its deterministic anchor; Dice with the true tumour label
-  (core, enhancing rim and edema). Also: how much of the tumour the 90% interval covers.
+  depart by more than 25% of the brain's intensity range from the subject's healthy twin, opened,
+  components >= 0.5 cm3) is applied to the ground truth (the ceiling), to the model's
+  reconstruction and to its deterministic anchor; Dice with the true tumour label (core, enhancing
+  rim and edema), the share of the tumour found and the volume found outside it. Also: how much of
+  the tumour the 90% interval covers.
+- the healthy twin (``synthesize_subject(..., lesion_tissue=False)``): the same subject from the same
+  random draws with healthy tissue where the tumour and edema are, scaled to the truth (median
+  ratio in the brain). Only a synthetic study has it; it makes the segmentation of the truth nearly
+  exact, so what the reconstruction's segmentation misses or adds is the reconstruction's.
 - tumour-free subjects: how often the same segmentation finds a "tumour" in the reconstruction
   (and in the anchor, and in the truth: the segmentation's own false alarms), and how many
   compact regions (>= 0.5 cm3) the model makes that depart from the truth by more than that
@@ -39,9 +44,9 @@ from XDiffusionLib.baselines.foreground import head_mask
 from XDiffusionLib.evaluation import protocol
 from XDiffusionLib.io import read_volume
 from XDiffusionLib.inputs import SliceInput
-from XDiffusionLib.baselines.template import TemplateBaseline
 from XDiffusionLib.metrics.lesion import brain_mask, dice, invented_regions, segment_anomaly
 from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
+from XDiffusionLib.synth.subject import subject_rng, synthesize_subject
 
 SEED = 14
 PLANE, AXIS = "axial", 2
@@ -49,14 +54,14 @@ MIN_MM3 = 500.0
 THRESHOLD_FRACTION = 0.25
 
 
-def ensure_subjects(data: Path, n: int) -> list[dict]:
+def ensure_subjects(data: Path, n: int) -> dict:
     if not (data / "manifest.json").is_file():
         subprocess.run([sys.executable, "-m", "XDiffusionLib.app.cli", "synth", "--n", str(n), "--seed", str(SEED),
                         "--out", str(data), "--quiet"], check=True)
     manifest = json.loads((data / "manifest.json").read_text())
     if int(manifest.get("seed", -1)) != SEED:
         raise SystemExit(f"{data}: made with seed {manifest.get('seed')}, this check uses seed {SEED}")
-    return manifest["subjects"][:n]
+    return manifest
 
 
 def slice_without(whole: np.ndarray, start: int) -> int:
@@ -82,15 +87,17 @@ def reconstruct(method, truth, index, cache: Path):
     return result.volume.array, result.uncertainty.array, anchor
 
 
-def healthy_reference(truth) -> np.ndarray:
-    """The template fitted to every fourth axial slice of the truth; the fitted slices (pasted in as
-    they are) are replaced by the mean of their two neighbours, which are template."""
-    depth = truth.shape[AXIS]
-    indices = list(range(1, depth - 1, 4))
-    fitted = TemplateBaseline().reconstruct(SliceInput.from_volume(truth, PLANE, indices)).array.copy()
-    for i in indices:
-        fitted[:, :, i] = 0.5 * (fitted[:, :, i - 1] + fitted[:, :, i + 1])
-    return fitted
+def healthy_twin(manifest: dict, entry: dict, truth, brain: np.ndarray) -> np.ndarray:
+    """The subject of ``entry`` drawn again without tumour tissue, on the truth's canonical grid and
+    intensity scale (the tumour shifts the synthesiser's normalisation: median ratio in the brain)."""
+    contrast = None if manifest["contrast"] == "mixed" else manifest["contrast"]
+    twin = synthesize_subject(subject_rng(int(manifest["seed"]), int(entry["index"])), contrast,
+                              float(manifest["lesion_probability"]), float(manifest["spacing_mm"]), lesion_tissue=False)
+    healthy = protocol.canonical_case(twin.image).array.astype(np.float32)
+    if healthy.shape != truth.shape:
+        raise SystemExit(f"subject {entry['index']}: its twin has shape {healthy.shape}, the file {truth.shape}")
+    inside = brain & (healthy > 0.05 * float(healthy.max()))
+    return healthy * float(np.median(truth.array[inside] / healthy[inside]))
 
 
 def main() -> None:
@@ -100,7 +107,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--figure", type=Path, default=Path("Resources/hallucination-check.png"))
     args = parser.parse_args()
-    entries = ensure_subjects(args.data, args.n)
+    manifest = ensure_subjects(args.data, args.n)
+    entries = manifest["subjects"][:args.n]
     args.out.mkdir(parents=True, exist_ok=True)
     method = XDiffusionReconstructor()
     cache = args.out / "cache"
@@ -114,7 +122,7 @@ def main() -> None:
         brain = brain_mask(head_mask(truth.array), float(truth.spacing[AXIS]))
         low, high = np.percentile(truth.array[brain], [1, 99])
         threshold = THRESHOLD_FRACTION * float(high - low)
-        healthy = healthy_reference(truth)
+        healthy = healthy_twin(manifest, entry, truth, brain)
         segment = lambda image: segment_anomaly(image, healthy, brain, threshold, min_voxels)  # noqa: E731
         truth_seg = segment(truth.array)
         if entry["labels"]:
@@ -134,6 +142,7 @@ def main() -> None:
                     "dice_truth_seg": dice(truth_seg, tumour),
                     "dice_model": dice(segment(recon), tumour),
                     "dice_anchor": dice(segment(anchor), tumour),
+                    **found_and_extra(segment(recon), tumour, voxel_mm3),
                     "tumour_covered": float(np.mean(inside)),
                     "halfwidth_tumour_over_brain": float(width[tumour].mean() / max(width[brain].mean(), 1e-6)),
                 })
@@ -155,6 +164,12 @@ def main() -> None:
     print(table)
     figure(examples, rows, args.figure)
     print(f"wrote {args.out}/hallucination.json, .md and {args.figure}")
+
+
+def found_and_extra(mask: np.ndarray, tumour: np.ndarray, voxel_mm3: float) -> dict:
+    """Of the model's segmentation: the share of the tumour it covers, and its volume outside it."""
+    return {"tumour_found_model": float((mask & tumour).sum() / tumour.sum()),
+            "outside_cm3_model": float((mask & ~tumour).sum() * voxel_mm3 / 1000)}
 
 
 def summarise(rows: list[dict], free_rows: list[dict]) -> dict:
@@ -180,14 +195,15 @@ def summarise(rows: list[dict], free_rows: list[dict]) -> dict:
 
 def markdown(summary: dict, rows: list[dict], free_rows: list[dict]) -> str:
     lines = ["| input slice (K=1, axial) | tumours | Dice: truth segmented (ceiling) | Dice: model | Dice: anchor | "
-             "found (Dice >= 0.2): truth / model | tumour voxels inside the 90% interval |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "found (Dice >= 0.2): truth / model | tumour found by the model's segmentation | its volume outside "
+             "the tumour | tumour voxels inside the 90% interval |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for condition, name in (("through", "passes through the tumour"), ("none", "misses the tumour")):
         s = summary.get(condition)
         if s:
             lines.append(f"| {name} | {s['n']} | {s['dice_truth_seg']:.2f} | {s['dice_model']:.2f} | "
                          f"{s['dice_anchor']:.2f} | {s['found_truth_seg']}/{s['n']} / {s['found_model']}/{s['n']} | "
-                         f"{s['tumour_covered']:.0%} |")
+                         f"{s['tumour_found_model']:.0%} | {s['outside_cm3_model']:.1f} cm3 | {s['tumour_covered']:.0%} |")
     free = summary.get("tumour_free")
     if free:
         lines += ["", f"Tumour-free subjects ({free['n']}): the segmentation finds a \"tumour\" in "
