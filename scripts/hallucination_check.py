@@ -134,15 +134,16 @@ def main() -> None:
             middle = protocol.choose_indices(truth.array, PLANE, 1)[0]
             for condition, index in (("through", centre), ("none", slice_without(labels > 0, middle))):
                 recon, width, anchor = reconstruct(method, truth, index, cache / f"s{entry['index']}_{condition}.npz")
+                model_seg = segment(recon)
                 inside = np.abs(recon - truth.array)[tumour] <= width[tumour]
                 rows.append({
                     "subject": entry["index"], "contrast": entry["params"]["contrast"], "condition": condition,
                     "slice": index, "tumour_cm3": float(tumour.sum() * voxel_mm3 / 1000),
                     "distance_mm": float(np.abs(np.nonzero(tumour)[AXIS] - index).min() * truth.spacing[AXIS]),
                     "dice_truth_seg": dice(truth_seg, tumour),
-                    "dice_model": dice(segment(recon), tumour),
+                    "dice_model": dice(model_seg, tumour),
                     "dice_anchor": dice(segment(anchor), tumour),
-                    **found_and_extra(segment(recon), tumour, voxel_mm3),
+                    **found_and_extra(model_seg, tumour, voxel_mm3),
                     "tumour_covered": float(np.mean(inside)),
                     "halfwidth_tumour_over_brain": float(width[tumour].mean() / max(width[brain].mean(), 1e-6)),
                 })

@@ -96,7 +96,8 @@ def synthesize_subject(
     anatomy (with the tumour's mass effect), contrast, texture, bias, noise and gamma, but healthy
     tissue where the tumour and its edema would be, and no labels. A reference for tumour
     segmentation in synthetic studies (``scripts/hallucination_check.py``): away from the tumour the
-    two images differ only by the global intensity scale, which the tumour shifts slightly.
+    two images differ only by a global intensity scale (a bright tumour raises the top percentile
+    each image is normalised by) and where that scale clips the brightest voxels at 1.
     """
     validate_settings(contrast, lesion_probability, spacing)
     spacing = float(spacing)
