@@ -8,6 +8,7 @@ import pytest
 import slicer
 from conftest import rotation
 
+from XDiffusionLib import maps
 from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.io.volume import Volume
 from XDiffusionLib.slicer import display, layout, nodes, segmentation as seg
@@ -104,7 +105,11 @@ def test_difference_display_is_diverging_and_centred_on_zero(scene):
     table.GetColor(n // 2, mid)
     table.GetColor(n - 1, high)
     assert low[2] > low[0] and high[0] > high[2]  # blue below 0, red above
-    assert min(mid[:3]) > 0.95  # white at 0
+    # Dark at 0 (a very dark grey: the slice's extent stays visible on the black background), and
+    # the very colours of the evaluation figures.
+    assert 0.02 < max(mid[:3]) < 0.1
+    colours = maps.ramp(maps.DIFFERENCE_COLOURS, n)
+    np.testing.assert_allclose([low[:3], high[:3]], colours[[0, -1]], atol=1 / 255)
     # a second difference reuses the same table
     other = nodes.add_volume_node(scene, Volume.from_array(-difference), "other")
     assert display.show_difference(other, scene).GetColorNodeID() == table.GetID()

@@ -878,6 +878,19 @@ def test_repository_size_counts_each_object_once(tmp_path):
     assert 2 * len(blob) <= size < 2 * len(blob) + 2**16  # the file, and the blob once in the pack
 
 
+def test_screenshot_script_runs_at_the_panels_defaults(xd):
+    """The Index screenshot shows what a user gets from the panel (it once used 10 steps, the panel 4)."""
+    spec = importlib.util.spec_from_file_location("slicer_screenshot", REPO / "scripts" / "slicer_screenshot.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    p = xd.XDiffusionLogic().getParameterNode()
+    panel = {"views": p.views, "steps": p.steps, "sampler": p.sampler, "guidance": p.guidance,
+             "samples": p.samples, "seed": p.seed}
+    assert script.PANEL_DEFAULTS == panel
+    args = script.parse_args([])
+    assert (args.views, args.steps) == (p.views, p.steps)
+
+
 @pytest.mark.slow
 def test_screenshot_script_renders_the_comparison(tmp_path, tiny_model):
     """The pipeline behind Resources/Screenshots/comparison.png, with a tiny model (the real one

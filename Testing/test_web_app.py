@@ -287,7 +287,7 @@ def test_comparison_opens_on_the_first_input_slice_labelled_in_every_view(result
 
 
 def test_colour_bars_have_units_and_the_overlay_starts_hidden(result_tab, tiny_model):
-    from XDiffusionLib.app.web.state import DIFFERENCE_UNITS
+    from XDiffusionLib.maps import DIFFERENCE_UNITS
     from XDiffusionLib.model.calibration import uncertainty_info
 
     page, _, _ = result_tab
@@ -334,10 +334,10 @@ def test_one_field_of_view_for_all_comparison_views_with_linked_zoom_and_pan(res
 
     def boxes():
         real, generated = view_pixels(page, "XDiffusionReal"), view_pixels(page, "XDiffusionGenerated")
-        # The difference map covers the whole slice (white where real = generated): its extent is
-        # the field of view; the real head lies inside it.
+        # The difference map covers the whole slice (a very dark grey where real = generated, on the
+        # view's black background): its extent is the field of view; the real head lies inside it.
         difference = view_pixels(page, "XDiffusionDifference")
-        extent = head_box(difference[: difference.shape[0] // 2], 20)  # above the colour bar
+        extent = head_box(difference[: difference.shape[0] // 2], 6)  # above the colour bar
         return head_box(real), head_box(generated), extent
 
     real, generated, extent = boxes()

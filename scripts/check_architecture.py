@@ -17,7 +17,7 @@ PACKAGE = LIBRARY.name
 
 # Bottom to top; a module may import its own layer and the layers below, never above.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "records", "settings"),
+    ("errors", "records", "settings", "maps"),
     ("io", "inputs"),
     ("geometry", "transforms", "metrics", "data", "uncertainty"),
     ("baselines", "synth", "model"),

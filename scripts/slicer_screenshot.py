@@ -28,10 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from XDiffusionLib.errors import XDiffusionError  # noqa: E402 - needs the checkout on sys.path
+from XDiffusionLib.settings import DEFAULTS  # noqa: E402
 
 DEFAULT_OUT = REPO / "Resources" / "Screenshots" / "comparison.png"
-# The panel's defaults (XDiffusion/XDiffusion.py, XDiffusionParameterNode).
-PANEL_DEFAULTS = {"views": 4, "steps": 10, "sampler": "dpmpp", "guidance": 1.0, "samples": 1, "seed": 0}
+# The panel's defaults: its parameter node (XDiffusion/XDiffusion.py) takes them from settings.DEFAULTS.
+PANEL_DEFAULTS = {name: getattr(DEFAULTS, name) for name in ("views", "steps", "sampler", "guidance", "samples", "seed")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import maps
 from ..errors import XDiffusionError
 from ..io.volume import Volume
 
@@ -85,7 +86,7 @@ def run_demo(
     }
     write_volume(on_input_grid(result.volume.array), outputs["reconstruction"])
     write_volume(on_input_grid(result.uncertainty.array), outputs["uncertainty"], metadata=result.info.metadata())
-    write_volume(on_input_grid(canonical.array - result.volume.array), outputs["difference"])
+    write_volume(on_input_grid(maps.difference(canonical.array, result.volume.array)), outputs["difference"])
     model_row = rows[0]
     title = (f"{sample} | X-Diffusion (AI-generated pseudo-MRI, not for diagnosis) | K={k} {plane} {list(indices)}\n"
              f"PSNR paper convention (max of GT): {model_row['psnr_paper']:.2f} dB whole volume, "

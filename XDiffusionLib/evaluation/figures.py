@@ -6,12 +6,14 @@ Error-by-distance figure (paper Fig. XV): per case, the PSNR of the non-input sl
 per method and one panel per K.
 
 Case panel: rows = axial, coronal, sagittal cuts; columns = input, ground truth, reconstruction,
-difference (reconstruction - ground truth). In the input plane the cut is a NON-input slice (the
-one farthest from every input within the middle half of the head; an input slice would show a
-perfect copy), and the input column shows the nearest input slice. In the two other planes the
+difference (ground truth - reconstruction, ``maps.difference``: the sign and colours of the Slicer
+and web views). In the input plane the cut is a NON-input slice (the one farthest from every input
+within the middle half of the head; an input slice would show a perfect copy), and the input
+column shows the nearest input slice. In the two other planes the
 input column shows the sparse input (input slices only, zeros elsewhere), i.e. where the inputs
 are. Images use the canonical RAS+ arrays with the patient's superior/anterior side up, one
-shared grey window (ground truth 0.5..99.5 percentile), and physical aspect ratios.
+shared grey window (ground truth 0.5..99.5 percentile), and physical aspect ratios. The difference
+window is +/- half that grey window, the same for every method's figure of a case.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import maps
 from ..io.atomic import write_atomic
 from ..inputs import PLANE_AXIS, SliceInput
 from .protocol import foreground_extent
@@ -67,7 +70,11 @@ def case_figure(ground_truth, prediction: np.ndarray, inputs: SliceInput, title:
     """The case panel (module docstring) written atomically to ``path``; with ``uncertainty``, a fifth
     column shows it, titled and its colour bar labelled with ``uncertainty_label`` (what it is: the
     calibrated interval half-width at its level, or the view spread; ``UncertaintyInfo.label``)."""
+    from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
+
+    difference_colours = ListedColormap(maps.ramp(maps.DIFFERENCE_COLOURS), name="difference")
+    uncertainty_colours = ListedColormap(maps.ramp(maps.UNCERTAINTY_COLOURS), name="uncertainty")
 
     gt = np.asarray(ground_truth.array if hasattr(ground_truth, "array") else ground_truth, dtype=np.float32)
     pred = np.asarray(prediction, dtype=np.float32)
@@ -84,7 +91,7 @@ def case_figure(ground_truth, prediction: np.ndarray, inputs: SliceInput, title:
     axes = figure.subplots(3, columns)
     if uncertainty is not None:
         uncertainty = np.asarray(uncertainty, dtype=np.float32)
-        spread_max = float(np.percentile(uncertainty, 99.5)) or 1.0
+        spread_max = maps.upper_limit(uncertainty)
     for row, plane in enumerate(_PLANES):
         axis = PLANE_AXIS[plane]
         position = positions[axis]
@@ -99,10 +106,11 @@ def case_figure(ground_truth, prediction: np.ndarray, inputs: SliceInput, title:
             (first, first_label, "gray", (low, high)),
             (_cut(gt, plane, position), f"ground truth ({plane} {position})", "gray", (low, high)),
             (_cut(pred, plane, position), "reconstruction", "gray", (low, high)),
-            (_cut(pred - gt, plane, position), "difference (recon - GT)", "RdBu_r", (-limit, limit)),
+            (_cut(maps.difference(gt, pred), plane, position), maps.DIFFERENCE_TITLE, difference_colours,
+             (-limit, limit)),
         ]
         if uncertainty is not None:
-            panels.append((_cut(uncertainty, plane, position), "uncertainty", "magma",
+            panels.append((_cut(uncertainty, plane, position), "uncertainty", uncertainty_colours,
                            (0.0, spread_max)))
         for col, (image, label, cmap, (vmin, vmax)) in enumerate(panels):
             ax = axes[row, col]
@@ -112,7 +120,7 @@ def case_figure(ground_truth, prediction: np.ndarray, inputs: SliceInput, title:
             ax.set_xticks([])
             ax.set_yticks([])
             if col == 3 and row == 0:
-                figure.colorbar(shown, ax=axes[:, 3], shrink=0.6, label="intensity difference")
+                figure.colorbar(shown, ax=axes[:, 3], shrink=0.6, label=maps.DIFFERENCE_UNITS)
             if col == 4 and row == 0:
                 figure.colorbar(shown, ax=axes[:, 4], shrink=0.6, label=uncertainty_label)
     return _save(figure, path)

@@ -1,39 +1,26 @@
-"""How results look in slice views: a diverging difference map and a sequential uncertainty map.
+"""How results look in slice views: the difference and uncertainty maps of ``XDiffusionLib.maps``.
 
-The difference (reference - reconstruction) uses a blue-white-red table whose white middle sits
-exactly at 0: red where the reconstruction is too dark, blue where it is too bright. Its window is
-symmetric, +/- the 99.5th percentile of |difference|, so a few outliers do not wash out the rest.
+The difference (real - generated) gets the diverging table of ``maps.DIFFERENCE_COLOURS`` (dark at
+0) with a window centred exactly on 0 and symmetric, +/- the 99.5th percentile of |difference|.
 Uncertainty (>= 0; with a calibrated model the half-width of its 90% interval, else the spread
-across views) uses a black-to-yellow table from 0 up to its 99.5th percentile, with a colour bar
-(Slicer's colour legend) titled with what it is and its level (``uncertainty.intervals.UncertaintyInfo``);
-the same label, level and units are stored on the node as ``XDiffusion.uncertainty*`` attributes. The colour tables are built here (not taken from Slicer's shipped files) so they exist
-in any scene, and are reused when already present.
+across views) gets ``maps.UNCERTAINTY_COLOURS`` from 0 up to its 99.5th percentile, with a colour
+bar (Slicer's colour legend) titled with what it is and its level
+(``uncertainty.intervals.UncertaintyInfo``); the same label, level and units are stored on the node
+as ``XDiffusion.uncertainty*`` attributes. The colour tables are built here (not taken from
+Slicer's shipped files) so they exist in any scene, and are reused when already present.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import slicer
 import slicer.util
 
+from ..maps import DIFFERENCE_COLOURS, UNCERTAINTY_COLOURS, ramp, symmetric_limit, upper_limit
 from ..uncertainty.intervals import UNCALIBRATED, UncertaintyInfo
 
 DIVERGING_NAME = "XDiffusion diverging"
 SEQUENTIAL_NAME = "XDiffusion uncertainty"
 _TAG = "XDiffusion.ColorTable"
-
-# Anchor colours (position 0..1, RGB), linearly interpolated to 256 entries.
-_DIVERGING = [(0.0, (0.15, 0.25, 0.75)), (0.5, (1.0, 1.0, 1.0)), (1.0, (0.75, 0.05, 0.10))]
-_SEQUENTIAL = [(0.0, (0.0, 0.0, 0.0)), (0.35, (0.35, 0.05, 0.55)), (0.7, (0.95, 0.45, 0.10)), (1.0, (1.0, 1.0, 0.75))]
-
-
-def ramp(anchors, count: int = 256) -> np.ndarray:
-    """``count`` RGB colours interpolated between ``anchors``."""
-    positions = np.array([p for p, _ in anchors])
-    colours = np.array([c for _, c in anchors])
-    t = np.linspace(0.0, 1.0, count)
-    return np.stack([np.interp(t, positions, colours[:, c]) for c in range(3)], axis=1)
-
 
 def color_table(scene, name: str, anchors) -> "slicer.vtkMRMLColorTableNode":
     """The colour table ``name`` made by XDiffusion in ``scene``; created the first time."""
@@ -52,20 +39,11 @@ def color_table(scene, name: str, anchors) -> "slicer.vtkMRMLColorTableNode":
     return node
 
 
-def symmetric_limit(array: np.ndarray, percentile: float = 99.5) -> float:
-    """Half-width of a window centred on 0 that covers ``percentile`` % of |values| (never 0)."""
-    values = np.abs(np.asarray(array, dtype=np.float64))
-    limit = float(np.percentile(values, percentile)) if values.size else 0.0
-    if limit <= 0.0:
-        limit = float(values.max()) if values.size else 0.0
-    return limit if limit > 0.0 else 1.0
-
-
 def show_difference(node, scene) -> "slicer.vtkMRMLScalarVolumeDisplayNode":
-    """Diverging colours centred on 0, symmetric window, for a difference volume node."""
+    """Diverging colours centred on 0, symmetric window, for a difference volume node (real - generated)."""
     limit = symmetric_limit(slicer.util.arrayFromVolume(node))
     display = _display_node(node)
-    display.SetAndObserveColorNodeID(color_table(scene, DIVERGING_NAME, _DIVERGING).GetID())
+    display.SetAndObserveColorNodeID(color_table(scene, DIVERGING_NAME, DIFFERENCE_COLOURS).GetID())
     display.AutoWindowLevelOff()
     display.SetWindowLevel(2.0 * limit, 0.0)
     return display
@@ -75,11 +53,9 @@ def show_uncertainty(node, scene, info: UncertaintyInfo | None = None) -> "slice
     """Sequential colours from 0 (certain) to the 99.5th percentile, and a colour bar titled
     ``info.label`` (default: the uncalibrated view spread); ``info`` is recorded on the node."""
     info = UNCALIBRATED if info is None else info
-    values = np.asarray(slicer.util.arrayFromVolume(node), dtype=np.float64)
-    high = float(np.percentile(values, 99.5)) if values.size else 0.0
-    high = high if high > 0.0 else (float(values.max()) if values.size and values.max() > 0 else 1.0)
+    high = upper_limit(slicer.util.arrayFromVolume(node))
     display = _display_node(node)
-    display.SetAndObserveColorNodeID(color_table(scene, SEQUENTIAL_NAME, _SEQUENTIAL).GetID())
+    display.SetAndObserveColorNodeID(color_table(scene, SEQUENTIAL_NAME, UNCERTAINTY_COLOURS).GetID())
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(0.0, high)
     for key, value in info.metadata().items():

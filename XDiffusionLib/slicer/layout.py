@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from xml.sax.saxutils import escape
 
 from ..errors import XDiffusionError
+from ..maps import DIFFERENCE_TITLE
 
 # A layout id of our own, far from Slicer's built-in ones (0..~100) and common extensions' (500s).
 LAYOUT_ID = 7481
@@ -75,7 +76,7 @@ def comparison_layout(real_id: str, generated_id: str, *, difference_id: str | N
                  generated_segmentation_id, "#4AAF4A", "2"),
     ]
     if difference_id is not None:
-        views.append(ViewSpec("XDiffusionDifference", "Difference (real - generated)", "difference",
+        views.append(ViewSpec("XDiffusionDifference", DIFFERENCE_TITLE.capitalize(), "difference",
                               difference_id, None, "#4A7BF3", "3"))
     elif uncertainty_id is not None:
         views.append(ViewSpec("XDiffusionUncertainty", "Uncertainty", "uncertainty", uncertainty_id, None,

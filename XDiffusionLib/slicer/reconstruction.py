@@ -6,7 +6,7 @@ the job is done, adds the results as new nodes:
 - "<input> XDiffusion": the reconstruction, shown with the input's window/level;
 - "<input> uncertainty": the calibrated 90% interval half-width (or, for a model without a
   calibration table, the spread across views x samples), sequential colours and a titled colour bar;
-- "<input> difference": reference - reconstruction, diverging colours centred on 0 (with a reference);
+- "<input> difference": reference - reconstruction (``maps.difference``), dark at 0 (with a reference);
 - segmentation overlays on the real and the generated volume (automatic tissue classes, or the
   user's labelmap/segmentation), and the description of the side-by-side layout.
 With ``grid_spacing``, the input slices are all the acquired slices of a thick-slice scan and the
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import maps
 from ..errors import XDiffusionError
 from ..worker.launcher import CANCELLED, DONE, FAILED, RUNNING, WorkerJob, WorkerLauncher
 from ..worker.messages import JobSettings
@@ -162,8 +163,8 @@ class SceneReconstruction:
         real = self._input
         if self.reference_node is not None:
             real = volume_from_node(self.reference_node)
-            difference = np.asarray(real.array, np.float32) - np.asarray(outputs.reconstruction.array, np.float32)
-            result.difference = add(real.with_array(difference), "difference")
+            result.difference = add(real.with_array(maps.difference(real.array, outputs.reconstruction.array)),
+                                    "difference")
             display.show_difference(result.difference, scene)
         real_node = self.reference_node if self.reference_node is not None else like
         self._add_overlays(result, real, outputs.reconstruction, real_node)

@@ -11,12 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...maps import DIFFERENCE_TITLE
 from ...settings import DEFAULTS, MAX_SAMPLES, MAX_STEPS, MAX_VIEWS, SAMPLERS
-
-# Colour-bar units of the difference view (real - generated, in the volume's own intensity units).
-# The uncertainty's label is not declared here: it is what the run's model reports
-# (``model.calibration.uncertainty_info``: a calibrated interval, or the view spread).
-DIFFERENCE_UNITS = "intensity units of the volume"
 
 
 @dataclass(frozen=True)
@@ -52,7 +48,7 @@ RECONSTRUCT_FIELDS: tuple[str, ...] = ("xd_model_dir", *(f.name for f in SAMPLIN
 EXPORT_FIELDS: tuple[str, ...] = ("xd_export_what", "xd_export_format")
 
 EXPORT_WHAT_TITLES = {"reconstruction": "reconstruction", "uncertainty": "uncertainty",
-                      "difference": "difference (real - generated)"}
+                      "difference": DIFFERENCE_TITLE}
 # Only the reconstruction is an image of the head: DICOM is offered for it alone.
 DICOM_WHATS = ("reconstruction",)
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 
 from ...errors import XDiffusionError
+from ...maps import DIFFERENCE_UNITS
 from . import views
-from .state import DIFFERENCE_UNITS, EXPORT_WHAT_TITLES
+from .state import EXPORT_WHAT_TITLES
 
-_COLORBAR_STOPS = 11
+_COLORBAR_STOPS = 17  # every quarter of the window, where the colour anchors sit
 
 
 def _display_of(view):
