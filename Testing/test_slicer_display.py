@@ -110,6 +110,10 @@ def test_difference_display_is_diverging_and_centred_on_zero(scene):
     assert 0.02 < max(mid[:3]) < 0.1
     colours = maps.ramp(maps.DIFFERENCE_COLOURS, n)
     np.testing.assert_allclose([low[:3], high[:3]], colours[[0, -1]], atol=1 / 255)
+    # A colour bar says the sign and the units.
+    legend = display.color_legend(node, scene)
+    assert legend.GetVisibility() and legend.GetPrimaryDisplayNode() is shown
+    assert "real - generated" in legend.GetTitleText() and maps.DIFFERENCE_UNITS in legend.GetTitleText()
     # a second difference reuses the same table
     other = nodes.add_volume_node(scene, Volume.from_array(-difference), "other")
     assert display.show_difference(other, scene).GetColorNodeID() == table.GetID()

@@ -1,7 +1,8 @@
 """How results look in slice views: the difference and uncertainty maps of ``XDiffusionLib.maps``.
 
 The difference (real - generated) gets the diverging table of ``maps.DIFFERENCE_COLOURS`` (dark at
-0) with a window centred exactly on 0 and symmetric, +/- the 99.5th percentile of |difference|.
+0) with a window centred exactly on 0 and symmetric, +/- the 99.5th percentile of |difference|, and
+a colour bar with its sign and units.
 Uncertainty (>= 0; with a calibrated model the half-width of its 90% interval, else the spread
 across views) gets ``maps.UNCERTAINTY_COLOURS`` from 0 up to its 99.5th percentile, with a colour
 bar (Slicer's colour legend) titled with what it is and its level
@@ -15,12 +16,13 @@ from __future__ import annotations
 import slicer
 import slicer.util
 
-from ..maps import DIFFERENCE_COLOURS, UNCERTAINTY_COLOURS, ramp, symmetric_limit, upper_limit
+from ..maps import DIFFERENCE_COLOURS, DIFFERENCE_UNITS, UNCERTAINTY_COLOURS, ramp, symmetric_limit, upper_limit
 from ..uncertainty.intervals import UNCALIBRATED, UncertaintyInfo
 
 DIVERGING_NAME = "XDiffusion diverging"
 SEQUENTIAL_NAME = "XDiffusion uncertainty"
 _TAG = "XDiffusion.ColorTable"
+DIFFERENCE_LEGEND_TITLE = f"real - generated\n({DIFFERENCE_UNITS})"
 
 def color_table(scene, name: str, anchors) -> "slicer.vtkMRMLColorTableNode":
     """The colour table ``name`` made by XDiffusion in ``scene``; created the first time."""
@@ -46,6 +48,10 @@ def show_difference(node, scene) -> "slicer.vtkMRMLScalarVolumeDisplayNode":
     display.SetAndObserveColorNodeID(color_table(scene, DIVERGING_NAME, DIFFERENCE_COLOURS).GetID())
     display.AutoWindowLevelOff()
     display.SetWindowLevel(2.0 * limit, 0.0)
+    legend = color_legend(node, scene)
+    legend.SetTitleText(DIFFERENCE_LEGEND_TITLE)
+    legend.SetLabelFormat("%.3g")
+    legend.SetVisibility(True)
     return display
 
 
