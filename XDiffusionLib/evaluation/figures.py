@@ -9,11 +9,11 @@ Case panel: rows = axial, coronal, sagittal cuts; columns = input, ground truth,
 difference (ground truth - reconstruction, ``maps.difference``: the sign and colours of the Slicer
 and web views). In the input plane the cut is a NON-input slice (the one farthest from every input
 within the middle half of the head; an input slice would show a perfect copy), and the input
-column shows the nearest input slice. In the two other planes the
-input column shows the sparse input (input slices only, zeros elsewhere), i.e. where the inputs
-are. Images use the canonical RAS+ arrays with the patient's superior/anterior side up, one
-shared grey window (ground truth 0.5..99.5 percentile), and physical aspect ratios. The difference
-window is +/- half that grey window, the same for every method's figure of a case.
+column shows the nearest input slice. In the two other planes the input column shows the sparse
+input (input slices only, zeros elsewhere), i.e. where the inputs are. Images use the canonical
+RAS+ arrays with the patient's superior/anterior side up, one shared grey window (ground truth
+0.5..99.5 percentile), and physical aspect ratios. The difference window is +/- half that grey
+window, the same for every method's figure of a case.
 """
 
 from __future__ import annotations

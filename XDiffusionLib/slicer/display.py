@@ -24,6 +24,7 @@ SEQUENTIAL_NAME = "XDiffusion uncertainty"
 _TAG = "XDiffusion.ColorTable"
 DIFFERENCE_LEGEND_TITLE = f"real - generated\n({DIFFERENCE_UNITS})"
 
+
 def color_table(scene, name: str, anchors) -> "slicer.vtkMRMLColorTableNode":
     """The colour table ``name`` made by XDiffusion in ``scene``; created the first time."""
     nodes = scene.GetNodesByClassByName("vtkMRMLColorTableNode", name)
