@@ -47,15 +47,6 @@ def ramp(anchors, count: int = 256) -> np.ndarray:
     return np.stack([np.interp(t, positions, colours[:, c]) for c in range(3)], axis=1)
 
 
-def symmetric_limit(array: np.ndarray, percentile: float = WINDOW_PERCENTILE) -> float:
-    """Half-width of a window centred on 0 that covers ``percentile`` % of |values| (never 0)."""
-    values = np.abs(np.asarray(array, dtype=np.float64))
-    limit = float(np.percentile(values, percentile)) if values.size else 0.0
-    if limit <= 0.0:
-        limit = float(values.max()) if values.size else 0.0
-    return limit if limit > 0.0 else 1.0
-
-
 def upper_limit(array: np.ndarray, percentile: float = WINDOW_PERCENTILE) -> float:
     """Top of a window from 0 for a map >= 0: its ``percentile`` (its maximum when that is 0; never 0)."""
     values = np.asarray(array, dtype=np.float64)
@@ -63,3 +54,8 @@ def upper_limit(array: np.ndarray, percentile: float = WINDOW_PERCENTILE) -> flo
     if high <= 0.0:
         high = float(values.max()) if values.size else 0.0
     return high if high > 0.0 else 1.0
+
+
+def symmetric_limit(array: np.ndarray, percentile: float = WINDOW_PERCENTILE) -> float:
+    """Half-width of a window centred on 0 that covers ``percentile`` % of |values| (never 0)."""
+    return upper_limit(np.abs(np.asarray(array, dtype=np.float64)), percentile)

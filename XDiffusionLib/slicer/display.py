@@ -49,10 +49,7 @@ def show_difference(node, scene) -> "slicer.vtkMRMLScalarVolumeDisplayNode":
     display.SetAndObserveColorNodeID(color_table(scene, DIVERGING_NAME, DIFFERENCE_COLOURS).GetID())
     display.AutoWindowLevelOff()
     display.SetWindowLevel(2.0 * limit, 0.0)
-    legend = color_legend(node, scene)
-    legend.SetTitleText(DIFFERENCE_LEGEND_TITLE)
-    legend.SetLabelFormat("%.3g")
-    legend.SetVisibility(True)
+    _show_legend(node, scene, DIFFERENCE_LEGEND_TITLE)
     return display
 
 
@@ -67,10 +64,7 @@ def show_uncertainty(node, scene, info: UncertaintyInfo | None = None) -> "slice
     display.SetWindowLevelMinMax(0.0, high)
     for key, value in info.metadata().items():
         node.SetAttribute(key.replace("XDiffusion_", UNCERTAINTY_ATTRIBUTE_PREFIX, 1), value)
-    legend = color_legend(node, scene)
-    legend.SetTitleText(legend_title(info))
-    legend.SetLabelFormat("%.3g")
-    legend.SetVisibility(True)
+    _show_legend(node, scene, legend_title(info))
     return display
 
 
@@ -103,6 +97,13 @@ def color_legend(node, scene):
     legend.SetAndObservePrimaryDisplayNode(_display_node(node))
     node.AddAndObserveDisplayNodeID(legend.GetID())
     return legend
+
+
+def _show_legend(node, scene, title: str) -> None:
+    legend = color_legend(node, scene)
+    legend.SetTitleText(title)
+    legend.SetLabelFormat("%.3g")
+    legend.SetVisibility(True)
 
 
 def show_like(node, template) -> None:
