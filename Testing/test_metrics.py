@@ -20,9 +20,11 @@ from XDiffusionLib.metrics import (
     psnr_paper,
     psnr_unit,
     random_pair_psnr,
+    sharpness_ratio,
     ssim_per_plane,
     ssim_slices,
 )
+from XDiffusionLib.metrics.sharpness import scored_pairs
 
 
 def _volume(shape=(16, 16, 16), seed=0) -> np.ndarray:
@@ -106,8 +108,8 @@ def test_random_pair_psnr_all_ordered_pairs():
 # --------------------------------------------------------------------------- SSIM
 
 
-def _reference_ssim_2d(x: np.ndarray, y: np.ndarray, L: float) -> float:
-    """Brute-force SSIM: explicit 11x11 Gaussian window at every fully inside position."""
+def _reference_ssim_2d(x: np.ndarray, y: np.ndarray, L: float, mask: np.ndarray | None = None) -> float:
+    """Brute-force SSIM: explicit 11x11 Gaussian window at every fully inside position (where ``mask`` holds)."""
     r = 5
     offsets = np.arange(-r, r + 1)
     w = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * 1.5**2))
@@ -116,6 +118,8 @@ def _reference_ssim_2d(x: np.ndarray, y: np.ndarray, L: float) -> float:
     values = []
     for i in range(r, x.shape[0] - r):
         for j in range(r, x.shape[1] - r):
+            if mask is not None and not mask[i, j]:
+                continue
             px, py = x[i - r : i + r + 1, j - r : j + r + 1], y[i - r : i + r + 1, j - r : j + r + 1]
             mx, my = (w * px).sum(), (w * py).sum()
             vx, vy = (w * (px - mx) ** 2).sum(), (w * (py - my) ** 2).sum()
@@ -168,6 +172,120 @@ def test_ssim_per_plane_uses_the_right_axes():
     assert result["sagittal"] == pytest.approx(ssim_slices(gt, pred, 0).mean())
     with pytest.raises(XDiffusionError, match="smaller than"):
         ssim_per_plane(gt[:, :10], pred[:, :10])
+
+
+def _ball_head(shape=(30, 30, 30), radius: float = 8.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A textured ball on a zero background, and its mask: the 'head' of the masked metrics."""
+    grid = np.indices(shape).astype(np.float64)
+    centre = (np.array(shape, dtype=np.float64) - 1) / 2
+    head = np.sqrt(((grid - centre[:, None, None, None]) ** 2).sum(axis=0)) < radius
+    texture = np.random.default_rng(seed).random(shape)
+    return head * (1.0 + texture), head
+
+
+def test_head_ssim_identical_is_one_and_drops_for_a_blur():
+    from scipy.ndimage import gaussian_filter
+
+    gt, head = _ball_head()
+    same = ssim_per_plane(gt, gt, mask=head)
+    assert all(same[f"head_{plane}"] == pytest.approx(1.0) for plane in ("axial", "coronal", "sagittal"))
+    blurred = gaussian_filter(gt, 1.5)
+    result = ssim_per_plane(gt, blurred, mask=head)
+    for plane in ("axial", "coronal", "sagittal"):
+        # The whole slice is mostly exact background, which hides the blur; the head does not.
+        assert result[f"head_{plane}"] < 0.5 < result[plane]
+    assert result["axial"] == pytest.approx(ssim_per_plane(gt, blurred)["axial"])  # unmasked value unchanged
+
+
+def test_head_ssim_ignores_the_background():
+    gt, head = _ball_head(radius=7.0)
+    grid = np.indices(gt.shape)
+    far = np.sqrt(((grid - 14.5) ** 2).sum(axis=0)) > 7.0 + 6  # beyond the 11x11 window's reach of the head
+    noisy = gt + far * np.random.default_rng(1).random(gt.shape)
+    result = ssim_per_plane(gt, noisy, mask=head)
+    assert result["head_axial"] == pytest.approx(1.0) and result["axial"] < 0.9
+
+
+def test_masked_ssim_slices_match_brute_force_and_skip_empty_slices():
+    gt, head = _ball_head((12, 22, 24), radius=8.0)
+    pred = 0.7 * gt + 0.3 * np.random.default_rng(2).random(gt.shape) * head
+    L = float(gt.max() - gt.min())
+    per_slice = ssim_slices(gt, pred, axis=0, mask=head)
+    for index in range(12):
+        expected = _reference_ssim_2d(gt[index], pred[index], L, head[index])
+        assert per_slice[index] == pytest.approx(expected, rel=1e-9)
+    empty = head.copy()
+    empty[0] = False  # a slice without head voxels has no score and is skipped in the plane's mean
+    per_slice = ssim_slices(gt, pred, axis=0, mask=empty)
+    assert math.isnan(per_slice[0]) and np.isfinite(per_slice[1:]).all()
+    assert ssim_per_plane(gt, pred, mask=empty)["head_sagittal"] == pytest.approx(per_slice[1:].mean())
+    with pytest.raises(XDiffusionError, match="mask shape"):
+        ssim_slices(gt, pred, axis=0, mask=head[:, :, :10])
+
+
+# --------------------------------------------------------------------------- through-plane sharpness
+
+
+def _layered_head(shape=(24, 24, 64)) -> tuple[np.ndarray, np.ndarray]:
+    """A head whose structure changes along axis 2 (layers ~6 slices apart), with in-plane texture."""
+    x, y, z = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
+    head = ((x - 11.5) / 10) ** 2 + ((y - 11.5) / 10) ** 2 + ((z - 31.5) / 30) ** 2 < 1.0
+    values = 100 + 40 * np.sin(2 * np.pi * z / 6 + 0.4 * x) * np.cos(0.3 * y) + 10 * np.sin(0.7 * x + 0.2 * z)
+    return head * values, head
+
+
+def _linear_between(volume: np.ndarray, indices) -> np.ndarray:
+    """Linear interpolation along axis 2 between the given slices only (a cross-fade)."""
+    z = np.arange(volume.shape[2])
+    known = np.asarray(indices)
+    upper = np.clip(np.searchsorted(known, z), 1, len(known) - 1)
+    lower = upper - 1
+    t = np.clip((z - known[lower]) / (known[upper] - known[lower]), 0.0, 1.0)
+    return volume[:, :, known[lower]] * (1 - t) + volume[:, :, known[upper]] * t
+
+
+def test_sharpness_is_one_for_identical_and_low_for_a_cross_fade():
+    from scipy.ndimage import gaussian_filter1d
+
+    gt, head = _layered_head()
+    indices = (2, 18, 34, 50, 63)  # 16 slices apart
+    assert sharpness_ratio(gt, gt, head, 2, indices) == 1.0
+    faded = _linear_between(gt, indices)
+    assert np.array_equal(faded[:, :, list(indices)], gt[:, :, list(indices)])  # exact on the inputs
+    far_apart = sharpness_ratio(gt, faded, head, 2, indices)
+    assert 0.0 < far_apart < 0.6
+    dense = tuple(range(2, 64, 3))  # 3 slices apart: the cross-fade follows the layers more closely
+    assert far_apart < sharpness_ratio(gt, _linear_between(gt, dense), head, 2, dense) < 1.0
+    blurred = gaussian_filter1d(gt, 2.0, axis=2)
+    assert sharpness_ratio(gt, blurred, head, 2, indices) < 0.6
+
+
+def test_sharpness_hand_computed_and_counted_pairs():
+    gt = np.broadcast_to(2.0 * np.arange(8), (3, 3, 8)).copy()  # differences of 2 along axis 2
+    pred = gt / 2  # differences of 1
+    everywhere = np.ones(gt.shape, dtype=bool)
+    assert sharpness_ratio(gt, pred, everywhere, 2, (0, 7)) == pytest.approx(0.5)
+    assert math.isnan(sharpness_ratio(gt, gt, everywhere, 1, (0,)))  # flat along axis 1: nothing to compare
+    head = np.zeros(gt.shape, dtype=bool)
+    head[1, 1, 3] = True
+    pairs = scored_pairs(head, 2, (4, 5))
+    # Pairs (2, 3) and (3, 4) touch the head voxel; (4, 5) would be between two inputs.
+    assert pairs.shape == (3, 3, 7) and np.flatnonzero(pairs[1, 1]).tolist() == [2, 3] and pairs.sum() == 2
+    both_inputs = scored_pairs(everywhere, 2, (4, 5))
+    assert not both_inputs[:, :, 4].any() and both_inputs[:, :, [3, 5]].all()
+    assert math.isnan(sharpness_ratio(gt, pred, everywhere, 2, range(8)))  # every slice an input
+
+
+def test_sharpness_ignores_the_background():
+    gt, head = _layered_head()
+    indices = (2, 18, 34, 50, 63)
+    noisy = gt + (~head) * np.random.default_rng(0).normal(0, 50, gt.shape)
+    # Head pairs include the head's through-plane edge, so keep the noise off the slices next to it.
+    near = np.zeros(gt.shape, dtype=bool)
+    near[:, :, 1:] |= head[:, :, :-1]
+    near[:, :, :-1] |= head[:, :, 1:]
+    noisy = np.where(near | head, gt, noisy)
+    assert sharpness_ratio(gt, noisy, head, 2, indices) == pytest.approx(1.0)
 
 
 # --------------------------------------------------------------------------- LPIPS

@@ -8,6 +8,7 @@ from .correlation import pearson_r
 from .lpips import NO_WEIGHTS_MESSAGE, lpips_per_plane
 from .overlap import dice_per_label
 from .psnr import PSNR_CONVENTIONS, mse, psnr_all, psnr_from_mse, psnr_paper, psnr_unit, random_pair_psnr, to_unit_range
+from .sharpness import sharpness_ratio
 from .slice_errors import error_by_distance, mean_error_by_distance
 from .ssim import ssim_per_plane, ssim_slices
 from .volume import brain_volume_mm3
@@ -27,6 +28,7 @@ __all__ = [
     "psnr_paper",
     "psnr_unit",
     "random_pair_psnr",
+    "sharpness_ratio",
     "ssim_per_plane",
     "ssim_slices",
     "to_unit_range",
