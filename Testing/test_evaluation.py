@@ -72,11 +72,17 @@ def test_evaluate_all_baselines_writes_tables_figures_and_protocol(data_dir, atl
         assert len(row["indices"].split()) == int(row["k"])
         assert float(row["psnr_paper_noninput"]) <= float(row["psnr_paper"]) + 1e-6
         assert float(row["seconds"]) >= 0.0
+        head_planes = [float(row[f"head_ssim_{plane}"]) for plane in ("axial", "coronal", "sagittal")]
+        assert all(0.0 < value < 1.0 for value in head_planes)
+        assert float(row["head_ssim"]) == pytest.approx(np.mean(head_planes), abs=1e-4)
+        assert 0.0 <= float(row["sharpness_through_plane"]) < 1.0  # every baseline is smoother than the truth
     by_key = {(r["method"], r["k"]): r for r in rows}
     assert float(by_key[("linear", "3")]["psnr_paper"]) >= float(by_key[("nearest", "3")]["psnr_paper"])
     assert float(by_key[("linear", "3")]["psnr_paper"]) > float(by_key[("linear", "1")]["psnr_paper"])
-    # One input slice: every interpolation is the nearest-slice copy.
+    # One input slice: every interpolation is the nearest-slice copy, constant along the axis.
     assert by_key[("linear", "1")]["psnr_paper"] == by_key[("nearest", "1")]["psnr_paper"]
+    assert float(by_key[("linear", "1")]["sharpness_through_plane"]) == 0.0
+    assert float(by_key[("linear", "3")]["sharpness_through_plane"]) > 0.0
 
     header, summary = read_csv(out / "summary.csv")
     assert tuple(header) == SUMMARY_COLUMNS
@@ -84,6 +90,8 @@ def test_evaluate_all_baselines_writes_tables_figures_and_protocol(data_dir, atl
         (m, k, "1") for m in ("nearest", "linear", "cubic", "template") for k in ("1", "3")]
     linear3 = next(r for r in summary if r["method"] == "linear" and r["k"] == "3")
     assert linear3["psnr_paper_mean"] == by_key[("linear", "3")]["psnr_paper"]
+    for column in ("head_ssim", "head_ssim_axial", "head_ssim_coronal", "head_ssim_sagittal", "sharpness_through_plane"):
+        assert linear3[f"{column}_mean"] == by_key[("linear", "3")][column]
 
     pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert len(pngs) == 4 * 2 + 1 and "case_a_template_k3.png" in pngs
@@ -94,12 +102,22 @@ def test_evaluate_all_baselines_writes_tables_figures_and_protocol(data_dir, atl
     assert f"{float(linear3['psnr_paper_mean']):.2f}" in linear_line
     # the best value of each column is bold, and only that one
     best3 = max((r for r in summary if r["k"] == "3"), key=lambda r: float(r["psnr_paper_mean"]))["method"]
-    for line in markdown[2:]:
+    for line in markdown[2:markdown.index("")]:  # the first table
         cell = line.split("|")[5].strip()  # K=3 PSNR
         assert cell.startswith("**") == line.startswith(f"| {best3} |"), line
+    head_header = next(line for line in markdown[2:] if line.startswith("| method |"))
+    assert head_header.startswith("| method | K=1 head SSIM | K=1 sharpness | K=3 head SSIM | K=3 sharpness |")
+    start = markdown.index(head_header) + 2
+    head_lines = [line for line in markdown[start:start + 4]]  # one line per method
+    assert all(line.startswith("| ") for line in head_lines)
+    closest = min((r for r in summary if r["k"] == "3"), key=lambda r: abs(float(r["sharpness_through_plane_mean"]) - 1))
+    for line in head_lines:
+        assert line.split("|")[5].strip().startswith("**") == line.startswith(f"| {closest['method']} |"), line
     assert (out / "psnr_vs_k.png").stat().st_size > 1000
     record = json.loads((out / "protocol.json").read_text())
     assert record["plane"] == "axial" and record["k"] == [1, 3]
+    assert record["protocol_version"] == protocol.PROTOCOL_VERSION >= 2
+    assert {"head_ssim", "sharpness_through_plane"} <= set(record["metrics"]) and "head_rule" in record
     assert record["cases"][0]["indices"]["1"] == [int(by_key[("nearest", "1")]["indices"])]
     assert not list(out.glob(".*"))  # no temporary files left behind
 
@@ -117,9 +135,26 @@ def test_metrics_do_not_depend_on_the_file_orientation(tmp_path):
                  "--slices", "3", "--plane", "sagittal", "--out", str(out), "--no-figures", "--no-progress"]) == 0
     _, rows = read_csv(out / "cases.csv")
     first, second = rows
-    for column in ("indices", "psnr_paper", "psnr_unit", "ssim_axial", "ssim_sagittal"):
+    for column in ("indices", "psnr_paper", "psnr_unit", "ssim_axial", "ssim_sagittal", "head_ssim_coronal",
+                   "sharpness_through_plane"):
         assert first[column] == second[column]
     assert not (out / "figures").exists()
+
+
+@pytest.mark.parametrize("plane, axis", [("coronal", 1), ("sagittal", 0)])
+def test_evaluate_with_coronal_and_sagittal_inputs_scores_along_their_axis(data_dir, tmp_path, plane, axis):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(data_dir / "case_a.nii.gz"), "--method", "linear", "--slices", "3",
+                 "--plane", plane, "--out", str(out), "--no-figures", "--no-progress"]) == 0
+    _, rows = read_csv(out / "cases.csv")
+    (row,) = rows
+    assert row["plane"] == plane and 0.0 < float(row["head_ssim"]) < 1.0
+    truth = protocol.canonical_case(read_volume(data_dir / "case_a.nii.gz")).array
+    indices = tuple(int(i) for i in row["indices"].split())
+    # The sharpness is measured along the plane's own axis: a perfect output along it scores 1.
+    assert protocol.score(truth, truth, plane, indices)["sharpness_through_plane"] == 1.0
+    assert 0.0 < float(row["sharpness_through_plane"]) < 1.0
+    assert json.loads((out / "protocol.json").read_text())["plane_axis"] == axis
 
 
 def test_given_indices_are_used_for_every_case(data_dir, tmp_path):
@@ -250,6 +285,27 @@ def test_score_counts_non_input_slices_separately():
     assert math.isfinite(both["psnr_paper"])
     elsewhere = protocol.score(gt, pred, "axial", (6,))
     assert elsewhere["psnr_paper_noninput"] < elsewhere["psnr_paper"]
+    assert set(both) == set(protocol.METRIC_COLUMNS)
+
+
+def test_score_head_ssim_and_sharpness_look_inside_the_head_only():
+    from scipy.ndimage import gaussian_filter1d
+
+    from XDiffusionLib.baselines.foreground import head_mask
+
+    gt = head()
+    indices = (4, 15)
+    exact = protocol.score(gt, gt, "axial", indices)
+    assert exact["head_ssim"] == pytest.approx(1.0) and exact["sharpness_through_plane"] == 1.0
+    outside = ~head_mask(gt)
+    noisy = gt + outside * np.random.default_rng(0).normal(0, 5, gt.shape).astype(np.float32)
+    # Background noise ruins whole-slice SSIM far more than head SSIM (only the head's rim sees it).
+    scores = protocol.score(gt, noisy, "axial", indices)
+    assert 1.0 - scores["head_ssim_axial"] < 0.5 * (1.0 - scores["ssim_axial"])
+    blurred = protocol.score(gt, gaussian_filter1d(gt, 2.0, axis=2), "axial", indices)
+    assert blurred["sharpness_through_plane"] < 0.9
+    # A mask passed in is the one used (the runner computes it once per case).
+    assert protocol.score(gt, noisy, "axial", indices, head_mask(gt)) == scores
 
 
 def test_find_cases_prefers_brats_flair_and_skips_label_maps(tmp_path, capsys):

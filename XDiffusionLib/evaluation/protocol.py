@@ -35,9 +35,23 @@ evaluate`` follows exactly these rules, and records every choice in ``protocol.j
      (Never a separate min-max of the prediction: that would hide intensity errors.)
    - ``ssim_axial`` / ``ssim_coronal`` / ``ssim_sagittal``: mean 2D SSIM over all slices of each
      canonical plane (Gaussian window 11x11, sigma 1.5, data range = ground-truth max - min).
+   - ``head_ssim_axial`` / ``head_ssim_coronal`` / ``head_ssim_sagittal``: SSIM inside the ground
+     truth's head. The head is ``baselines.foreground.head_mask`` of the ground truth (the
+     foreground above, closed by 2 voxels, enclosed holes filled). The same SSIM map as above
+     (same window, constants, data range and valid region) is averaged over the head voxels of
+     each slice of the plane, then over the slices holding any head voxel in SSIM's valid region
+     (slices without one are skipped). Whole-slice SSIM is mostly background, which every method gets right.
+     ``head_ssim``: the mean of the three planes.
+   - ``sharpness_through_plane``: through-plane gradient energy of the output over the truth's
+     (``metrics.sharpness``): along the input axis, the mean absolute difference between
+     neighbouring slices ``|v[i+1] - v[i]|``, over the pairs of neighbours that are not both input
+     slices and the in-plane positions where the ground truth's head holds on either slice of the
+     pair; output / truth on the same voxels. 1.0 is as sharp as the truth, below 1 is blurred or
+     cross-faded between the inputs. NaN when every slice is an input.
    - ``seconds``: wall time of ``method.reconstruct`` alone (no reading, no scoring).
 5. Summary per (method, K): number of cases, mean and population std (ddof 0) of ``psnr_paper``,
-   mean ``psnr_unit``, mean SSIM (over cases of the mean of the three planes).
+   mean ``psnr_unit``, mean SSIM (over cases of the mean of the three planes), and the means over
+   cases of ``head_ssim`` (and of each plane's head SSIM) and of ``sharpness_through_plane``.
 """
 
 from __future__ import annotations
@@ -46,12 +60,12 @@ import math
 
 import numpy as np
 
-from ..baselines.foreground import bounding_box, foreground_mask
+from ..baselines.foreground import bounding_box, foreground_mask, head_mask
 from ..errors import XDiffusionError
 from ..io.volume import Volume
 from ..inputs import plane_axis
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: head SSIM per plane and through-plane sharpness
 LABEL_MAP_MAX_VALUES = 16
 
 METRIC_COLUMNS = (
@@ -61,6 +75,11 @@ METRIC_COLUMNS = (
     "ssim_axial",
     "ssim_coronal",
     "ssim_sagittal",
+    "head_ssim_axial",
+    "head_ssim_coronal",
+    "head_ssim_sagittal",
+    "head_ssim",
+    "sharpness_through_plane",
 )
 
 
@@ -117,17 +136,24 @@ def noninput_mask(shape: tuple[int, int, int], plane: str, indices) -> np.ndarra
     return np.broadcast_to(np.expand_dims(keep, tuple(a for a in range(3) if a != axis)), shape)
 
 
-def score(ground_truth: np.ndarray, prediction: np.ndarray, plane: str, indices) -> dict[str, float]:
-    """Step 4: every metric of one reconstruction (``METRIC_COLUMNS``)."""
-    from ..metrics import psnr_all, psnr_paper, ssim_per_plane
+def score(ground_truth: np.ndarray, prediction: np.ndarray, plane: str, indices,
+          head: np.ndarray | None = None) -> dict[str, float]:
+    """Step 4: every metric of one reconstruction (``METRIC_COLUMNS``).
+
+    ``head``: the ground truth's ``head_mask`` when the caller already has it (it depends on the
+    truth alone, so one per case serves every method and K); computed here otherwise.
+    """
+    from ..metrics import psnr_all, psnr_paper, sharpness_ratio, ssim_per_plane
 
     # The metrics work in float64: convert once here rather than once per metric.
     gt = np.asarray(ground_truth, dtype=np.float64)
     pred = np.asarray(prediction, dtype=np.float64)
+    head = head_mask(gt) if head is None else head
     both = psnr_all(gt, pred)
     mask = noninput_mask(gt.shape, plane, indices)
     noninput = psnr_paper(gt, pred, mask) if mask.any() else math.nan
-    ssim = ssim_per_plane(gt, pred)
+    ssim = ssim_per_plane(gt, pred, mask=head)
+    head_planes = [ssim["head_axial"], ssim["head_coronal"], ssim["head_sagittal"]]
     return {
         "psnr_paper": both["psnr_paper"],
         "psnr_unit": both["psnr_unit"],
@@ -135,4 +161,9 @@ def score(ground_truth: np.ndarray, prediction: np.ndarray, plane: str, indices)
         "ssim_axial": ssim["axial"],
         "ssim_coronal": ssim["coronal"],
         "ssim_sagittal": ssim["sagittal"],
+        "head_ssim_axial": ssim["head_axial"],
+        "head_ssim_coronal": ssim["head_coronal"],
+        "head_ssim_sagittal": ssim["head_sagittal"],
+        "head_ssim": float(np.mean(head_planes)),
+        "sharpness_through_plane": sharpness_ratio(gt, pred, head, plane_axis(plane), indices),
     }

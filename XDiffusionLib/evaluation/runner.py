@@ -226,6 +226,7 @@ def _protocol_record(plan: Plan) -> dict:
         "index_rule": "given by --indices" if settings.indices is not None
         else "centres of K equal bins over the ground truth's foreground extent along the plane axis",
         "foreground_rule": "voxels above p1 + 0.1 * (p99 - p1)",
+        "head_rule": "the ground truth's foreground, binary closing by 2 voxels (6-connected), enclosed holes filled",
         "methods": {name: {"options": {k: str(v) for k, v in settings.method_options.get(name, {}).items()}}
                     for name in plan.methods},
         "metrics": {
@@ -233,6 +234,13 @@ def _protocol_record(plan: Plan) -> dict:
             "psnr_paper_noninput": "psnr_paper over the non-input slices only (peak over those voxels)",
             "psnr_unit": "gt [min, max] -> [0, 1], same map for the prediction, both clipped, data range 1",
             "ssim": "2D SSIM per slice (Gaussian 11x11, sigma 1.5, data range gt max - min), mean over slices per plane",
+            "head_ssim": "the same SSIM map averaged over the ground truth's head voxels of each slice (head_rule), "
+                         "then over the slices holding head voxels (others skipped), per plane; head_ssim = mean of "
+                         "the three planes",
+            "sharpness_through_plane": "mean |v[i+1] - v[i]| along the input axis over the neighbour pairs (i, i+1) "
+                                       "not both input slices, at in-plane positions inside the ground truth's head "
+                                       "on slice i or i+1 (head_rule); output / truth on the same voxels (1 = as "
+                                       "sharp as the truth, < 1 = blurred); nan when every slice is an input",
             "seconds": "wall time of method.reconstruct",
         },
         "cases": [{
@@ -276,6 +284,7 @@ def run_cases(plan: Plan, progress: bool = True) -> tuple[list[dict], list[Path]
             volume = case.load()
             # Error-by-distance uses slices inside the head only: empty ones score near-infinite PSNR.
             low, high = protocol.foreground_extent(volume.array, plane_axis(settings.plane))
+            head = head_mask(volume.array)  # the truth's head: once per case, for every method and K
             for name, method in plan.methods.items():
                 for k in plan.ks:
                     bar.set_postfix_str(f"{case.source.name} {name} K={k}")
@@ -289,10 +298,10 @@ def run_cases(plan: Plan, progress: bool = True) -> tuple[list[dict], list[Path]
                     seconds = time.perf_counter() - start
                     if not output.grid.same_geometry(volume.grid):
                         raise XDiffusionError(f"method {name} returned a volume off the input grid for {case.source.name}")
-                    metrics = protocol.score(volume.array, output.array, settings.plane, indices)
+                    metrics = protocol.score(volume.array, output.array, settings.plane, indices, head)
                     interval = getattr(result, "interval", None)
                     if interval is not None:  # truth inside the interval, non-input voxels inside the head
-                        mask = scored_mask(head_mask(volume.array), inputs.axis, indices)
+                        mask = scored_mask(head, inputs.axis, indices)
                         metrics.update(result_coverage(volume.array, output.array, interval, mask, DEFAULT_LEVEL))
                     if settings.extra_metrics:
                         metrics.update(score_extra(settings.extra_metrics, volume, output, settings.lpips_weights))
