@@ -5,19 +5,30 @@ Everything is first written under a temporary name next to its final place (same
 the writer's process id and host: readers that scan folders skip hidden names
 (``io.readers.is_volume_file``), and the next writer in the same folder removes the leftovers of a
 writer that was killed (its process is gone), so nothing a reader could mistake for data stays.
+
+Before the rename every temporary is checked to be whole (``check_complete``): some writers
+(ITK's NIfTI writer on a full disk) print an error and return normally, leaving a file cut short
+that an unchecked rename would put under its final name. The check reads what the format itself
+declares (header sizes, gzip/zlib end-of-stream and trailer, PNG's end chunk, safetensors
+offsets) and names the real output, never the hidden temporary.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
 import socket
+import struct
 import tempfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from ..errors import XDiffusionError
 
 _MARK = ".xdpart-"
 # This host's tag: a process id means something only on the host that wrote it (shared folders).
@@ -48,6 +59,7 @@ def atomic_file(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         yield temporary
         os.chmod(temporary, 0o644)  # mkstemp makes owner-only files
+        check_complete(temporary, final)
         os.replace(temporary, final)
     except BaseException:
         remove_quietly(temporary)
@@ -92,7 +104,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMPORARY.match(entry.name)
-        if match is None or match.group(2) != _HOST or _process_alive(int(match.group(1))):
+        if match is None or match.group(2) != _HOST or process_alive(int(match.group(1))):
             continue
         path = Path(entry.path)
         try:
@@ -106,7 +118,8 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host may still run (ours, or one we cannot tell about)."""
     if pid == os.getpid():
         return True
     try:
@@ -116,6 +129,9 @@ def _process_alive(pid: int) -> bool:
     except (PermissionError, OSError):
         return True  # it exists (another user's process) or we cannot tell: keep its files
     return True
+
+
+_process_alive = process_alive  # the name evaluation.cohort imports
 
 
 def remove_quietly(path: str | os.PathLike) -> None:
@@ -141,3 +157,230 @@ def replace_directory(ready: Path, final: Path) -> Path:
     else:
         os.replace(ready, final)
     return final
+
+
+# -- is a written file whole? ------------------------------------------------------------------
+
+_READ = 1 << 20
+_LOW_SPACE = 4 << 20  # below this many free bytes a short file is put down to a full disk
+_NRRD_TYPES = {**dict.fromkeys(("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t",
+                                "char"), 1),
+               **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16", "int16_t",
+                                "ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"), 2),
+               **dict.fromkeys(("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32",
+                                "uint32_t", "float"), 4),
+               **dict.fromkeys(("longlong", "long long", "long long int", "signed long long",
+                                "signed long long int", "int64", "int64_t", "ulonglong", "unsigned long long",
+                                "unsigned long long int", "uint64", "uint64_t", "double"), 8)}
+_META_TYPES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+               "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+               "MET_DOUBLE": 8}
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def check_complete(path: str | os.PathLike, final: str | os.PathLike | None = None) -> None:
+    """Raise a one-line XDiffusionError naming ``final`` (default ``path``) unless the file at
+    ``path`` is whole as far as its format (by ``final``'s name) says: NIfTI, NRRD and MetaImage
+    volumes hold every voxel their header declares, compressed streams end with their trailer,
+    PNG ends with its end chunk, JSON parses, safetensors holds every tensor. Other formats must
+    at least not be empty."""
+    path = Path(path)
+    final = Path(final) if final is not None else path
+    try:
+        problem = _problem(path, final.name.lower())
+    except OSError as error:
+        raise XDiffusionError(f"{final}: writing failed ({error.strerror or error})") from None
+    if problem is None:
+        return
+    if _free_bytes(path.parent) < _LOW_SPACE:
+        problem = "no space left on device"
+    raise XDiffusionError(f"{final}: writing failed ({problem}); nothing was written under this name")
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs (Windows): cannot tell
+        return 1 << 62
+    return stats.f_bavail * stats.f_frsize
+
+
+def _problem(path: Path, name: str) -> str | None:
+    """What is wrong with the written file (a few words), or None when it is whole."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty"
+    if name.endswith((".nii", ".nii.gz")):
+        return _nifti_problem(path, name.endswith(".gz"))
+    if name.endswith(".nrrd"):
+        return _nrrd_problem(path)
+    if name.endswith(".mha"):
+        return _metaimage_problem(path)
+    if name.endswith(".gz"):
+        return _stream_problem(path, 0, None, gzip_only=True)
+    if name.endswith(".png"):
+        with open(path, "rb") as stream:
+            head = stream.read(8)
+            stream.seek(max(0, size - len(_PNG_END)))
+            tail = stream.read()
+        return None if head == b"\x89PNG\r\n\x1a\n" and tail == _PNG_END else "the PNG file is cut short"
+    if name.endswith(".json"):
+        try:
+            json.loads(path.read_bytes())
+        except ValueError:
+            return "the JSON text is cut short"
+        return None
+    if name.endswith(".safetensors"):
+        return _safetensors_problem(path, size)
+    return None
+
+
+def _short(have: int, want: int) -> str | None:
+    return None if have >= want else f"{have} of {want} bytes"
+
+
+def _read_head(path: Path, compressed: bool, count: int) -> bytes:
+    with open(path, "rb") as stream:
+        if not compressed:
+            return stream.read(count)
+        inflater, head = zlib.decompressobj(31), b""
+        while len(head) < count and (chunk := stream.read(1 << 16)):
+            head += inflater.decompress(chunk, count - len(head))
+            if inflater.unconsumed_tail or inflater.eof:
+                break
+        return head
+
+
+def _nifti_problem(path: Path, compressed: bool) -> str | None:
+    try:
+        head = _read_head(path, compressed, 540)
+    except zlib.error:
+        return "the gzip stream is corrupt"
+    if len(head) < 348:
+        return "the NIfTI header is cut short"
+    for order in "<>":
+        size = struct.unpack(order + "i", head[:4])[0]
+        if size == 348:
+            dims = struct.unpack(order + "8h", head[40:56])
+            bitpix = struct.unpack(order + "h", head[72:74])[0]
+            offset = int(struct.unpack(order + "f", head[108:112])[0])
+            break
+        if size == 540 and len(head) >= 540:
+            bitpix = struct.unpack(order + "h", head[14:16])[0]
+            dims = struct.unpack(order + "8q", head[16:80])
+            offset = struct.unpack(order + "q", head[168:176])[0]
+            break
+    else:
+        return "not a NIfTI header"
+    count = 1
+    for extent in dims[1:1 + max(0, min(int(dims[0]), 7))]:
+        count *= max(int(extent), 1)
+    want = max(offset, 348) + count * max(int(bitpix), 8) // 8
+    if compressed:
+        return _stream_problem(path, 0, want, gzip_only=True)
+    return _short(path.stat().st_size, want)
+
+
+def _stream_problem(path: Path, start: int, want: int | None, gzip_only: bool) -> str | None:
+    """Whether the compressed stream(s) from byte ``start`` on end properly (zlib checks the trailer)
+    and, with ``want``, inflate to at least ``want`` bytes. Inflated in bounded pieces (a bomb costs
+    no memory)."""
+    mode = 31 if gzip_only else 47  # gzip; or zlib/gzip by the header (MetaImage writes zlib)
+    inflater, total = zlib.decompressobj(mode), 0
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(start)
+            chunk = stream.read(_READ)
+            while chunk:
+                while True:  # inflate this chunk in pieces of at most _READ bytes
+                    piece = inflater.decompress(chunk, _READ)
+                    total += len(piece)
+                    chunk = inflater.unconsumed_tail
+                    if inflater.eof or (not chunk and len(piece) < _READ):
+                        break
+                if inflater.eof:
+                    rest = inflater.unused_data + stream.read(_READ)
+                    if not rest.strip(b"\0"):
+                        break  # the end (ITK pads nothing, but zero padding is harmless)
+                    inflater, chunk = zlib.decompressobj(mode), rest  # another gzip member
+                else:
+                    chunk = stream.read(_READ)
+    except zlib.error:
+        return "the compressed data is corrupt"
+    if not inflater.eof:
+        return "the compressed data is cut short"
+    return None if want is None else _short(total, want)
+
+
+def _text_header(path: Path, end: Callable[[bytes], int]) -> tuple[bytes, int] | None:
+    with open(path, "rb") as stream:
+        head = stream.read(1 << 16)
+    stop = end(head)
+    return (head[:stop], stop) if stop >= 0 else None
+
+
+def _nrrd_problem(path: Path) -> str | None:
+    found = _text_header(path, lambda head: head.find(b"\n\n") + 2 if b"\n\n" in head else -1)
+    if found is None:
+        return "the NRRD header is cut short"
+    header, start = found
+    fields = {}
+    for line in header.decode("latin-1").splitlines():
+        key, separator, value = line.partition(": ")
+        if separator:
+            fields[key.strip().lower()] = value.strip()
+    if "data file" in fields or "datafile" in fields:
+        return None  # a detached header: its data file is another file
+    try:
+        count = 1
+        for extent in fields["sizes"].split():
+            count *= int(extent)
+        want = count * _NRRD_TYPES[fields["type"].lower()]
+    except (KeyError, ValueError):
+        return None  # a header this check does not know: leave it to the readers
+    encoding = fields.get("encoding", "raw").lower()
+    if encoding in ("gzip", "gz"):
+        return _stream_problem(path, start, want, gzip_only=True)
+    if encoding == "raw":
+        return _short(path.stat().st_size - start, want)
+    return None
+
+
+def _metaimage_problem(path: Path) -> str | None:
+    def end(head: bytes) -> int:
+        match = re.search(rb"ElementDataFile\s*=\s*([^\r\n]*)\r?\n", head)
+        return match.end() if match else -1
+
+    found = _text_header(path, end)
+    if found is None:
+        return "the MetaImage header is cut short"
+    header, start = found
+    fields = {}
+    for line in header.decode("latin-1").splitlines():
+        key, separator, value = line.partition("=")
+        if separator:
+            fields[key.strip()] = value.strip()
+    if fields.get("ElementDataFile", "").upper() != "LOCAL":
+        return None  # data in another file
+    try:
+        count = int(fields.get("ElementNumberOfChannels", "1"))
+        for extent in fields["DimSize"].split():
+            count *= int(extent)
+        want = count * _META_TYPES[fields["ElementType"]]
+    except (KeyError, ValueError):
+        return None
+    if fields.get("CompressedData", "False").lower() == "true":
+        return _stream_problem(path, start, want, gzip_only=False)
+    return _short(path.stat().st_size - start, want)
+
+
+def _safetensors_problem(path: Path, size: int) -> str | None:
+    from .checksums import read_safetensors_header  # (no cycle: checksums needs only errors)
+
+    try:
+        offset, header = read_safetensors_header(path)
+    except XDiffusionError:
+        return "the safetensors header is cut short"
+    ends = [int(entry["data_offsets"][1]) for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
+    return _short(size, offset + max(ends, default=0))

@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import XDiffusionError
-from .atomic import remove_quietly, remove_stale_temporaries, temporary_file
+from .atomic import check_complete, remove_quietly, remove_stale_temporaries, temporary_file
 from .readers import volume_suffix
 from .volume import Volume
 
@@ -43,7 +43,8 @@ def write_volume(volume: Volume, path: str | os.PathLike, dtype: np.dtype | type
 
     ``dtype`` converts the voxels first (integer types round and clip to their range); by default
     the array's own type is kept. The file appears complete or not at all: it is written to a
-    hidden temporary file in the same folder and renamed (``io.atomic``). Missing parent folders
+    hidden temporary file in the same folder, checked to be whole and renamed (``io.atomic``); a
+    short write (a full disk) is a one-line error naming ``path``. Missing parent folders
     are created. An existing file is replaced: commands refuse that first (``io.outputs``).
     ``metadata``: text key-value pairs for the header (``add_metadata``).
     """
@@ -85,6 +86,8 @@ def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]], dtype: np.d
             temporaries.append(temporary_file(path, suffix=volume_suffix(path) or ""))
             # NIfTI .nii stays uncompressed by its suffix; NRRD and MHA get gzip-encoded data.
             sitk.WriteImage(image, str(temporaries[-1]), useCompression=volume_suffix(path) != ".nii")
+            # ITK's NIfTI writer reports a full disk on stderr only and returns: check the file.
+            check_complete(temporaries[-1], path)
             if volume_suffix(path) in (".nii", ".nii.gz") and image.HasMetaDataKey("descrip"):
                 set_nifti_description(temporaries[-1], image.GetMetaData("descrip"))
             os.chmod(temporaries[-1], 0o666 & ~_umask())

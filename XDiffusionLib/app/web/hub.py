@@ -32,9 +32,12 @@ import hmac
 import html
 import logging
 import os
+import re
 import secrets
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,9 @@ import aiohttp
 from aiohttp import web
 
 from ...errors import XDiffusionError
+from ...io.atomic import process_alive
+from .origins import (SESSION_KEY_ENV, SESSION_KEY_HEADER, changes_something, is_loopback, request_is_local,
+                      same_site, short_path)
 from .session import READY_PREFIX
 from .transfer import megabytes
 
@@ -57,6 +63,11 @@ START_HEADER = "X-XDiffusion-Start"  # carries the start token; a custom header 
 _START_TOKEN_S = 600.0  # a landing page's token starts a session within this many seconds
 # On every hub answer: no framing by other sites (a framed landing page would start sessions) and
 # no session address in the Referer of a link followed from the page.
+# Each session's files (uploads, exports, its worker's temporaries) live in one folder the hub makes
+# and removes when the session ends, however it ended; the name carries the hub's process id so a
+# later hub can remove the folders of a hub that was killed.
+_FOLDER_PREFIX = "xdiffusion-web-"
+_FOLDER_NAME = re.compile(re.escape(_FOLDER_PREFIX) + r"(\d+)-")
 _SECURITY_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
                      "Referrer-Policy": "same-origin", "X-Content-Type-Options": "nosniff"}
 
@@ -66,6 +77,8 @@ class Session:
     token: str
     process: asyncio.subprocess.Process
     port: int = 0
+    key: str = ""  # the secret the session's port requires on every request (``origins``)
+    folder: Path | None = None  # its files, removed by the hub when it ends
     browsers: list = field(default_factory=list)  # its tab's open websockets (at most one kept)
     assigned: bool = False  # handed to a tab (not a spare)
     idle_since: float = 0.0  # monotonic time its last websocket closed (or it was handed out)
@@ -103,7 +116,8 @@ class Hub:
         self._starting = 0
         self._spares: list[asyncio.Future] = []  # sessions being started or ready for the next tab
         self._background: list[asyncio.Task] = []
-        self._processes: set = set()  # every session process started and not yet ended
+        # Every session process started and not yet ended, with its folder.
+        self._processes: dict[asyncio.subprocess.Process, Path] = {}
         self._closing = False
         self._secret = secrets.token_bytes(32)  # signs start tokens; new at every start of the hub
 
@@ -125,6 +139,7 @@ class Hub:
         return app
 
     async def _startup(self, _app) -> None:
+        sweep_session_folders()
         self._client = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))
         self._background.append(asyncio.ensure_future(self._expire_idle()))
         self._keep_spare()
@@ -180,11 +195,13 @@ class Hub:
 
     # -- sessions --------------------------------------------------------------------------------
 
-    def session_command(self) -> list[str]:
+    def session_command(self, folder: Path | None = None) -> list[str]:
         s = self.settings
         command = [sys.executable, "-m", "XDiffusionLib.app.web.session", "--port", "0", "--timeout", "0",
                    "--watch-stdin", "--max-upload-bytes", str(s.max_upload_bytes),
                    "--worker-mode", s.worker_mode]
+        if folder is not None:
+            command += ["--workdir", str(folder)]
         if s.model_dir:
             command += ["--model", str(s.model_dir)]
         if s.allow_server_paths:
@@ -196,14 +213,22 @@ class Hub:
     async def start_session(self) -> Session:
         environment = dict(os.environ)
         paths = [_PACKAGE_ROOT] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p]
-        environment.update({"PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"})
-        process = await asyncio.create_subprocess_exec(
-            *self.session_command(), stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.PIPE,
-            env=environment, start_new_session=os.name != "nt")
-        self._processes.add(process)
+        # The session's port is reachable by every local program and, through a browser, by every
+        # web page: it serves only requests carrying this secret, which only the hub holds.
+        key = secrets.token_urlsafe(32)
+        environment.update({"PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1", SESSION_KEY_ENV: key})
+        folder = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-"))
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.session_command(folder), stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.PIPE,
+                env=environment, start_new_session=os.name != "nt")
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self._processes[process] = folder
         # Lower-case hex: trame's client lower-cases the websocket address the session gives it
         # (``session._session_manager_answer``), so the token must survive that.
-        session = Session(secrets.token_hex(16), process)
+        session = Session(secrets.token_hex(16), process, key=key, folder=folder)
         try:
             session.port = await asyncio.wait_for(self._read_port(process), self.settings.start_timeout)
         except (asyncio.TimeoutError, XDiffusionError) as error:
@@ -235,7 +260,7 @@ class Hub:
 
     async def _reap(self, session: Session) -> None:
         code = await session.process.wait()
-        self._processes.discard(session.process)
+        self._forget(session.process)  # also after a SIGKILL: its uploads do not outlive it
         log.info("session %s ended (exit code %s)", session.token[:6], code)
         self.sessions.pop(session.token, None)
         if not session.assigned:  # a spare died: start another
@@ -243,7 +268,6 @@ class Hub:
 
     async def _stop(self, session: Session, grace: float = 8.0) -> None:
         process = session.process
-        self._processes.discard(process)
         if process.returncode is None:
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -256,7 +280,14 @@ class Hub:
                     break
                 except asyncio.TimeoutError:
                     continue
+        self._forget(process)
         self.sessions.pop(session.token, None)
+
+    def _forget(self, process) -> None:
+        """An ended session process: remove its folder (uploaded volumes, results)."""
+        folder = self._processes.pop(process, None)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     # -- routes ----------------------------------------------------------------------------------
 
@@ -336,7 +367,9 @@ class Hub:
 
     async def _forward_http(self, request: web.Request, session: Session, tail: str) -> web.StreamResponse:
         url = f"http://127.0.0.1:{session.port}/{tail}"
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in _HOP_BY_HOP and k.lower() != SESSION_KEY_HEADER.lower()}
+        headers[SESSION_KEY_HEADER] = session.key
         # Where the page lives for the browser: the session answers trame's launcher request
         # (``paraview/``) with the websocket address under this prefix.
         headers["X-XDiffusion-Prefix"] = f"/s/{session.token}/"
@@ -375,8 +408,8 @@ class Hub:
         await browser.prepare(request)
         session.browsers.append(browser)
         try:
-            async with self._client.ws_connect(f"ws://127.0.0.1:{session.port}/ws", max_msg_size=0,
-                                               compress=0) as upstream:
+            async with self._client.ws_connect(f"ws://127.0.0.1:{session.port}/ws", max_msg_size=0, compress=0,
+                                               headers={SESSION_KEY_HEADER: session.key}) as upstream:
                 await _pump_both(browser, upstream)
         except aiohttp.ClientError as error:
             log.info("session %s websocket: %s", session.token[:6], error)
@@ -435,26 +468,12 @@ def _refusal(status: int, title: str, message: str) -> web.Response:
                              headers={"Cache-Control": "no-store"})
 
 
-def same_site(request: web.Request) -> bool:
-    """Whether a request may come from the app's own page: browsers say where a request comes from
-    (``Sec-Fetch-Site``, ``Origin``); a request saying another site, or another origin, is refused.
-    Clients that send neither (not browsers, so no other site's page behind them) pass."""
-    site = request.headers.get("Sec-Fetch-Site")
-    if site is not None and site != "same-origin":
-        return False
-    origin = request.headers.get("Origin")
-    if origin is not None:
-        # "null" (sandboxed frames, file: pages) has no host and is refused with the rest.
-        return urlsplit(origin).netloc.lower() == request.host.lower()
-    return True
-
-
 @web.middleware
 async def _same_site_only(request: web.Request, handler):
     """Websockets and anything but GET/HEAD only from the app's own pages (see ``same_site``)."""
-    changes = request.method not in ("GET", "HEAD") or request.headers.get("Upgrade", "").lower() == "websocket"
-    if changes and not same_site(request):
-        log.info("refused %s %s from %s", request.method, request.path, request.headers.get("Origin", "?"))
+    if changes_something(request) and not same_site(request):
+        # The path holds the session token: only its start goes to the log.
+        log.info("refused %s %s from %s", request.method, short_path(request.path), request.headers.get("Origin", "?"))
         return _page(403, "Refused", "Requests from other web sites are refused.")
     return await handler(request)
 
@@ -469,17 +488,10 @@ async def _local_host_only(request: web.Request, handler):
     """Served on this computer only: refuse requests addressed to another host name. A web page
     elsewhere whose name was made to resolve to 127.0.0.1 (DNS rebinding) could otherwise drive
     the app, which opens files by their path on this computer."""
-    if not is_loopback(_host_name(request.headers.get("Host", ""))):
+    if not request_is_local(request):
         return _page(403, "Wrong address", "This app serves this computer only: open it as http://127.0.0.1 or "
                      "http://localhost, or start it with --host to serve other computers.")
     return await handler(request)
-
-
-def _host_name(header: str) -> str:
-    """The name in a Host header: "localhost:8080" -> "localhost", "[::1]:8080" -> "::1"."""
-    if header.startswith("["):
-        return header[1:header.find("]")]
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 def _is_reload(request: web.Request) -> bool:
@@ -497,8 +509,21 @@ def _page(status: int, title: str, text: str, escape: bool = True) -> web.Respon
     return web.Response(status=status, text=page, content_type="text/html")
 
 
-def is_loopback(host: str) -> bool:
-    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+def sweep_session_folders(parent: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the session folders (in the temporary folder) of hubs that have ended: a hub killed
+    with SIGKILL could not remove its sessions' uploads. Returns what was removed."""
+    parent = Path(parent or tempfile.gettempdir())
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _FOLDER_NAME.match(entry.name)
+        if match and entry.is_dir(follow_symlinks=False) and not process_alive(int(match.group(1))):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
 
 
 def serve(settings: HubSettings) -> int:

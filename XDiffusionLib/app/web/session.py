@@ -14,7 +14,10 @@ triggers to them; the features reach each other through it.
 on stdout once it serves. (Started alone, without the hub, it serves every tab that connects, and
 they all share its one state.) Standing alone it stops ``--timeout`` seconds after its tab disconnects;
 under the hub (``--timeout 0 --watch-stdin``) the hub decides when it stops, and it stops by itself
-if the hub disappears (its stdin closes). On the way out a running reconstruction is cancelled
+if the hub disappears (its stdin closes). Under the hub it serves only requests that carry the
+secret the hub put in its environment (``origins.session_guard``): its port on 127.0.0.1 is open
+to every local program and web page, the hub is not. Started alone it applies the hub's host and
+origin policy itself. On the way out a running reconstruction is cancelled
 and the session's files are removed.
 """
 
@@ -46,7 +49,8 @@ class XDiffusionSession:
     file reading, metrics and exports run in threads, the reconstruction in a worker process."""
 
     def __init__(self, server, *, model_dir: str | None, max_upload_bytes: int, allow_server_paths: bool,
-                 workdir: Path, worker_mode: str = "subprocess", data_roots: tuple[str, ...] = ()):
+                 workdir: Path, worker_mode: str = "subprocess", data_roots: tuple[str, ...] = (),
+                 session_key: str | None = None, local_only: bool = True):
         from trame_rca.encoders import RcaImageEncoder
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
@@ -71,6 +75,7 @@ class XDiffusionSession:
 
         self.server = server
         self.state = server.state
+        self._session_key, self._local_only = session_key, local_only
         self.allow_server_paths = bool(allow_server_paths)
         self.data_roots = DataRoots(data_roots if self.allow_server_paths else ())
         self.transfers = Transfers(workdir, max_upload_bytes)
@@ -153,6 +158,11 @@ class XDiffusionSession:
     def _bind_routes(self, wslink_server) -> None:
         from aiohttp import web
 
+        from .origins import session_guard
+
+        # First of all middlewares: without the hub's key (or, started alone, from another site or
+        # host name) nothing is served, the websocket and uploads included.
+        wslink_server.app.middlewares.insert(0, session_guard(self._session_key, self._local_only))
         router = wslink_server.app.router
         router.add_routes(self.transfers.routes())
         # trame's page first asks a launcher at paraview/ for the websocket address (and logs the
@@ -267,17 +277,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop this many seconds after the tab disconnects (0: never)")
     parser.add_argument("--watch-stdin", action="store_true", help="stop when stdin closes (the hub is gone)")
     parser.add_argument("--worker-mode", default="subprocess", choices=("subprocess", "inprocess"))
+    parser.add_argument("--workdir", default=None,
+                        help="the session's folder, made by the hub (which removes it however the session ends)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from .origins import SESSION_KEY_ENV, is_loopback
+
+    # The hub's secret for this session; taken out of the environment so the worker processes
+    # started from here do not inherit it.
+    session_key = os.environ.pop(SESSION_KEY_ENV, None) or None
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s session %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
     # A terminated session still cleans up (atexit does not run on an unhandled SIGTERM).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    workdir = Path(tempfile.mkdtemp(prefix="xdiffusion-web-"))
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="xdiffusion-web-"))
     atexit.register(shutil.rmtree, workdir, True)
+    # Every temporary file of this session and of its worker processes goes inside its folder, so
+    # removing the folder removes all of them.
+    scratch = workdir / "tmp"
+    scratch.mkdir(mode=0o700, exist_ok=True)
+    os.environ["TMPDIR"] = tempfile.tempdir = str(scratch)
     log.info("session files in %s", workdir)
     if args.watch_stdin:
         threading.Thread(target=_stop_when_stdin_closes, name="xdiffusion-parent-watch", daemon=True).start()
@@ -292,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         args.data_roots = [str(root) for root in default_data_roots()]
     session = XDiffusionSession(server, model_dir=args.model, max_upload_bytes=args.max_upload_bytes,
                                 allow_server_paths=args.allow_server_paths, workdir=workdir,
-                                worker_mode=args.worker_mode, data_roots=tuple(args.data_roots))
+                                worker_mode=args.worker_mode, data_roots=tuple(args.data_roots),
+                                session_key=session_key, local_only=is_loopback(args.host))
     atexit.register(session.close)
 
     def announce(**_):

@@ -1,0 +1,258 @@
+"""Nothing lost, nothing leaked, round two (issue 20): each test reproduces one way the tool let a
+stranger in, lost data or answered with a traceback, and checks that it no longer does. Item
+numbers are the issue's. Web checks run against a real app on 127.0.0.1 (``test_web_app``'s
+helpers); full-disk checks use a simulated short write, and a real small tmpfs where we may mount one.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from XDiffusionLib.app.cli import main
+from XDiffusionLib.errors import XDiffusionError
+from XDiffusionLib.io.volume import Volume
+from XDiffusionLib.io.writers import write_volume
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"xdiffusion {command}: error:"), err
+    return err
+
+
+@pytest.fixture
+def volume() -> Volume:
+    rng = np.random.default_rng(0)
+    i, j, k = np.meshgrid(*[np.linspace(0, 1, n) for n in (14, 12, 10)], indexing="ij")
+    array = (200 + 150 * np.sin(3 * i) * np.cos(2 * j) + 80 * k + rng.normal(0, 3, i.shape)).astype(np.float32)
+    return Volume.from_array(array, (1.1, 1.0, 1.5))
+
+
+def hidden_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+# -- 1, 2, 12. the session ports, the Host header, tokens in the log, session folders -------------
+
+
+@pytest.mark.parametrize("host, local", [
+    ("localhost", True), ("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("LOCALHOST", True),
+    ("127.1.attacker.example", False), ("127.0.0.1.nip.io", False), ("localhost.attacker.example", False),
+    ("127.evil", False), ("::1.evil", False), ("", False), ("10.0.0.1", False),
+])
+def test_loopback_is_parsed_as_an_address_never_a_prefix(host, local):
+    from XDiffusionLib.app.web.origins import host_name, is_loopback
+
+    assert is_loopback(host) is local
+    assert host_name("127.1.attacker.example:8080") == "127.1.attacker.example"
+    assert host_name("[::1]:8080") == "::1"
+
+
+def _request(port: int, method: str, path: str, headers: dict | None = None, body: bytes | None = None):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.request(method, path, body=body, headers=headers or {})
+    answer = connection.getresponse()
+    return answer.status, answer.read().decode("utf-8", "replace")
+
+
+def _websocket_status(port: int, path: str, headers: dict) -> int:
+    """The status of a websocket handshake (101: accepted)."""
+    return _request(port, "GET", path, {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                                        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", **headers})[0]
+
+
+def test_session_ports_host_names_token_logs_and_session_folders(tiny_model, tmp_path):
+    from test_web_app import start_app, stop_app
+
+    # A folder left by a hub that was killed (its process id is gone) is swept at start.
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    stale = Path(tempfile.mkdtemp(prefix=f"xdiffusion-web-{ended.pid}-"))
+    (stale / "uploads").mkdir()
+    (stale / "uploads" / "patient.nii.gz").write_bytes(b"x" * 100)
+
+    log_path = tmp_path / "app.log"
+    process, url = start_app(tiny_model, log_path, "--max-sessions", "2")
+    hub_port = int(url.rsplit(":", 1)[1])
+    try:
+        assert not stale.exists()
+        # 2. DNS rebinding: a name that starts with "127." is a name, not this computer.
+        for host in ("127.1.attacker.example", f"127.0.0.1.attacker.example:{hub_port}", "localhost.evil"):
+            assert _request(hub_port, "GET", "/", {"Host": host})[0] == 403, host
+        for host in (f"localhost:{hub_port}", f"127.0.0.1:{hub_port}", f"[::1]:{hub_port}"):
+            assert _request(hub_port, "GET", "/status", {"Host": host})[0] == 200, host
+        status, landing = _request(hub_port, "GET", "/")
+        token = re.search(r"'X-XDiffusion-Start': '([^']+)'", landing).group(1)
+        status, answer = _request(hub_port, "POST", "/session", {"X-XDiffusion-Start": token,
+                                                                  "Sec-Fetch-Site": "same-origin"})
+        assert status == 200
+        session_path = json.loads(answer)["url"]
+        session_token = session_path.split("/")[2]
+        log_text = log_path.read_text()
+        started = re.search(rf"session {session_token[:6]} started on port (\d+) \(pid (\d+)\)", log_text)
+        session_port, session_pid = int(started.group(1)), int(started.group(2))
+
+        # 1. The session's own port: nothing without the hub's key, whatever the Origin.
+        assert _request(session_port, "GET", "/")[0] == 403
+        assert _request(session_port, "POST", "/upload?name=a.nii.gz", body=b"x" * 100)[0] == 403
+        assert _websocket_status(session_port, "/ws", {"Origin": "http://evil.example"}) == 403
+        assert _websocket_status(session_port, "/ws", {"Origin": f"http://127.0.0.1:{session_port}"}) == 403
+        # Through the hub the page and an upload still work (the hub adds the key).
+        assert _request(hub_port, "GET", session_path + "index.html")[0] == 200
+        status, upload = _request(hub_port, "POST", session_path + "upload?name=patient.nii.gz",
+                                  {"Sec-Fetch-Site": "same-origin"}, body=b"y" * 1000)
+        assert status == 200 and json.loads(upload)["ok"], upload
+
+        # 12. A refused request names its session by the token's start only.
+        assert _request(hub_port, "POST", session_path + "upload?name=b.nii.gz",
+                        {"Origin": "http://evil.example"}, body=b"z")[0] == 403
+        time.sleep(0.5)
+        log_text = log_path.read_text()
+        assert "refused POST" in log_text and session_token[:6] in log_text
+        assert session_token not in log_text
+
+        # 12. The hub owns the session's folder: a SIGKILL of the session does not leave the upload.
+        folders = list(Path(tempfile.gettempdir()).glob(f"xdiffusion-web-{process.pid}-*"))
+        assert [p for folder in folders for p in folder.rglob("patient.nii.gz")]
+        os.kill(session_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(folder.exists() for folder in folders) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert not [folder for folder in folders if folder.exists() and list(folder.rglob("patient.nii.gz"))]
+    finally:
+        assert stop_app(process) == 0
+    assert not list(Path(tempfile.gettempdir()).glob(f"xdiffusion-web-{process.pid}-*"))
+
+
+def test_session_guard_refuses_foreign_requests_and_passes_the_hubs(tmp_path):
+    """The session's middleware alone: the key opens it; started without the hub it applies the
+    hub's host and origin policy (a websocket from another site is refused)."""
+    import asyncio
+    import concurrent.futures
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from XDiffusionLib.app.web.origins import SESSION_KEY_HEADER, session_guard
+
+    async def hello(_request):
+        return web.Response(text="ok")
+
+    async def scenario(key):
+        app = web.Application(middlewares=[session_guard(key)])
+        app.router.add_get("/", hello)
+        app.router.add_get("/ws", hello)
+        statuses = []
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            ws = {"Upgrade": "websocket", "Connection": "Upgrade"}
+            for headers in ({}, {SESSION_KEY_HEADER: "wrong"}, {SESSION_KEY_HEADER: "secret"},
+                            {**ws, "Origin": "http://evil.example"}, {"Host": "127.1.attacker.example"}):
+                path = "/ws" if "Upgrade" in headers else "/"
+                statuses.append((await client.get(path, headers=headers)).status)
+        return statuses
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with_key = pool.submit(asyncio.run, scenario("secret")).result()
+        alone = pool.submit(asyncio.run, scenario(None)).result()
+    assert with_key == [403, 403, 200, 403, 403]
+    assert alone == [200, 200, 200, 403, 403]
+
+
+# -- 3. a full disk never leaves a file cut short under its final name ---------------------------
+
+
+def _short_writes(monkeypatch, keep: float = 0.5) -> None:
+    """ITK's writers on a full disk: the file is cut short and no error is raised."""
+    import SimpleITK as sitk
+
+    real = sitk.WriteImage
+
+    def write_short(image, name, *args, **kwargs):
+        real(image, name, *args, **kwargs)
+        size = os.path.getsize(name)
+        with open(name, "r+b") as stream:
+            stream.truncate(int(size * keep))
+
+    monkeypatch.setattr("XDiffusionLib.io.writers.sitk.WriteImage", write_short)
+    monkeypatch.setattr("XDiffusionLib.io.atomic._free_bytes", lambda folder: 0)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_a_short_write_is_an_error_naming_the_output_and_leaves_the_old_file(tmp_path, volume, monkeypatch,
+                                                                               suffix):
+    target = tmp_path / f"result{suffix}"
+    target.write_bytes(b"the user's earlier file")
+    _short_writes(monkeypatch)
+    with pytest.raises(XDiffusionError) as error:
+        write_volume(volume, target)
+    assert str(error.value).startswith(f"{target}: writing failed (no space left on device)")
+    assert "\n" not in str(error.value) and ".xdpart" not in str(error.value)
+    assert target.read_bytes() == b"the user's earlier file"
+    assert hidden_files(tmp_path) == []
+
+
+def test_a_gzip_stream_that_ends_early_but_closes_cleanly_is_caught(tmp_path, volume, monkeypatch):
+    """What ITK leaves on a full disk: a well-formed .nii.gz holding the header and few voxels."""
+    import gzip
+
+    import SimpleITK as sitk
+
+    real = sitk.WriteImage
+
+    def header_only(image, name, *args, **kwargs):
+        real(image, name, *args, **kwargs)
+        data = gzip.decompress(Path(name).read_bytes())
+        Path(name).write_bytes(gzip.compress(data[:400]))
+
+    monkeypatch.setattr("XDiffusionLib.io.writers.sitk.WriteImage", header_only)
+    with pytest.raises(XDiffusionError, match=r"result\.nii\.gz: writing failed \(\d+ of \d+ bytes\)"):
+        write_volume(volume, tmp_path / "result.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_atomic_writer_checks_its_file(tmp_path):
+    from XDiffusionLib.io.atomic import atomic_file
+
+    with pytest.raises(XDiffusionError, match=r"figure\.png: writing failed"):
+        with atomic_file(tmp_path / "figure.png") as temporary:
+            temporary.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)  # no end chunk: cut short
+    with pytest.raises(XDiffusionError, match=r"data\.json: writing failed"):
+        with atomic_file(tmp_path / "data.json") as temporary:
+            temporary.write_text('{"a": [1, 2')
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 150 kB tmpfs, where this user may mount one (root on Linux); skipped elsewhere."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (the simulated short writes cover this)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_really_full_disk_leaves_no_file(small_tmpfs, volume):
+    big = Volume.from_array(np.random.default_rng(1).normal(size=(40, 40, 30)).astype(np.float32), (1, 1, 2))
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        with pytest.raises(XDiffusionError, match=re.escape(str(small_tmpfs / f"big{suffix}")) + ": writing failed"):
+            write_volume(big, small_tmpfs / f"big{suffix}")
+    assert list(small_tmpfs.iterdir()) == []
+    write_volume(volume, small_tmpfs / "small.nii.gz")  # what fits is written
