@@ -38,7 +38,7 @@ def one_line_error(capsys, command: str) -> str:
 @pytest.fixture
 def volume() -> Volume:
     rng = np.random.default_rng(0)
-    i, j, k = np.meshgrid(*[np.linspace(0, 1, n) for n in (14, 12, 10)], indexing="ij")
+    i, j, k = np.meshgrid(*[np.linspace(0, 1, n) for n in (24, 22, 16)], indexing="ij")
     array = (200 + 150 * np.sin(3 * i) * np.cos(2 * j) + 80 * k + rng.normal(0, 3, i.shape)).astype(np.float32)
     return Volume.from_array(array, (1.1, 1.0, 1.5))
 
@@ -256,3 +256,67 @@ def test_a_really_full_disk_leaves_no_file(small_tmpfs, volume):
             write_volume(big, small_tmpfs / f"big{suffix}")
     assert list(small_tmpfs.iterdir()) == []
     write_volume(volume, small_tmpfs / "small.nii.gz")  # what fits is written
+
+
+# -- 9. demo --out and evaluate --out never replace the user's files unasked ---------------------
+
+
+def test_evaluate_keeps_the_users_files_and_replaces_its_own(tmp_path, volume, capsys):
+    write_volume(volume, tmp_path / "data" / "case.nii.gz")
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "summary.csv").write_text("the user's own table")
+    args = ["evaluate", "--data", str(tmp_path / "data"), "--method", "linear", "--slices", "1", "--out", str(out),
+            "--no-figures", "--no-progress"]
+    assert main(args) == 2
+    err = one_line_error(capsys, "evaluate")
+    assert f"{out / 'summary.csv'} already exists and no earlier xdiffusion evaluate wrote it" in err
+    assert (out / "summary.csv").read_text() == "the user's own table"
+    assert not (out / "cases.csv").exists()
+    (out / "summary.csv").unlink()
+    assert main(args) == 0
+    assert main(args) == 0  # its own files of the earlier run
+    capsys.readouterr()
+    (out / "summary.md").write_text("edited by the user")  # no longer evaluate's
+    assert main(args) == 2
+    assert "summary.md already exists" in one_line_error(capsys, "evaluate")
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_demo_keeps_the_users_files_before_any_work(tiny_model, tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "kmeans_t1_demo.png").write_bytes(b"the user's figure")
+    assert main(["demo", "--model", str(tiny_model), "--out", str(out), "--views", "1", "--steps", "1"]) == 2
+    err = one_line_error(capsys, "demo")
+    assert f"{out / 'kmeans_t1_demo.png'} already exists" in err and "--overwrite" in err
+    assert (out / "kmeans_t1_demo.png").read_bytes() == b"the user's figure"
+    assert sorted(p.name for p in out.iterdir()) == ["kmeans_t1_demo.png"]
+
+
+def test_demo_output_ledger_counts_only_unchanged_files(tmp_path):
+    from XDiffusionLib.io.outputs import OutputLedger, check_outputs
+
+    mine, theirs = tmp_path / "a.nii.gz", tmp_path / "b.png"
+    mine.write_bytes(b"written by the demo")
+    theirs.write_bytes(b"the user's")
+    OutputLedger(tmp_path, "demo").record([mine])
+    assert OutputLedger(tmp_path, "demo").ours() == [mine]
+    assert OutputLedger(tmp_path, "evaluate").ours() == []  # another command's files are not its own
+    check_outputs([mine], ours=OutputLedger(tmp_path, "demo").ours())
+    with pytest.raises(XDiffusionError, match="b.png already exists"):
+        check_outputs([mine, theirs], ours=OutputLedger(tmp_path, "demo").ours())
+    mine.write_bytes(b"changed by the user since")
+    assert OutputLedger(tmp_path, "demo").ours() == []
+
+
+# -- 10. reconstruct-batch --inputs with a relative folder -----------------------------------------
+
+
+def test_reconstruct_batch_reads_a_relative_inputs_folder(tiny_model, tmp_path, volume, monkeypatch, capsys):
+    write_volume(volume, tmp_path / "bin" / "case1.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    assert main(["reconstruct-batch", "--inputs", "bin", "--out", "out", "--plane", "axial", "--k", "1",
+                 "--model", str(tiny_model), "--views", "1", "--steps", "1", "--device", "cpu", "--no-progress"]) == 0, \
+        capsys.readouterr().err
+    assert (tmp_path / "out" / "case1_xdiffusion.nii.gz").is_file()

@@ -37,14 +37,17 @@ def run_demo(
     model_dir: str | Path | None = None,
     progress: Callable[[float, str], None] | None = None,
     note: Callable[[str], None] = print,
+    overwrite: bool = False,
     **settings,
 ) -> DemoResult:
-    """Reconstruct ``sample`` from ``k`` slices with the model and every baseline; write outputs and figure."""
+    """Reconstruct ``sample`` from ``k`` slices with the model and every baseline; write outputs and figure.
+    An existing output is replaced only if an earlier demo wrote it (unchanged since) or ``overwrite``."""
     from ..data.samples import SAMPLES, sample_path
     from ..evaluation.figures import case_figure
     from ..evaluation.protocol import choose_indices, score
     from ..evaluation.runner import check_out_dir
     from ..io import read_volume, write_volume
+    from ..io.outputs import OutputLedger, check_outputs
     from ..inputs import SliceInput
     from ..methods import get_method
     from ..sampling.reconstructor import XDiffusionReconstructor
@@ -54,6 +57,15 @@ def run_demo(
     path = sample_path(sample)
     if SAMPLES[sample].role != "heldout":
         raise XDiffusionError(f"sample {sample!r} was used for training; the demo needs a held-out sample")
+    outputs = {
+        "reconstruction": out_dir / f"{sample}_xdiffusion.nii.gz",
+        "uncertainty": out_dir / f"{sample}_uncertainty.nii.gz",
+        "difference": out_dir / f"{sample}_difference.nii.gz",
+        "figure": out_dir / f"{sample}_demo.png",
+    }
+    # Before any work: the user's files are never replaced unasked; an earlier demo's are ours.
+    ledger = OutputLedger(out_dir, "demo")
+    check_outputs(list(outputs.values()), overwrite=overwrite, ours=ledger.ours())
     reconstructor = XDiffusionReconstructor(model_dir=model_dir, progress=progress, **settings)
     reconstructor.config  # fail on a missing model before any work
 
@@ -78,12 +90,6 @@ def run_demo(
     def on_input_grid(array: np.ndarray) -> Volume:
         return reorientation.invert(Volume(np.asarray(array, dtype=np.float32), canonical.grid))
 
-    outputs = {
-        "reconstruction": out_dir / f"{sample}_xdiffusion.nii.gz",
-        "uncertainty": out_dir / f"{sample}_uncertainty.nii.gz",
-        "difference": out_dir / f"{sample}_difference.nii.gz",
-        "figure": out_dir / f"{sample}_demo.png",
-    }
     write_volume(on_input_grid(result.volume.array), outputs["reconstruction"])
     write_volume(on_input_grid(result.uncertainty.array), outputs["uncertainty"], metadata=result.info.metadata())
     write_volume(on_input_grid(maps.difference(canonical.array, result.volume.array)), outputs["difference"])
@@ -93,6 +99,7 @@ def run_demo(
              f"{model_row['psnr_paper_noninput']:.2f} dB non-input slices")
     case_figure(canonical, result.volume.array, inputs, title, outputs["figure"],
                 uncertainty=result.uncertainty.array, uncertainty_label=result.info.label)
+    ledger.record(outputs.values())
     return DemoResult(rows=rows, outputs=outputs, indices=indices)
 
 

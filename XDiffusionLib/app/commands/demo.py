@@ -21,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing output files an earlier demo did not write")
     parser.set_defaults(func=run)
 
 
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = run_demo(args.out, sample=args.sample, plane=args.plane, k=args.slices,
-                          model_dir=args.model, progress=progress, note=note, **settings)
+                          model_dir=args.model, progress=progress, note=note,
+                          overwrite=args.overwrite, **settings)
     finally:
         for bar in bars:
             bar.close()

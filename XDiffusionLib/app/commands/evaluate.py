@@ -11,6 +11,7 @@ saved in ``OUT/per-case/``, so an interrupted run resumes where it stopped (``--
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -38,7 +39,11 @@ def register(subparsers) -> None:
     parser.add_argument("--plane", default="axial", metavar="P", help="plane of the input slices: axial, coronal or sagittal (default axial)")
     parser.add_argument("--indices", nargs="+", type=int, metavar="I",
                         help="the input slice indices for every case (default: K slices spread over the head)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; existing files in it are replaced)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder (created; files an earlier evaluate wrote there are replaced, others "
+                             "only with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace tables and figures in --out that an earlier evaluate did not write")
     parser.add_argument("--volume", type=int, metavar="N", help="volume N of 4D files")
     parser.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                         help="write PNG figures (default: yes)")
@@ -105,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
             print(text, file=sys.stderr)
 
     plan = prepare(settings, note)
-    result = _run_cohort(plan, rank, progress=not args.no_progress, fresh=args.fresh, note=note)
+    result = _run_cohort(plan, rank, progress=not args.no_progress, fresh=args.fresh, note=note,
+                         overwrite=args.overwrite)
     if result is None:
         return 0  # another rank gathers the tables
     print(result.table, end="")
@@ -146,9 +152,34 @@ def _case_key(plan, case) -> str:
     })
 
 
-def _run_cohort(plan, rank, progress: bool, fresh: bool, note):
+# What evaluate writes in --out (tables, summary, protocol, figures; ``evaluation.runner``): an
+# existing file of these kinds there must be its own unless --overwrite.
+_OWN_KINDS = (".csv", ".json", ".md", ".png")
+
+
+def _check_own_files(out: Path, ours: set[str], overwrite: bool) -> None:
+    """Before any work: refuse a folder holding tables or figures an earlier evaluate did not write
+    (evaluate's names are its cases' and methods', so any such file may be replaced)."""
+    from ...errors import XDiffusionError
+
+    if overwrite or not out.is_dir():
+        return
+    candidates = [p for p in out.iterdir() if p.suffix.lower() in _OWN_KINDS]
+    if (out / "figures").is_dir():
+        candidates += [p for p in (out / "figures").iterdir() if p.suffix.lower() == ".png"]
+    foreign = sorted(p for p in candidates
+                     if p.is_file() and not p.name.startswith(".") and os.path.realpath(p) not in ours)
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise XDiffusionError(f"{foreign[0]}{more} already exists and no earlier xdiffusion evaluate wrote it: "
+                              "pass --overwrite to let evaluate replace its files there, or choose another --out")
+
+
+def _run_cohort(plan, rank, progress: bool, fresh: bool, note, overwrite: bool = False):
     """Run this rank's cases (one at a time, each saved when done); rank 0 writes the tables."""
     from dataclasses import replace
+
+    from ...io.outputs import OutputLedger
 
     from ...evaluation.cohort import Case, Cohort, unique_file_names
     from ...evaluation.runner import run_cases, write_tables
@@ -157,6 +188,10 @@ def _run_cohort(plan, rank, progress: bool, fresh: bool, note):
     prepared = dict(zip(names, plan.cases))
     cases = [Case(name, _case_key(plan, c)) for name, c in prepared.items()]
     cohort = Cohort(plan.out, rank)
+    ledger = OutputLedger(plan.out, "evaluate")
+    ours = {os.path.realpath(p) for p in ledger.ours()}
+    ours |= {os.path.realpath(p) for case in cases for p in cohort.recorded_files(case)}
+    _check_own_files(plan.out, ours, overwrite)
 
     def work(case: Case):
         rows, figures = run_cases(replace(plan, cases=[prepared[case.name]]), progress)
@@ -168,4 +203,6 @@ def _run_cohort(plan, rank, progress: bool, fresh: bool, note):
         return None
     rows = [row for record in records for row in record["result"]["rows"]]
     figures = [plan.out / name for record in records for name in record["files"]]
-    return write_tables(plan, rows, figures)
+    result = write_tables(plan, rows, figures)
+    ledger.record(result.written)
+    return result

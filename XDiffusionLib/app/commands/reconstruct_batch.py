@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         raise XDiffusionError(f"--k {args.k}: the number of input slices must be at least 1")
     out = _check_out(Path(args.out))
     defaults = Defaults(args.plane, tuple(args.slices) if args.slices else None, args.k)
-    inputs = Path(args.inputs).expanduser()
+    # Absolute: a folder's cases are joined to the folder, a relative one would be joined twice.
+    inputs = Path(args.inputs).expanduser().absolute()
     if inputs.is_dir():
         batch = folder_cases(inputs, defaults, args.volume, max_slices)
     elif inputs.is_file():
