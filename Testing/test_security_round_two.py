@@ -320,3 +320,68 @@ def test_reconstruct_batch_reads_a_relative_inputs_folder(tiny_model, tmp_path, 
                  "--model", str(tiny_model), "--views", "1", "--steps", "1", "--device", "cpu", "--no-progress"]) == 0, \
         capsys.readouterr().err
     assert (tmp_path / "out" / "case1_xdiffusion.nii.gz").is_file()
+
+
+# -- 4. the ONNX graph cache is checked against the SHA-256 recorded at export --------------------
+
+
+def _unet_numbers(model, fast):
+    import torch
+
+    from test_onnx_runtime import batch
+
+    x, t, cond = batch(model.config, 2)
+    with torch.no_grad():
+        return model(x, t, cond), fast(x, t, cond)
+
+
+def test_a_cached_graph_of_other_weights_or_flipped_bytes_is_exported_again(tiny_model, private_onnx_cache):
+    import copy
+
+    import torch
+
+    from XDiffusionLib.model import onnx_runtime
+    from XDiffusionLib.model.checkpoint import load_pretrained
+
+    model, _ = load_pretrained(tiny_model)
+    first = onnx_runtime.on_onnx_runtime(model, "onnx", tiny_model)
+    graph = first.graph
+    assert graph.with_name(graph.name + ".sha256").is_file()
+    # Another model's graph under this model's key (the key is computable by anyone).
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in other.unet.parameters():
+            parameter.add_(0.05)
+    onnx_runtime.export_unet(other, graph)
+    served = onnx_runtime.on_onnx_runtime(model, "onnx", tiny_model)
+    expected, got = _unet_numbers(model, served)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    # 64 flipped bytes in the middle of the graph.
+    data = bytearray(graph.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    graph.write_bytes(bytes(data))
+    served = onnx_runtime.on_onnx_runtime(model, "onnx", tiny_model)
+    expected, got = _unet_numbers(model, served)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert served.graph == graph and onnx_runtime._verified_graph(graph) is not None
+
+
+def test_a_cache_other_users_can_write_is_not_used(tiny_model, private_onnx_cache):
+    import torch
+
+    from XDiffusionLib.model import onnx_runtime
+    from XDiffusionLib.model.checkpoint import load_pretrained
+
+    model, _ = load_pretrained(tiny_model)
+    folder = onnx_runtime.cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o777)
+    try:
+        with pytest.warns(RuntimeWarning, match="can be written by other users"):
+            fast = onnx_runtime.on_onnx_runtime(model, "onnx", tiny_model)
+        assert fast.graph.parent != folder
+        expected, got = _unet_numbers(model, fast)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    finally:
+        os.chmod(folder, 0o700)

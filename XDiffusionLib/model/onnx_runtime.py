@@ -7,8 +7,12 @@ PSNR and SSIM agree to the reported digits). The cheap parts (input concatenatio
 stay in torch.
 
 The graph is exported once per weights file and torch version and cached under
-``$XDIFFUSION_CACHE`` (default ``~/.cache/xdiffusion``)/onnx, written atomically; a damaged cached
-graph is exported again. ``runtime="auto"`` uses it for the compact profile on a CPU when
+``$XDIFFUSION_CACHE`` (default ``~/.cache/xdiffusion``)/onnx, written atomically. The cache is not
+trusted: its key is computable by anyone and the folder may be shared, so the SHA-256 of every
+graph is recorded at export (``<graph>.sha256``) and checked on the very bytes that are loaded; a
+graph that does not match (another model's, damaged, or without a record) is exported again. A
+cache folder or file that other users may write, or that another user owns, is not used at all
+(the graph is exported for this run only). ``runtime="auto"`` uses it for the compact profile on a CPU when
 ``onnxruntime`` is installed, and falls back to torch (with one warning line) when export or
 loading fails; ``runtime="onnx"`` makes that a one-line error instead.
 """
@@ -93,10 +97,48 @@ def graph_key(weights: Path, config_json: Path) -> str:
     return digest.hexdigest()[:24]
 
 
-class OnnxCompactDenoiser(Denoiser):
-    """``CompactDenoiser`` with its U-Net on an ONNX Runtime session (inference only, CPU)."""
+def _private(path: Path) -> bool:
+    """Whether only this user can have written ``path`` (owned by us, not writable by group or
+    others, not a link); where there are no owners (Windows) it is taken as private."""
+    if not hasattr(os, "getuid"):
+        return True
+    try:
+        stat = os.lstat(path)
+    except OSError:
+        return False
+    return stat.st_uid == os.getuid() and not stat.st_mode & 0o022 and not os.path.islink(path)
 
-    def __init__(self, model: nn.Module, graph: Path, threads: int | None = None) -> None:
+
+def _record_path(graph: Path) -> Path:
+    return graph.with_name(graph.name + ".sha256")
+
+
+def _export_to_cache(model: nn.Module, graph: Path) -> bytes:
+    """Export to the cache and record the graph's SHA-256 beside it; returns the graph's bytes."""
+    from ..io.atomic import write_text_atomic
+
+    export_unet(model, graph)
+    data = graph.read_bytes()
+    write_text_atomic(_record_path(graph), hashlib.sha256(data).hexdigest() + "\n")
+    return data
+
+
+def _verified_graph(graph: Path) -> bytes | None:
+    """The cached graph's bytes if they match the SHA-256 recorded at export, else None. The bytes
+    checked are the bytes loaded (no window to swap the file in between)."""
+    try:
+        recorded = _record_path(graph).read_text(encoding="ascii").strip()
+        data = graph.read_bytes()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return data if hashlib.sha256(data).hexdigest() == recorded else None
+
+
+class OnnxCompactDenoiser(Denoiser):
+    """``CompactDenoiser`` with its U-Net on an ONNX Runtime session (inference only, CPU).
+    ``data``: the graph's bytes, already verified (loaded from them rather than from ``graph``)."""
+
+    def __init__(self, model: nn.Module, graph: Path, threads: int | None = None, data: bytes | None = None) -> None:
         import onnxruntime
 
         super().__init__()
@@ -107,7 +149,8 @@ class OnnxCompactDenoiser(Denoiser):
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(data if data is not None else str(graph), options,
+                                                    providers=["CPUExecutionProvider"])
         self.graph = graph
 
     @torch.no_grad()  # inference only: the session has no gradients
@@ -147,13 +190,23 @@ def on_onnx_runtime(model: nn.Module, runtime: str, model_dir: Path | None = Non
                 return OnnxCompactDenoiser(model, export_unet(model, Path(folder) / "unet.onnx"))  # loaded, then gone
         from .files import CONFIG_NAME, WEIGHTS_NAME
 
-        graph = cache_dir() / f"compact-unet-{graph_key(model_dir / WEIGHTS_NAME, model_dir / CONFIG_NAME)}.onnx"
-        if graph.is_file():
+        folder = cache_dir()
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        graph = folder / f"compact-unet-{graph_key(model_dir / WEIGHTS_NAME, model_dir / CONFIG_NAME)}.onnx"
+        if not _private(folder) or any(os.path.lexists(p) and not _private(p) for p in (graph, _record_path(graph))):
+            # Others may write there: whatever it holds could be theirs. Export for this run only.
+            warnings.warn(f"the ONNX cache {folder} can be written by other users: not used", RuntimeWarning,
+                          stacklevel=2)
+            with tempfile.TemporaryDirectory(prefix="xdiffusion-onnx-") as private:
+                return OnnxCompactDenoiser(model, export_unet(model, Path(private) / "unet.onnx"))
+        data = _verified_graph(graph)
+        if data is not None:
             try:
-                return OnnxCompactDenoiser(model, graph)
-            except Exception:  # a damaged cached graph (truncated by a full disk): export it again
+                return OnnxCompactDenoiser(model, graph, data=data)
+            except Exception:  # noqa: BLE001 - recorded but unloadable (another onnxruntime): export again
                 pass
-        return OnnxCompactDenoiser(model, export_unet(model, graph))
+        # Missing, damaged, another model's graph, or written without a record: export it again.
+        return OnnxCompactDenoiser(model, graph, data=_export_to_cache(model, graph))
     except Exception as error:  # noqa: BLE001 - any export/runtime failure has the same remedy
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if required:
