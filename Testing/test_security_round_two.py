@@ -385,3 +385,133 @@ def test_a_cache_other_users_can_write_is_not_used(tiny_model, private_onnx_cach
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     finally:
         os.chmod(folder, 0o700)
+
+
+# -- 5. an edited config.json is checked before anything is built from it -------------------------
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    path = folder / "config.json"
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def model_copy(tiny_model, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(tiny_model, tmp_path / "model"))
+
+
+def test_an_edited_config_is_refused_before_its_model_is_built(model_copy, monkeypatch):
+    from XDiffusionLib.model import checkpoint
+
+    built = []
+    real_build = checkpoint.build_denoiser
+    monkeypatch.setattr(checkpoint, "build_denoiser", lambda config: built.append(config) or real_build(config))
+    _edit_config(model_copy, block_out_channels=[2048, 2048])
+    with pytest.raises(XDiffusionError, match="config.json: does not match the config these weights"):
+        checkpoint.load_pretrained(model_copy)
+    assert built == []  # before: the 2048-channel model (5 GB at full size) was built first
+
+
+def test_a_folder_without_checksums_warns_once_and_refuses_huge_configs_before_building(model_copy, monkeypatch,
+                                                                                          capsys, volume, tmp_path):
+    import torch
+
+    from XDiffusionLib.io.checksums import read_safetensors_header
+    from XDiffusionLib.model import checkpoint
+
+    # An older folder: the weights' metadata holds no checksums.
+    weights = model_copy / "model.safetensors"
+    offset, header = read_safetensors_header(weights)
+    header["__metadata__"] = {}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    data = weights.read_bytes()[offset:]
+    weights.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    with pytest.warns(RuntimeWarning, match="records no checksums"):
+        checkpoint.load_pretrained(model_copy)
+    built = []
+    real_build = checkpoint.build_denoiser
+    monkeypatch.setattr(checkpoint, "build_denoiser", lambda config: real_build(config) if torch.empty(0).is_meta
+                        else built.append(config) or real_build(config))  # only builds that take memory
+    _edit_config(model_copy, block_out_channels=[2048, 2048])
+    with pytest.warns(RuntimeWarning), pytest.raises(XDiffusionError, match="(the config's model needs|for this config)"):
+        checkpoint.load_pretrained(model_copy)
+    assert built == []
+    _edit_config(model_copy, block_out_channels=[10 ** 6, 10 ** 6])
+    with pytest.raises(XDiffusionError, match="config.json: config channels 1000000 is larger than any model"):
+        checkpoint.load_pretrained(model_copy)
+    # On the command line: one warning line, one error line.
+    source = write_volume(volume, tmp_path / "in.nii.gz")
+    assert main(["reconstruct", str(source), "--plane", "axial", "--indices", "5", "-o", str(tmp_path / "out.nii.gz"),
+                 "--model", str(model_copy), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "larger than any model" in err[0], err
+
+
+# -- 7. the worker never overwrites its input or any existing file --------------------------------
+
+
+def test_worker_refuses_to_overwrite_its_input_or_an_existing_file(tmp_path, volume, tiny_model):
+    from XDiffusionLib.worker import messages
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    source = write_volume(volume, tmp_path / "reconstruction.nrrd")  # the input, where the output goes
+    before = source.read_bytes()
+    settings = {"plane": "axial", "indices": [3], "model_dir": str(tiny_model),
+                "options": {"views": 1, "steps": 1, "device": "cpu"}}
+    request = {"protocol": 1, "input": str(source), "output_dir": str(tmp_path), "settings": settings}
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    done = subprocess.run([sys.executable, "-m", "XDiffusionLib.worker", str(tmp_path / "request.json")],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    [message] = [messages.decode(line) for line in done.stdout.splitlines()]
+    assert message["type"] == "error" and "is the input" in message["message"], message
+    assert source.read_bytes() == before
+    # Any other existing file in the output's place is kept too.
+    other = tmp_path / "out"
+    other.mkdir()
+    (other / "uncertainty.nrrd").write_text("someone's file")
+    from XDiffusionLib.worker.messages import JobSettings, Request
+    from XDiffusionLib.worker.run import run_request
+
+    with pytest.raises(XDiffusionError, match="uncertainty.nrrd already exists: the worker writes only new files"):
+        run_request(Request(str(source), str(other), JobSettings.from_dict(settings)), lambda message: None)
+    assert (other / "uncertainty.nrrd").read_text() == "someone's file"
+    assert sorted(p.name for p in other.iterdir()) == ["uncertainty.nrrd"]
+
+
+# -- 11. machine errors (full disk, no memory) are one line on the command line -------------------
+
+
+def test_a_full_disk_during_reconstruct_batch_is_one_line(tiny_model, tmp_path, volume, monkeypatch, capsys):
+    import errno
+
+    from XDiffusionLib.io import atomic
+
+    write_volume(volume, tmp_path / "data" / "case1.nii.gz")
+
+    def full_disk(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(atomic, "write_text_atomic", full_disk)
+    code = main(["reconstruct-batch", "--inputs", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--plane",
+                 "axial", "--k", "1", "--model", str(tiny_model), "--views", "1", "--steps", "1", "--device", "cpu",
+                 "--no-progress"])
+    err = one_line_error(capsys, "reconstruct-batch")
+    assert code == 1 and "no space left on device" in err and str(tmp_path / "out") in err
+
+
+def test_out_of_memory_while_reading_is_one_line(tmp_path, volume, monkeypatch, capsys):
+    source = write_volume(volume, tmp_path / "in.nii.gz")
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr("XDiffusionLib.io.readers.read_volume", no_memory)
+    code = main(["reconstruct", str(source), "--plane", "axial", "--indices", "5", "-o", str(tmp_path / "out.nii.gz"),
+                 "--device", "cpu"])
+    assert code == 1 and "ran out of memory" in one_line_error(capsys, "reconstruct")

@@ -375,12 +375,10 @@ def _metaimage_problem(path: Path) -> str | None:
 
 
 def _safetensors_problem(path: Path, size: int) -> str | None:
-    from .checksums import read_safetensors_header  # (no cycle: checksums needs only errors)
+    from .checksums import read_safetensors_header, safetensors_data_end  # (no cycle: checksums needs only errors)
 
     try:
         offset, header = read_safetensors_header(path)
     except XDiffusionError:
         return "the safetensors header is cut short"
-    ends = [int(entry["data_offsets"][1]) for key, entry in header.items()
-            if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
-    return _short(size, offset + max(ends, default=0))
+    return _short(size, offset + safetensors_data_end(header))

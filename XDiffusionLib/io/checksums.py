@@ -52,6 +52,26 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[int, dict]:
     return 8 + length, header
 
 
+def safetensors_data_end(header: dict) -> int:
+    """How many tensor bytes a safetensors header says follow it (the end of its last tensor)."""
+    ends = [entry["data_offsets"][1] for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets") or ()) == 2]
+    try:
+        return max((int(end) for end in ends), default=0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def check_safetensors_size(path: str | os.PathLike) -> None:
+    """One line naming ``path`` when it is shorter than its header says (cut short by a copy or a
+    full disk): told apart from a changed file before any checksum is computed."""
+    offset, header = read_safetensors_header(path)
+    size = os.path.getsize(path)
+    if size < offset + safetensors_data_end(header):
+        raise XDiffusionError(f"{path}: corrupt or truncated safetensors file "
+                              f"({size} of {offset + safetensors_data_end(header)} bytes)")
+
+
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``__metadata__`` strings of a safetensors file (empty when it has none)."""
     metadata = read_safetensors_header(path)[1].get("__metadata__") or {}

@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import XDiffusionError
 from ..io.atomic import replace_directory, temporary_directory
 from ..io.checksums import (
+    check_safetensors_size,
     file_sha256,
     read_safetensors_header,
     safetensors_metadata,
@@ -87,6 +88,7 @@ def verify_checksums(directory: str | os.PathLike) -> bool:
     XDiffusionError naming the file that does not match."""
     directory = Path(directory)
     weights = directory / WEIGHTS_NAME
+    check_safetensors_size(weights)  # a cut-short file says so, not "changed"
     recorded = safetensors_metadata(weights)
     if WEIGHTS_CHECKSUM not in recorded and CONFIG_CHECKSUM not in recorded:
         return False
@@ -98,6 +100,24 @@ def verify_checksums(directory: str | os.PathLike) -> bool:
                               f"(checksum recorded in {WEIGHTS_NAME}); it was edited or comes from another model: "
                               "restore the model's own config.json")
     return True
+
+
+def _verify_or_warn(directory: Path) -> bool:
+    """``verify_checksums``, with one warning line when the folder records none (nothing verified)."""
+    import warnings
+
+    if verify_checksums(directory):
+        return True
+    warnings.warn(f"{directory}: this model folder records no checksums (saved by an older version): its "
+                  "files are not verified", RuntimeWarning, stacklevel=3)
+    return False
+
+
+def _expected_shapes(config: XDiffusionConfig) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of the config's model, built on the meta device: no memory is taken,
+    whatever sizes an edited config asks for."""
+    with torch.device("meta"):
+        return _shapes(build_denoiser(config).state_dict())
 
 
 def weights_checksum(directory: str | os.PathLike) -> str:
@@ -150,8 +170,8 @@ def check_model_folder(directory: str | os.PathLike, extra_weights: tuple[str, .
     for name in (WEIGHTS_NAME, *extra_weights):
         if not (directory / name).is_file():
             raise XDiffusionError(f"{directory / name}: missing model weights")
-    expected = _shapes(build_denoiser(config).state_dict())  # an invalid config says so first
-    verify_checksums(directory)
+    _verify_or_warn(directory)  # before anything is built from the config
+    expected = _expected_shapes(config)
     for name in (WEIGHTS_NAME, *extra_weights):
         _check_state(directory / name, expected, _tensor_shapes(directory / name))
     return config
@@ -164,9 +184,15 @@ def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "
         raise XDiffusionError(f"{directory}: model folder not found")
     config = _read_config(directory)
     weights_path = directory / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise XDiffusionError(f"{weights_path}: missing model weights")
+    # Checked in this order so that an edited config.json (2048 channels: gigabytes) is refused
+    # before any memory is spent on it: checksums, then the shapes the config's model would have
+    # (built with no memory) against the weights file's header; only then are tensors read and built.
+    _verify_or_warn(directory)
+    _check_state(weights_path, _expected_shapes(config), _tensor_shapes(weights_path))
     state = _read_weights(weights_path)
-    model = build_denoiser(config)  # an invalid config says so first
-    verify_checksums(directory)
+    model = build_denoiser(config)
     _check_state(weights_path, _shapes(model.state_dict()), _shapes(state))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), config

@@ -42,6 +42,9 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 DROPOUT_KEYS = ("image", "pose", "all")
 
 
+_MAX_SIDE, _MAX_LEVELS, _MAX_LAYERS, _MAX_SLICES, _MAX_CHANNELS = 4096, 8, 16, 4096, 8192
+
+
 @dataclass
 class XDiffusionConfig:
     """Denoiser architecture, conditioning and noise schedule (serialised as ``config.json``)."""
@@ -95,6 +98,16 @@ class XDiffusionConfig:
         levels = len(self.block_out_channels)
         if self.side < 8:
             raise XDiffusionError(f"config side {self.side} is too small: use at least 8")
+        # Far beyond any model this code trains or runs: an edited config.json must not ask for
+        # terabytes (the weights file's shapes are compared with the config's before building).
+        for name, value, most in (("side", self.side, _MAX_SIDE), ("U-Net levels", levels, _MAX_LEVELS),
+                                  ("layers_per_block", self.layers_per_block, _MAX_LAYERS),
+                                  ("max_slices", self.max_slices, _MAX_SLICES),
+                                  ("channels", max(self.block_out_channels, default=0), _MAX_CHANNELS),
+                                  ("multislice_channels", self.multislice_channels, _MAX_CHANNELS),
+                                  ("depth_frequencies", self.depth_frequencies, _MAX_CHANNELS)):
+            if value > most:
+                raise XDiffusionError(f"config {name} {value} is larger than any model this version runs (at most {most})")
         # Only a pixel-space U-Net runs on the S x S section itself (latent profiles resize it).
         if levels < 1 or (self.profile == "compact" and self.side % (2 ** (levels - 1))):
             raise XDiffusionError(

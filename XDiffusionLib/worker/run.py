@@ -12,7 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import XDiffusionError
+from ..errors import XDiffusionError, describe_system_error
 from .messages import OUTPUT_NAMES, Request, done_message, progress_message
 
 Emit = Callable[[dict[str, Any]], None]
@@ -33,6 +33,15 @@ def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = 
 
     settings = request.settings.check()
     check_option_types(settings.options)
+    # The command line's output checks, before any work: the worker never replaces its input nor
+    # any existing file (callers give it a fresh folder), and an unwritable folder fails now.
+    from ..io.outputs import check_outputs
+    from ..io.readers import volume_files
+
+    output_dir = Path(request.output_dir)
+    targets = [output_dir / OUTPUT_NAMES["reconstruction"], output_dir / OUTPUT_NAMES["uncertainty"]]
+    check_outputs(targets, inputs=volume_files(request.input_path),
+                  overwrite_hint="the worker writes only new files, give it an empty output folder")
 
     def report(fraction: float, message: str) -> None:
         if should_stop():
@@ -59,11 +68,10 @@ def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = 
         **settings.options,
     )
     report(_SAMPLED, "writing the results")
-    output_dir = Path(request.output_dir)
-    outputs = {"reconstruction": str(write_volume(result.volume, output_dir / OUTPUT_NAMES["reconstruction"]))}
+    outputs = {"reconstruction": str(write_volume(result.volume, targets[0]))}
     if getattr(result, "uncertainty", None) is not None:
         info = getattr(result, "info", None)  # what the uncertainty is, in the file's header (NRRD keys)
-        outputs["uncertainty"] = str(write_volume(result.uncertainty, output_dir / OUTPUT_NAMES["uncertainty"],
+        outputs["uncertainty"] = str(write_volume(result.uncertainty, targets[1],
                                                   metadata=None if info is None else info.metadata()))
     report(1.0, "finished")
     emit(done_message(outputs))
@@ -101,8 +109,8 @@ def describe_failure(error: BaseException) -> str:
     """One line for the user: our own errors as they are, the rest with their kind."""
     if isinstance(error, XDiffusionError):
         return str(error)
-    if isinstance(error, MemoryError):
-        return "the computer ran out of memory: use fewer views or samples, or a smaller volume"
+    if isinstance(error, (MemoryError, OSError)):
+        return describe_system_error(error)
     name = type(error).__name__
     if name == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
         return "the GPU ran out of memory: use fewer views or samples, or choose device 'cpu'"
