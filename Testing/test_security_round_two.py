@@ -515,3 +515,46 @@ def test_out_of_memory_while_reading_is_one_line(tmp_path, volume, monkeypatch, 
     code = main(["reconstruct", str(source), "--plane", "axial", "--indices", "5", "-o", str(tmp_path / "out.nii.gz"),
                  "--device", "cpu"])
     assert code == 1 and "ran out of memory" in one_line_error(capsys, "reconstruct")
+
+
+# -- 6. uploads are bounded per session: pending files and decompressed voxels ---------------------
+
+
+def test_a_session_keeps_two_pending_uploads_and_bounds_their_voxels(tmp_path):
+    import asyncio
+    import concurrent.futures
+
+    import SimpleITK as sitk
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from XDiffusionLib.app.web.transfer import MAX_PENDING_UPLOADS, Transfers
+    from XDiffusionLib.io.readers import read_volume
+
+    transfers = Transfers(tmp_path / "session", max_upload_bytes=1 << 20)
+
+    async def scenario():
+        app = web.Application()
+        app.add_routes(transfers.routes())
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            answers = []
+            for n in range(40):
+                answer = await client.post(f"/upload?name=u{n}.nii.gz", data=b"x" * 50_000)
+                answers.append(await answer.json())
+            return answers
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answers = pool.submit(asyncio.run, scenario()).result()
+    assert all(a["ok"] for a in answers)  # each upload is accepted ...
+    kept = [p for p in (tmp_path / "session" / "uploads").rglob("*") if p.is_file()]
+    assert len(kept) == MAX_PENDING_UPLOADS == 2  # ... but only the newest two stay on disk
+    with pytest.raises(XDiffusionError, match="no longer available"):
+        transfers.take_upload(answers[0]["token"])
+    assert transfers.take_upload(answers[-1]["token"]).name == "u39.nii.gz"
+
+    # A small file declaring a huge volume is refused from its header, before decompression.
+    bomb = tmp_path / "bomb.nii.gz"
+    sitk.WriteImage(sitk.Image([300, 300, 300], sitk.sitkUInt8), str(bomb), useCompression=True)
+    assert bomb.stat().st_size < (1 << 20)
+    with pytest.raises(XDiffusionError, match=r"300x300x300 voxels .* more than the 16,777,216 voxels"):
+        read_volume(bomb, max_voxels=transfers.max_voxels)

@@ -70,18 +70,19 @@ class MultiVolumeError(XDiffusionError):
 
 
 def read_volume(path: str | os.PathLike, volume_index: int | None = None, *,
-                within: str | os.PathLike | None = None) -> Volume:
+                within: str | os.PathLike | None = None, max_voxels: int | None = None) -> Volume:
     """Read a 3D scalar volume as float32 ``array[i, j, k]`` with its full geometry.
 
     ``path`` is a .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file, a DICOM folder holding one series, or
     one .dcm file of a series (the whole series is read). ``volume_index`` picks one volume of a
     4D file (or one component of a multi-component file). ``within``: every file the volume
     reads (a header's data files included, links followed) must lie inside this folder
-    (``check_self_contained``), checked before any voxel is read.
+    (``check_self_contained``), checked before any voxel is read. ``max_voxels``: refuse a file
+    whose header declares more voxels (default ``MAX_VOXELS``), before they are decompressed.
     Raises XDiffusionError for a missing, unreadable, truncated, 2D, 4D (without
     ``volume_index``: ``MultiVolumeError``), non-finite or constant input.
     """
-    image, label = _read_3d_image(path, volume_index, within)
+    image, label = _read_3d_image(path, volume_index, within, max_voxels)
     array = image_to_array(image, np.float32)
     # ITK's NIfTI reader turns NaN voxels into 0 silently, so look at the stored values themselves.
     stored = _nifti_stored_values(Path(path).expanduser(), volume_index) if volume_suffix(path) in (".nii", ".nii.gz") else array
@@ -235,7 +236,7 @@ def _listed_names(path: Path, value: str, rest: list[str]) -> list[str]:
 
 
 def _read_3d_image(path: str | os.PathLike, volume_index: int | None,
-                   within: str | os.PathLike | None = None) -> tuple[sitk.Image, str]:
+                   within: str | os.PathLike | None = None, max_voxels: int | None = None) -> tuple[sitk.Image, str]:
     """Read ``path`` as one 3D scalar image; also return how to name it in messages."""
     path = Path(path).expanduser()
     if not path.exists():
@@ -264,6 +265,7 @@ def _read_3d_image(path: str | os.PathLike, volume_index: int | None,
     except RuntimeError as error:
         raise XDiffusionError(f"{label} is not a readable {fmt} file ({_itk_reason(error)})") from None
     _check_dimensions(label, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), volume_index)
+    _check_voxel_count(label, reader.GetSize()[:3], max_voxels)
     if fmt == "NIfTI":
         # ITK fills a truncated NIfTI with zeros without complaint, so check the length ourselves.
         _check_nifti_complete(path, label)
@@ -278,6 +280,21 @@ def _read_3d_image(path: str | os.PathLike, volume_index: int | None,
     if reader.GetDimension() == 4:
         return image, label  # already the one chosen (checked) volume
     return _finish(image, label, volume_index), label
+
+
+# A 3D volume larger than this is refused before its voxels are read (a small compressed file can
+# declare gigabytes): 2x a 1024^3 head at float32 is 8 GB. Callers serving others pass less.
+MAX_VOXELS = 1 << 30
+
+
+def _check_voxel_count(label: str, size, max_voxels: int | None) -> None:
+    limit = MAX_VOXELS if max_voxels is None else int(max_voxels)
+    count = 1
+    for extent in size:
+        count *= int(extent)
+    if count > limit:
+        raise XDiffusionError(f"{label}: {'x'.join(str(int(e)) for e in size)} voxels ({count:,}) is more than "
+                              f"the {limit:,} voxels a volume may have here")
 
 
 def _check_dimensions(label: str, dimension: int, size, components: int, volume_index: int | None) -> None:

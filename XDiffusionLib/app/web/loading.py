@@ -128,7 +128,9 @@ class Loading:
             self._forget_pending()
         app.push(xd_busy=f"reading {Path(display).name}", xd_error="", xd_info="")
         try:
-            volume = await asyncio.to_thread(read_volume, path, volume_index, within=within)
+            # An upload's voxels are bounded per session (``Transfers.max_voxels``), before decompression.
+            limit = app.transfers.max_voxels if upload is not None else None
+            volume = await asyncio.to_thread(read_volume, path, volume_index, within=within, max_voxels=limit)
             labels = label_value_count(volume.array)  # the rule of `xdiffusion evaluate` and `reconstruct`
             if labels is not None:
                 raise XDiffusionError(f"{path} is a label map ({labels} distinct values), not an MRI intensity volume")

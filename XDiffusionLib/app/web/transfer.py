@@ -26,6 +26,9 @@ from ...io.readers import volume_suffix
 
 CHUNK = 1 << 20
 _MAX_ZIP_MEMBERS = 20000
+# Uploads waiting to be loaded: a page uploads one file and loads it; more pending ones are only
+# disk used by a client that never loads them, so the oldest beyond this are removed.
+MAX_PENDING_UPLOADS = 2
 
 
 MB = 1 << 20  # the page and --max-upload-mb count in MiB, shown as "MB"
@@ -50,6 +53,9 @@ class Transfers:
         (self.folder / "downloads").mkdir(parents=True, exist_ok=True)
         self._uploads: dict[str, Path] = {}
         self._downloads: dict[str, tuple[Path, str]] = {}
+        # Decompressed, an upload may be far larger than its file (a 3 MB .nii.gz can declare 768^3
+        # voxels, 1.7 GB as float32): at most half the upload limit's bytes in voxels, and 256^3.
+        self.max_voxels = max(self.max_upload_bytes // 2, 256 ** 3)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/upload", self.handle_upload), web.get("/download/{token}", self.handle_download)]
@@ -87,13 +93,16 @@ class Transfers:
             return _refuse(400, f"{name}: the file is empty")
         token = secrets.token_urlsafe(12)
         self._uploads[token] = path
+        while len(self._uploads) > MAX_PENDING_UPLOADS:  # per-session disk: the oldest unloaded go
+            self.discard(self._uploads.pop(next(iter(self._uploads))))
         return web.json_response({"ok": True, "token": token, "name": name, "size": written})
 
     def take_upload(self, token: str) -> Path:
         """The uploaded file of ``token`` (each token is used once)."""
         path = self._uploads.pop(str(token), None)
         if path is None or not path.is_file():
-            raise XDiffusionError("the uploaded file is no longer available: upload it again")
+            raise XDiffusionError("the uploaded file is no longer available (a newer upload replaced it, "
+                                  "or the session restarted): upload it again")
         return path
 
     def upload_root(self, path: Path) -> Path:
