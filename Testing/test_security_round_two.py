@@ -558,3 +558,17 @@ def test_a_session_keeps_two_pending_uploads_and_bounds_their_voxels(tmp_path):
     assert bomb.stat().st_size < (1 << 20)
     with pytest.raises(XDiffusionError, match=r"300x300x300 voxels .* more than the 16,777,216 voxels"):
         read_volume(bomb, max_voxels=transfers.max_voxels)
+
+
+# -- 13. saved model folders get the usual permissions ---------------------------------------------
+
+
+def test_saved_model_folders_are_readable_like_every_other_output(tiny_model, tmp_path):
+    from XDiffusionLib.model.checkpoint import load_pretrained, save_pretrained
+
+    model, config = load_pretrained(tiny_model)
+    folder = save_pretrained(model, config, tmp_path / "model")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask  # was 0700 (mkdtemp's)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in folder.iterdir())

@@ -146,8 +146,23 @@ def remove_quietly(path: str | os.PathLike) -> None:
         pass  # already gone, or not ours to remove
 
 
+def current_umask() -> int:
+    """The process's umask, read without ``os.umask()`` (which would change it for every thread for
+    a moment): outputs get the usual permissions, not mkstemp's/mkdtemp's owner-only ones."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def replace_directory(ready: Path, final: Path) -> Path:
-    """Move the complete folder ``ready`` to ``final`` (same file system), replacing any folder there."""
+    """Move the complete folder ``ready`` to ``final`` (same file system), replacing any folder
+    there. It gets a folder's usual permissions first (``temporary_directory`` makes it owner-only)."""
+    os.chmod(ready, 0o777 & ~current_umask())
     if final.exists():
         # A folder cannot be renamed over a non-empty one: move the old one aside first.
         old = temporary_directory(final)

@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import XDiffusionError
-from .atomic import check_complete, remove_quietly, remove_stale_temporaries, temporary_file
+from .atomic import check_complete, current_umask, remove_quietly, remove_stale_temporaries, temporary_file
 from .readers import volume_suffix
 from .volume import Volume
 
@@ -90,7 +90,7 @@ def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]], dtype: np.d
             check_complete(temporaries[-1], path)
             if volume_suffix(path) in (".nii", ".nii.gz") and image.HasMetaDataKey("descrip"):
                 set_nifti_description(temporaries[-1], image.GetMetaData("descrip"))
-            os.chmod(temporaries[-1], 0o666 & ~_umask())
+            os.chmod(temporaries[-1], 0o666 & ~current_umask())
         # The first one (the main result) last: once it is there, everything is.
         for temporary, path in reversed(list(zip(temporaries, targets))):
             current = path
@@ -139,16 +139,3 @@ def _cast(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
         info = np.iinfo(dtype)
         return np.clip(np.rint(array), info.min, info.max).astype(dtype)
     return array.astype(dtype)
-
-
-def _umask() -> int:
-    # mkstemp creates 0600 files; give the final file the usual permissions instead. Read the
-    # umask without os.umask(), which would change it for every thread for a moment.
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
