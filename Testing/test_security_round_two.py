@@ -572,3 +572,40 @@ def test_saved_model_folders_are_readable_like_every_other_output(tiny_model, tm
     os.umask(umask)
     assert folder.stat().st_mode & 0o777 == 0o777 & ~umask  # was 0700 (mkdtemp's)
     assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in folder.iterdir())
+
+
+# -- 8. DICOM series with uneven spacing or a gantry tilt are refused, not misread -----------------
+
+
+def _move_slice(path: Path, offset) -> None:
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    position = np.array([float(v) for v in image.GetMetaData("0020|0032").split("\\")]) + np.asarray(offset)
+    image.SetMetaData("0020|0032", "\\".join(f"{v:.10f}" for v in position))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(path))
+    writer.Execute(image)
+
+
+@pytest.mark.parametrize("offset, words", [((0.0, 0.0, 2.0), "unevenly spaced"), (None, "sheared")])
+def test_dicom_series_with_uneven_gaps_or_gantry_tilt_is_refused(tmp_path, volume_factory, offset, words):
+    from test_io import write_dicom_series
+
+    from XDiffusionLib.io.readers import read_volume
+
+    volume = volume_factory(shape=(10, 9, 6), spacing=(0.8, 1.1, 2.0), direction=np.eye(3))
+    folder = tmp_path / "series"
+    write_dicom_series(volume, folder, "1.2.826.0.1.3680043.2.1125.7")
+    np.testing.assert_allclose(read_volume(folder).spacing, (0.8, 1.1, 2.0), atol=1e-4)  # an even series reads
+    slices = sorted(folder.glob("*.dcm"))
+    if offset is not None:  # every slice from the 4th on 2 mm further: gaps 2, 2, 4, 2, 2 mm
+        for path in slices[3:]:
+            _move_slice(path, offset)
+    else:  # a tilt: each slice 0.5 mm further along x than the one before
+        for n, path in enumerate(slices):
+            _move_slice(path, (0.5 * n, 0.0, 0.0))
+    with pytest.raises(XDiffusionError, match=words) as refused:
+        read_volume(folder)
+    assert str(refused.value).startswith(str(folder)) and "\n" not in str(refused.value)

@@ -405,7 +405,49 @@ def _dicom_series_files(folder: Path, member: Path | None) -> tuple[list[str], s
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])), label
 
 
+def _check_series_geometry(files: list[str], label: str) -> None:
+    """Refuse a series ITK would put on a wrong grid: ITK takes one spacing (from the first slices)
+    and the slices' orientation, so uneven gaps (1 mm then 3 mm) and a gantry tilt (each slice
+    shifted in its own plane) come out up to centimetres off, silently."""
+    positions, normal = [], None
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+            position = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+            orientation = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+        except (RuntimeError, ValueError):
+            return  # no explicit geometry to check against: ITK's own rules apply
+        if len(position) != 3 or len(orientation) != 6:
+            return
+        if normal is None:
+            normal = np.cross(orientation[:3], orientation[3:])
+            if not np.linalg.norm(normal) > 0.5:
+                return
+            normal = normal / np.linalg.norm(normal)
+        positions.append(position)
+    if len(positions) < 3:
+        return
+    points = np.asarray(positions)
+    along = points @ normal
+    order = np.argsort(along)
+    points, along = points[order], along[order]
+    gaps = np.diff(along)
+    step = float(np.median(gaps))
+    tolerance = max(0.01, 0.01 * abs(step))
+    if np.max(np.abs(gaps - step)) > tolerance:
+        raise XDiffusionError(f"{label}: the slices are unevenly spaced ({gaps.min():.3g} to {gaps.max():.3g} mm "
+                              "apart): it would be read on a wrong grid; resample the series to even spacing first")
+    shift = (points - points[0]) - np.outer(along - along[0], normal)
+    drift = float(np.linalg.norm(shift, axis=1).max())
+    if drift > tolerance:
+        raise XDiffusionError(f"{label}: the slices are sheared (gantry tilt: the last slice is shifted {drift:.3g} mm "
+                              "in its own plane): it would be read without the tilt; resample the series first")
+
+
 def _execute_series(files: list[str], label: str) -> sitk.Image:
+    _check_series_geometry(files, label)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
