@@ -155,15 +155,6 @@ def test_template_background_stays_the_inputs_background_when_they_show_scalp():
     assert float(np.abs(corners).max()) < 1.0, "background outside the head is the inputs' background (0)"
 
 
-def test_template_default_is_the_shipped_training_template():
-    from XDiffusionLib.baselines.template import default_template_paths
-    from XDiffusionLib.data.samples import SAMPLES
-
-    paths = default_template_paths()
-    assert paths == (str(SAMPLES["icbm152_t1"].path),)
-    assert all(SAMPLES[name].role == "training" for name in SAMPLES if str(SAMPLES[name].path) in paths)
-
-
 def test_template_atlas_that_does_not_exist_is_a_clear_error(tmp_path):
     from XDiffusionLib.errors import XDiffusionError
 

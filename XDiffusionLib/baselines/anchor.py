@@ -8,8 +8,11 @@ anchor = w * interpolation + (1 - w) * fitted template,  w = exp(-d / decay)
 
 - ``interpolation``: monotone cubic (PCHIP) along the slice axis for K >= 3, linear for K = 2,
   the slice itself for K = 1 (``baselines.interpolation``); exact on the input slices.
-- ``fitted template``: the template baseline (``baselines.template``: aligned to the inputs,
-  intensity-matched by quantiles), which knows where a head is in 3D away from the inputs.
+- ``fitted template``: the head prior (``baselines.head_prior``: a head template with scalp placed
+  and deformed onto the inputs, at their per-tissue contrast), which knows where a head is in 3D
+  away from the inputs. Where the template's field of view ends (below the neck) it knows nothing:
+  there the interpolation is used between the inputs, and beyond them it fades into the inputs'
+  background with the outside decay.
 - ``d``: distance in millimetres from each voxel's slice to the nearest input slice, so the
   interpolation is trusted next to the inputs and the template far from them. Between two inputs
   interpolation is far better than beyond the outermost one (where it can only repeat a slice), so
@@ -81,12 +84,22 @@ class AnchorEstimate:
     volume: Volume
     interpolation: np.ndarray
     template: np.ndarray
-    weight: np.ndarray  # (depth,) interpolation weight per slice along the input axis
+    weight: np.ndarray  # (depth,) interpolation weight per slice along the input axis, or a volume
+
+
+def voxel_weight(inputs: SliceInput, weight: np.ndarray, coverage: np.ndarray) -> np.ndarray:
+    """The per-slice weight as a volume, 1 between the inputs where the template has no field of view."""
+    w = np.broadcast_to(along_axis(weight, inputs.axis), inputs.grid.shape)
+    if coverage.all():
+        return np.asarray(weight)
+    inside = along_axis(inside_inputs(inputs), inputs.axis)
+    return np.where(~coverage & inside, np.float32(1.0), w).astype(np.float32)
 
 
 def blend(inputs: SliceInput, interpolated: np.ndarray, fitted: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """The anchor from its parts (module docstring); the input slices pasted in exactly."""
-    w = along_axis(weight, inputs.axis)
+    """The anchor from its parts (module docstring); the input slices pasted in exactly.
+    ``weight``: (depth,) per slice along the input axis, or a full volume."""
+    w = along_axis(weight, inputs.axis) if np.ndim(weight) == 1 else weight
     return inputs.paste_into(w * interpolated + (1.0 - w) * fitted)
 
 
@@ -95,9 +108,10 @@ def anchor_estimate(inputs: SliceInput, decay_inside_mm: float = DEFAULT_DECAY_I
                     template: TemplateBaseline | None = None) -> AnchorEstimate:
     """The blend of interpolation and the fitted template (module docstring), input slices exact."""
     template = template if template is not None else TemplateBaseline()
-    fitted = np.asarray(template.reconstruct(inputs).array, dtype=np.float32)
+    prior = template.fit(inputs)
+    fitted = inputs.paste_into(np.asarray(prior.prior, dtype=np.float32))
     interpolated = np.asarray(interpolate(inputs).array, dtype=np.float32)
-    weight = interpolation_weight(inputs, decay_inside_mm, decay_outside_mm)
+    weight = voxel_weight(inputs, interpolation_weight(inputs, decay_inside_mm, decay_outside_mm), prior.coverage)
     volume = Volume(blend(inputs, interpolated, fitted, weight), inputs.grid)
     return AnchorEstimate(volume, interpolated, fitted, weight)
 

@@ -1,259 +1,56 @@
-"""Baseline ``template``: a population template fitted to the input slices.
+"""Baseline ``template``: the head prior alone, with the input slices pasted in.
 
-The template (by default the mean of the shipped training T1 templates, i.e. ICBM152 2009a; a
-user atlas file works too) is brought to canonical orientation and placed in the target grid by an
-axis-aligned map ``target_mm = scale * template_mm + shift``, using only what a method may see
-(grid geometry and input slices):
-
-1. Start at physical size (scale 1: both grids are in millimetres and adult heads differ by about
-   10%), with the template's foreground box centred on the inputs' foreground box in the two
-   in-plane axes and on the grid through-plane. Matching box *sizes* instead was tried and
-   rejected: the shipped ICBM152 is brain-extracted while real inputs have scalp, so boxes
-   overscale the brain by ~17% (mean PSNR over the held-out samples 15.7 vs 16.1 dB).
-2. Through-plane shift: the one whose template slices at the input positions correlate best with
-   the input slices (normalised cross-correlation), searched over the grid. This tells a slice
-   through the eyes from one through the vertex, which centring alone cannot.
-3. Refinement: joint isotropic rescale (within ~16%) and 3D shift (within 40 mm) maximising the
-   same correlation (Powell). Only K thin slices are sampled per try, so this costs well under a
-   second even at 256^3.
-4. Intensities: monotone quantile mapping from the template's values to the inputs' values at the
-   same voxels (the input slices), so contrast and scanner scale follow the inputs. The template's
-   flat background maps to the median of the inputs' values there (their background), not the mean
-   (grey wherever the inputs show scalp the template lacks): a fairer, darker background.
-5. The input slices are pasted in unchanged.
-
-Limitation: the template has no scalp, skull or neck, so those stay background in its output.
+The prior (``baselines.head_prior``) is the shipped ICBM152 2009c head template with scalp, placed
+and deformed onto the input slices and given their per-tissue contrast; a user atlas file (or a
+Volume) works too. Where the template's field of view ends (below the neck) the baseline shows the
+inputs' background: it has nothing to say there.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import affine_transform, map_coordinates
-from scipy.optimize import minimize
 
 from ..errors import XDiffusionError
-from ..io.volume import Volume
 from ..inputs import SliceInput
-from .foreground import bounding_box, foreground_mask, foreground_threshold
-
-_QUANTILES = np.linspace(0.0, 1.0, 257)
-_SEARCH_STEPS = 81  # through-plane shifts tried
-_SAMPLED_SIDE = 64  # in-plane samples per side when scoring a fit
-_MAX_SHIFT_MM = 40.0  # refinement moves the template at most this far
-_MAX_EVALUATIONS = 400
-_SCALE_BOUND = 0.15  # log scale: the refinement may resize the template by at most ~16%
-
-
-def default_template_paths() -> tuple[str, ...]:
-    """The shipped training T1 template(s); held-out samples are never used."""
-    from ..data.samples import samples_with_role
-
-    paths = tuple(str(s.path) for s in samples_with_role("training") if s.name.endswith("_t1"))
-    if not paths:
-        raise XDiffusionError("no training T1 template is shipped: pass an atlas file to the template baseline")
-    return paths
-
-
-def _canonical_array(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
-    from ..transforms.orientation import to_canonical
-
-    canonical, _ = to_canonical(volume)
-    return np.asarray(canonical.array, dtype=np.float32), np.asarray(canonical.spacing, dtype=np.float64)
-
-
-@lru_cache(maxsize=4)
-def load_template(paths: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Canonical template voxels (mean over ``paths``) and spacing; cached, so repeated cases load once."""
-    from ..io import read_volume
-
-    arrays, spacing = [], None
-    for path in paths:
-        array, this_spacing = _canonical_array(read_volume(path))
-        if arrays and (array.shape != arrays[0].shape or not np.allclose(this_spacing, spacing)):
-            raise XDiffusionError(f"template {path} is not on the same grid as {paths[0]}: templates must share a grid")
-        arrays.append(array)
-        spacing = this_spacing
-    mean = np.mean(arrays, axis=0, dtype=np.float64).astype(np.float32) if len(arrays) > 1 else arrays[0]
-    mean.setflags(write=False)
-    return mean, spacing
-
-
-@dataclass
-class AxisFit:
-    """Axis-aligned map from template millimetres to target millimetres: ``target = scale * template + shift``."""
-
-    scale: np.ndarray
-    shift: np.ndarray
-
-
-def _centre_mm(mask: np.ndarray, axis: int, spacing: float) -> float | None:
-    """Centre in mm of the foreground bounding box along ``axis``; None without foreground."""
-    box = bounding_box(mask, axis)
-    return None if box is None else (box[0] + box[1]) / 2.0 * spacing
-
-
-def _resample(template: np.ndarray, fit: AxisFit, template_spacing, target_spacing, output_shape,
-              background: float) -> np.ndarray:
-    """The whole template resampled onto the target grid under ``fit`` (trilinear)."""
-    matrix = target_spacing / (fit.scale * template_spacing)
-    offset = -fit.shift / (fit.scale * template_spacing)
-    return affine_transform(template, matrix, offset=offset, output_shape=tuple(int(n) for n in output_shape),
-                            order=1, mode="constant", cval=background, prefilter=False)
-
-
-class _SliceSampler:
-    """Template values at the input slices' voxels (strided in-plane) for a candidate fit: cheap enough
-    to evaluate hundreds of fits, because only K thin slices are sampled, never the whole volume."""
-
-    def __init__(self, template, template_spacing, target_spacing, inputs: SliceInput, background: float) -> None:
-        self.template, self.background = template, background
-        self.template_spacing, self.target_spacing = template_spacing, target_spacing
-        axis = inputs.axis
-        in_plane = [a for a in range(3) if a != axis]
-        stride = [max(1, int(np.ceil(inputs.grid.shape[a] / _SAMPLED_SIDE))) for a in in_plane]
-        grids = [np.asarray(inputs.indices, dtype=np.float64)[:, None, None],
-                 np.arange(0, inputs.grid.shape[in_plane[0]], stride[0], dtype=np.float64)[None, :, None],
-                 np.arange(0, inputs.grid.shape[in_plane[1]], stride[1], dtype=np.float64)[None, None, :]]
-        shape = np.broadcast_shapes(*(g.shape for g in grids))
-        # target_mm[a] for every sampled voxel, indexed by array axis a.
-        self.target_mm = [None] * 3
-        for a, g in zip([axis, *in_plane], grids):
-            self.target_mm[a] = np.broadcast_to(g * target_spacing[a], shape)
-        self.inputs = np.asarray(inputs.slices, dtype=np.float32)[:, ::stride[0], ::stride[1]]
-
-    def __call__(self, fit: AxisFit) -> np.ndarray:
-        coordinates = np.stack([(self.target_mm[a] - fit.shift[a]) / (fit.scale[a] * self.template_spacing[a])
-                                for a in range(3)])
-        return map_coordinates(self.template, coordinates, order=1, mode="constant", cval=self.background,
-                               prefilter=False)
-
-    def score(self, fit: AxisFit) -> float:
-        return _correlation(self(fit), self.inputs)
-
-
-def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.ravel() - a.mean()
-    b = b.ravel() - b.mean()
-    denominator = np.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b) / denominator if denominator > 0 else -1.0
-
-
-def _quantile_map(source: np.ndarray, target: np.ndarray):
-    """Monotone map sending the quantiles of ``source`` onto those of ``target`` (same voxels)."""
-    source_q = np.quantile(source, _QUANTILES)
-    target_q = np.quantile(target, _QUANTILES)
-    # Ties in the source (the template's flat background, which covers the inputs' background AND
-    # the scalp the brain-only template lacks) map to the median of their target quantiles: the
-    # inputs' own background where it is the majority, not a mean that paints every empty voxel grey.
-    unique, inverse = np.unique(source_q, return_inverse=True)
-    mapped = np.array([np.median(target_q[inverse == i]) for i in range(unique.size)])
-    if unique.size == 1:
-        return lambda values: np.full_like(values, mapped[0], dtype=np.float32)
-    return lambda values: np.interp(values, unique, mapped).astype(np.float32)
-
-
-def _initial_fit(template, template_spacing, target_spacing, inputs: SliceInput) -> AxisFit:
-    """Step 1: physical size (scale 1), in-plane foreground boxes centred on each other,
-    through-plane template centred on the grid."""
-    axis = inputs.axis
-    in_plane = [a for a in range(3) if a != axis]
-    shape = inputs.grid.shape
-    input_mask = foreground_mask(inputs.slices)
-    template_mask = template > foreground_threshold(template)
-    shift = np.zeros(3)
-    for a in range(3):
-        template_centre = _centre_mm(template_mask, a, template_spacing[a])
-        if template_centre is None:
-            template_centre = (template.shape[a] - 1) / 2.0 * template_spacing[a]
-        # Slice arrays keep the two in-plane axes in order after the stacking axis.
-        target_centre = None if a == axis else _centre_mm(input_mask, in_plane.index(a) + 1, target_spacing[a])
-        if target_centre is None:
-            target_centre = (shape[a] - 1) / 2.0 * target_spacing[a]
-        shift[a] = target_centre - template_centre
-    return AxisFit(np.ones(3), shift)
-
-
-def _search_through_plane(fit: AxisFit, sampler: _SliceSampler, inputs: SliceInput) -> AxisFit:
-    """Step 2: the through-plane shift whose template slices correlate best with the inputs."""
-    axis = inputs.axis
-    half_range = inputs.grid.shape[axis] * inputs.grid.spacing[axis] / 2.0
-    centred = fit.shift[axis]
-    best = (sampler.score(fit), centred)  # centred first, so ties (blank inputs) keep it
-    for candidate in centred + np.linspace(-half_range, half_range, _SEARCH_STEPS):
-        fit.shift[axis] = candidate
-        score = sampler.score(fit)
-        if score > best[0]:
-            best = (score, candidate)
-    fit.shift[axis] = best[1]
-    return fit
-
-
-def _refine(fit: AxisFit, sampler: _SliceSampler, centre_mm: np.ndarray) -> AxisFit:
-    """Step 3: joint isotropic rescale (about ``centre_mm``) and 3D shift maximising the correlation."""
-
-    def candidate(params: np.ndarray) -> AxisFit:
-        factor = np.exp(params[0])
-        return AxisFit(fit.scale * factor, centre_mm + factor * (fit.shift - centre_mm) + params[1:])
-
-    result = minimize(lambda p: -sampler.score(candidate(p)), np.zeros(4), method="Powell",
-                      bounds=[(-_SCALE_BOUND, _SCALE_BOUND)] + [(-_MAX_SHIFT_MM, _MAX_SHIFT_MM)] * 3,
-                      options={"xtol": 1e-3, "ftol": 1e-5, "maxfev": _MAX_EVALUATIONS,
-                               "direc": np.diag([0.05, 4.0, 4.0, 4.0])})
-    refined = candidate(result.x)
-    return refined if sampler.score(refined) >= sampler.score(fit) else fit
-
-
-def fit_template(template: np.ndarray, template_spacing, inputs: SliceInput) -> Volume:
-    """Place ``template`` (canonical voxels) in ``inputs.grid`` and match it to the input slices."""
-    target_spacing = np.asarray(inputs.grid.spacing, dtype=np.float64)
-    template_spacing = np.asarray(template_spacing, dtype=np.float64)
-    background = float(np.percentile(template[::2, ::2, ::2], 1.0))
-    slices = np.asarray(inputs.slices, dtype=np.float32)
-    sampler = _SliceSampler(template, template_spacing, target_spacing, inputs, background)
-
-    fit = _initial_fit(template, template_spacing, target_spacing, inputs)
-    fit = _search_through_plane(fit, sampler, inputs)
-    centre_mm = (np.asarray(inputs.grid.shape) - 1) / 2.0 * target_spacing
-    fit = _refine(fit, sampler, centre_mm)
-
-    placed = _resample(template, fit, template_spacing, target_spacing, inputs.grid.shape, background)
-    at_inputs = np.stack([np.take(placed, i, axis=inputs.axis) for i in inputs.indices])
-    matched = _quantile_map(at_inputs, slices)(placed)
-    return Volume(inputs.paste_into(matched), inputs.grid)
+from ..io.volume import Volume
+from .head_prior import HeadPriorFit, HeadTemplate, fit_head_prior, shipped_head_template
 
 
 class TemplateBaseline:
-    """Baseline ``template``: population template aligned and intensity-matched to the input slices.
-
-    ``atlas``: None (the shipped training T1 template), a file path, or a Volume.
-    """
+    """Baseline ``template``. ``atlas``: None (the shipped head template), a file path, or a Volume."""
 
     name = "template"
 
-    def __init__(self, atlas: str | Path | Volume | None = None) -> None:
+    def __init__(self, atlas: str | Path | Volume | None = None, deform: bool = True) -> None:
         if isinstance(atlas, (str, Path)) and not Path(atlas).expanduser().exists():
             raise XDiffusionError(f"template atlas {atlas} does not exist")
         self._atlas = Path(atlas).expanduser() if isinstance(atlas, (str, Path)) else atlas
-        self._loaded: tuple[np.ndarray, np.ndarray] | None = None
+        self._loaded: HeadTemplate | None = None
+        self.deform = bool(deform)
 
-    def _template(self) -> tuple[np.ndarray, np.ndarray]:
+    def template(self) -> HeadTemplate:
+        """The template in use (loaded once)."""
         if self._loaded is None:
             if self._atlas is None:
-                self._loaded = load_template(default_template_paths())
+                self._loaded = shipped_head_template()
             elif isinstance(self._atlas, Volume):
-                self._loaded = _canonical_array(self._atlas)
+                self._loaded = HeadTemplate.from_volume(self._atlas)
             else:
-                self._loaded = load_template((str(self._atlas.resolve()),))
+                from ..io import read_volume
+
+                self._loaded = HeadTemplate.from_volume(read_volume(str(self._atlas)))
         return self._loaded
 
     def validate(self, inputs: SliceInput) -> None:
         """Loads (and caches) the template, so an unreadable atlas fails before any work."""
-        self._template()
+        self.template()
+
+    def fit(self, inputs: SliceInput) -> HeadPriorFit:
+        """The head prior for these inputs (not yet holding the input slices)."""
+        return fit_head_prior(self.template(), inputs, deform=self.deform)
 
     def reconstruct(self, inputs: SliceInput) -> Volume:
-        template, spacing = self._template()
-        return fit_template(template, spacing, inputs)
+        prior = self.fit(inputs).prior
+        return Volume(inputs.paste_into(np.asarray(prior, dtype=np.float32)), inputs.grid)

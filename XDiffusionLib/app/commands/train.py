@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     parser.add_argument("--validate-every", type=int, metavar="N", help="validate every N steps (0: never)")
     parser.add_argument("--val-data", nargs="+", metavar="PATH", help="validation volumes (synthetic, another seed)")
     parser.add_argument("--seed", type=int, help="seed of initial weights and of every step's random draws")
+    parser.add_argument("--init", metavar="MODEL_DIR",
+                        help="start from this model folder's weights and config (fine-tuning; a new run, fresh "
+                             "optimizer); --config may still change its non-network keys, e.g. the anchor's decays")
     parser.add_argument("--resume", nargs="?", const="", metavar="DIR",
                         help="continue RUN_DIR's latest checkpoint, or the checkpoint/run folder DIR")
     parser.add_argument("--mixed-precision", help="no, bf16 or fp16 (bf16 is for GPUs)")
@@ -142,6 +145,20 @@ def prepare_run(args):
         return RunSpec(out, model_config, train_config, list(map(str, data)), list(map(str, val_data)), folder,
                        progress=not args.no_progress)
 
+    if getattr(args, "init", None):
+        from ...model.checkpoint import check_model_folder
+
+        if not args.data:
+            raise XDiffusionError("--data is required: volume files or folders to train on")
+        base = check_model_folder(args.init)
+        model_config = type(base).from_dict({**base.to_dict(), **model_over})
+        if model_config.profile != base.profile or model_config.side != base.side:
+            raise XDiffusionError(f"--init {args.init}: --config may not change the network's profile or side")
+        base_train = train_profile(model_config.profile)
+        train_config = TrainConfig.from_dict({**base_train.to_dict(), **train_over}).with_overrides(
+            **_cli_train_overrides(args))
+        return RunSpec(out, model_config, train_config, list(args.data), list(args.val_data or []), None,
+                       progress=not args.no_progress, init_from=Path(args.init))
     if not args.profile:
         raise XDiffusionError("--profile is required: compact (CPU-sized) or paper")
     if not args.data:
