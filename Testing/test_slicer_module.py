@@ -784,8 +784,10 @@ def thick_volume(scene, name="thick T1", shape=(12, 10, 4), spacing=(1.0, 1.2, 4
 
 
 def test_all_acquired_slices_onto_a_finer_grid(xd, scene, tiny_model, tmp_path):
-    """A thick-slice series (4 mm axial): every acquired slice is an input, the result is isotropic."""
-    from XDiffusionLib.slicer.thick_slices import acquired_slices_volume, plan_all_slices
+    """A thick-slice series (4 mm axial): every acquired slice is an input, the result lies on the scan's
+    grid refined along the slice axis and equals the library's workflow (issue 21)."""
+    from XDiffusionLib.sampling.thick_slices import reconstruct_thick_slices
+    from XDiffusionLib.transforms.thick_slices import slab_average
 
     logic = xd.XDiffusionLogic()
     logic.launcherMode = "inprocess"
@@ -795,11 +797,12 @@ def test_all_acquired_slices_onto_a_finer_grid(xd, scene, tiny_model, tmp_path):
     p.views, p.steps, p.device, p.plane = 1, 2, "cpu", "sagittal"  # the plane follows the scan
     assert logic.validate(p) == "no input slices given: pick at least one slice index"
     p.allSlices, p.gridSpacing = True, 1.5
-    assert logic.validate(p) == ("grid spacing 1.5 mm does not divide the 4 mm between the acquired axial slices: "
+    assert logic.validate(p) == ("spacing 1.5 mm does not divide the 4 mm between the acquired axial slices: "
                                  "choose 2 or 1.333 mm")
     p.gridSpacing = 1.0
     assert logic.validate(p) is None
-    assert logic.readyText(p) == "Ready: all 4 acquired axial slices (4 mm apart) onto a 1 mm grid (12x12x13 voxels)."
+    assert logic.readyText(p) == ("Ready: all 4 acquired axial slices (4 mm apart, 4 mm thick) onto 1 mm slices "
+                                  "(12x10x13 voxels).")
     p.referenceVolume = source
     assert "cannot be compared with a reconstruction from all acquired slices" in logic.validate(p)
     p.referenceVolume = None
@@ -809,11 +812,15 @@ def test_all_acquired_slices_onto_a_finer_grid(xd, scene, tiny_model, tmp_path):
     result = logic.finishReconstruction(p)
     assert result.difference is None
     output = nodes.volume_from_node(result.reconstruction)
-    plan = plan_all_slices(nodes.grid_from_node(source), 1.0)
-    assert output.grid.same_geometry(plan.grid, tol=1e-4) and output.spacing == pytest.approx((1.0, 1.0, 1.0))
-    expected = acquired_slices_volume(nodes.volume_from_node(source), plan)
-    for index in plan.indices:  # the acquired slices come back as they were (resampled in-plane only)
-        np.testing.assert_allclose(output.array[:, :, index], expected.array[:, :, index], atol=1e-3)
+    library = reconstruct_thick_slices(nodes.volume_from_node(source), spacing=1.0, model_dir=tiny_model, views=1,
+                                       steps=2, device="cpu")
+    assert output.grid.same_geometry(library.plan.grid, tol=1e-4)
+    assert output.spacing == pytest.approx((1.0, 1.2, 1.0))
+    np.testing.assert_allclose(output.array, library.volume.array, atol=1e-4)  # the library's result
+    np.testing.assert_allclose(nodes.volume_from_node(result.uncertainty).array, library.uncertainty.array, atol=1e-4)
+    # data consistency: each acquired slab's average is the acquired slice
+    np.testing.assert_allclose(slab_average(output.array, library.plan), nodes.volume_from_node(source).array,
+                               atol=1e-3)
     assert json.loads(result.reconstruction.GetAttribute("XDiffusion.indices")) == [0, 4, 8, 12]
     assert json.loads(result.reconstruction.GetAttribute("XDiffusion.settings"))["all_acquired_slices_onto_grid_mm"] == 1.0
     assert [v.role for v in logic.comparisonFromParameterNode(p).views] == ["real", "generated", "uncertainty"]

@@ -179,37 +179,37 @@ def test_parse_indices():
 
 
 def test_all_acquired_slices_land_exactly_on_the_finer_grid():
-    """A 0.9x0.9x5 mm coronal series stored LSA-like (slices along the first voxel axis)."""
-    from XDiffusionLib.slicer.thick_slices import acquired_slices_volume, acquisition_plane, plan_all_slices
+    """A 0.9x0.9x5 mm coronal series stored LSA-like (slices along the first voxel axis): the panel's
+    plan is the library's, on the scan's own grid refined along the slice axis (issue 21)."""
+    from XDiffusionLib.slicer.thick_slices import acquisition_plane, plan_all_slices
+    from XDiffusionLib.transforms.thick_slices import place_acquired
 
     # voxel axes: i = anterior-posterior (the 5 mm slices), j = left-right, k = inferior-superior
     direction = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]]) @ rotation((3.0, 2.0, -4.0))
     volume = Volume.from_array(smooth_array((9, 20, 22)), (5.0, 0.9, 0.9), (10.0, -30.0, 40.0), direction)
     assert acquisition_plane(volume.grid) == "coronal"
     plan = plan_all_slices(volume.grid, 1.25)
-    assert (plan.plane, plan.factor, plan.slice_spacing) == ("coronal", 4, 5.0)
-    assert plan.indices == tuple(range(0, 33, 4)) and plan.grid.shape[1] == 33
-    assert plan.grid.spacing == pytest.approx((1.25, 1.25, 1.25))
-    assert plan.grid.shape[0] == round(20 * 0.9 / 1.25) and plan.grid.shape[2] == round(22 * 0.9 / 1.25)
-    fine = acquired_slices_volume(volume, plan)
-    assert fine.grid.same_geometry(plan.grid)
-    canonical, _ = to_canonical(volume)
-    acquired = acquired_slices_volume(canonical, plan)  # the same, from the canonical copy
-    np.testing.assert_allclose(fine.array, acquired.array, atol=1e-4)
-    # each acquired slice is one grid slice: same physical plane, same values where the grids meet
-    first = np.asarray(canonical.grid.origin) + np.asarray(canonical.direction) @ np.array([0.0, 0.0, 0.0])
-    np.testing.assert_allclose(np.asarray(canonical.direction)[:, 1] @ (np.asarray(plan.grid.origin) - first), 0.0,
-                               atol=1e-6)
-    assert plan.describe() == "all 9 acquired coronal slices (5 mm apart) onto a 1.25 mm grid (14x33x16 voxels)"
+    assert (plan.plane, plan.factor, plan.slice_spacing, plan.thickness) == ("coronal", 4, 5.0, 5.0)
+    assert plan.grid.shape == (33, 20, 22) and plan.grid.spacing == pytest.approx((1.25, 0.9, 0.9))
+    assert plan.grid.origin == volume.grid.origin and np.allclose(plan.grid.direction, direction)
+    assert plan.indices == tuple(range(0, 33, 4))
+    fine = place_acquired(volume, plan)
+    np.testing.assert_array_equal(fine.array[::4], volume.array)  # acquired slice i is fine slice 4i
+    canonical, _ = to_canonical(fine)
+    for index, source in zip(plan.indices, to_canonical(volume)[0].array.transpose(1, 0, 2)):
+        np.testing.assert_array_equal(canonical.array[:, index], source)
+    assert plan.describe() == ("all 9 acquired coronal slices (5 mm apart, 5 mm thick) onto 1.25 mm slices "
+                               "(33x20x22 voxels)")
 
 
 @pytest.mark.parametrize("spacing, message", [
-    (2.0, "grid spacing 2 mm does not divide the 5 mm between the acquired axial slices: choose 2.5 or 1.667 mm"),
-    (3.0, "grid spacing 3 mm does not divide the 5 mm between the acquired axial slices: choose 2.5 mm"),
-    (4.0, "grid spacing 4 mm is not finer than the 5 mm between the acquired axial slices: choose at most 2.5 mm"),
-    (0.0, "grid spacing must be a positive number of millimetres, got 0.0"),
-    (float("nan"), "grid spacing must be a positive number of millimetres, got nan"),
-    (0.01, "a 0.01 mm grid would have 2400x2000x2501 voxels (over 128 million): choose a larger spacing"),
+    (2.0, "spacing 2 mm does not divide the 5 mm between the acquired axial slices: choose 2.5 or 1.667 mm"),
+    (3.0, "spacing 3 mm does not divide the 5 mm between the acquired axial slices: choose 2.5 mm"),
+    (4.0, "spacing 4 mm is not finer than the 5 mm between the acquired axial slices: choose at most 2.5 mm"),
+    (0.0, "the spacing must be a positive number of millimetres, got 0.0"),
+    (float("nan"), "the spacing must be a positive number of millimetres, got nan"),
+    (5e-5, "slice factor 100000 would give 24x20x500001 voxels (over 128 million): choose a smaller factor or a "
+            "larger spacing"),
 ])
 def test_grid_spacing_that_does_not_fit_the_scan_is_one_line(spacing, message):
     from XDiffusionLib.slicer.thick_slices import plan_all_slices

@@ -54,6 +54,7 @@ class Defaults:
     plane: str | None = None
     slices: tuple[int, ...] | None = None
     k: int | None = None
+    all_slices: bool = False  # --all-slices: every acquired slice; rows give no plane, slices or k
 
 
 def case_name(path: Path) -> str:
@@ -112,7 +113,7 @@ def folder_cases(folder: str | os.PathLike, defaults: Defaults, volume_index: in
     folder = Path(folder).expanduser()
     if not _volume_files(folder):
         raise XDiffusionError(f"--inputs {folder}: the folder holds no volume files (.nii, .nii.gz, .nrrd, .mha, DICOM)")
-    if defaults.plane is None:
+    if defaults.plane is None and not defaults.all_slices:
         raise XDiffusionError("--inputs is a folder: give --plane (and --indices or --k) for its volumes")
     # The same cases, names and order as `xdiffusion evaluate --data FOLDER` (clashing names made unique).
     cases = [_row_case(str(source.path), {"path": str(source.path), "output": source.name + OUTPUT_SUFFIX},
@@ -142,6 +143,12 @@ def _row_case(label: str, row: dict[str, str], base: Path, defaults: Defaults) -
     if not path.is_dir() and volume_suffix(path) is None:
         raise XDiffusionError(f"{label}: {given}: not a volume file (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, "
                               ".dcm) or DICOM folder")
+    if defaults.all_slices:  # the plane and the slices are the scan's own
+        given_fields = [name for name in ("plane", "slices", "k") if row.get(name)]
+        if given_fields:
+            raise XDiffusionError(f"{label}: --all-slices takes every acquired slice: leave '{given_fields[0]}' empty")
+        return BatchCase(label, _source(given, path, base), path, "", None, None,
+                         _output_name(label, row.get("output", ""), path))
     plane = row.get("plane") or defaults.plane
     if not plane:
         raise XDiffusionError(f"{label}: no plane: fill the 'plane' column or give --plane")
@@ -171,8 +178,12 @@ def _row_case(label: str, row: dict[str, str], base: Path, defaults: Defaults) -
         k = defaults.k
     else:
         raise XDiffusionError(f"{label}: no input slices: fill 'slices' or 'k', or give --indices or --k")
-    source = given if path != Path(given).expanduser() or not path.is_absolute() else os.path.relpath(path, base)
-    return BatchCase(label, source, path, plane, slices, k, _output_name(label, row.get("output", ""), path))
+    return BatchCase(label, _source(given, path, base), path, plane, slices, k,
+                     _output_name(label, row.get("output", ""), path))
+
+
+def _source(given: str, path: Path, base: Path) -> str:
+    return given if path != Path(given).expanduser() or not path.is_absolute() else os.path.relpath(path, base)
 
 
 def _output_name(label: str, given: str, path: Path) -> str:
@@ -206,6 +217,8 @@ def check_cases(cases: list[BatchCase], volume_index: int | None, max_slices: in
         else:
             seen[key] = case.row
     for case in cases:
+        if case.slices is None and case.k is None:
+            continue  # --all-slices: planned per volume by the command
         count = len(case.slices) if case.slices is not None else case.k
         if max_slices is not None and count > max_slices:
             errors.append(f"{case.row}: {count} input slices: this model takes at most {max_slices}")
@@ -230,12 +243,19 @@ def check_cases(cases: list[BatchCase], volume_index: int | None, max_slices: in
 
 def canonical_shape(path: Path, volume_index: int | None = None) -> tuple[int, int, int] | None:
     """The canonical (RAS+) shape of a volume file from its header alone; None for DICOM."""
+    from ..transforms.orientation import Reorientation
+
+    grid = header_grid(path, volume_index)
+    return None if grid is None else Reorientation.for_grid(grid).canonical.shape
+
+
+def header_grid(path: Path, volume_index: int | None = None):
+    """The voxel grid (``io.volume.Grid``) of a volume file from its header alone; None for DICOM."""
     import SimpleITK as sitk
     import numpy as np
 
     from ..io.readers import FORMATS, volume_suffix
     from ..io.volume import Grid
-    from ..transforms.orientation import Reorientation
 
     suffix = volume_suffix(path)
     if path.is_dir() or suffix == ".dcm":
@@ -257,8 +277,8 @@ def canonical_shape(path: Path, volume_index: int | None = None) -> tuple[int, i
     elif dimension != 3:
         raise XDiffusionError(f"{path} is {dimension}D, not a 3D volume")
     direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(dimension, dimension)[:3, :3]
-    grid = Grid(shape=tuple(size[:3]), direction=direction)
-    return Reorientation.for_grid(grid).canonical.shape
+    return Grid(tuple(size[:3]), tuple(reader.GetSpacing()[:3]), tuple(reader.GetOrigin()[:3]), direction)
 
 
-__all__ = ["BatchCase", "COLUMNS", "Defaults", "canonical_shape", "case_name", "folder_cases", "read_manifest"]
+__all__ = ["BatchCase", "COLUMNS", "Defaults", "canonical_shape", "case_name", "folder_cases", "header_grid",
+           "read_manifest"]

@@ -465,3 +465,24 @@ def _itk_reason(error: Exception) -> str:
         reason = re.sub(r"\w+\(0x[0-9a-fA-F]+\): ", "", line.split("ERROR: ", 1)[-1])
         return reason[:160]
     return "ITK could not read it"
+
+
+def header_slice_thickness(path: str | os.PathLike) -> float | None:
+    """The acquired slice thickness in mm that the file's header states (DICOM SliceThickness,
+    0018,0050, of the series' first file), or None: other formats do not keep it, and the caller
+    then assumes the slice spacing."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        files, _ = _dicom_series_files(path, None)
+    elif volume_suffix(path) == ".dcm":
+        files, _ = _dicom_series_files(path.parent, path)
+    else:
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    try:
+        reader.ReadImageInformation()
+        value = float(reader.GetMetaData("0018|0050").strip()) if reader.HasMetaDataKey("0018|0050") else None
+    except (RuntimeError, ValueError):
+        return None  # unreadable or malformed: the slice spacing is the safer guess than failing
+    return value if value is not None and np.isfinite(value) and value > 0 else None

@@ -10,7 +10,8 @@ the job is done, adds the results as new nodes:
 - segmentation overlays on the real and the generated volume (automatic tissue classes, or the
   user's labelmap/segmentation), and the description of the side-by-side layout.
 With ``grid_spacing``, the input slices are all the acquired slices of a thick-slice scan and the
-results lie on a finer isotropic grid (``thick_slices``); there is no difference map then.
+results lie on a grid finer along the slice axis: the worker runs the library's thick-slice workflow
+(``thick_slices``, ``sampling.thick_slices``); there is no difference map then.
 A job that fails or is cancelled adds nothing; if creating the result nodes fails half-way, the
 ones already added are removed again.
 """
@@ -29,7 +30,7 @@ from . import display, segmentation as seg
 from .export import Provenance
 from .layout import ComparisonLayout, comparison_layout
 from .nodes import add_volume_node, node_ids, output_name, remove_nodes_added_since, volume_from_node
-from .thick_slices import AllSlicesPlan, acquired_slices_volume
+from .thick_slices import AllSlicesPlan
 from .request_checks import check_request, plan_request
 
 AUTOMATIC = "automatic"
@@ -75,9 +76,7 @@ class SceneReconstruction:
 
     def start(self) -> "SceneReconstruction":
         volume = volume_from_node(self.input_node)
-        self._input = volume
-        if self.plan is not None:
-            volume = acquired_slices_volume(volume, self.plan)
+        self._input = volume  # with a plan, the worker puts it on the finer grid (settings.thick_slices)
         self.job = self.launcher.start(volume, self.settings)
         return self
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -20,7 +19,7 @@ from ..model.files import MODEL_FILES, default_model_dir
 from ..worker.messages import JobSettings
 from .nodes import check_scalar_volume, grid_from_node
 from .slices import canonical_depth
-from .thick_slices import AllSlicesPlan, plan_all_slices
+from .thick_slices import AllSlicesPlan, job_settings, plan_all_slices
 
 
 def check_model_dir(model_dir: str | os.PathLike | None) -> Path:
@@ -85,7 +84,7 @@ def plan_request(input_node, settings: JobSettings, grid_spacing: float, referen
     check_scalar_volume(input_node, "input volume")
     grid = grid_from_node(input_node)
     plan = plan_all_slices(grid, grid_spacing, max_slices=model_max_slices(check_model_dir(settings.model_dir)))
-    settings = replace(settings, plane=plan.plane, indices=plan.indices).check()
+    settings = job_settings(settings, plan)
     if reference_node is not None:
         raise XDiffusionError("a reference volume cannot be compared with a reconstruction from all acquired slices "
                               "(it lies on a new, finer grid): choose no reference volume")

@@ -38,12 +38,16 @@ class JobSettings:
     """What to reconstruct and how: the inputs' ``plane`` and canonical ``indices``, the model
     (``model_dir`` None: the shipped default) and ``options``, the sampling settings passed as they
     are to ``reconstruct_volume`` (views, steps, sampler, guidance, samples, seed, device, ...),
-    which checks them (``XDiffusionLib.sampling.reconstructor.ReconstructionSettings``)."""
+    which checks them (``XDiffusionLib.sampling.reconstructor.ReconstructionSettings``).
+    ``thick_slices`` (``{"factor": N, "thickness": mm or None}``): the input is a thick-slice scan and
+    every acquired slice goes onto a grid N times finer (``sampling.thick_slices``); ``plane`` and
+    ``indices`` then record the acquired slices on that grid."""
 
     plane: str = "axial"
     indices: tuple[int, ...] = ()
     model_dir: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    thick_slices: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
@@ -63,6 +67,10 @@ class JobSettings:
         reserved = {"volume", "plane", "indices", "model_dir", "progress", "reconstructor"} & set(self.options)
         if reserved:
             raise XDiffusionError(f"options {sorted(reserved)} are not sampling settings")
+        if self.thick_slices is not None:
+            thick = self.thick_slices
+            if not isinstance(thick, dict) or set(thick) - {"factor", "thickness"} or "factor" not in thick:
+                raise XDiffusionError(f"thick_slices {thick!r}: expected {{'factor': N, 'thickness': mm or null}}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -59,14 +59,21 @@ def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = 
     def sampling_progress(fraction: float, message: str = "") -> None:
         report(_LOADED + (_SAMPLED - _LOADED) * min(max(float(fraction), 0.0), 1.0), message or "sampling")
 
-    result = reconstruct_volume(
-        volume,
-        settings.plane,
-        list(settings.indices),
-        model_dir=settings.model_dir,
-        progress=sampling_progress,
-        **settings.options,
-    )
+    if settings.thick_slices is not None:  # all acquired slices onto a finer grid: the library's one workflow
+        from ..sampling.thick_slices import reconstruct_thick_slices
+
+        result = reconstruct_thick_slices(volume, settings.thick_slices["factor"],
+                                          thickness=settings.thick_slices.get("thickness"),
+                                          model_dir=settings.model_dir, progress=sampling_progress, **settings.options)
+    else:
+        result = reconstruct_volume(
+            volume,
+            settings.plane,
+            list(settings.indices),
+            model_dir=settings.model_dir,
+            progress=sampling_progress,
+            **settings.options,
+        )
     report(_SAMPLED, "writing the results")
     outputs = {"reconstruction": str(write_volume(result.volume, targets[0]))}
     if getattr(result, "uncertainty", None) is not None:
