@@ -35,12 +35,24 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument("input", metavar="IN", help="volume file (.nii, .nii.gz, .nrrd, .mha, ...) or DICOM folder")
-    which = parser.add_mutually_exclusive_group(required=True)
+    # One of --indices, --indices-file, --all-slices (checked in ``run``, as one line).
+    which = parser.add_mutually_exclusive_group()
     # --indices as in `xdiffusion evaluate` (where --slices counts slices); --slices kept for old scripts
     which.add_argument("--indices", "--slices", dest="slices", type=int, nargs="+", metavar="I",
                        help="input slice indices (canonical RAS+)")
     which.add_argument("--indices-file", metavar="F", help="text file of slice indices (spaces, commas or lines; # comments)")
-    parser.add_argument("--plane", required=True, choices=tuple(PLANE_AXIS), help="plane of the input slices")
+    which.add_argument("--all-slices", action="store_true",
+                       help="a thick-slice scan: every acquired slice is an input, OUT lies on a grid finer along "
+                            "the slice axis (default: about the in-plane spacing), each slab's average kept")
+    parser.add_argument("--slice-factor", type=int, metavar="N",
+                        help="--all-slices: N fine slices per acquired slice spacing; acquired slice i is OUT's slice i*N")
+    parser.add_argument("--spacing", type=float, metavar="MM",
+                        help="--all-slices: the fine slice spacing (must divide the acquired slice spacing)")
+    parser.add_argument("--slice-thickness", type=float, metavar="MM",
+                        help="--all-slices: the acquired slices' thickness (default: DICOM SliceThickness, else the "
+                             "slice spacing)")
+    parser.add_argument("--plane", choices=tuple(PLANE_AXIS),
+                        help="plane of the input slices (required with --indices; --all-slices: the scan's)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output volume (.nii.gz, .nii, .nrrd, .mha)")
     parser.add_argument("--uncertainty", metavar="PATH", help="uncertainty volume (default: OUT with _uncertainty)")
     parser.add_argument("--overwrite", action="store_true",
@@ -108,6 +120,29 @@ def _check_output_type(path: Path, what: str) -> None:
         raise XDiffusionError(f"{path} is a folder: give a file name for the {what}")
 
 
+def check_thick_slice_options(args: argparse.Namespace) -> None:
+    """The input-slice options fit together (one line otherwise); shared with reconstruct-batch."""
+    thick = [flag for flag, value in (("--slice-factor", args.slice_factor), ("--spacing", args.spacing),
+                                      ("--slice-thickness", args.slice_thickness)) if value is not None]
+    if not args.all_slices:
+        if thick:
+            raise XDiffusionError(f"{thick[0]} needs --all-slices (a thick-slice scan onto a finer grid)")
+        if getattr(args, "slices", None) is None and getattr(args, "indices_file", None) is None:
+            raise XDiffusionError("give the input slices: --indices, --indices-file or --all-slices")
+        if args.plane is None:
+            raise XDiffusionError("--plane is required with --indices or --indices-file")
+        return
+    if args.slice_factor is not None and args.spacing is not None:
+        raise XDiffusionError("give --slice-factor or --spacing, not both")
+
+
+def thick_slice_thickness(args: argparse.Namespace, path) -> float | None:
+    """--slice-thickness, else the header's (DICOM SliceThickness), else None (the slice spacing)."""
+    from ...io.readers import header_slice_thickness
+
+    return args.slice_thickness if args.slice_thickness is not None else header_slice_thickness(path)
+
+
 def _terminate(signum, frame):
     # SIGTERM unwinds like Ctrl-C, so temporary files are removed on the way out.
     raise KeyboardInterrupt
@@ -124,8 +159,9 @@ def run(args: argparse.Namespace) -> int:
     inputs = volume_files(args.input) if Path(args.input).exists() else []
     if args.indices_file:
         inputs.append(Path(args.indices_file))
+    check_thick_slice_options(args)
     check_outputs([output, uncertainty], inputs, overwrite=args.overwrite)
-    indices = args.slices if args.slices is not None else read_indices_file(args.indices_file)
+    indices = [] if args.all_slices else args.slices if args.slices is not None else read_indices_file(args.indices_file)
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -143,6 +179,7 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
     from ...io.readers import read_volume
     from ...io.writers import write_volumes
     from ...sampling.reconstructor import XDiffusionReconstructor, reconstruct_volume
+    from ...sampling.thick_slices import plan_for, reconstruct_thick_slices
 
     settings = dict(
         views=args.views, steps=args.steps, sampler=args.sampler, guidance=args.guidance, samples=args.samples,
@@ -154,6 +191,11 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
     labels = label_value_count(volume.array)  # the same rule as `xdiffusion evaluate`
     if labels is not None:
         raise XDiffusionError(f"{args.input} is a label map ({labels} distinct values), not an MRI intensity volume")
+    if args.all_slices:  # every bad value (isotropic input, factor, spacing) fails here, before any work
+        thickness = thick_slice_thickness(args, args.input)
+        plan = plan_for(volume, args.slice_factor, args.spacing, thickness, reconstructor)
+        if args.plane is not None and args.plane != plan.plane:
+            raise XDiffusionError(f"--plane {args.plane}: the acquired slices of {args.input} are {plan.plane}")
 
     bars = []  # opened at the first step, so validation errors print alone on their line
 
@@ -168,12 +210,16 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
 
     reconstructor.progress = progress
     try:
-        result = reconstruct_volume(volume, args.plane, indices, reconstructor=reconstructor)
+        if args.all_slices:
+            result = reconstruct_thick_slices(volume, plan.factor, thickness=plan.thickness, reconstructor=reconstructor)
+        else:
+            result = reconstruct_volume(volume, args.plane, indices, reconstructor=reconstructor)
     finally:
         for bar in bars:
             bar.close()
 
     write_volumes([(result.volume, output), (result.uncertainty, uncertainty)],
                   metadata=[None, result.info.metadata()])  # the uncertainty file says what it is
-    print(f"wrote {output} and {uncertainty} ({result.info.label})")
+    grid = f": {plan.describe()}" if args.all_slices else ""
+    print(f"wrote {output} and {uncertainty} ({result.info.label}){grid}")
     return 0

@@ -29,6 +29,8 @@ RESULT_COLUMNS = ("case", "input", "plane", "k", "indices", "output", "uncertain
 # ``xdiffusion reconstruct``'s options that are not about one input and its output, by their dest:
 # every sampling setting (``settings.ReconstructionSettings``) and these.
 PER_CASE_OPTIONS = ("model", "volume", "no_progress")
+# The thick-slice options, also taken from ``xdiffusion reconstruct`` (--all-slices is its own flag here).
+THICK_SLICE_OPTIONS = ("slice_factor", "spacing", "slice_thickness")
 
 
 def _reconstruct_actions() -> list[argparse.Action]:
@@ -40,7 +42,7 @@ def _reconstruct_actions() -> list[argparse.Action]:
 
     from ...settings import ReconstructionSettings
 
-    shared = {f.name for f in fields(ReconstructionSettings)} | set(PER_CASE_OPTIONS)
+    shared = {f.name for f in fields(ReconstructionSettings)} | set(PER_CASE_OPTIONS) | set(THICK_SLICE_OPTIONS)
     actions = [a for a in subparsers.choices["reconstruct"]._actions if a.dest in shared]
     missing = shared - {a.dest for a in actions}
     if missing:  # a setting without its option in `xdiffusion reconstruct`: fail loudly, not silently
@@ -67,6 +69,9 @@ def register(subparsers) -> None:
                        help="input slice indices, canonical RAS+ (manifest: for rows without slices or k)")
     which.add_argument("--k", type=int, metavar="K",
                        help="number of input slices, chosen by the evaluation protocol (manifest: for rows without slices or k)")
+    which.add_argument("--all-slices", action="store_true",
+                       help="thick-slice scans: every acquired slice of each volume onto a finer grid (as "
+                            "xdiffusion reconstruct --all-slices; rows give no plane, slices or k)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing output files this batch did not write (never an input)")
     parser.add_argument("--fresh", action="store_true", help="recompute every case (default: skip those already done)")
@@ -89,7 +94,11 @@ def run(args: argparse.Namespace) -> int:
     from ...evaluation.manifest import Defaults, case_name, folder_cases, read_manifest
     from ...sampling.reconstructor import XDiffusionReconstructor
 
+    from .reconstruct import check_thick_slice_options
+
     rank = current_rank()
+    if args.all_slices or any(getattr(args, name) is not None for name in THICK_SLICE_OPTIONS):
+        check_thick_slice_options(args)
     settings = _settings(args)
     settings["device"] = rank_device(settings["device"], rank)
     reconstructor = XDiffusionReconstructor(model_dir=args.model, **settings)  # checks the settings first
@@ -97,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if args.k is not None and args.k < 1:
         raise XDiffusionError(f"--k {args.k}: the number of input slices must be at least 1")
     out = _check_out(Path(args.out))
-    defaults = Defaults(args.plane, tuple(args.slices) if args.slices else None, args.k)
+    defaults = Defaults(args.plane, tuple(args.slices) if args.slices else None, args.k, args.all_slices)
     # Absolute: a folder's cases are joined to the folder, a relative one would be joined twice.
     inputs = Path(args.inputs).expanduser().absolute()
     if inputs.is_dir():
@@ -107,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise XDiffusionError(f"--inputs {args.inputs}: no such folder or manifest file")
 
+    if args.all_slices:
+        _check_thick_slice_plans(batch, args, reconstructor)
     names = unique_file_names([case_name(Path(b.output)) for b in batch])
     by_name = dict(zip(names, batch))
     key_base = _key_base(args, reconstructor)
@@ -138,6 +149,23 @@ def run(args: argparse.Namespace) -> int:
     write_csv(out / RESULTS_NAME, rows, RESULT_COLUMNS)
     print(f"wrote {len(rows)} reconstructions and {out / RESULTS_NAME}")
     return 0
+
+
+def _check_thick_slice_plans(batch, args, reconstructor) -> None:
+    """Every volume's finer grid from its header, before any work (a DICOM series: when it runs)."""
+    from ...evaluation.manifest import header_grid
+    from ...transforms.thick_slices import plan_thick_slices
+    from .reconstruct import thick_slice_thickness
+
+    max_slices = reconstructor.config.max_slices
+    for case in batch:
+        grid = header_grid(case.path, args.volume)
+        if grid is None:
+            continue
+        try:
+            plan_thick_slices(grid, args.slice_factor, args.spacing, thick_slice_thickness(args, case.path), max_slices)
+        except XDiffusionError as error:
+            raise XDiffusionError(f"{case.row}: {error}") from None
 
 
 def _check_out(out: Path) -> Path:
@@ -187,8 +215,11 @@ def _key_base(args, reconstructor) -> dict:
 
     directory = Path(args.model) if args.model else default_model_dir()
     settings = {k: v for k, v in reconstructor.settings.to_dict().items() if k not in ("device", "chunk_size")}
-    return {"what": "reconstruct-batch", "version": __version__, "settings": settings,
+    base = {"what": "reconstruct-batch", "version": __version__, "settings": settings,
             "model": file_identity([directory / "config.json", directory / "model.safetensors"], content=True)}
+    if args.all_slices:  # another grid or profile is another result (absent otherwise: earlier keys hold)
+        base["thick_slices"] = {name: getattr(args, name) for name in THICK_SLICE_OPTIONS}
+    return base
 
 
 def _case_key(base: dict, batch, volume_index) -> str:
@@ -204,6 +235,7 @@ def _reconstruct_case(batch, out: Path, reconstructor, args, rank) -> tuple[dict
     from ...io.readers import read_volume
     from ...io.writers import write_volumes
     from ...sampling.reconstructor import reconstruct_volume
+    from ...sampling.thick_slices import reconstruct_thick_slices
 
     output, uncertainty = _outputs(out, batch)
     start = time.perf_counter()
@@ -212,18 +244,26 @@ def _reconstruct_case(batch, out: Path, reconstructor, args, rank) -> tuple[dict
         labels = protocol.label_value_count(volume.array)
         if labels is not None:
             raise XDiffusionError(f"{batch.path} is a label map ({labels} distinct values), not an MRI intensity volume")
-        if batch.slices is not None:
-            indices = list(batch.slices)
-        else:  # the evaluation protocol's choice: bin centres over the head along the plane's axis
-            indices = list(protocol.choose_indices(protocol.canonical_case(volume).array, batch.plane, batch.k))
-        result = reconstruct_volume(volume, batch.plane, indices, reconstructor=reconstructor)
+        if args.all_slices:
+            from .reconstruct import thick_slice_thickness
+
+            result = reconstruct_thick_slices(volume, args.slice_factor, args.spacing,
+                                              thick_slice_thickness(args, batch.path), reconstructor=reconstructor)
+            plane, indices = result.plan.plane, list(result.plan.indices)
+        else:
+            plane = batch.plane
+            if batch.slices is not None:
+                indices = list(batch.slices)
+            else:  # the evaluation protocol's choice: bin centres over the head along the plane's axis
+                indices = list(protocol.choose_indices(protocol.canonical_case(volume).array, batch.plane, batch.k))
+            result = reconstruct_volume(volume, batch.plane, indices, reconstructor=reconstructor)
         write_volumes([(result.volume, output), (result.uncertainty, uncertainty)])
     except XDiffusionError as error:
         raise XDiffusionError(f"{batch.row}: {error}") from None
     seconds = time.perf_counter() - start
     if not args.no_progress:
-        print(f"[rank {rank.rank}] {batch.output}: {len(indices)} {batch.plane} slices, {seconds:.1f} s", file=sys.stderr)
+        print(f"[rank {rank.rank}] {batch.output}: {len(indices)} {plane} slices, {seconds:.1f} s", file=sys.stderr)
     relative = lambda path: path.relative_to(out).as_posix()  # noqa: E731
-    return ({"input": batch.source, "plane": batch.plane, "k": len(indices), "indices": indices,
+    return ({"input": batch.source, "plane": plane, "k": len(indices), "indices": indices,
              "output": relative(output), "uncertainty": relative(uncertainty), "seconds": seconds},
             [output, uncertainty])
