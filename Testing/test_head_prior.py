@@ -110,3 +110,21 @@ def test_a_user_atlas_without_labels_gets_intensity_classes():
     template = HeadTemplate.from_volume(atlas)
     assert set(np.unique(template.tissues)) == {0, 1, 2, 3}
     assert template.variant == "atlas"
+
+
+def test_the_bias_field_is_flat_along_the_slice_axis_for_one_input_slice():
+    from XDiffusionLib.baselines.head_prior import bias_degrees
+
+    assert all(d[2] == 0 for d in bias_degrees(2, 1))
+    assert max(d[2] for d in bias_degrees(2, 2)) == 1
+    assert max(d[0] for d in bias_degrees(2, 5)) == 2 and len(bias_degrees(2, 5)) == 10
+
+
+def test_the_same_inputs_reuse_one_prior_fit_and_other_inputs_do_not():
+    volume = _template_as_subject(False)
+    baseline = TemplateBaseline(deform=False)
+    first = baseline.fit(SliceInput.from_volume(volume, "axial", (40, 60)))
+    again = TemplateBaseline(deform=False).fit(SliceInput.from_volume(volume, "axial", (40, 60)))
+    other = baseline.fit(SliceInput.from_volume(volume, "axial", (40, 61)))
+    assert again is first and other is not first
+    assert not first.prior.flags.writeable

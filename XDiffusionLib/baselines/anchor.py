@@ -30,11 +30,12 @@ import numpy as np
 
 from ..io.volume import Volume
 from ..inputs import SliceInput
+from .head_prior import HeadPriorFit
 from .interpolation import linear_fill, nearest_fill, pchip_fill
 from .template import TemplateBaseline
 
-DEFAULT_DECAY_INSIDE_MM = 48.0
-DEFAULT_DECAY_OUTSIDE_MM = 12.0
+DEFAULT_DECAY_INSIDE_MM = 6.0
+DEFAULT_DECAY_OUTSIDE_MM = 6.0
 
 
 def interpolation_weight(inputs: SliceInput, decay_inside_mm: float = DEFAULT_DECAY_INSIDE_MM,
@@ -85,6 +86,7 @@ class AnchorEstimate:
     interpolation: np.ndarray
     template: np.ndarray
     weight: np.ndarray  # (depth,) interpolation weight per slice along the input axis, or a volume
+    prior: HeadPriorFit | None = None  # the head prior fit (inputs not pasted): leave-one-out folds reuse it
 
 
 def voxel_weight(inputs: SliceInput, weight: np.ndarray, coverage: np.ndarray) -> np.ndarray:
@@ -113,7 +115,7 @@ def anchor_estimate(inputs: SliceInput, decay_inside_mm: float = DEFAULT_DECAY_I
     interpolated = np.asarray(interpolate(inputs).array, dtype=np.float32)
     weight = voxel_weight(inputs, interpolation_weight(inputs, decay_inside_mm, decay_outside_mm), prior.coverage)
     volume = Volume(blend(inputs, interpolated, fitted, weight), inputs.grid)
-    return AnchorEstimate(volume, interpolated, fitted, weight)
+    return AnchorEstimate(volume, interpolated, fitted, weight, prior)
 
 
 class AnchorBaseline:

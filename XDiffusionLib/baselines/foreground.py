@@ -29,16 +29,18 @@ def foreground_mask(values: np.ndarray) -> np.ndarray:
     return values > threshold
 
 
-def head_mask(values: np.ndarray) -> np.ndarray:
+def head_mask(values: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """The head: the foreground closed by 2 voxels with its enclosed holes filled (ventricles and
     sulcal CSF are dark but inside the head). Scores of uncertainty intervals count these voxels
-    (``metrics.coverage``): on the empty background nearly every method is exact."""
+    (``metrics.coverage``): on the empty background nearly every method is exact. A 2D slice works
+    too; ``threshold``: the foreground threshold of the whole scan (default: of ``values``)."""
     from scipy import ndimage
 
-    mask = foreground_mask(values)
+    values = np.asarray(values)
+    mask = values > (foreground_threshold(values) if threshold is None else float(threshold))
     if not mask.any():
         return mask
-    mask = ndimage.binary_closing(mask, structure=ndimage.generate_binary_structure(3, 1), iterations=2,
+    mask = ndimage.binary_closing(mask, structure=ndimage.generate_binary_structure(values.ndim, 1), iterations=2,
                                   border_value=0)
     return ndimage.binary_fill_holes(mask)
 

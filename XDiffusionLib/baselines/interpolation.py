@@ -38,42 +38,56 @@ def _to_volume(inputs: SliceInput, stack: np.ndarray) -> Volume:
     return Volume(inputs.paste_into(array), inputs.grid)
 
 
+def _nearest_at(indices: np.ndarray, slices: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    nearest = np.abs(positions[:, None] - indices[None, :]).argmin(axis=1)  # argmin keeps the first tie
+    return slices[nearest]
+
+
+def _linear_at(indices: np.ndarray, slices: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    if len(indices) == 1:
+        return _nearest_at(indices, slices, positions)
+    positions = np.clip(np.asarray(positions, dtype=np.float64), indices[0], indices[-1])
+    upper = np.clip(np.searchsorted(indices, positions, side="right"), 1, len(indices) - 1)
+    lower = upper - 1
+    weight = ((positions - indices[lower]) / (indices[upper] - indices[lower])).astype(np.float32)
+    weight = weight[:, None, None]
+    return ((1.0 - weight) * slices[lower] + weight * slices[upper]).astype(np.float32)
+
+
+def _pchip_at(indices: np.ndarray, slices: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    if len(indices) < 3:
+        return _linear_at(indices, slices, positions)
+    positions = np.clip(np.asarray(positions, dtype=np.float64), indices[0], indices[-1])
+    interpolator = PchipInterpolator(indices.astype(np.float64), slices, axis=0, extrapolate=False)
+    stack = np.empty((len(positions), *slices.shape[1:]), dtype=np.float32)
+    for start in range(0, len(positions), _BLOCK):
+        stack[start:start + _BLOCK] = interpolator(positions[start:start + _BLOCK])
+    return stack
+
+
+def cubic_at(inputs: SliceInput, positions) -> np.ndarray:
+    """``pchip_fill`` at some slice positions only (stacked along axis 0, input slices not pasted):
+    cheap when few slices are needed (``baselines.leave_one_out``)."""
+    indices, slices = _sorted_inputs(inputs)
+    return _pchip_at(indices, slices, np.asarray(positions, dtype=np.float64))
+
+
 def nearest_fill(inputs: SliceInput) -> Volume:
     """Every slice is a copy of the nearest input slice (ties go to the lower index)."""
     indices, slices = _sorted_inputs(inputs)
-    depth = inputs.grid.shape[inputs.axis]
-    positions = np.arange(depth)
-    nearest = np.abs(positions[:, None] - indices[None, :]).argmin(axis=1)  # argmin keeps the first tie
-    return _to_volume(inputs, slices[nearest])
+    return _to_volume(inputs, _nearest_at(indices, slices, np.arange(inputs.grid.shape[inputs.axis])))
 
 
 def linear_fill(inputs: SliceInput) -> Volume:
     """Linear interpolation between neighbouring input slices, constant beyond the outermost ones."""
     indices, slices = _sorted_inputs(inputs)
-    if len(indices) == 1:
-        return nearest_fill(inputs)
-    depth = inputs.grid.shape[inputs.axis]
-    positions = np.clip(np.arange(depth, dtype=np.float64), indices[0], indices[-1])
-    upper = np.clip(np.searchsorted(indices, positions, side="right"), 1, len(indices) - 1)
-    lower = upper - 1
-    weight = ((positions - indices[lower]) / (indices[upper] - indices[lower])).astype(np.float32)
-    weight = weight[:, None, None]
-    stack = (1.0 - weight) * slices[lower] + weight * slices[upper]
-    return _to_volume(inputs, stack.astype(np.float32))
+    return _to_volume(inputs, _linear_at(indices, slices, np.arange(inputs.grid.shape[inputs.axis])))
 
 
 def pchip_fill(inputs: SliceInput) -> Volume:
     """Monotone cubic (PCHIP) interpolation between input slices; linear for 2 inputs, nearest for 1."""
     indices, slices = _sorted_inputs(inputs)
-    if len(indices) < 3:
-        return linear_fill(inputs)
-    depth = inputs.grid.shape[inputs.axis]
-    positions = np.clip(np.arange(depth, dtype=np.float64), indices[0], indices[-1])
-    interpolator = PchipInterpolator(indices.astype(np.float64), slices, axis=0, extrapolate=False)
-    stack = np.empty((depth, *slices.shape[1:]), dtype=np.float32)
-    for start in range(0, depth, _BLOCK):
-        stack[start:start + _BLOCK] = interpolator(positions[start:start + _BLOCK])
-    return _to_volume(inputs, stack)
+    return _to_volume(inputs, _pchip_at(indices, slices, np.arange(inputs.grid.shape[inputs.axis])))
 
 
 class NearestSlice:

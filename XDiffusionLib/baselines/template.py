@@ -8,6 +8,8 @@ inputs' background: it has nothing to say there.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,33 @@ from ..errors import XDiffusionError
 from ..inputs import SliceInput
 from ..io.volume import Volume
 from .head_prior import HeadPriorFit, HeadTemplate, fit_head_prior, shipped_head_template
+
+
+# The prior is deterministic and costs seconds; the template baseline, the anchor and the model fit it
+# to the same inputs in one evaluation case, so the last few fits are kept (read-only arrays).
+_FITS: OrderedDict[tuple, HeadPriorFit] = OrderedDict()
+_KEPT_FITS = 2
+
+
+def _inputs_key(template: HeadTemplate, inputs: SliceInput, deform: bool) -> tuple:
+    digest = hashlib.sha1(np.ascontiguousarray(inputs.slices, dtype=np.float32).tobytes()).hexdigest()
+    return (id(template), deform, inputs.plane, tuple(inputs.indices), tuple(inputs.grid.shape),
+            tuple(np.round(inputs.grid.spacing, 6)), digest)
+
+
+def cached_fit(template: HeadTemplate, inputs: SliceInput, deform: bool) -> HeadPriorFit:
+    """``fit_head_prior`` for these inputs, reused while it is among the last ``_KEPT_FITS``."""
+    key = _inputs_key(template, inputs, deform)
+    if key in _FITS:
+        _FITS.move_to_end(key)
+        return _FITS[key]
+    fit = fit_head_prior(template, inputs, deform=deform)
+    for array in (fit.prior, fit.tissues, fit.coverage):
+        array.setflags(write=False)
+    _FITS[key] = fit
+    while len(_FITS) > _KEPT_FITS:
+        _FITS.popitem(last=False)
+    return fit
 
 
 class TemplateBaseline:
@@ -49,7 +78,7 @@ class TemplateBaseline:
 
     def fit(self, inputs: SliceInput) -> HeadPriorFit:
         """The head prior for these inputs (not yet holding the input slices)."""
-        return fit_head_prior(self.template(), inputs, deform=self.deform)
+        return cached_fit(self.template(), inputs, self.deform)
 
     def reconstruct(self, inputs: SliceInput) -> Volume:
         prior = self.fit(inputs).prior

@@ -71,8 +71,8 @@ class XDiffusionConfig:
     # deterministic anchor (``baselines.anchor``), scaled by ``residual_scale`` into network range.
     target: str = "volume"
     residual_scale: float = 1.0
-    anchor_decay_inside_mm: float = 48.0
-    anchor_decay_outside_mm: float = 12.0
+    anchor_decay_inside_mm: float = 6.0
+    anchor_decay_outside_mm: float = 6.0
     # Sampling starts at this fraction of the noise schedule (1: pure noise; < 1: near the anchor),
     # and training draws timesteps from the same range.
     start_fraction: float = 1.0

@@ -14,7 +14,8 @@ input slices, and the training loop draws sections (R, d) from these entries:
    K from 1 to 31 at the evaluation protocol's spacing (bin centres over the foreground extent)
    with jitter, sometimes over only part of the extent (a user's picks);
 4. intensities are normalised on the input slices only (zero floor), as at inference;
-5. the anchor is computed from those slices on the cube grid, with its template part perturbed by
+5. the anchor is computed from those slices on the cube grid (the head prior placed without its
+   deformable stage, see ``build_bank``), with its template part perturbed by
    a random smooth warp and gamma, so the template is no more accurate here than on a real head
    (training subjects are warps of the very template the anchor fits).
 
@@ -201,7 +202,9 @@ def build_bank(sources: Sequence[Path], config, per_volume: int, seed: int, prog
     from ..io.readers import read_volume
     from ..transforms.orientation import to_canonical
 
-    template = TemplateBaseline()
+    # No deformable stage here: it is 80% of an entry's cost, and step 5's random warp already gives
+    # the template part misfits at least as large as the ones the deformable stage removes.
+    template = TemplateBaseline(deform=False)
     cubes, anchors, axes, positions, points = [], [], [], [], []
     chosen = range(len(sources)) if volumes is None else volumes
     iterator = [(i, sources[i]) for i in chosen]
