@@ -161,7 +161,7 @@ def test_gather_ends_with_one_line_when_a_rank_is_gone(tmp_path, monkeypatch, be
     ranks = tmp_path / cohort_module.RANKS_DIR
     ranks.mkdir()
     if beat == "dead":
-        beat = {"state": "running", "case": "b", "pid": dead_pid(), "host": cohort_module._HOST}
+        beat = {"state": "running", "case": "b", "pid": dead_pid(), "host": cohort_module.HOST_TAG}
     if beat is not None:
         (ranks / f"{token}-1.json").write_text(json.dumps({"pid": 1, "host": "elsewhere", "time": 9e12, **beat}))
     cohort = Cohort(tmp_path, Rank(0, 2), heartbeat_seconds=0.05, stale_seconds=0.5)

@@ -351,6 +351,33 @@ def test_atomic_file_replaces_in_one_step_and_a_failure_leaves_the_old_file(tmp_
     assert target.read_text() == "a,b\n1,2\n" and oct(target.stat().st_mode & 0o777) == "0o644"
 
 
+def test_process_alive_reads_the_process_table_and_stale_temporaries_of_ended_writers_go(tmp_path):
+    """Liveness from psutil (issue 23 item 6): this process and a running child are alive, an
+    ended child is not, and a number naming no single process counts as alive (files kept)."""
+    import subprocess
+    import sys
+
+    from XDiffusionLib.io.atomic import HOST_TAG, process_alive, remove_stale_temporaries
+
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    try:
+        assert process_alive(os.getpid()) and process_alive(running.pid)
+        assert not process_alive(ended.pid)
+        assert process_alive(0) and process_alive(-1)
+        stale = tmp_path / f".out.nii.gz.xdpart-{ended.pid}-{HOST_TAG}-abc.nii.gz"
+        live = tmp_path / f".out.nii.gz.xdpart-{running.pid}-{HOST_TAG}-def.nii.gz"
+        other_host = tmp_path / f".out.nii.gz.xdpart-{ended.pid}-00000000-ghi.nii.gz"
+        for path in (stale, live, other_host):
+            path.write_text("partial")
+        assert remove_stale_temporaries(tmp_path) == [stale]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other_host.name])
+    finally:
+        running.kill()
+        running.wait()
+
+
 def test_one_file_name_sanitiser():
     from XDiffusionLib.io.names import safe_file_name
 

@@ -30,7 +30,7 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
             || echo "setup: warning: could not install$missing (needed by the web app and its tests)" >&2
     fi
 fi
-.venv/bin/python -c "import XDiffusionLib, torch, diffusers, slicer" || { echo "setup failed: XDiffusionLib does not import" >&2; exit 1; }
+.venv/bin/python -c "import XDiffusionLib, torch, diffusers, slicer, psutil" || { echo "setup failed: XDiffusionLib does not import" >&2; exit 1; }
 # Export the shipped model's U-Net for ONNX Runtime once (cached per weights and torch version), so
 # the first reconstruction does not wait for it; without it, the first run exports it itself.
 .venv/bin/python -c "from XDiffusionLib.model.onnx_runtime import warm_cache; warm_cache()" \

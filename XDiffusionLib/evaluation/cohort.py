@@ -26,6 +26,7 @@ case computes. The same code runs plain (one process), under ``torchrun`` and un
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import XDiffusionError
-from ..io.atomic import _HOST, _process_alive, remove_quietly, write_json_atomic
+from ..io.atomic import HOST_TAG, process_alive, remove_quietly, write_json_atomic
 from ..io.names import safe_file_name
 
 RESULTS_DIR = "per-case"
@@ -96,7 +97,7 @@ def rank_device(requested: str | None, rank: Rank) -> str | None:
     if rank.world_size == 1 or requested not in (None, "auto", "cuda"):
         return requested
     try:
-        import torch
+        import torch  # the torch boundary: a cohort of baselines runs without it
     except ImportError:  # baselines only: no device to choose
         return requested
     if not torch.cuda.is_available():
@@ -340,7 +341,7 @@ class Cohort:
         if state == "failed":
             where = f" on case {beat['case']}" if beat.get("case") else ""
             return f"failed{where}: {beat.get('message', 'unknown error')}"
-        if beat.get("host") == _HOST and not _process_alive(int(beat.get("pid", -1))):
+        if beat.get("host") == HOST_TAG and not process_alive(int(beat.get("pid", -1))):
             return f"died (process {beat.get('pid')} ended without finishing{' case ' + beat['case'] if beat.get('case') else ''})"
         age = time.time() - float(beat.get("time", 0))
         if age > self.stale_seconds:
@@ -355,8 +356,7 @@ def _one_line(error: BaseException) -> str:
 
 def _broadcast(decision, timeout: float):
     """``decision`` of rank 0 on every rank, through accelerate's process group (opened and closed here)."""
-    import datetime
-
+    # torch and accelerate load only here (the torch boundary): one-process runs never need them.
     import torch
     import torch.distributed as dist
     from accelerate import PartialState
@@ -389,7 +389,7 @@ class _Heartbeat:
 
     def _write(self) -> None:
         try:
-            _write_json(self.path, {"pid": os.getpid(), "host": _HOST, "time": time.time(), **self.state})
+            _write_json(self.path, {"pid": os.getpid(), "host": HOST_TAG, "time": time.time(), **self.state})
         except OSError:
             pass  # the folder was cleaned up after the gather: nothing left to report to
 

@@ -28,16 +28,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import psutil
+
 from ..errors import XDiffusionError
+from .checksums import read_safetensors_header, safetensors_data_end
 
 _MARK = ".xdpart-"
 # This host's tag: a process id means something only on the host that wrote it (shared folders).
-_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+# Temporary names and evaluation.cohort's heartbeats carry it next to their writer's process id.
+HOST_TAG = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
 _TEMPORARY = re.compile(r"^\..*" + re.escape(_MARK) + r"(\d+)-([0-9a-f]{8})-")
 
 
 def _prefix(final: Path) -> str:
-    return f".{final.name}{_MARK}{os.getpid()}-{_HOST}-"
+    return f".{final.name}{_MARK}{os.getpid()}-{HOST_TAG}-"
 
 
 def temporary_file(final: str | os.PathLike, suffix: str = "") -> Path:
@@ -84,8 +88,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def write_json_atomic(path: str | os.PathLike, data: Any, **dump_options) -> Path:
     """``data`` as indented JSON ending in a newline, written in place in one step."""
-    import json
-
     return write_text_atomic(path, json.dumps(data, indent=2, **dump_options) + "\n")
 
 
@@ -104,7 +106,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMPORARY.match(entry.name)
-        if match is None or match.group(2) != _HOST or process_alive(int(match.group(1))):
+        if match is None or match.group(2) != HOST_TAG or process_alive(int(match.group(1))):
             continue
         path = Path(entry.path)
         try:
@@ -119,19 +121,17 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` on this host may still run (ours, or one we cannot tell about)."""
-    if pid == os.getpid():
+    """Whether process ``pid`` on this host may still run (ours, or one we cannot tell about).
+
+    psutil's process table answers (``os.kill(pid, 0)`` is no liveness check on Windows). A
+    number that names no single process (zero or less) counts as alive: its files are kept.
+    """
+    if pid <= 0 or pid == os.getpid():
         return True
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # it exists (another user's process) or we cannot tell: keep its files
-    return True
-
-
-_process_alive = process_alive  # the name evaluation.cohort imports
+        return psutil.pid_exists(pid)
+    except OSError:
+        return True  # we cannot tell: keep its files
 
 
 def remove_quietly(path: str | os.PathLike) -> None:
@@ -390,8 +390,6 @@ def _metaimage_problem(path: Path) -> str | None:
 
 
 def _safetensors_problem(path: Path, size: int) -> str | None:
-    from .checksums import read_safetensors_header, safetensors_data_end  # (no cycle: checksums needs only errors)
-
     try:
         offset, header = read_safetensors_header(path)
     except XDiffusionError:
