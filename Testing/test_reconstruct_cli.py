@@ -66,6 +66,11 @@ def test_reconstruct_writes_output_and_uncertainty(tmp_path, volume_file, model_
         assert np.allclose(recon.array[:, :, index], source.array[:, :, index])
         assert np.all(spread.array[:, :, index] == 0)
     assert "wrote" in capsys.readouterr().out
+    # Issue 22 item 1: both files say inside what they are (NIfTI descrip).
+    import nibabel
+
+    assert "AI-generated pseudo-MRI" in nibabel.load(str(out)).header["descrip"].item().decode()
+    assert "intensity units" in nibabel.load(str(out.parent / "recon_uncertainty.nii.gz")).header["descrip"].item().decode()
 
 
 def test_indices_file_and_explicit_uncertainty(tmp_path, volume_file, model_dir):

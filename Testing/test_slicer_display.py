@@ -203,7 +203,7 @@ def test_layout_without_reference_shows_uncertainty():
 
 
 def test_uncertainty_display_has_a_colour_bar_with_its_level(scene):
-    from XDiffusionLib.uncertainty.intervals import calibrated_info
+    from XDiffusionLib.uncertainty.intervals import UNCALIBRATED, calibrated_info
 
     width = np.abs(np.random.default_rng(3).normal(0, 5, (8, 8, 8))).astype(np.float32)
     node = nodes.add_volume_node(scene, Volume.from_array(width), "T1 uncertainty")
@@ -213,7 +213,13 @@ def test_uncertainty_display_has_a_colour_bar_with_its_level(scene):
     assert legend.GetPrimaryDisplayNode() is node.GetDisplayNode()
     assert node.GetAttribute("XDiffusion.uncertainty_level") == "0.9"
     assert display.uncertainty_info_of(node) == calibrated_info(0.9)
-    display.show_uncertainty(node, scene)  # shown again uncalibrated: the same colour bar, retitled
+    # Issue 22 item 1: shown again without its info (the web's Reset view) keeps the run's meaning,
+    # and the web page (which draws its own bars) can hide Slicer's legend.
+    display.show_uncertainty(node, scene, legend=False)
+    assert "90% interval" in display.color_legend(node, scene).GetTitleText()
+    assert not display.color_legend(node, scene).GetVisibility()
+    assert display.uncertainty_info_of(node) == calibrated_info(0.9)
+    display.show_uncertainty(node, scene, UNCALIBRATED)  # shown again uncalibrated: the same colour bar, retitled
     assert scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode") == 1
     assert "not calibrated" in display.color_legend(node, scene).GetTitleText()
     assert node.GetAttribute("XDiffusion.uncertainty_level") == ""

@@ -252,3 +252,41 @@ def test_dicom_uncertainty_series_says_its_level(tmp_path):
     assert first.SeriesDescription == "XDiffusion uncertainty (90% interval) - not for diagnosis"
     assert "level 0.9" in first.ImageComments and "intensity units" in first.ImageComments
     assert "not for diagnosis" in first.ImageComments and "axial" in first.DerivationDescription
+
+
+def header_of(path) -> dict[str, str]:
+    """Every header key of a volume file (NIfTI: its ``descrip``), read back with SimpleITK."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()}
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_every_export_says_inside_what_it_is(tmp_path, suffix):
+    """Issue 22 item 1: the file itself (not only its name) says AI-generated, not for diagnosis;
+    the uncertainty its level and units. One home: ``uncertainty.marking.file_metadata``."""
+    from XDiffusionLib.uncertainty.intervals import UNCALIBRATED, calibrated_info
+    from XDiffusionLib.uncertainty.marking import NOT_FOR_DIAGNOSIS, file_metadata
+
+    volume = oblique_volume()
+    recon = header_of(export_volume(volume, tmp_path / f"recon{suffix}"))
+    difference = header_of(export_volume(volume, tmp_path / f"diff{suffix}", what="difference"))
+    calibrated = header_of(export_volume(volume, tmp_path / f"unc{suffix}", uncertainty=calibrated_info(0.9)))
+    spread = header_of(export_volume(volume, tmp_path / f"spread{suffix}", uncertainty=UNCALIBRATED))
+    if suffix == ".nii.gz":  # NIfTI keeps one 80-character field
+        assert "AI-generated pseudo-MRI" in recon["descrip"] and "NOT FOR DIAGNOSIS" in recon["descrip"]
+        assert "difference" in difference["descrip"] and "not for diagnosis" in difference["descrip"]
+        assert "90% interval half-width" in calibrated["descrip"] and "intensity units" in calibrated["descrip"]
+        assert "not calibrated" in spread["descrip"] and "intensity units" in spread["descrip"]
+    else:
+        for header, what in ((recon, "reconstruction"), (difference, "difference"), (calibrated, "uncertainty")):
+            assert header["XDiffusion_notice"] == NOT_FOR_DIAGNOSIS and header["XDiffusion_content"] == what
+        assert calibrated["XDiffusion_uncertainty_level"] == "0.9"
+        assert "intensity units" in calibrated["XDiffusion_uncertainty_units"]
+        assert spread["XDiffusion_uncertainty"] == "view spread (std)"
+    # The uncertainty cannot be written without what it means; an unknown output is one line.
+    with pytest.raises(XDiffusionError, match="level and units"):
+        file_metadata("uncertainty")
+    with pytest.raises(XDiffusionError, match="unknown output 'mask'"):
+        file_metadata("mask")

@@ -52,6 +52,7 @@ def run_demo(
     from ..methods import get_method
     from ..sampling.reconstructor import XDiffusionReconstructor
     from ..transforms.orientation import to_canonical
+    from ..uncertainty.marking import file_metadata
 
     out_dir = check_out_dir(Path(out_dir))
     path = sample_path(sample)
@@ -90,9 +91,12 @@ def run_demo(
     def on_input_grid(array: np.ndarray) -> Volume:
         return reorientation.invert(Volume(np.asarray(array, dtype=np.float32), canonical.grid))
 
-    write_volume(on_input_grid(result.volume.array), outputs["reconstruction"])
-    write_volume(on_input_grid(result.uncertainty.array), outputs["uncertainty"], metadata=result.info.metadata())
-    write_volume(on_input_grid(maps.difference(canonical.array, result.volume.array)), outputs["difference"])
+    write_volume(on_input_grid(result.volume.array), outputs["reconstruction"],
+                 metadata=file_metadata("reconstruction"))
+    write_volume(on_input_grid(result.uncertainty.array), outputs["uncertainty"],
+                 metadata=file_metadata("uncertainty", result.info))
+    write_volume(on_input_grid(maps.difference(canonical.array, result.volume.array)), outputs["difference"],
+                 metadata=file_metadata("difference"))
     model_row = rows[0]
     title = (f"{sample} | X-Diffusion (AI-generated pseudo-MRI, not for diagnosis) | K={k} {plane} {list(indices)}\n"
              f"PSNR paper convention (max of GT): {model_row['psnr_paper']:.2f} dB whole volume, "

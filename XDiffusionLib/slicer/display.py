@@ -42,21 +42,25 @@ def color_table(scene, name: str, anchors) -> "slicer.vtkMRMLColorTableNode":
     return node
 
 
-def show_difference(node, scene) -> "slicer.vtkMRMLScalarVolumeDisplayNode":
-    """Diverging colours centred on 0, symmetric window, for a difference volume node (real - generated)."""
+def show_difference(node, scene, legend: bool = True) -> "slicer.vtkMRMLScalarVolumeDisplayNode":
+    """Diverging colours centred on 0, symmetric window, for a difference volume node (real - generated);
+    ``legend=False`` hides Slicer's colour bar (the web page draws its own)."""
     limit = symmetric_limit(slicer.util.arrayFromVolume(node))
     display = _display_node(node)
     display.SetAndObserveColorNodeID(color_table(scene, DIVERGING_NAME, DIFFERENCE_COLOURS).GetID())
     display.AutoWindowLevelOff()
     display.SetWindowLevel(2.0 * limit, 0.0)
-    _show_legend(node, scene, DIFFERENCE_LEGEND_TITLE)
+    _show_legend(node, scene, DIFFERENCE_LEGEND_TITLE, legend)
     return display
 
 
-def show_uncertainty(node, scene, info: UncertaintyInfo | None = None) -> "slicer.vtkMRMLScalarVolumeDisplayNode":
+def show_uncertainty(node, scene, info: UncertaintyInfo | None = None,
+                     legend: bool = True) -> "slicer.vtkMRMLScalarVolumeDisplayNode":
     """Sequential colours from 0 (certain) to the 99.5th percentile, and a colour bar titled
-    ``info.label`` (default: the uncalibrated view spread); ``info`` is recorded on the node."""
-    info = UNCALIBRATED if info is None else info
+    ``info.label``; ``info`` is recorded on the node. Without ``info``, what the node already
+    records (a redisplay keeps its meaning), else the uncalibrated view spread. ``legend=False``
+    hides Slicer's colour bar (the web page draws its own)."""
+    info = uncertainty_info_of(node) if info is None else info
     high = upper_limit(slicer.util.arrayFromVolume(node))
     display = _display_node(node)
     display.SetAndObserveColorNodeID(color_table(scene, SEQUENTIAL_NAME, UNCERTAINTY_COLOURS).GetID())
@@ -64,7 +68,7 @@ def show_uncertainty(node, scene, info: UncertaintyInfo | None = None) -> "slice
     display.SetWindowLevelMinMax(0.0, high)
     for key, value in info.metadata().items():
         node.SetAttribute(key.replace("XDiffusion_", UNCERTAINTY_ATTRIBUTE_PREFIX, 1), value)
-    _show_legend(node, scene, legend_title(info))
+    _show_legend(node, scene, legend_title(info), legend)
     return display
 
 
@@ -78,10 +82,8 @@ def uncertainty_info_of(node) -> UncertaintyInfo:
 
 
 def legend_title(info: UncertaintyInfo) -> str:
-    """Colour-bar title: what the value is, its level, its units (two short lines)."""
-    if info.calibrated:
-        return f"{info.level:.0%} interval\nhalf-width (\u00b1)"
-    return "view spread (std)\nnot calibrated"
+    """Colour-bar title: what the value is, its level, where it was calibrated (``UncertaintyInfo.legend``)."""
+    return info.legend
 
 
 def color_legend(node, scene):
@@ -99,11 +101,11 @@ def color_legend(node, scene):
     return legend
 
 
-def _show_legend(node, scene, title: str) -> None:
+def _show_legend(node, scene, title: str, visible: bool = True) -> None:
     legend = color_legend(node, scene)
     legend.SetTitleText(title)
     legend.SetLabelFormat("%.3g")
-    legend.SetVisibility(True)
+    legend.SetVisibility(bool(visible))
 
 
 def show_like(node, template) -> None:

@@ -34,8 +34,9 @@ from ..io import write_volume
 from ..io.atomic import remove_stale_temporaries, temporary_directory
 from ..io.volume import Volume
 from ..uncertainty.intervals import UncertaintyInfo
+from ..uncertainty.marking import NOT_FOR_DIAGNOSIS, file_metadata
 
-SERIES_DESCRIPTION = "AI-generated pseudo-MRI (X-Diffusion) - not for diagnosis"
+SERIES_DESCRIPTION = NOT_FOR_DIAGNOSIS
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 # Node attributes that carry a reconstruction's provenance in the scene (saved with it).
 ATTRIBUTE_PREFIX = "XDiffusion."
@@ -113,11 +114,14 @@ def describe_model(model: str) -> str:
     return text
 
 
-def export_volume(volume: Volume, path: str | os.PathLike, uncertainty: UncertaintyInfo | None = None) -> Path:
-    """NIfTI (.nii/.nii.gz), NRRD (.nrrd) or MetaImage (.mha) file, written atomically. For an
-    uncertainty volume, ``uncertainty`` says what it is: its label, level and units go into the
-    header (NRRD/MHA keys ``XDiffusion_uncertainty*``, NIfTI ``descrip``)."""
-    return write_volume(volume, path, metadata=None if uncertainty is None else uncertainty.metadata())
+def export_volume(volume: Volume, path: str | os.PathLike, uncertainty: UncertaintyInfo | None = None,
+                  what: str | None = None) -> Path:
+    """NIfTI (.nii/.nii.gz), NRRD (.nrrd) or MetaImage (.mha) file, written atomically, that says
+    inside what it is (``uncertainty.marking.file_metadata``): ``what`` is "reconstruction" (the
+    default), "difference" or "uncertainty"; for an uncertainty volume, ``uncertainty`` says what
+    it means (label, level and units in the header: NRRD/MHA keys, NIfTI ``descrip``)."""
+    what = what or ("uncertainty" if uncertainty is not None else "reconstruction")
+    return write_volume(volume, path, metadata=file_metadata(what, uncertainty))
 
 
 def uncertainty_series_description(info: UncertaintyInfo) -> str:

@@ -29,6 +29,7 @@ class Cancelled(Exception):
 def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = lambda: False) -> dict[str, str]:
     """Run ``request``; returns the written outputs {name: path} after emitting ``done``."""
     from ..io import read_volume, write_volume
+    from ..uncertainty.marking import file_metadata
     from ..io.readers import MultiVolumeError
 
     settings = request.settings.check()
@@ -75,11 +76,11 @@ def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = 
             **settings.options,
         )
     report(_SAMPLED, "writing the results")
-    outputs = {"reconstruction": str(write_volume(result.volume, targets[0]))}
+    outputs = {"reconstruction": str(write_volume(result.volume, targets[0], metadata=file_metadata("reconstruction")))}
     if getattr(result, "uncertainty", None) is not None:
         info = getattr(result, "info", None)  # what the uncertainty is, in the file's header (NRRD keys)
         outputs["uncertainty"] = str(write_volume(result.uncertainty, targets[1],
-                                                  metadata=None if info is None else info.metadata()))
+                                                  metadata=None if info is None else file_metadata("uncertainty", info)))
     report(1.0, "finished")
     emit(done_message(outputs))
     return outputs

@@ -178,6 +178,7 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
     from ...evaluation.protocol import label_value_count
     from ...io.readers import read_volume
     from ...io.writers import write_volumes
+    from ...uncertainty.marking import file_metadata
     from ...sampling.reconstructor import XDiffusionReconstructor, reconstruct_volume
     from ...sampling.thick_slices import plan_for, reconstruct_thick_slices
 
@@ -219,7 +220,8 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
             bar.close()
 
     write_volumes([(result.volume, output), (result.uncertainty, uncertainty)],
-                  metadata=[None, result.info.metadata()])  # the uncertainty file says what it is
+                  # every file says what it is (AI-generated; the uncertainty's level and units)
+                  metadata=[file_metadata("reconstruction"), file_metadata("uncertainty", result.info)])
     grid = f": {plan.describe()}" if args.all_slices else ""
     print(f"wrote {output} and {uncertainty} ({result.info.label}){grid}")
     return 0
