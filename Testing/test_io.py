@@ -402,3 +402,28 @@ def test_user_text_files_refuse_non_text_in_one_line(tmp_path, content, words):
         read_indices_file(str(path))
     with pytest.raises(XDiffusionError, match=f"picks.txt: not a CSV manifest \\({words}"):
         read_manifest(path, Defaults())
+
+
+def test_io_is_split_by_idea_and_the_old_names_still_import():
+    """io/readers.py split into formats, data_files, images and dicom (issue 23 item 4): the light
+    modules load without SimpleITK, and every name callers used from ``io.readers`` or ``io``
+    still imports, as the same object."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import XDiffusionLib.io.formats, XDiffusionLib.io.data_files; "
+            "print('SimpleITK' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+    import XDiffusionLib.io as io
+    from XDiffusionLib.io import data_files, dicom, formats, images, readers, writers
+
+    for name in ("volume_suffix", "is_volume_file", "FORMATS", "READ_SUFFIXES"):
+        assert getattr(readers, name) is getattr(formats, name) is getattr(io, name)
+    for name in ("volume_files", "detached_data_files", "check_self_contained"):
+        assert getattr(readers, name) is getattr(data_files, name) is getattr(io, name)
+    assert readers.image_to_volume is images.image_to_volume is io.image_to_volume
+    assert readers.image_to_array is images.image_to_array
+    assert readers.header_slice_thickness is dicom.header_slice_thickness is io.header_slice_thickness
+    assert writers.WRITE_SUFFIXES is formats.WRITE_SUFFIXES
+    assert io.MultiVolumeError is readers.MultiVolumeError

@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.samples import samples_with_role
 from ..errors import XDiffusionError
+from ..io.formats import volume_suffix
 
 SAMPLES_KEYWORD = "samples"
 # BraTS 2018-2021 name the FLAIR ``*_flair.nii.gz``; BraTS 2023 ``*-t2f.nii.gz``. The paper uses FLAIR.
@@ -23,11 +25,9 @@ class CaseSource:
     explicit: bool = False
 
 
-def _volume_files(folder: Path) -> list[Path]:
+def folder_volumes(folder: Path) -> list[Path]:
     """Every volume inside ``folder`` (recursive, sorted): files with a known suffix, and DICOM
     folders (one case each). If BraTS FLAIR files are present, only those."""
-    from ..io.readers import volume_suffix
-
     files: list[Path] = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -40,8 +40,6 @@ def _volume_files(folder: Path) -> list[Path]:
 
 
 def _case_name(path: Path) -> str:
-    from ..io.readers import volume_suffix
-
     suffix = volume_suffix(path)
     return path.name[: -len(suffix)] if suffix and path.is_file() else path.name
 
@@ -49,8 +47,6 @@ def _case_name(path: Path) -> str:
 def find_cases(paths: list[str] | None, volume_index: int | None = None) -> list[CaseSource]:
     """The cases named by ``--data``: files, folders (all volumes inside), or ``samples`` (the
     shipped held-out volumes; also the default when ``paths`` is empty)."""
-    from ..data.samples import samples_with_role
-
     cases: list[CaseSource] = []
     for entry in paths or [SAMPLES_KEYWORD]:
         if entry == SAMPLES_KEYWORD:
@@ -62,7 +58,7 @@ def find_cases(paths: list[str] | None, volume_index: int | None = None) -> list
         if path.is_file() or any(p.suffix.lower() == ".dcm" for p in path.iterdir() if p.is_file()):
             cases.append(CaseSource(_case_name(path), path, volume_index, explicit=True))
             continue
-        found = _volume_files(path)
+        found = folder_volumes(path)
         if not found:
             raise XDiffusionError(f"--data {entry}: the folder holds no volume files (.nii, .nii.gz, .nrrd, .mha, DICOM)")
         cases.extend(CaseSource(_case_name(f), f, volume_index) for f in found)

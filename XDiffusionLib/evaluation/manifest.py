@@ -25,9 +25,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+import numpy as np
+
 from ..errors import XDiffusionError
 from ..inputs import PLANE_AXIS
+from ..io.formats import FORMATS, WRITE_SUFFIXES, volume_suffix
 from ..io.text_files import read_user_text
+from ..io.volume import Grid
+from ..transforms.orientation import Reorientation
+from .cases import find_cases, folder_volumes
 
 COLUMNS = ("path", "plane", "slices", "k", "output")
 OUTPUT_SUFFIX = "_xdiffusion.nii.gz"
@@ -58,8 +64,6 @@ class Defaults:
 
 
 def case_name(path: Path) -> str:
-    from ..io.readers import volume_suffix
-
     suffix = volume_suffix(path)
     return path.name[: -len(suffix)] if suffix and not path.is_dir() else path.name
 
@@ -108,10 +112,8 @@ def read_manifest(manifest: str | os.PathLike, defaults: Defaults, volume_index:
 def folder_cases(folder: str | os.PathLike, defaults: Defaults, volume_index: int | None = None,
                  max_slices: int | None = None) -> list[BatchCase]:
     """Every volume in ``folder`` (as ``xdiffusion evaluate --data`` finds them), with the command's plane and slices."""
-    from .cases import _volume_files, find_cases
-
     folder = Path(folder).expanduser()
-    if not _volume_files(folder):
+    if not folder_volumes(folder):
         raise XDiffusionError(f"--inputs {folder}: the folder holds no volume files (.nii, .nii.gz, .nrrd, .mha, DICOM)")
     if defaults.plane is None and not defaults.all_slices:
         raise XDiffusionError("--inputs is a folder: give --plane (and --indices or --k) for its volumes")
@@ -131,8 +133,6 @@ def _raise_all(errors: list[str]) -> None:
 
 
 def _row_case(label: str, row: dict[str, str], base: Path, defaults: Defaults) -> BatchCase:
-    from ..io.readers import volume_suffix
-
     given = row.get("path", "")
     if not given:
         raise XDiffusionError(f"{label}: the path is empty")
@@ -187,9 +187,6 @@ def _source(given: str, path: Path, base: Path) -> str:
 
 
 def _output_name(label: str, given: str, path: Path) -> str:
-    from ..io.readers import volume_suffix
-    from ..io.writers import WRITE_SUFFIXES
-
     if not given:
         return case_name(path) + OUTPUT_SUFFIX
     parts = PurePosixPath(given.replace("\\", "/"))
@@ -243,19 +240,13 @@ def check_cases(cases: list[BatchCase], volume_index: int | None, max_slices: in
 
 def canonical_shape(path: Path, volume_index: int | None = None) -> tuple[int, int, int] | None:
     """The canonical (RAS+) shape of a volume file from its header alone; None for DICOM."""
-    from ..transforms.orientation import Reorientation
-
     grid = header_grid(path, volume_index)
     return None if grid is None else Reorientation.for_grid(grid).canonical.shape
 
 
 def header_grid(path: Path, volume_index: int | None = None):
     """The voxel grid (``io.volume.Grid``) of a volume file from its header alone; None for DICOM."""
-    import SimpleITK as sitk
-    import numpy as np
-
-    from ..io.readers import FORMATS, volume_suffix
-    from ..io.volume import Grid
+    import SimpleITK as sitk  # heavy import: only when a header is read
 
     suffix = volume_suffix(path)
     if path.is_dir() or suffix == ".dcm":

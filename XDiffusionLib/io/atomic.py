@@ -3,7 +3,7 @@
 Everything is first written under a temporary name next to its final place (same file system, so
 ``os.replace`` is one atomic rename). Temporary names are hidden (they start with ".") and carry
 the writer's process id and host: readers that scan folders skip hidden names
-(``io.readers.is_volume_file``), and the next writer in the same folder removes the leftovers of a
+(``io.formats.is_volume_file``), and the next writer in the same folder removes the leftovers of a
 writer that was killed (its process is gone), so nothing a reader could mistake for data stays.
 
 Before the rename every temporary is checked to be whole (``check_complete``): some writers

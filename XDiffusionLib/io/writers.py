@@ -12,12 +12,8 @@ import SimpleITK as sitk
 
 from ..errors import XDiffusionError
 from .atomic import check_complete, current_umask, remove_quietly, remove_stale_temporaries, temporary_file
-from .readers import volume_suffix
+from .formats import WRITE_SUFFIXES, volume_suffix
 from .volume import Volume
-
-# Single-file formats only: a detached header (.nhdr, .mhd) names its data file, which an
-# atomic rename of the header alone would break.
-WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 def volume_to_image(volume: Volume, dtype: np.dtype | type | None = None) -> sitk.Image:

@@ -14,16 +14,20 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from ..baselines.foreground import bounding_box, foreground_mask
 from ..errors import XDiffusionError
+from ..io.formats import is_volume_file, volume_suffix
+from ..io.readers import read_volume
+from ..transforms.model_space import ModelSpace
+from ..transforms.orientation import to_canonical
 
 _BRATS_SUFFIX = "_flair.nii.gz"
 _FOREGROUND_POINTS = 4096
 
 
 def _is_volume_file(path: Path) -> bool:
-    from ..io.readers import is_volume_file, volume_suffix
-
     # Hidden names are never data (a killed writer's temporary, macOS "._" files): is_volume_file.
     return is_volume_file(path) and volume_suffix(path) != ".dcm"
 
@@ -88,11 +92,6 @@ class CachedVolume:
 
 def load_cube(path: Path, side: int, rng: np.random.Generator) -> CachedVolume:
     """Read, canonicalise and map one volume to the model cube; find its foreground."""
-    from ..baselines.foreground import bounding_box, foreground_mask
-    from ..io.readers import read_volume
-    from ..transforms.model_space import ModelSpace
-    from ..transforms.orientation import to_canonical
-
     volume, _ = to_canonical(read_volume(path))
     space = ModelSpace.for_grid(volume.grid, side)
     cube = np.asarray(space.to_cube(volume.array), dtype=np.float32)
@@ -130,8 +129,6 @@ class VolumeDataset:
         rng = np.random.default_rng(0)  # foreground point subsample only; fixed so every rank agrees
         iterator: Iterable[Path] = self.sources
         if progress:
-            from tqdm.auto import tqdm
-
             iterator = tqdm(self.sources, desc="reading volumes", unit="vol", leave=False)
         volumes = [load_cube(path, self.side, rng) for path in iterator]
         self.cubes = np.stack([v.cube for v in volumes])  # (N, S, S, S) for batched gathers

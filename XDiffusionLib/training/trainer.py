@@ -7,31 +7,43 @@
 - Randomness: every random number of step ``s`` on rank ``r`` comes from a generator seeded by
   (seed, s, r), so a resumed run draws exactly the batches the uninterrupted run would have.
   Data parallel: each rank draws its own batch; gradients are averaged by DDP.
-- Checkpoints (``state.py``) every ``checkpoint_every`` steps and at the end; the EMA weights go
+- Checkpoints (``checkpoints.py``) every ``checkpoint_every`` steps and at the end; the EMA weights go
   to ``RUN_DIR/final`` in ``save_pretrained`` format (what ``xdiffusion reconstruct --model`` loads).
 - Logs: ``train_log.csv`` (step, loss, lr, steps_per_s), ``validation.csv`` + ``validation.png``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from tqdm.auto import tqdm
 
 from ..errors import XDiffusionError
 from ..io.atomic import write_json_atomic
+from ..model.checkpoint import load_pretrained, save_pretrained
+from ..model.factory import build_denoiser
+from ..sampling.schedulers import make_scheduler
 from . import checkpoints
+from .anchor_bank import load_or_build
 from .config import TrainConfig
 from .csv_log import append_row, truncate_after
-from .data import VolumeDataset
+from .data import VolumeDataset, find_volume_sources
 from .ema import EMA
 from .examples import ExampleSettings, sample_batch, sample_residual_batch
+from .validation import Validator, load_validation_volumes
 
 TRAIN_LOG = "train_log.csv"
 TRAIN_LOG_FIELDS = ("step", "loss", "lr", "steps_per_s")
@@ -55,8 +67,6 @@ class RunSpec:
 
 def training_noise_scheduler(config):
     """The forward process of eq. 2 (betas, alphas): the DDPM scheduler every sampler shares."""
-    from ..sampling.schedulers import make_scheduler
-
     return make_scheduler("ddpm", config)
 
 
@@ -81,8 +91,6 @@ def diffusion_loss(model, scheduler, target: torch.Tensor, condition, generator:
 
 def weights_sha256(model: torch.nn.Module) -> str:
     """Hash of every tensor of the model's state dict (names, dtypes, shapes, bytes)."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         value = tensor.detach().cpu().contiguous()
@@ -99,11 +107,6 @@ class Trainer:
     """One training run. ``Trainer(spec, dataset).run()`` returns the final model folder."""
 
     def __init__(self, spec: RunSpec, dataset: VolumeDataset, val_volumes: Sequence | None = None) -> None:
-        from accelerate import Accelerator
-        from diffusers.optimization import get_cosine_schedule_with_warmup
-
-        from ..model.factory import build_denoiser
-
         self.spec = spec
         self.config = spec.model_config
         self.tc = spec.train_config
@@ -117,8 +120,6 @@ class Trainer:
         torch.manual_seed(self.tc.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
         model = build_denoiser(self.config)
         if spec.init_from is not None and spec.resume_from is None:
-            from ..model.checkpoint import load_pretrained
-
             pretrained, _ = load_pretrained(spec.init_from)  # checksums verified, shapes checked
             model.load_state_dict(pretrained.state_dict(), strict=True)
         self.ema = EMA(model, self.tc.ema_decay)
@@ -149,8 +150,6 @@ class Trainer:
         )
         self.validator = None
         if val_volumes and self.tc.validate_every > 0:
-            from .validation import Validator
-
             self.validator = Validator(val_volumes, self.tc, self.run_dir)
 
     # --- state -----------------------------------------------------------------------------------
@@ -160,8 +159,6 @@ class Trainer:
         return self.accelerator.unwrap_model(self.model)
 
     def _load(self, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        import json
-
         meta = json.loads((folder / checkpoints.STATE_JSON).read_text())
         weights = checkpoints.load_tensors(folder / "model.safetensors")
         model.load_state_dict(weights, strict=True)
@@ -191,18 +188,12 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoints/step-XXXXXX`` (main process; every rank must call: RNG states are gathered)."""
-        from accelerate.utils import gather_object
-
-        from ..model.checkpoint import save_pretrained
-
         rng = gather_object([checkpoints.rng_state_tensors(self.rank)])
         # Data-parallel ranks must hold identical weights; a checkpoint records each rank's hash.
         hashes = gather_object([weights_sha256(self.unwrapped)])
         if not self.accelerator.is_main_process:
             return None
         if len(set(hashes)) > 1:
-            import warnings
-
             warnings.warn(f"data-parallel ranks hold different weights at step {self.step}: {hashes}")
         model = self.unwrapped
         optimizer_tensors, optimizer_meta = checkpoints.flatten_optimizer_state(self.optimizer.state_dict())
@@ -226,15 +217,11 @@ class Trainer:
 
     def ema_model(self) -> torch.nn.Module:
         """A CPU copy of the model holding the EMA weights, in eval mode."""
-        from ..model.factory import build_denoiser
-
         model = build_denoiser(self.config)
         model.load_state_dict({k: v.cpu() for k, v in self.ema.averaged_state_dict(self.unwrapped).items()})
         return model.eval()
 
     def save_final(self) -> Path:
-        from ..model.checkpoint import save_pretrained
-
         return save_pretrained(self.ema_model(), self.config, self.run_dir / FINAL_DIR)
 
     # --- loop ------------------------------------------------------------------------------------
@@ -286,8 +273,6 @@ class Trainer:
         acc.wait_for_everyone()
         bar = None
         if main and self.spec.progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=self.tc.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True)
         window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
         while self.step < stop_at:
@@ -330,15 +315,10 @@ def train(spec: RunSpec, stop_after: int | None = None) -> Path | None:
     All reading (and every check that can fail on the user's input) happens before the run
     folder is created.
     """
-    from .validation import load_validation_volumes
-
     tc, config = spec.train_config, spec.model_config
     if tc.validate_every > 0 and max(tc.val_slices) > config.max_slices:
         raise XDiffusionError(f"validation uses K = {max(tc.val_slices)} input slices but the model takes at most {config.max_slices}")
     if config.target == "residual":
-        from .anchor_bank import load_or_build
-        from .data import find_volume_sources
-
         dataset = load_or_build(spec.run_dir, find_volume_sources(spec.data), config, tc.anchors_per_volume, tc.seed,
                                 progress=spec.progress)
     else:

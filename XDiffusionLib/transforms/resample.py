@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from ..io.readers import image_to_array
+from ..io.images import image_to_array
 from ..io.volume import Grid, Volume
 from ..io.writers import volume_to_image
 
