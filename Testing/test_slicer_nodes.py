@@ -221,3 +221,34 @@ def test_grid_spacing_that_does_not_fit_the_scan_is_one_line(spacing, message):
     assert plan_all_slices(volume.grid, 1.0).indices == (0, 5, 10, 15, 20, 25)
     with pytest.raises(XDiffusionError, match="6 acquired axial slices but the model takes at most 4"):
         plan_all_slices(volume.grid, 1.0, max_slices=4)
+
+
+def test_input_slices_cross_other_views_as_lines_and_quick_picks():
+    """Issue 22 items 3 and 4: where an axial input slice crosses a coronal view (a row of pixels,
+    the page's y downwards), and the quick picks (all acquired, every n-th, K spread)."""
+    import numpy as np
+
+    from XDiffusionLib.errors import XDiffusionError
+    from XDiffusionLib.io.volume import Volume
+    from XDiffusionLib.slicer.slices import quick_picks, slice_line_in_view, slice_plane
+
+    array = np.zeros((10, 12, 20), np.float32)
+    array[2:8, 2:10, 3:17] = 50.0
+    grid = Volume.from_array(array, (1.0, 1.0, 2.0)).grid
+    point, normal = slice_plane(grid, "axial", 5)
+    assert abs(abs(normal[2]) - 1.0) < 1e-9
+    # A coronal view 100 x 80 pixels, 1 mm per pixel: x = R, y = S, centred on the point's S.
+    xy_to_ras = np.eye(4)
+    xy_to_ras[:3, :3] = [[1, 0, 0], [0, 0, 1], [0, 1, 0]]
+    xy_to_ras[:3, 3] = [-50.0, 0.0, point[2] - 30.0]
+    x1, y1, x2, y2 = slice_line_in_view(xy_to_ras, (100, 80), point, normal)
+    assert (x1, x2) == (0.0, 100.0) and y1 == y2 == 80 - 30.0
+    assert slice_line_in_view(xy_to_ras, (100, 80), point + [0, 0, 100.0], normal) is None  # off the view
+    axial_view = np.eye(4)
+    assert slice_line_in_view(axial_view, (100, 80), point, normal) is None  # its own plane
+    canonical = array  # already RAS+ here
+    assert quick_picks(canonical, "axial", "all") == list(range(3, 17))
+    assert quick_picks(canonical, "axial", "every", 5) == [3, 8, 13]
+    assert len(quick_picks(canonical, "axial", "spread", 4)) == 4
+    with pytest.raises(XDiffusionError, match="unknown quick pick"):
+        quick_picks(canonical, "axial", "most")

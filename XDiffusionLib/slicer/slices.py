@@ -87,3 +87,60 @@ def format_indices(indices) -> str:
 
 def _fmt(point) -> str:
     return "(" + ", ".join(f"{float(v):.1f}" for v in np.asarray(point)[:3]) + ")"
+
+
+def slice_plane(grid: Grid, plane: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical ``plane`` slice ``index`` as a RAS point on it and its unit normal (the voxel axis
+    that holds the plane's slices, so an oblique scan's slices stay oblique)."""
+    reorientation = Reorientation.for_grid(grid)
+    axis = reorientation.permutation[plane_axis(plane)]
+    normal = _LPS_TO_RAS @ np.asarray(grid.direction, dtype=float)[:, axis]
+    return ras_point_of_slice(grid, plane, index), normal / np.linalg.norm(normal)
+
+
+def slice_line_in_view(xy_to_ras, size: tuple[int, int], point, normal) -> tuple[float, float, float, float] | None:
+    """Where the plane (``point``, ``normal``, RAS) crosses a slice view, as a segment
+    (x1, y1, x2, y2) in the view's pixels with y downwards (the page's coordinates), clipped to
+    the view (``size``: width, height); None when the plane misses the view or is the view's own."""
+    matrix = np.asarray(xy_to_ras, dtype=float).reshape(4, 4)
+    normal = np.asarray(normal, dtype=float)[:3]
+    a, b = float(normal @ matrix[:3, 0]), float(normal @ matrix[:3, 1])
+    d = float(normal @ (matrix[:3, 3] - np.asarray(point, dtype=float)[:3]))
+    width, height = size
+    if np.hypot(a, b) < 1e-9 * max(np.linalg.norm(matrix[:3, :2]), 1e-12):
+        return None  # parallel to the view: its own plane, not a line
+    ends: list[tuple[float, float]] = []
+    if abs(b) > 1e-12:  # crossings of the left and right edges
+        ends += [(x, -(a * x + d) / b) for x in (0.0, float(width))]
+    if abs(a) > 1e-12:  # crossings of the bottom and top edges
+        ends += [(-(b * y + d) / a, y) for y in (0.0, float(height))]
+    inside = sorted({(round(x, 6), round(y, 6)) for x, y in ends
+                     if -1e-6 <= x <= width + 1e-6 and -1e-6 <= y <= height + 1e-6})
+    if len(inside) < 2:
+        return None
+    (x1, y1), (x2, y2) = inside[0], inside[-1]
+    return x1, height - y1, x2, height - y2  # VTK's y grows upwards, the page's downwards
+
+
+QUICK_PICKS = ("all", "every", "spread")  # all acquired slices, every n-th, K spread over the head
+
+
+def quick_picks(canonical: np.ndarray, plane: str, how: str, n: int = 1) -> list[int]:
+    """Input slices of ``plane`` chosen in one go from the volume's canonical (RAS+) voxels:
+    ``all`` acquired slices that are not empty, ``every`` n-th of them, or ``n`` ``spread`` over the
+    head (the evaluation protocol's choice: bin centres of the head's extent)."""
+    from ..evaluation.protocol import choose_indices
+
+    if how not in QUICK_PICKS:
+        raise XDiffusionError(f"unknown quick pick {how!r}: one of {', '.join(QUICK_PICKS)}")
+    if int(n) < 1:
+        raise XDiffusionError(f"{'K' if how == 'spread' else 'n'} = {n}: must be at least 1")
+    array = np.asarray(canonical)
+    axis = plane_axis(plane)
+    if how == "spread":
+        return sorted(int(i) for i in choose_indices(array, plane, int(n)))
+    moved = np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
+    acquired = [int(i) for i in np.flatnonzero(moved.max(axis=1) > moved.min(axis=1))]  # empty slices carry nothing
+    if not acquired:
+        raise XDiffusionError(f"every {plane} slice is empty: nothing to pick")
+    return acquired if how == "all" else acquired[::int(n)]
