@@ -17,6 +17,7 @@ from XDiffusionLib.model.checkpoint import (
     WEIGHTS_NAME,
     default_model_dir,
     load_pretrained,
+    read_config,
     save_pretrained,
 )
 from XDiffusionLib.model.conditioning import (
@@ -69,6 +70,15 @@ def test_config_round_trip(tmp_path):
     assert loaded == config
     assert XDiffusionConfig.from_dict(config.to_dict()) == config
     assert json.loads(path.read_text())["block_out_channels"] == [8, 16]
+
+
+def test_read_config_reads_a_model_folder_config_and_names_a_missing_one(tmp_path):
+    """The public door to a folder's config (issue 23 item 4: it was imported as ``_read_config``)."""
+    config = tiny_config()
+    config.save_json(tmp_path / CONFIG_NAME)
+    assert read_config(tmp_path) == config
+    with pytest.raises(XDiffusionError, match="missing model config"):
+        read_config(tmp_path / "nowhere")
 
 
 @pytest.mark.parametrize(
