@@ -200,13 +200,13 @@ def test_sections_outside_the_head_cost_no_evaluation_and_stay_unchanged():
 
 
 def test_training_inputs_cover_the_papers_k_with_protocol_spacing():
-    from XDiffusionLib.training.anchor_bank import _input_positions
+    from XDiffusionLib.training.anchor_bank import input_positions
 
     rng = np.random.default_rng(0)
-    counts = [len(_input_positions((5, 58), rng)) for _ in range(400)]
+    counts = [len(input_positions((5, 58), rng)) for _ in range(400)]
     assert max(counts) == 31 and min(counts) == 1
     assert sum(c >= 10 for c in counts) > 80, "K >= 10 is common, as users ask for it"
-    positions = _input_positions((0, 63), np.random.default_rng(3))
+    positions = input_positions((0, 63), np.random.default_rng(3))
     assert positions == sorted(set(positions)) and 0 <= positions[0] and positions[-1] <= 63
 
 

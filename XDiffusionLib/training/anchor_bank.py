@@ -115,7 +115,7 @@ def _thick_slices(array: np.ndarray, spacing: np.ndarray, rng: np.random.Generat
     return out.astype(np.float32), spacing
 
 
-def _input_positions(extent: tuple[int, int], rng: np.random.Generator, k_max: int = 31) -> list[int]:
+def input_positions(extent: tuple[int, int], rng: np.random.Generator, k_max: int = 31) -> list[int]:
     """K cube indices at protocol-like spacing (bin centres) with jitter, over all or part of the extent."""
     low, high = extent
     k = int(rng.choice(PROTOCOL_KS)) if rng.random() < 0.7 else int(rng.integers(1, 32))
@@ -167,7 +167,7 @@ def make_entry(volume, config, rng: np.random.Generator, template=None):
     box = bounding_box(mask, axis)
     if box is None:
         raise XDiffusionError(f"{volume}: no foreground in model space")
-    positions = _input_positions(box, rng, config.max_slices)
+    positions = input_positions(box, rng, config.max_slices)
     plane = ("sagittal", "coronal", "axial")[axis]
     slices = np.stack([np.take(cube, p, axis=axis) for p in positions])
     normalizer = IntensityNormalizer(zero_floor=True).fit(slices)
