@@ -324,3 +324,24 @@ def test_random_contrast_keeps_brain_tissues_apart():
         brain = sorted(means[n] for n in ("csf", "gm", "wm"))
         assert brain[1] - brain[0] >= 0.08 and brain[2] - brain[1] >= 0.08 and brain[2] >= 0.4
         assert means["background"] == 0.0 and all(0.0 <= v <= 1.0 for v in means.values())
+
+
+def test_scanner_like_artefacts_are_drawn_from_their_ranges_and_recorded(tmp_path):
+    """Issue 24 item 2: the calibration subjects' preset (noise never absent, stronger bias, more
+    thick slices, finer texture); the default preset keeps the training subjects as they were."""
+    from XDiffusionLib.synth.artifacts import SCANNER_LIKE
+    from XDiffusionLib.synth.dataset import write_synthetic_dataset
+
+    for index in range(3):
+        params = make(13, index, artefacts=SCANNER_LIKE).params
+        assert SCANNER_LIKE.noise_relative_sigma[0] <= params["noise_relative_sigma"] <= SCANNER_LIKE.noise_relative_sigma[1]
+        assert SCANNER_LIKE.bias_log_std[0] <= params["bias_log_std"] <= SCANNER_LIKE.bias_log_std[1]
+        assert SCANNER_LIKE.texture_scale_mm[0] <= params["texture_scale_mm"] <= SCANNER_LIKE.texture_scale_mm[1]
+    # Same number of random draws: the same anatomy and contrast as the default preset, other artefacts.
+    default, scanner = make(13).params, make(13, artefacts=SCANNER_LIKE).params
+    assert default["class_means"] == scanner["class_means"] and default["transform"] == scanner["transform"]
+    write_synthetic_dataset(tmp_path / "cal", 1, seed=13, spacing=SPACING, artefacts="scanner")
+    manifest = json.loads((tmp_path / "cal" / "manifest.json").read_text())
+    assert manifest["artefacts"] == "scanner" and manifest["artefact_levels"]["thick_slice_probability"] == 0.75
+    with pytest.raises(XDiffusionError, match="unknown artefact preset"):
+        write_synthetic_dataset(tmp_path / "bad", 1, artefacts="studio")

@@ -16,9 +16,10 @@ from XDiffusionLib.io.volume import Volume
 from XDiffusionLib.metrics.coverage import interval_coverage, rank_correlation, result_coverage, scored_mask
 from XDiffusionLib.metrics.lesion import dice, invented_regions, segment_anomaly, segment_tumour, tumour_window
 from XDiffusionLib.model.calibration import CALIBRATION_NAME, load_calibration, save_calibration, uncertainty_info
-from XDiffusionLib.uncertainty.intervals import (DISTANCE_EDGES_MM, FEATURES, K_EDGES, LEVELS, UNCALIBRATED,
-                                                 IntervalCalibration, calibrated_info, conformal_quantile,
-                                                 distance_bins, fit_calibration, k_range)
+from XDiffusionLib.uncertainty.intervals import (DISTANCE_EDGES_MM, FEATURES, K_EDGES, KNOTS_MM, LEVELS, UNCALIBRATED,
+                                                 IntervalCalibration, UncertaintyInfo, calibrated_info,
+                                                 conformal_quantile, distance_bins, fit_calibration, k_range,
+                                                 profile_at)
 
 
 def test_conformal_quantile_is_the_finite_sample_rank():
@@ -52,10 +53,11 @@ def test_fitted_table_covers_fresh_samples_at_every_level_and_width_follows_the_
     scale = np.maximum(np.einsum("ij,ij->i", test["design"],
                                  table.coefficients[[k_range(k) for k in test["k"]]]), 1e-3)
     ranges = np.array([k_range(k) for k in test["k"]])
-    bins = distance_bins(test["distance_mm"])
     for index, level in enumerate(LEVELS):
-        width = table.quantiles[ranges, bins, index] * scale
-        assert abs(np.mean(test["abs_error"] <= width) - level) < 0.02
+        q = np.empty(ranges.size)
+        for r in np.unique(ranges):  # the quantiles at the knots, joined linearly in distance
+            q[ranges == r] = profile_at(test["distance_mm"][ranges == r], KNOTS_MM, table.quantiles[r, :, index])
+        assert abs(np.mean(test["abs_error"] <= q * scale) - level) < 0.02
     assert rank_correlation(scale, test["abs_error"]) > 0.3
 
 
@@ -175,13 +177,14 @@ def test_coverage_counts_non_input_voxels_inside_the_head():
 
     scored = result_coverage(truth, prediction, Interval, mask, 0.9)
     assert scored["coverage"] == 1.0 and scored["width_error_spearman"] == pytest.approx(1.0) and scored["level"] == 0.9
+    assert scored["scan_scale"] == 1.0  # an interval without a scan scale: the synthetic table alone
 
 
 def test_coverage_report_and_calibration_figure(tmp_path):
     from XDiffusionLib.evaluation.coverage_report import coverage_rows, format_coverage_markdown, write_coverage
 
     rows = [{"case": c, "method": "xdiffusion", "k": k, "level": 0.9, "coverage": 0.88, "width_error_spearman": 0.4,
-             "mean_halfwidth": 10.0, "median_abs_error": 4.0, "voxels": 100.0,
+             "mean_halfwidth": 10.0, "median_abs_error": 4.0, "voxels": 100.0, "scan_scale": 1.0,
              **{f"coverage_{a:g}": a - 0.02 for a in LEVELS}} for c in ("a", "b") for k in (1, 5)]
     rows.append({"case": "a", "method": "linear", "k": 1})  # no interval: not in the coverage table
     table = coverage_rows(rows)
@@ -260,3 +263,135 @@ def test_the_shipped_model_requires_its_table_and_ships_a_valid_one(tmp_path, mo
         XDiffusionReconstructor().calibration
     assert XDiffusionReconstructor(model_dir=tmp_path).calibration is None  # a user's folder may have none
     assert XDiffusionReconstructor(calibrated=False).calibration is None
+
+
+# ---- issue 24: the interval calibrated on the scan itself, smooth in distance ---------------------
+
+def cylinder_folds(noise: float, seed: int):
+    """Leave-one-slice-out folds of a phantom that is constant along the slice axis, with a perfect
+    prior: a fold's error is the scan's noise alone, so it scales exactly with ``noise``."""
+    from XDiffusionLib.baselines.anchor import AnchorEstimate
+    from XDiffusionLib.baselines.head_prior import HeadPriorFit
+    from XDiffusionLib.baselines.leave_one_out import held_out_folds
+    from XDiffusionLib.inputs import SliceInput
+
+    yy, xx = np.mgrid[:24, :24]
+    disc = np.where((yy - 12) ** 2 + (xx - 12) ** 2 < 81, 110.0, 10.0).astype(np.float32)
+    clean = np.repeat(disc[:, :, None], 30, axis=2)
+    noisy = clean + np.float32(noise) * np.random.default_rng(seed).standard_normal(clean.shape).astype(np.float32)
+    volume = Volume.from_array(noisy, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    inputs = SliceInput.from_volume(volume, "axial", [3, 9, 15, 21, 27])
+    prior = HeadPriorFit(clean, np.zeros(clean.shape, np.uint8), np.ones(clean.shape, bool), "head", 1.0, False)
+    estimate = AnchorEstimate(volume, clean, clean, np.zeros(30, np.float32), prior)
+    return held_out_folds(inputs, estimate, 100.0, 6.0, 6.0)
+
+
+def test_leave_one_out_scale_recovers_a_known_error_inflation():
+    from XDiffusionLib.uncertainty.scan_scale import fit_scan_reference, fold_statistic, scan_scale
+
+    coefficients = np.array([1.0, 0.0, 0.0, 0.0, 0.0])  # s(x) = 1: the statistic is the error itself
+    reference_folds = [fold for seed in range(6) for fold in cylinder_folds(2.0, seed)]  # "synthetic" scans
+    assert len(reference_folds) == 30 and all(f.abs_error.size > 200 for f in reference_folds)
+    assert {f.distance_mm for f in reference_folds} == {12.0}  # 6 slices of 2 mm to the nearest other input
+    reference = fit_scan_reference(np.full(30, 5), np.array([f.distance_mm for f in reference_folds]),
+                                   np.array([fold_statistic(f, coefficients) for f in reference_folds]))
+    rougher = scan_scale(reference, 5, cylinder_folds(5.0, 99), coefficients)  # 2.5 times the noise
+    assert rougher.folds == 5 and rougher.value == pytest.approx(2.5, rel=0.1)
+    alike = scan_scale(reference, 5, cylinder_folds(2.0, 98), coefficients)
+    assert alike.value == pytest.approx(1.0, rel=0.1)
+    assert scan_scale(reference, 1, [], coefficients).folds == 0  # one input slice: nothing to leave out
+    assert scan_scale(None, 5, cylinder_folds(5.0, 99), coefficients).value == 1.0  # a table without reference
+
+
+def test_table_with_scan_scales_covers_fresh_samples_of_inflated_scans():
+    def samples(n, seed):
+        data = synthetic_samples(n, seed)
+        rng = np.random.default_rng(seed + 100)
+        inflation = rng.choice([0.5, 1.0, 2.0], size=n)  # per "scan", known to the interval as its lambda
+        return {**data, "abs_error": data["abs_error"] * inflation, "scan_scale": inflation}
+
+    table = fit_calibration(samples(20000, 0), samples(40000, 1), scan_reference={"anything": 1})
+    assert table.scan_reference == {"anything": 1}
+    test = samples(40000, 2)
+    scale = np.maximum(np.einsum("ij,ij->i", test["design"], table.coefficients[[k_range(k) for k in test["k"]]]), 1e-3)
+    ranges = np.array([k_range(k) for k in test["k"]])
+    for index, level in enumerate(LEVELS):
+        q = np.empty(ranges.size)
+        for r in np.unique(ranges):
+            q[ranges == r] = profile_at(test["distance_mm"][ranges == r], KNOTS_MM, table.quantiles[r, :, index])
+        covered = test["abs_error"] <= q * scale * test["scan_scale"]
+        assert abs(covered.mean() - level) < 0.02
+        for lam in (0.5, 2.0):  # every inflation is covered alike, not only on average
+            assert abs(covered[test["scan_scale"] == lam].mean() - level) < 0.03
+
+
+def test_interval_width_varies_continuously_with_distance():
+    from XDiffusionLib.uncertainty.intervals import IntervalFeatures
+
+    table = small_table()  # quantiles 1x, 2x, ... 6x from one distance bin to the next: steps before issue 24
+    distance = np.arange(0.0, 80.0, 0.05)
+    zeros = np.zeros((1, 1, distance.size), np.float32)
+    features = IntervalFeatures(3, distance, 2, zeros, zeros, zeros, zeros, 1.0, np.zeros(distance.size, bool))
+    width = table.estimate(features).halfwidth(0.9)[0, 0]
+    q = table.quantiles[k_range(3), :, LEVELS.index(0.9)] * 0.01  # s(x) = the intercept 0.01
+    steepest = np.max(np.abs(np.diff(q)) / np.diff(KNOTS_MM))
+    assert np.max(np.abs(np.diff(width))) <= steepest * 0.05 * 1.001  # no jump anywhere, bin edges included
+    for edge in DISTANCE_EDGES_MM:
+        i = int(round(edge / 0.05))
+        assert abs(width[i + 1] - width[i - 1]) <= 2 * steepest * 0.05 * 1.001
+    np.testing.assert_allclose(width[[int(round(k / 0.05)) for k in KNOTS_MM[:-1]]], q[:-1], rtol=1e-5)
+    np.testing.assert_allclose(width, np.interp(distance, KNOTS_MM, q), rtol=1e-5)
+    doubled = table.estimate(features, scan_scale=2.0).halfwidth(0.9)[0, 0]
+    np.testing.assert_allclose(doubled, 2.0 * width, rtol=1e-6)
+
+
+def test_one_input_slice_falls_back_to_the_synthetic_table_and_the_metadata_say_so(tmp_path):
+    from dataclasses import replace
+
+    from test_residual_model import ExactResidual, head, residual_config
+
+    from XDiffusionLib.inputs import SliceInput
+    from XDiffusionLib.io.writers import write_volume
+    from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
+    from XDiffusionLib.uncertainty.scan_scale import ScanReference
+    from XDiffusionLib.worker.launcher import _read_output
+
+    n_k = len(K_EDGES)
+    reference = ScanReference(np.zeros(n_k), np.zeros(n_k), np.ones(n_k, dtype=np.int64)).to_dict()
+    table = replace(small_table(), scan_reference=reference)
+    config = residual_config()
+    method = XDiffusionReconstructor(model=ExactResidual(config, 0.1), config=config, views=1, steps=1, device="cpu",
+                                     calibration=table)
+    volume = head()
+    one = method.reconstruct_with_uncertainty(SliceInput.from_volume(volume, "axial", [10]))
+    assert one.info.calibrated and one.info.scan_folds == 0 and one.interval.scan_scale == 1.0
+    assert one.info.metadata()["XDiffusion_uncertainty_calibration"] == "synthetic only"
+    assert "synthetic calibration only" in one.info.label and "synthetic calibration only" in one.info.legend
+    three = method.reconstruct_with_uncertainty(SliceInput.from_volume(volume, "axial", [4, 10, 16]))
+    assert three.info.scan_folds == 3 and three.interval.scan_scale == three.info.scan_scale > 0
+    metadata = three.info.metadata()
+    assert metadata["XDiffusion_uncertainty_calibration"] == "calibrated on this scan (leave-one-slice-out, 3 folds)"
+    assert "calibrated on this scan" in three.info.label and len(metadata["descrip"]) <= 79
+    assert UncertaintyInfo.from_metadata(metadata.get) == three.info  # what Slicer nodes and file headers keep
+    # The worker's file header carries it to the Slicer module and the web page (their colour bars).
+    path = write_volume(three.uncertainty, tmp_path / "uncertainty.nrrd", metadata=metadata)
+    assert _read_output(str(path), with_info=True)[1] == three.info
+    assert UncertaintyInfo.from_metadata({"XDiffusion_uncertainty_level": "0.9"}.get) == calibrated_info(0.9)  # old files
+    # Without a scan reference (a table made before issue 24) every K is synthetic only.
+    plain = XDiffusionReconstructor(model=ExactResidual(config, 0.1), config=config, views=1, steps=1, device="cpu",
+                                    calibration=small_table())
+    assert plain.reconstruct_with_uncertainty(SliceInput.from_volume(volume, "axial", [4, 10, 16])).info == calibrated_info(0.9)
+
+
+def test_tables_of_format_one_are_read_and_a_bad_scan_reference_is_named(tmp_path):
+    data = small_table().to_dict()
+    old = {key: value for key, value in data.items() if key not in ("knots_mm", "scan_reference")}
+    old["version"] = 1
+    assert IntervalCalibration.from_dict(old).scan_reference is None
+    data["scan_reference"] = {"intercept": [0.0], "slope": [0.0], "folds": [1]}
+    folder = weights_folder(tmp_path)
+    from dataclasses import replace
+
+    save_calibration(replace(small_table(), scan_reference=data["scan_reference"]), folder)
+    with pytest.raises(XDiffusionError, match="malformed scan reference"):
+        load_calibration(folder)

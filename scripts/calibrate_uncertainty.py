@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
 """Regenerate the interval calibration table beside the model's weights (uncertainty_calibration.json).
 
-Calibration subjects are synthetic only (``xdiffusion synth --seed 13``; seed 11 trained the
-model, seed 12 validated it; the real held-out volumes, Colin27 and pycortex's S1 are never
-used). For each subject and each of its K values the model reconstructs the subject from its
-protocol input slices with the default sampling settings; a seeded random subset of the
-non-input voxels inside the head (``metrics.coverage.head_mask``) gives (features, |error|)
-samples, cached per reconstruction under ``--cache``, so an interrupted run resumes. The first
-``--fit-subjects`` subjects fit the scale coefficients, the rest give the conformal quantiles
-(split conformal, ``uncertainty.intervals``).
+Calibration subjects are synthetic only (seed 13; seed 11 trained the model, seed 12 validated
+it; the real held-out volumes, Colin27 and pycortex's S1 are never used), drawn with the
+scanner-like artefact preset (``synth.artifacts.SCANNER_LIKE``: noise never absent, stronger bias
+field, thick slices more often, finer texture; issue 24). For each subject and each of its K values
+the model reconstructs the subject from its protocol input slices with the default sampling
+settings; a seeded random subset of the non-input voxels inside the head
+(``metrics.coverage.head_mask``) gives (features, |error|) samples, and each input slice left out
+in turn (``baselines.leave_one_out``, K >= 2) gives a fold of (features, |error|) samples; both are
+cached per reconstruction under ``--cache``, so an interrupted run resumes. The first
+``--fit-subjects`` subjects fit the scale coefficients, the scan reference and the distance profile;
+the rest give the conformal quantiles (split conformal, ``uncertainty.intervals`` and
+``uncertainty.scan_scale``). Every subject's reconstructions use its own scan scale lambda, as at
+inference.
 
-    OMP_NUM_THREADS=1 python scripts/calibrate_uncertainty.py --data synth-cal13 --cache cal-cache
-    # makes synth-cal13 with `xdiffusion synth --n 16 --seed 13` first when it does not exist
+    OMP_NUM_THREADS=1 python scripts/calibrate_uncertainty.py --data synth-cal13-scanner --cache cal-cache-v2
+    # makes the subjects first (seed 13, artefacts "scanner") when the folder does not exist
 
 Subject i: axial inputs, except every fourth subject (i % 4 == 3), alternately sagittal and
 coronal; K in (1, 3, 5, 10, 31) for even i and (1, 2, 7, 15, 20) for odd i, so every K range
@@ -22,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -38,9 +41,14 @@ from XDiffusionLib.model.calibration import save_calibration
 from XDiffusionLib.model.checkpoint import default_model_dir
 from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
 from XDiffusionLib.settings import ReconstructionSettings
-from XDiffusionLib.uncertainty.intervals import LEVELS, fit_calibration, k_range
+from XDiffusionLib.uncertainty.intervals import (FEATURES, KNOTS_MM, LEVELS, MIN_SCALE, fit_calibration, fit_scale_coefficients,
+                                                 k_range, profile_at)
+from XDiffusionLib.uncertainty.scan_scale import HeldOutFold, fit_scan_reference, fold_statistic, scan_scale
 
 SEED = 13
+ARTEFACTS = "scanner"
+CACHE_VERSION = 2  # samples with leave-one-out folds (issue 24); older cache files are not read
+FOLD_VOXELS = 3000  # random head voxels kept per left-out slice
 KS_EVEN = (1, 3, 5, 10, 31)
 KS_ODD = (1, 2, 7, 15, 20)
 
@@ -56,13 +64,17 @@ def subject_ks(i: int) -> tuple[int, ...]:
 
 
 def ensure_subjects(data: Path, n: int) -> list[dict]:
+    from XDiffusionLib.synth.dataset import write_synthetic_dataset
+
     manifest = data / "manifest.json"
     if not manifest.is_file():
-        subprocess.run([sys.executable, "-m", "XDiffusionLib.app.cli", "synth", "--n", str(n), "--seed", str(SEED),
-                        "--out", str(data), "--quiet"], check=True)
+        write_synthetic_dataset(data, n, seed=SEED, artefacts=ARTEFACTS)
     entries = json.loads(manifest.read_text())
-    if int(entries.get("seed", -1)) != SEED:
-        raise SystemExit(f"{data}: made with seed {entries.get('seed')}, calibration subjects use seed {SEED}")
+    if int(entries.get("seed", -1)) != SEED or entries.get("artefacts", "default") != ARTEFACTS:
+        raise SystemExit(f"{data}: made with seed {entries.get('seed')} and artefacts {entries.get('artefacts', 'default')}, "
+                         f"calibration subjects use seed {SEED} and artefacts {ARTEFACTS!r}")
+    if len(entries["subjects"]) < n:
+        raise SystemExit(f"{data}: {len(entries['subjects'])} subjects, {n} asked for")
     return entries["subjects"][:n]
 
 
@@ -75,12 +87,34 @@ def samples_for(method: XDiffusionReconstructor, volume, plane: str, k: int, vox
     flat = np.flatnonzero(mask.reshape(-1))
     pick = np.sort(np.random.default_rng(seed).choice(flat, min(voxels, flat.size), replace=False))
     error = np.abs(volume.array.reshape(-1)[pick] - result.volume.array.reshape(-1)[pick]) / features.range
+    rng = np.random.default_rng(seed + 7)
+    folds = result.folds or ()
+    design = [np.zeros((0, 1 + len(FEATURES)), np.float32)]
+    fold_error, fold_id = [np.zeros(0, np.float32)], [np.zeros(0, np.int16)]
+    for number, fold in enumerate(folds):
+        keep = np.arange(fold.abs_error.size)
+        if keep.size > FOLD_VOXELS:
+            keep = np.sort(rng.choice(keep, FOLD_VOXELS, replace=False))
+        design.append(fold.design[keep].astype(np.float32))
+        fold_error.append(fold.abs_error[keep].astype(np.float32))
+        fold_id.append(np.full(keep.size, number, dtype=np.int16))
     return {
         "design": features.stack(pick).astype(np.float32),
         "abs_error": error.astype(np.float32),
         "distance_mm": features.distance_volume().reshape(-1)[pick].astype(np.float32),
         "k": np.full(pick.size, k, dtype=np.int16),
+        "fold_distance_mm": np.array([f.distance_mm for f in folds], dtype=np.float32),
+        "fold_index": np.array([f.index for f in folds], dtype=np.int32),
+        "fold_design": np.concatenate(design), "fold_error": np.concatenate(fold_error),
+        "fold_id": np.concatenate(fold_id),
     }
+
+
+def folds_of(sample: dict) -> list[HeldOutFold]:
+    """The cached folds of one reconstruction."""
+    return [HeldOutFold(int(index), float(distance), sample["fold_error"][sample["fold_id"] == number],
+                        sample["fold_design"][sample["fold_id"] == number])
+            for number, (index, distance) in enumerate(zip(sample["fold_index"], sample["fold_distance_mm"]))]
 
 
 def main() -> None:
@@ -103,7 +137,7 @@ def main() -> None:
         volume = None
         plane = subject_plane(i)
         for k in subject_ks(i):
-            path = args.cache / f"subject{i:03d}_{plane}_k{k}.npz"
+            path = args.cache / f"subject{i:03d}_{plane}_k{k}.v{CACHE_VERSION}.npz"
             if not path.is_file():
                 if volume is None:
                     volume = protocol.canonical_case(read_volume(args.data / entry["image"]))
@@ -117,7 +151,25 @@ def main() -> None:
                 parts["fit" if i < args.fit_subjects else "calibrate"].append({key: stored[key] for key in stored.files})
     if args.only_samples:
         return
-    joined = {name: {key: np.concatenate([p[key] for p in chunks]) for key in chunks[0]} for name, chunks in parts.items()}
+    voxel_keys = ("design", "abs_error", "distance_mm", "k")
+    fit_joined = {key: np.concatenate([p[key] for p in parts["fit"]]) for key in voxel_keys}
+    coefficients = fit_scale_coefficients(fit_joined)
+    # The scan reference from the fit subjects' folds, then every reconstruction's own lambda.
+    fold_k, fold_d, fold_m = [], [], []
+    for sample in parts["fit"]:
+        k = int(sample["k"][0])
+        for fold in folds_of(sample):
+            fold_k.append(k)
+            fold_d.append(fold.distance_mm)
+            fold_m.append(fold_statistic(fold, coefficients[k_range(k)]))
+    reference = fit_scan_reference(np.array(fold_k), np.array(fold_d), np.array(fold_m))
+    for sample in parts["fit"] + parts["calibrate"]:
+        k = int(sample["k"][0])
+        scan = scan_scale(reference, k, folds_of(sample), coefficients[k_range(k)])
+        sample["scan_scale"] = np.full(sample["k"].size, scan.value, dtype=np.float32)
+    voxel_keys += ("scan_scale",)
+    joined = {name: {key: np.concatenate([p[key] for p in chunks]) for key in voxel_keys}
+              for name, chunks in parts.items()}
     info = {
         "data": f"xdiffusion synth --n {args.subjects} --seed {SEED} (synthetic only; seed 11 trained, 12 validated)",
         "fit_subjects": list(range(args.fit_subjects)),
@@ -125,22 +177,42 @@ def main() -> None:
         "planes": "axial, every 4th subject sagittal or coronal", "ks": {"even subjects": KS_EVEN, "odd": KS_ODD},
         "inputs": "evaluation protocol indices (bin centres over the foreground extent)",
         "voxels": f"{args.voxels} random non-input voxels inside the head per reconstruction (metrics.coverage)",
+        "artefacts": f"{ARTEFACTS} (synth.artifacts.SCANNER_LIKE)",
+        "scan_reference": f"leave-one-slice-out folds of the fit subjects ({FOLD_VOXELS} head voxels per fold), "
+                          f"prior fit reused (uncertainty.scan_scale)",
+        "distance_profile": "fit subjects' per-bin quantiles at the knots, joined linearly; "
+                            "one conformal quantile per K range and level on the calibration subjects",
         "settings": {key: getattr(settings, key) for key in ("views", "steps", "sampler", "samples", "guidance",
                                                               "aggregate", "strength") if hasattr(settings, key)},
         "script": "scripts/calibrate_uncertainty.py",
     }
-    table = fit_calibration(joined["fit"], joined["calibrate"], info)
+    table = fit_calibration(joined["fit"], joined["calibrate"], info, coefficients=coefficients,
+                            scan_reference=reference.to_dict())
     path = save_calibration(table, model_dir)
     print(f"wrote {path}")
     cal = joined["calibrate"]
-    scale = np.maximum(np.einsum("ij,ij->i", cal["design"], table.coefficients[[k_range(k) for k in cal["k"]]]), 1e-3)
+    ranges = np.array([k_range(k) for k in cal["k"]])
+    scale = np.maximum(np.einsum("ij,ij->i", cal["design"], table.coefficients[ranges]), MIN_SCALE)
     print("coefficients [1, spread, disagreement, gradient, intensity] per K range:")
     for row in table.coefficients:
         print("  ", " ".join(f"{v:.4f}" for v in row))
-    print("90% quantile per K range x distance bin:")
+    print(f"90% quantile per K range at the knots {KNOTS_MM} mm:")
     print(np.round(table.quantiles[:, :, LEVELS.index(0.9)], 3))
-    print("counts:", table.counts.tolist())
+    print("calibration voxels per distance bin:", table.counts.tolist())
+    print("scan reference (log m = a + b log d) per K range:", reference.to_dict())
     print("mean scale (range units):", float(scale.mean()))
+    print("scan scale lambda per K (calibration subjects: min / median / max):")
+    for k in sorted({int(p["k"][0]) for p in parts["calibrate"]}):
+        values = [float(p["scan_scale"][0]) for p in parts["calibrate"] if int(p["k"][0]) == k]
+        print(f"   K={k}: {min(values):.2f} / {np.median(values):.2f} / {max(values):.2f}")
+    # In-sample check (the calibration subjects themselves; the guarantee is per K range, marginal).
+    q = np.empty(ranges.size, np.float32)
+    for r in np.unique(ranges):
+        chosen = ranges == r
+        q[chosen] = profile_at(cal["distance_mm"][chosen], KNOTS_MM, table.quantiles[r, :, LEVELS.index(0.9)])
+    covered = cal["abs_error"] <= q * scale * cal["scan_scale"]
+    for r in np.unique(ranges):
+        print(f"   K range {r}: 90% interval covers {covered[ranges == r].mean():.1%} of calibration voxels")
 
 
 if __name__ == "__main__":

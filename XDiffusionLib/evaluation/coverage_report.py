@@ -16,7 +16,7 @@ from .report import write_csv
 
 
 COVERAGE_COLUMNS = ("case", "method", "k", "level", "coverage", "width_error_spearman", "mean_halfwidth",
-                    "median_abs_error", "voxels")
+                    "median_abs_error", "voxels", "scan_scale")
 
 
 def coverage_levels(rows: list[dict]) -> list[float]:

@@ -67,7 +67,8 @@ def result_coverage(truth: np.ndarray, prediction: np.ndarray, interval, mask: n
     """``interval_coverage`` over ``mask`` (``scored_mask``) for an interval object with
     ``halfwidth(level)`` and ``levels`` (``uncertainty.intervals.IntervalEstimate``), with ``level``."""
     scores = interval_coverage(truth, prediction, interval.halfwidth, mask, interval.levels, level)
-    return {"level": float(level), **scores}
+    # The scan's own rescaling (issue 24; 1: the synthetic table alone), reported beside its coverage.
+    return {"level": float(level), **scores, "scan_scale": float(getattr(interval, "scan_scale", 1.0))}
 
 
 __all__ = ["interval_coverage", "rank_correlation", "result_coverage", "scored_mask"]

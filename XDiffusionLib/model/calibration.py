@@ -19,6 +19,7 @@ from ..io.atomic import write_text_atomic
 from ..io.checksums import safetensors_metadata, tensor_data_sha256
 from .files import WEIGHTS_NAME
 from ..uncertainty.intervals import DEFAULT_LEVEL, UNCALIBRATED, IntervalCalibration, UncertaintyInfo, calibrated_info
+from ..uncertainty.scan_scale import scan_reference_of
 
 CALIBRATION_NAME = "uncertainty_calibration.json"
 _WEIGHTS_CHECKSUM = "weights_sha256"  # = checkpoint.WEIGHTS_CHECKSUM (that module imports torch)
@@ -67,7 +68,9 @@ def load_calibration(directory: str | os.PathLike, required: bool = False) -> In
     weights = Path(directory) / WEIGHTS_NAME
     if weights.is_file() and data.get("weights_sha256") != model_weights_sha256(directory):
         raise XDiffusionError(f"{path}: calibrated for other weights than {weights}; {regenerate}")
-    return IntervalCalibration.from_dict(data, str(path))
+    table = IntervalCalibration.from_dict(data, str(path))
+    scan_reference_of(table.scan_reference, str(path))  # a malformed scan reference fails here, not mid-run
+    return table
 
 
 def uncertainty_info(directory: str | os.PathLike, level: float = DEFAULT_LEVEL) -> UncertaintyInfo:

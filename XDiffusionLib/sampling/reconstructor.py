@@ -10,9 +10,11 @@ Input slices (``SliceInput``, canonical grid) -> model space -> pipeline -> back
 5. the uncertainty: with the model's calibration table (``model.calibration``, residual models)
    the half-width of the calibrated interval at ``level`` (90% by default, ``uncertainty.intervals``):
    the truth lay within reconstruction +- that value for that share of non-input voxels inside the
-   head of synthetic calibration subjects; without a table the std across views x samples. Either
-   is 0 on the input slices (known) and in the inputs' intensity units; ``ReconstructionResult.info``
-   says which it is (label, level, units) for displays and file metadata.
+   head of synthetic calibration subjects, rescaled for this scan from its input slices left out
+   one at a time when K >= 2 and the table has a scan reference (``uncertainty.scan_scale``);
+   without a table the std across views x samples. Either is 0 on the input slices (known) and in
+   the inputs' intensity units; ``ReconstructionResult.info`` says which it is (label, level, units,
+   calibrated on this scan or on synthetic data only) for displays and file metadata.
 
 ``reconstruct_volume`` does the same for a volume in any orientation: it reorients to canonical
 RAS+ (``to_canonical``; indices are canonical indices), reconstructs, and inverts the
@@ -32,7 +34,8 @@ from ..io.volume import Volume
 from ..inputs import SliceInput, plane_axis
 from ..settings import AGGREGATES, ReconstructionSettings
 from ..uncertainty.intervals import (DEFAULT_LEVEL, UNCALIBRATED, IntervalCalibration, IntervalEstimate,
-                                     IntervalFeatures, UncertaintyInfo, calibrated_info, interval_features)
+                                     IntervalFeatures, UncertaintyInfo, calibrated_info, interval_features, k_range)
+from ..uncertainty.scan_scale import SYNTHETIC_ONLY, HeldOutFold, scan_reference_of, scan_scale
 from .pipeline import ACTIVE_LEVEL, Progress
 
 
@@ -47,6 +50,7 @@ class ReconstructionResult:
     interval: IntervalEstimate | None = None  # the calibrated interval at any table level
     info: UncertaintyInfo = UNCALIBRATED
     features: IntervalFeatures | None = None  # only with ``keep_features`` (calibration)
+    folds: tuple[HeldOutFold, ...] | None = None  # leave-one-slice-out folds, only with ``keep_features``
 
 
 class XDiffusionReconstructor:
@@ -251,14 +255,24 @@ class XDiffusionReconstructor:
             return result
         features = self._features(inputs, estimate, spread.array, scale)
         kept = features if self.keep_features else None
+        reference = None if calibration is None else scan_reference_of(calibration.scan_reference)
+        folds = None
+        if self.keep_features or (reference is not None and len(inputs.indices) >= 2):
+            from ..baselines.leave_one_out import held_out_folds
+
+            folds = tuple(held_out_folds(inputs, estimate, scale, config.anchor_decay_inside_mm,
+                                         config.anchor_decay_outside_mm))
         if calibration is None:
-            return replace(result, features=kept)
-        interval = calibration.estimate(features)
+            return replace(result, features=kept, folds=folds)
+        scan = SYNTHETIC_ONLY if folds is None else scan_scale(
+            reference, len(inputs.indices), list(folds), calibration.coefficients[k_range(len(inputs.indices))])
+        interval = calibration.estimate(features, scan.value)
         # Shown as 0 where the anchor shows no head, like the residual: the interval's floor out
         # there is not calibrated (coverage is scored inside the head) and drew a box around the head.
         shown = interval.halfwidth(self.level) * head
         return replace(result, uncertainty=Volume(shown.astype(np.float32), inputs.grid), interval=interval,
-                       info=calibrated_info(self.level), features=kept)
+                       info=calibrated_info(self.level, scan.folds, scan.value), features=kept,
+                       folds=folds if self.keep_features else None)
 
     @staticmethod
     def _features(inputs: SliceInput, estimate, spread: np.ndarray, scale: float) -> IntervalFeatures:

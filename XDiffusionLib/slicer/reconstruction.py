@@ -158,7 +158,9 @@ class SceneReconstruction:
         result = ResultNodes(reconstruction)
         if outputs.uncertainty is not None:
             result.uncertainty = add(outputs.uncertainty, "uncertainty")
-            display.show_uncertainty(result.uncertainty, scene, self.uncertainty_info())
+            # This run's own meaning (its file's header: calibrated on this scan or on synthetic
+            # data only); the model folder's only for a worker that recorded none.
+            display.show_uncertainty(result.uncertainty, scene, outputs.uncertainty_info or self.uncertainty_info())
         real = self._input
         if self.reference_node is not None:
             real = volume_from_node(self.reference_node)

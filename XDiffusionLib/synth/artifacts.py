@@ -5,16 +5,40 @@ Each function draws its own random settings from ``rng`` and returns (image, par
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 from scipy import ndimage
 
 from .deform import smooth_field
 
 
-def bias_field(rng: np.random.Generator, image: np.ndarray, max_log_std: float = 0.2) -> tuple[np.ndarray, dict]:
+@dataclass(frozen=True)
+class ArtefactLevels:
+    """The ranges artefacts and texture are drawn from. ``DEFAULT`` is what training and validation
+    used (unchanged, so their subjects stay the same); ``SCANNER_LIKE`` is nearer real clinical T1
+    (the interval calibration subjects, issue 24): noise never absent and up to 6% of the bright
+    tissue, a stronger bias field, thick slices (partial volume) in 3 of 4 subjects, finer texture."""
+
+    noise_relative_sigma: tuple[float, float] = (0.0, 0.04)
+    bias_log_std: tuple[float, float] = (0.0, 0.2)
+    thick_slice_probability: float = 0.5
+    texture_scale_mm: tuple[float, float] = (6.0, 16.0)
+
+    def params(self) -> dict:
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+
+DEFAULT = ArtefactLevels()
+SCANNER_LIKE = ArtefactLevels((0.015, 0.06), (0.05, 0.3), 0.75, (4.0, 12.0))
+PRESETS = {"default": DEFAULT, "scanner": SCANNER_LIKE}
+
+
+def bias_field(rng: np.random.Generator, image: np.ndarray, max_log_std: float = 0.2,
+               min_log_std: float = 0.0) -> tuple[np.ndarray, dict]:
     """Multiply by exp(smooth Gaussian field) from a 3^3..5^3 control grid."""
     n = int(rng.integers(3, 6))
-    std = float(rng.uniform(0.0, max_log_std))
+    std = float(rng.uniform(min_log_std, max_log_std))
     coarse = rng.normal(0.0, std, size=(1, n, n, n)).astype(np.float32)
     field = np.exp(smooth_field(coarse, image.shape)[0])
     return image * field, {"bias_control_points": n, "bias_log_std": round(std, 4)}
@@ -56,12 +80,13 @@ def _linear_axis(array: np.ndarray, positions: np.ndarray, axis: int) -> np.ndar
     return np.take(array, lo, axis=axis) * (1 - w) + np.take(array, hi, axis=axis) * w
 
 
-def rician_noise(rng: np.random.Generator, image: np.ndarray, max_relative_sigma: float = 0.04) -> tuple[np.ndarray, dict]:
+def rician_noise(rng: np.random.Generator, image: np.ndarray, max_relative_sigma: float = 0.04,
+                 min_relative_sigma: float = 0.0) -> tuple[np.ndarray, dict]:
     """Magnitude of a complex signal with Gaussian noise on both channels (Rician statistics).
 
     sigma is relative to the image's 99th percentile, so it means the same for every contrast.
     """
-    relative = float(rng.uniform(0.0, max_relative_sigma))
+    relative = float(rng.uniform(min_relative_sigma, max_relative_sigma))
     sigma = np.float32(relative * max(float(np.percentile(image, 99.0)), 1e-6))
     real = image + sigma * rng.standard_normal(image.shape, dtype=np.float32)
     imaginary = sigma * rng.standard_normal(image.shape, dtype=np.float32)

@@ -25,6 +25,7 @@ from typing import Callable
 from .. import __version__
 from ..errors import XDiffusionError
 from ..io import write_volume
+from .artifacts import PRESETS
 from .lesions import LESION_LABELS
 from .subject import CONTRAST_WEIGHTS, SyntheticSubject, subject_rng, synthesize_subject, validate_settings
 
@@ -81,12 +82,16 @@ def write_synthetic_dataset(
     spacing: float = 2.0,
     keep: int = 0,
     on_subject: Callable[[int], None] | None = None,
+    artefacts: str = "default",
 ) -> DatasetResult:
     """Generate ``n`` subjects into the new or empty folder ``out``.
 
     ``contrast`` None mixes contrasts per subject (``CONTRAST_WEIGHTS``). The first ``keep``
     subjects are returned in memory (for a preview). ``on_subject(i)`` is called after each subject.
+    ``artefacts``: a preset of ``artifacts.PRESETS`` ("scanner": nearer real scans, for calibration).
     """
+    if artefacts not in PRESETS:
+        raise XDiffusionError(f"unknown artefact preset {artefacts!r}: choose one of {', '.join(PRESETS)}")
     out = validate_dataset_settings(out, n, seed, contrast, lesion_probability, spacing)
     created = _missing_ancestors(out)
     build_inside = out.is_dir()
@@ -97,7 +102,8 @@ def write_synthetic_dataset(
         temp.mkdir(parents=True)
         entries, kept = [], []
         for index in range(n):
-            subject = synthesize_subject(subject_rng(seed, index), contrast, lesion_probability, spacing)
+            subject = synthesize_subject(subject_rng(seed, index), contrast, lesion_probability, spacing,
+                                         artefacts=PRESETS[artefacts])
             write_volume(subject.image, temp / image_name(index))
             seg = None
             if subject.labels is not None:
@@ -117,6 +123,7 @@ def write_synthetic_dataset(
             "contrast_weights": CONTRAST_WEIGHTS if contrast is None else None,
             "lesion_probability": float(lesion_probability),
             "spacing_mm": float(spacing),
+            **({} if artefacts == "default" else {"artefacts": artefacts, "artefact_levels": PRESETS[artefacts].params()}),
             "template": "ICBM152 2009a symmetric T1 + GM/WM maps (nilearn 0.14.1, BSD-3)",
             "seeding": "subject i uses numpy default_rng(SeedSequence(seed).spawn(n)[i])",
             "lesion_labels": {str(k): v for k, v in LESION_LABELS.items()},

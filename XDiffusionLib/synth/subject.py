@@ -89,6 +89,7 @@ def synthesize_subject(
     lesion_probability: float = 0.5,
     spacing: float = 2.0,
     lesion_tissue: bool = True,
+    artefacts: artifacts.ArtefactLevels = artifacts.DEFAULT,
 ) -> SyntheticSubject:
     """Draw one synthetic subject. ``contrast`` None draws one of ``CONTRASTS`` (``CONTRAST_WEIGHTS``).
 
@@ -98,6 +99,9 @@ def synthesize_subject(
     segmentation in synthetic studies (``scripts/hallucination_check.py``): away from the tumour the
     two images differ only by a global intensity scale (a bright tumour raises the top percentile
     each image is normalised by) and where that scale clips the brightest voxels at 1.
+
+    ``artefacts``: the ranges of noise, bias, thick slices and texture scale (``artifacts.ArtefactLevels``;
+    the same number of random draws for any of them).
     """
     validate_settings(contrast, lesion_probability, spacing)
     spacing = float(spacing)
@@ -155,11 +159,12 @@ def synthesize_subject(
         labels = None
 
     means = random_means(rng, contrast)
-    texture_mm = float(rng.uniform(6.0, 16.0))
+    texture_mm = float(rng.uniform(*artefacts.texture_scale_mm))
     image, render_params = render(rng, fractions, means, texture_mm, spacing, shown=shown)
-    image, bias_params = artifacts.bias_field(rng, image)
-    image, resolution_params = artifacts.lower_resolution(rng, image, spacing)
-    image, noise_params = artifacts.rician_noise(rng, image)
+    image, bias_params = artifacts.bias_field(rng, image, artefacts.bias_log_std[1], artefacts.bias_log_std[0])
+    image, resolution_params = artifacts.lower_resolution(rng, image, spacing, artefacts.thick_slice_probability)
+    image, noise_params = artifacts.rician_noise(rng, image, artefacts.noise_relative_sigma[1],
+                                                 artefacts.noise_relative_sigma[0])
     image = artifacts.normalise(image)
     image, gamma_params = artifacts.gamma(rng, image)
 

@@ -15,12 +15,28 @@ normaliser's ``high - low``, so one table serves any scanner scale):
 - ``gradient``: magnitude of the anchor's 3D gradient (per voxel step): edges move, flat tissue not;
 - ``intensity``: the anchor itself (bright tissue errs more than background).
 
-The coefficients ``c`` are fitted per K range (least squares with c >= 0) on some calibration
-subjects; the quantiles of the score are then taken on the others, per K range and per bin of
-distance to the nearest input slice (mm), at several levels. The half-width at level a is
-``q[K range, distance bin, a] * s(x) * range``. On exchangeable subjects a bin's interval covers
-at least a of the voxels (the conformal guarantee); on real scans, which the synthetic calibration
-subjects only imitate, coverage is measured by ``xdiffusion evaluate`` (``metrics.coverage``).
+The half-width at level a is ``lambda * q(K range, d, a) * s(x) * range``, d the distance (mm) from
+the voxel's slice to the nearest input slice, lambda the scan's own scale (``uncertainty.scan_scale``:
+from leaving each input slice out in turn; 1 with one input slice). Fitting (the calibration script),
+on synthetic subjects split in two:
+
+- *fit subjects*: the coefficients ``c`` per K range (least squares with c >= 0); the scan
+  reference behind lambda; the distance profile g(K range, d, a): the quantiles of
+  |error| / (lambda s) per distance bin, placed at the bin's knot (``KNOTS_MM``) and joined by
+  straight lines in d (constant before the first knot and after the last);
+- *calibration subjects*: per K range and level one conformal quantile t of the score
+  |error| / (lambda s g(d)); the table stores q = t * g at the knots.
+
+Why a profile, not a quantile per bin: a step at a bin edge (2.5, 5, 10, 20, 40 mm) is a plane of
+constant distance, which drew bands across coronal and sagittal views. Piecewise-linear q varies
+continuously with d (``IntervalEstimate.halfwidth``). Accounted for in the guarantee: g is fixed
+before the calibration subjects are seen, so lambda s g is one normaliser and t its split-conformal
+quantile; on subjects exchangeable with the calibration subjects the interval covers at least a of
+the non-input head voxels of a K range (marginally over distance: per distance band only
+approximately). On real scans, which the synthetic subjects only imitate, coverage is measured by
+``xdiffusion evaluate`` (``metrics.coverage``); ``scan_scale`` says what lambda assumes. Tables of
+format version 1 (quantiles per bin, no scan reference) are read too: their bin quantiles are joined
+the same way and lambda is 1.
 
 Torch-free (numpy only), so the Slicer module, the web app and the worker can read the labels.
 """
@@ -41,10 +57,12 @@ LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # levels a table holds (the calibratio
 K_EDGES = (1, 2, 5, 10, 20)
 # Distance to the nearest input slice (mm), bins by their upper edge; the last is open.
 DISTANCE_EDGES_MM = (2.5, 5.0, 10.0, 20.0, 40.0)
+# Where each bin's quantile sits on the smooth distance profile (mid-bin; the open bin at 60 mm).
+KNOTS_MM = (1.25, 3.75, 7.5, 15.0, 30.0, 60.0)
 FEATURES = ("spread", "disagreement", "gradient", "intensity")
 MIN_SCALE = 1e-3  # floor of s(x) in range units: a zero-width interval is never calibrated
 FORMAT = "xdiffusion-interval-calibration"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: smooth distance profile and scan reference (issue 24); 1 is still read
 UNITS = "intensity units of the input volume"
 
 
@@ -58,6 +76,25 @@ class UncertaintyInfo:
     label: str  # short, for a colour bar or a panel title
     description: str  # one sentence, for file metadata and tooltips
     units: str = UNITS
+    scan_folds: int = 0  # input slices left out to rescale for this scan (0: synthetic table only)
+    scan_scale: float = 1.0  # lambda (``uncertainty.scan_scale``)
+
+    @property
+    def calibration(self) -> str:
+        """Where the interval was calibrated: this scan (leave-one-slice-out) or synthetic data only."""
+        if not self.calibrated:
+            return "not calibrated"
+        if self.scan_folds:
+            return f"calibrated on this scan (leave-one-slice-out, {self.scan_folds} folds)"
+        return "synthetic only"
+
+    @property
+    def legend(self) -> str:
+        """Colour-bar title in short lines (Slicer): what the value is, its level, where it was calibrated."""
+        if not self.calibrated:
+            return "view spread (std)\nnot calibrated"
+        where = "calibrated on this scan" if self.scan_folds else "synthetic calibration only"
+        return f"{self.level:.0%} interval\nhalf-width (\u00b1)\n{where}"
 
     def metadata(self) -> dict[str, str]:
         """Key-value pairs for exported files (NRRD/MetaImage keys; ``descrip`` for NIfTI's one field;
@@ -68,15 +105,21 @@ class UncertaintyInfo:
             "XDiffusion_uncertainty_level": "" if self.level is None else f"{self.level:g}",
             "XDiffusion_uncertainty_units": self.units,
             "XDiffusion_uncertainty_description": self.description,
+            "XDiffusion_uncertainty_calibration": self.calibration,
+            "XDiffusion_uncertainty_scan_folds": str(self.scan_folds),
+            "XDiffusion_uncertainty_scan_scale": f"{self.scan_scale:.4g}",
         }
 
     @classmethod
     def from_metadata(cls, get) -> "UncertaintyInfo":
         """Back from ``metadata()`` keys (``get(key)`` -> str or None, e.g. a node's GetAttribute
-        with the ``XDiffusion.`` spelling handled by the caller); uncalibrated when no level is recorded."""
+        with the ``XDiffusion.`` spelling handled by the caller); uncalibrated when no level is
+        recorded, synthetic only when no scan folds are (files written before issue 24)."""
         level = get("XDiffusion_uncertainty_level") or ""
         try:
-            return calibrated_info(float(level)) if level else UNCALIBRATED
+            folds = int(get("XDiffusion_uncertainty_scan_folds") or 0)
+            scale = float(get("XDiffusion_uncertainty_scan_scale") or 1.0)
+            return calibrated_info(float(level), folds, scale) if level else UNCALIBRATED
         except ValueError:
             return UNCALIBRATED
 
@@ -84,17 +127,29 @@ class UncertaintyInfo:
     def short(self) -> str:
         """At most 80 characters (the NIfTI ``descrip`` field)."""
         if self.calibrated:
-            return f"XDiffusion {self.level:.0%} interval half-width (+-, intensity units)"[:80]
+            where = "scan-calibrated" if self.scan_folds else "synthetic calibration"
+            return f"XDiffusion {self.level:.0%} interval half-width (+-, intensity units), {where}"[:80]
         return "XDiffusion view spread (std, intensity units; not calibrated)"[:80]
 
 
-def calibrated_info(level: float) -> UncertaintyInfo:
+def calibrated_info(level: float, scan_folds: int = 0, scan_scale: float = 1.0) -> UncertaintyInfo:
+    """The calibrated interval at ``level``; ``scan_folds`` > 0: rescaled by ``scan_scale`` from that
+    many left-out input slices (``uncertainty.scan_scale``), else the synthetic table alone."""
     percent = f"{level:.0%}"
+    synthetic = (f"on synthetic calibration subjects the truth lay within reconstruction ± h for {percent} "
+                 f"of non-input voxels inside the head")
+    if scan_folds:
+        where = "calibrated on this scan"
+        how = (f"{synthetic}; rescaled x{scan_scale:.2f} for this scan from its {scan_folds} input slices, each "
+               f"left out and predicted from the others (leave-one-slice-out)")
+    else:
+        where = "synthetic calibration only"
+        how = f"{synthetic}; not rescaled for this scan (one input slice, or a table without a scan reference)"
     return UncertaintyInfo(
         calibrated=True, level=float(level),
-        label=f"{percent} interval half-width (±, intensity units)",
-        description=(f"per-voxel half-width h: on synthetic calibration subjects the truth lay within "
-                     f"reconstruction ± h for {percent} of non-input voxels inside the head (0 on input slices)"),
+        label=f"{percent} interval half-width (±, intensity units), {where}",
+        description=f"per-voxel half-width h: {how} (0 on input slices)",
+        scan_folds=int(scan_folds), scan_scale=float(f"{scan_scale:.4g}"),  # as the metadata keep it
     )
 
 
@@ -180,16 +235,19 @@ def interval_features(k: int, axis: int, distance_mm: np.ndarray, known: np.ndar
 @dataclass(frozen=True)
 class IntervalCalibration:
     """A calibration table (see the module docstring): per K range the scale coefficients, per
-    (K range, distance bin) the score quantiles at ``levels``."""
+    (K range, distance knot) the score quantiles at ``levels``, and the scan reference."""
 
     coefficients: np.ndarray  # (n_k, 1 + n_features)
-    quantiles: np.ndarray  # (n_k, n_distance, n_levels)
-    counts: np.ndarray  # (n_k, n_distance) calibration voxels behind each quantile (0: borrowed)
+    quantiles: np.ndarray  # (n_k, n_distance, n_levels) at the knots ``KNOTS_MM``
+    counts: np.ndarray  # (n_k, n_distance) calibration voxels per distance bin (0: the bin borrowed)
     levels: tuple[float, ...] = LEVELS
     k_edges: tuple[int, ...] = K_EDGES
     distance_edges_mm: tuple[float, ...] = DISTANCE_EDGES_MM
     features: tuple[str, ...] = FEATURES
     info: dict[str, Any] = field(default_factory=dict)  # provenance: data, settings, weights checksum
+    # The leave-one-out reference (``scan_scale.ScanReference.to_dict``); None: lambda is always 1.
+    scan_reference: dict[str, Any] | None = None
+    knots_mm: tuple[float, ...] = KNOTS_MM
 
     def level_index(self, level: float) -> int:
         for i, value in enumerate(self.levels):
@@ -206,12 +264,13 @@ class IntervalCalibration:
             s += np.float32(weight) * getattr(features, name)
         return np.maximum(s, np.float32(MIN_SCALE))
 
-    def estimate(self, features: IntervalFeatures) -> "IntervalEstimate":
-        bins = np.ascontiguousarray(np.broadcast_to(_along(distance_bins(features.distance_mm), features.axis),
-                                                    features.spread.shape))
-        return IntervalEstimate(self.scale(features) * np.float32(features.range), bins,
+    def estimate(self, features: IntervalFeatures, scan_scale: float = 1.0) -> "IntervalEstimate":
+        """The interval of one reconstruction; ``scan_scale``: the scan's lambda (``scan_scale``)."""
+        distance = np.ascontiguousarray(np.broadcast_to(
+            _along(features.distance_mm.astype(np.float32), features.axis), features.spread.shape))
+        return IntervalEstimate(self.scale(features) * np.float32(features.range), distance,
                                 np.ascontiguousarray(features.known_volume()), self.quantiles[k_range(features.k)],
-                                self.levels)
+                                self.levels, self.knots_mm, float(scan_scale))
 
     # ---- JSON ------------------------------------------------------------------------------
 
@@ -220,37 +279,41 @@ class IntervalCalibration:
             "format": FORMAT, "version": FORMAT_VERSION,
             "levels": list(self.levels), "default_level": DEFAULT_LEVEL,
             "k_edges": list(self.k_edges), "k_ranges": k_range_names(),
-            "distance_edges_mm": list(self.distance_edges_mm),
+            "distance_edges_mm": list(self.distance_edges_mm), "knots_mm": list(self.knots_mm),
             "features": list(self.features),
             "coefficients": np.round(self.coefficients, 6).tolist(),
             "quantiles": np.round(self.quantiles, 5).tolist(),
             "counts": self.counts.astype(int).tolist(),
+            "scan_reference": self.scan_reference,
             "info": self.info,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "calibration table") -> "IntervalCalibration":
-        """Check every field (a one-line XDiffusionError naming ``source`` and the problem)."""
+        """Check every field (a one-line XDiffusionError naming ``source`` and the problem); the scan
+        reference's own fields are checked by ``scan_scale.scan_reference_of`` (``model.calibration``)."""
         def bad(problem: str) -> XDiffusionError:
             return XDiffusionError(f"{source}: malformed interval calibration ({problem}); regenerate it with "
                                    f"scripts/calibrate_uncertainty.py")
 
         if not isinstance(data, Mapping) or data.get("format") != FORMAT:
             raise bad(f"'format' is not {FORMAT!r}")
-        if data.get("version") != FORMAT_VERSION:
-            raise bad(f"version {data.get('version')!r}, this code reads version {FORMAT_VERSION}")
+        version = data.get("version")
+        if version not in (1, FORMAT_VERSION):
+            raise bad(f"version {version!r}, this code reads versions 1 and {FORMAT_VERSION}")
         try:
             levels = tuple(float(v) for v in data["levels"])
             k_edges = tuple(int(v) for v in data["k_edges"])
             edges = tuple(float(v) for v in data["distance_edges_mm"])
+            knots = tuple(float(v) for v in data.get("knots_mm", KNOTS_MM))
             features = tuple(str(v) for v in data["features"])
             coefficients = np.asarray(data["coefficients"], dtype=np.float64)
             quantiles = np.asarray(data["quantiles"], dtype=np.float64)
             counts = np.asarray(data["counts"], dtype=np.int64)
         except (KeyError, TypeError, ValueError) as error:
             raise bad(f"missing or non-numeric field {error}") from None
-        if (levels, k_edges, edges, features) != (LEVELS, K_EDGES, DISTANCE_EDGES_MM, FEATURES):
-            raise bad("its levels, K ranges, distance bins or features differ from this code's")
+        if (levels, k_edges, edges, knots, features) != (LEVELS, K_EDGES, DISTANCE_EDGES_MM, KNOTS_MM, FEATURES):
+            raise bad("its levels, K ranges, distance bins, knots or features differ from this code's")
         n_k, n_d = len(K_EDGES), len(DISTANCE_EDGES_MM) + 1
         if coefficients.shape != (n_k, 1 + len(FEATURES)) or quantiles.shape != (n_k, n_d, len(LEVELS)) \
                 or counts.shape != (n_k, n_d):
@@ -260,32 +323,53 @@ class IntervalCalibration:
             raise bad("coefficients must be finite and >= 0, quantiles finite and > 0")
         if np.any(np.diff(quantiles, axis=2) < 0):
             raise bad("quantiles must not decrease with the level")
-        return cls(coefficients, quantiles, counts, levels, k_edges, edges, features, dict(data.get("info") or {}))
+        reference = data.get("scan_reference") if version == FORMAT_VERSION else None
+        if reference is not None and not isinstance(reference, Mapping):
+            raise bad("'scan_reference' is neither null nor an object")
+        return cls(coefficients, quantiles, counts, levels, k_edges, edges, features, dict(data.get("info") or {}),
+                   None if reference is None else dict(reference), knots)
+
+
+def profile_at(distance_mm: np.ndarray, knots_mm, values) -> np.ndarray:
+    """Piecewise-linear in distance through (knot, value), constant outside the knots (float32):
+    continuous in distance, so no band where a distance bin ends."""
+    distance = np.asarray(distance_mm, dtype=np.float32)
+    values = np.asarray(values, dtype=np.float64)
+    out = np.full(distance.shape, np.float32(values[0]), dtype=np.float32)
+    # A sum of clipped ramps (float32, no float64 copy of a whole volume as np.interp would make).
+    for (low, high), step in zip(zip(knots_mm[:-1], knots_mm[1:]), np.diff(values)):
+        if step:
+            ramp = np.clip((distance - np.float32(low)) * np.float32(1.0 / (high - low)), 0.0, 1.0)
+            out += np.float32(step) * ramp
+    return out
 
 
 @dataclass
 class IntervalEstimate:
-    """One reconstruction's interval: half-width(level) = q[distance bin, level] * scale, 0 on input slices.
+    """One reconstruction's interval: half-width(level) = lambda * q(distance, level) * scale, 0 on
+    input slices, q piecewise-linear in distance between the knots (``profile_at``).
 
     Every array is per voxel on the reconstruction's grid, so ``mapped`` can reorient them all alike."""
 
     scale: np.ndarray  # s(x) in intensity units (float32)
-    bins: np.ndarray  # distance bin (uint8)
+    distance_mm: np.ndarray  # to the nearest input slice (float32)
     known: np.ndarray  # bool: voxels of the input slices
-    quantiles: np.ndarray  # (n_distance, n_levels) of this reconstruction's K range
+    quantiles: np.ndarray  # (n_knots, n_levels) of this reconstruction's K range
     levels: tuple[float, ...]
+    knots_mm: tuple[float, ...] = KNOTS_MM
+    scan_scale: float = 1.0  # lambda (``scan_scale``); 1: the synthetic table alone
 
     def halfwidth(self, level: float = DEFAULT_LEVEL) -> np.ndarray:
         index = [i for i, v in enumerate(self.levels) if abs(v - float(level)) < 1e-9]
         if not index:
             raise XDiffusionError(f"interval level {level}: choose one of {', '.join(f'{v:g}' for v in self.levels)}")
-        q = self.quantiles[:, index[0]].astype(np.float32)[self.bins]
+        q = profile_at(self.distance_mm, self.knots_mm, self.quantiles[:, index[0]] * self.scan_scale)
         return np.where(self.known, np.float32(0.0), self.scale * q).astype(np.float32)
 
     def mapped(self, array_map) -> "IntervalEstimate":
         """The same interval with its voxel arrays passed through ``array_map`` (e.g. a reorientation)."""
-        return IntervalEstimate(array_map(self.scale), array_map(self.bins), array_map(self.known),
-                                self.quantiles, self.levels)
+        return IntervalEstimate(array_map(self.scale), array_map(self.distance_mm), array_map(self.known),
+                                self.quantiles, self.levels, self.knots_mm, self.scan_scale)
 
 
 # ---- fitting (scripts/calibrate_uncertainty.py) ---------------------------------------------
@@ -315,50 +399,91 @@ def fit_coefficients(design: np.ndarray, abs_error: np.ndarray) -> np.ndarray:
     return c
 
 
-def fit_calibration(fit: Mapping[str, np.ndarray], calibrate: Mapping[str, np.ndarray],
-                    info: Mapping[str, Any] | None = None, min_count: int = 200) -> IntervalCalibration:
-    """A table from voxel samples: ``fit`` and ``calibrate`` each hold ``design`` (n, 1 + features),
-    ``abs_error`` (range units), ``k`` and ``distance_mm`` (n,). Coefficients come from ``fit``,
-    quantiles from ``calibrate`` (disjoint subjects: split conformal). A (K range, distance) bin
-    with fewer than ``min_count`` voxels borrows the nearest populated bin of its K range (its
-    count is then 0), a K range without any voxels the nearest K range."""
-    n_k, n_d = len(K_EDGES), len(DISTANCE_EDGES_MM) + 1
+def fit_scale_coefficients(fit: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(n_k, 1 + features) coefficients per K range from ``fit`` samples (``design``, ``abs_error``,
+    ``k``); a K range without samples takes the nearest fitted one."""
+    n_k = len(K_EDGES)
     k_fit = np.array([k_range(k) for k in np.asarray(fit["k"])])
-    k_cal = np.array([k_range(k) for k in np.asarray(calibrate["k"])])
-    coefficients = np.zeros((n_k, 1 + len(FEATURES)))
     fitted = [r for r in range(n_k) if np.any(k_fit == r)]
     if not fitted:
         raise XDiffusionError("no fit samples")
+    coefficients = np.zeros((n_k, 1 + len(FEATURES)))
     for r in range(n_k):
-        source = r if r in fitted else min(fitted, key=lambda f: abs(f - r))
-        rows = k_fit == source
+        rows = k_fit == (r if r in fitted else min(fitted, key=lambda f: abs(f - r)))
         coefficients[r] = fit_coefficients(fit["design"][rows], fit["abs_error"][rows])
-    scale = np.maximum(np.einsum("ij,ij->i", np.asarray(calibrate["design"]), coefficients[k_cal]), MIN_SCALE)
-    scores = np.asarray(calibrate["abs_error"]) / scale
-    bins = distance_bins(calibrate["distance_mm"]).astype(int)
+    return coefficients
+
+
+def _scores(samples: Mapping[str, np.ndarray], coefficients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K range index, |error| / (lambda s)) per sample; lambda from ``scan_scale`` (1 when absent)."""
+    ranges = np.array([k_range(k) for k in np.asarray(samples["k"])], dtype=int)
+    scale = np.maximum(np.einsum("ij,ij->i", np.asarray(samples["design"], np.float64), coefficients[ranges]),
+                       MIN_SCALE)
+    lam = np.asarray(samples.get("scan_scale", np.ones(ranges.size)), dtype=np.float64)
+    return ranges, np.asarray(samples["abs_error"], np.float64) / (scale * lam)
+
+
+def _bin_quantiles(ranges: np.ndarray, scores: np.ndarray, bins: np.ndarray,
+                   min_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per (K range, distance bin) the conformal quantiles at ``LEVELS`` and the counts; a bin with
+    fewer than ``min_count`` samples borrows the farthest populated bin below it (else the nearest
+    above) of its K range (count 0), a K range without samples the nearest K range."""
+    n_k, n_d = len(K_EDGES), len(DISTANCE_EDGES_MM) + 1
     quantiles = np.full((n_k, n_d, len(LEVELS)), np.nan)
     counts = np.zeros((n_k, n_d), dtype=np.int64)
     for r in range(n_k):
         for d in range(n_d):
-            chosen = scores[(k_cal == r) & (bins == d)]
+            chosen = scores[(ranges == r) & (bins == d)]
             if chosen.size >= min_count:
                 counts[r, d] = chosen.size
                 quantiles[r, d] = [conformal_quantile(chosen, a) for a in LEVELS]
     populated_k = [r for r in range(n_k) if counts[r].any()]
     if not populated_k:
-        raise XDiffusionError(f"no (K range, distance) bin has {min_count} calibration voxels")
+        raise XDiffusionError(f"no (K range, distance) bin has {min_count} samples")
     for r in range(n_k):
         source_r = r if r in populated_k else min(populated_k, key=lambda p: abs(p - r))
         filled = np.flatnonzero(counts[source_r])
         for d in range(n_d):
             if counts[r, d] == 0:
-                # Farther bins borrow the farthest populated one below them (never a nearer, smaller one
-                # when a farther exists on the same side).
                 below = filled[filled < d]
                 source_d = below.max() if below.size else filled.min()
                 quantiles[r, d] = quantiles[source_r, source_d]
-    quantiles = np.maximum.accumulate(quantiles, axis=2)  # ties in tiny bins never decrease with the level
-    return IntervalCalibration(coefficients, quantiles, counts, info=dict(info or {}))
+    return np.maximum.accumulate(quantiles, axis=2), counts  # never decreasing with the level
+
+
+def fit_calibration(fit: Mapping[str, np.ndarray], calibrate: Mapping[str, np.ndarray],
+                    info: Mapping[str, Any] | None = None, min_count: int = 200,
+                    coefficients: np.ndarray | None = None,
+                    scan_reference: Mapping[str, Any] | None = None) -> IntervalCalibration:
+    """A table from voxel samples: ``fit`` and ``calibrate`` each hold ``design`` (n, 1 + features),
+    ``abs_error`` (range units), ``k``, ``distance_mm`` and optionally ``scan_scale`` (n,: the
+    lambda of each sample's reconstruction, 1 when absent). From ``fit`` (unless given):
+    ``coefficients``; from ``fit``: the distance profile g (quantiles per bin at the knots); from
+    ``calibrate`` (disjoint subjects): one conformal quantile t per K range and level of
+    |error| / (lambda s g(d)); the table holds t * g (module docstring). ``scan_reference``: stored
+    as it is (``ScanReference.to_dict``)."""
+    if coefficients is None:
+        coefficients = fit_scale_coefficients(fit)
+    fit_ranges, fit_scores = _scores(fit, coefficients)
+    profile, _ = _bin_quantiles(fit_ranges, fit_scores, distance_bins(fit["distance_mm"]).astype(int), min_count)
+    ranges, scores = _scores(calibrate, coefficients)
+    counts = _bin_quantiles(ranges, scores, distance_bins(calibrate["distance_mm"]).astype(int), 1)[1]
+    distance = np.asarray(calibrate["distance_mm"], np.float32)
+    quantiles = np.empty_like(profile)
+    populated = [r for r in range(len(K_EDGES)) if np.any(ranges == r)]
+    if not populated:
+        raise XDiffusionError("no calibration samples")
+    for r in range(len(K_EDGES)):
+        # A K range without calibration samples takes its t from the nearest one that has them.
+        source = r if r in populated else min(populated, key=lambda p: abs(p - r))
+        chosen = ranges == source
+        for a, level in enumerate(LEVELS):
+            g = profile_at(distance[chosen], KNOTS_MM, profile[source, :, a])
+            t = conformal_quantile(scores[chosen] / g, level)
+            quantiles[r, :, a] = t * profile[r, :, a]
+    quantiles = np.maximum.accumulate(quantiles, axis=2)
+    return IntervalCalibration(coefficients, quantiles, counts, info=dict(info or {}),
+                               scan_reference=None if scan_reference is None else dict(scan_reference))
 
 
 def observed_coverage(abs_error: np.ndarray, halfwidth: np.ndarray) -> float:
@@ -368,7 +493,8 @@ def observed_coverage(abs_error: np.ndarray, halfwidth: np.ndarray) -> float:
 
 
 __all__ = [
-    "DEFAULT_LEVEL", "DISTANCE_EDGES_MM", "FEATURES", "K_EDGES", "LEVELS", "UNCALIBRATED", "IntervalCalibration",
-    "IntervalEstimate", "IntervalFeatures", "UncertaintyInfo", "calibrated_info", "conformal_quantile",
-    "distance_bins", "fit_calibration", "interval_features", "k_range",
+    "DEFAULT_LEVEL", "DISTANCE_EDGES_MM", "FEATURES", "K_EDGES", "KNOTS_MM", "LEVELS", "UNCALIBRATED",
+    "IntervalCalibration", "IntervalEstimate", "IntervalFeatures", "UncertaintyInfo", "calibrated_info",
+    "conformal_quantile", "distance_bins", "fit_calibration", "fit_scale_coefficients", "interval_features",
+    "k_range", "profile_at",
 ]

@@ -46,6 +46,7 @@ from typing import Any
 
 from ..errors import XDiffusionError
 from ..io.volume import Volume
+from ..uncertainty.intervals import UncertaintyInfo
 from .messages import INPUT_NAME, REQUEST_NAME, JobSettings, Request, decode, error_message, write_request
 
 MODES = ("auto", "slicer", "subprocess", "inprocess")
@@ -58,6 +59,8 @@ _LOG_LINES = 40
 class WorkerResult:
     reconstruction: Volume
     uncertainty: Volume | None
+    # What this run's uncertainty means, from its file's header (calibrated on the scan or not).
+    uncertainty_info: UncertaintyInfo | None = None
 
 
 def in_slicer() -> bool:
@@ -142,12 +145,14 @@ class WorkerJob:
             raise XDiffusionError(self.error or "the reconstruction failed")
         try:
             reconstruction = _read_output(self.outputs["reconstruction"])
-            uncertainty = _read_output(self.outputs["uncertainty"]) if "uncertainty" in self.outputs else None
+            uncertainty, info = None, None
+            if "uncertainty" in self.outputs:
+                uncertainty, info = _read_output(self.outputs["uncertainty"], with_info=True)
         except KeyError:
             raise XDiffusionError("the worker reported no reconstruction file") from None
         finally:
             self._remove_workdir()
-        return WorkerResult(reconstruction, uncertainty)
+        return WorkerResult(reconstruction, uncertainty, info)
 
     def close(self) -> None:
         """Cancel if still running and remove the job's folder."""
@@ -198,7 +203,9 @@ class WorkerJob:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _read_output(path: str) -> Volume:
+def _read_output(path: str, with_info: bool = False):
+    """The output volume; ``with_info``: (volume, the ``UncertaintyInfo`` its header records, or
+    None when it records none)."""
     # Our own files: read as they are (an uncertainty of all zeros is a valid result, which the
     # user-input reader read_volume would reject as "constant").
     import SimpleITK as sitk
@@ -206,9 +213,16 @@ def _read_output(path: str) -> Volume:
     from ..io.readers import image_to_volume
 
     try:
-        return image_to_volume(sitk.ReadImage(str(path)))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise XDiffusionError(f"{path}: cannot read the worker's output ({str(error).strip().splitlines()[-1][:160]})") from None
+    volume = image_to_volume(image)
+    if not with_info:
+        return volume
+    if not image.HasMetaDataKey("XDiffusion_uncertainty"):
+        return volume, None
+    return volume, UncertaintyInfo.from_metadata(
+        lambda key: image.GetMetaData(key) if image.HasMetaDataKey(key) else None)
 
 
 class _ProcessJob(WorkerJob):

@@ -6,8 +6,8 @@
   real and the generated view share one grey scale: a window/level change in one shows in both.
 - Jumping to the previous / next input slice in the comparison.
 - Colour bars for the difference (intensity units of the volume) and the uncertainty (the label
-  the run's model gives it, ``model.calibration.uncertainty_info``), read from the display nodes'
-  colour tables and windows.
+  the run recorded on its node: its level, and calibrated on this scan or on synthetic data only),
+  read from the display nodes' colour tables and windows.
 - The result's metrics (``results.compute_metrics``: the evaluation protocol's scores).
 """
 
@@ -174,7 +174,7 @@ class Viewing:
     def show_result(self, run, result) -> None:
         app = self.app
         plane = run.settings.plane
-        self._uncertainty_label = uncertainty_label(run.settings.model_dir or app.model_dir)
+        self._uncertainty_label = uncertainty_label(result.uncertainty)
         app.comparison.show(result, plane, run.settings.indices, self._grid())
         whats = [{"title": EXPORT_WHAT_TITLES["reconstruction"], "value": "reconstruction"}]
         if result.uncertainty is not None:
@@ -264,12 +264,14 @@ class Viewing:
             self.refresh_comparison_labels()
 
 
-def uncertainty_label(model_dir: str | None) -> str:
-    """What the uncertainty of a run with ``model_dir`` means, with its units, as the model says."""
-    from ...model.calibration import uncertainty_info
-    from ...model.files import default_model_dir
+def uncertainty_label(node) -> str:
+    """What a run's uncertainty node means, with its units: as the run recorded it on the node
+    (``slicer.display.uncertainty_info_of``: calibrated on this scan or on synthetic data only)."""
+    from ...slicer.display import uncertainty_info_of
 
-    info = uncertainty_info(model_dir or default_model_dir())
+    if node is None:
+        return ""
+    info = uncertainty_info_of(node)
     return info.label if "intensity units" in info.label else f"{info.label}, {info.units}"
 
 
