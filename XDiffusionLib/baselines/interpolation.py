@@ -58,6 +58,14 @@ def _pchip_at(indices: np.ndarray, slices: np.ndarray, positions: np.ndarray) ->
     if len(indices) < 3:
         return _linear_at(indices, slices, positions)
     positions = np.clip(np.asarray(positions, dtype=np.float64), indices[0], indices[-1])
+    # Only nodes near the positions shape PCHIP there (a node's slope uses its two neighbours): a
+    # window of them makes a few positions cheap (leave-one-out folds) and changes no value.
+    n = len(indices)
+    low = int(np.searchsorted(indices, positions.min(), side="right")) - 2
+    high = int(np.searchsorted(indices, positions.max(), side="right")) + 2
+    low, high = max(0, low), min(n, high)
+    low, high = max(0, min(low, high - 4)), min(n, max(high, low + 4))  # at least 4 nodes where there are
+    indices, slices = indices[low:high], slices[low:high]
     interpolator = PchipInterpolator(indices.astype(np.float64), slices, axis=0, extrapolate=False)
     stack = np.empty((len(positions), *slices.shape[1:]), dtype=np.float32)
     for start in range(0, len(positions), _BLOCK):
