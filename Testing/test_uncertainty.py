@@ -395,3 +395,20 @@ def test_tables_of_format_one_are_read_and_a_bad_scan_reference_is_named(tmp_pat
     save_calibration(replace(small_table(), scan_reference=data["scan_reference"]), folder)
     with pytest.raises(XDiffusionError, match="malformed scan reference"):
         load_calibration(folder)
+
+
+def test_pchip_at_a_few_positions_matches_the_full_fill():
+    """Leave-one-out folds interpolate three slices from a window of nodes: the same values."""
+    from XDiffusionLib.baselines.interpolation import cubic_at, pchip_fill
+    from XDiffusionLib.inputs import SliceInput
+
+    rng = np.random.default_rng(3)
+    volume = Volume.from_array(rng.random((6, 5, 60)).astype(np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    for _ in range(40):
+        indices = sorted(rng.choice(60, int(rng.integers(3, 25)), replace=False).tolist())
+        inputs = SliceInput.from_volume(volume, "axial", indices)
+        full = pchip_fill(inputs).array
+        centre = int(rng.integers(0, 60))
+        positions = np.unique(np.clip([centre - 1, centre, centre + 1], 0, 59))
+        free = ~np.isin(positions, indices)
+        assert np.array_equal(cubic_at(inputs, positions)[free], np.moveaxis(full[:, :, positions], 2, 0)[free])
