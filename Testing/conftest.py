@@ -27,6 +27,21 @@ def smooth_array(shape: tuple[int, int, int], seed: int = 0, noise: float = 0.5)
     return (values + rng.normal(0, noise, shape)).astype(np.float32)
 
 
+# Whole modules that drive a browser or worker processes: marked slow here, so `make test-fast`
+# (pytest -m "not slow") leaves them out without a mark on each of their tests.
+SLOW_MODULES = {
+    "test_web_app.py": "drives the browser app in Chromium",
+    "test_web_warm.py": "starts warm worker processes",
+    "test_worker.py": "starts worker processes",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def volume_factory():
     """``make(shape, spacing, origin, direction, seed)`` -> Volume; defaults are oblique and anisotropic."""

@@ -259,6 +259,7 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path, tiny_data):
     # 6 steps straight == 3 steps, stop, --resume, 3 more: bitwise-equal weights, EMA, optimizer state.
     assert _cli(_train_args(tiny_data, tmp_path / "straight", "--steps", "6")) == 0
@@ -283,6 +284,7 @@ def test_resume_continues_exactly(tmp_path, tiny_data):
     assert state["step"] == 6 and state["seed"] == 0 and len(state["data_sources"]) == 3
 
 
+@pytest.mark.slow
 def test_final_model_is_the_ema_and_reconstructs(tmp_path, tiny_data):
     from XDiffusionLib.inputs import SliceInput
     from XDiffusionLib.model.checkpoint import load_pretrained
@@ -349,6 +351,7 @@ def test_bad_paths_fail_in_one_line_and_write_nothing(tmp_path, tiny_data, capsy
     assert "no checkpoint" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_train_data_parallel_with_identical_weights(tmp_path, tiny_data):
     import socket
 
