@@ -3,6 +3,11 @@ Testing/test_architecture.py and runnable alone: ``.venv/bin/python scripts/chec
 
 Reads every module of XDiffusionLib with ``ast`` (nothing is imported or run), counting imports at
 module level and inside functions alike: an import deferred into a function is still a dependency.
+
+The same layers are import-linter contracts in pyproject.toml (``.venv/bin/lint-imports``), which
+also refuse a circle between packages; keep ``LAYERS`` and those contracts the same (the test
+reads both). This script stays for what import-linter does not say: a module outside every layer
+named as such, and circles listed module by module.
 """
 
 from __future__ import annotations
