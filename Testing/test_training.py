@@ -116,6 +116,31 @@ def test_ema_follows_the_warmup_decay_and_loads_into_the_model():
     assert torch.allclose(averaged["weight"], model.weight, atol=1e-6)
 
 
+def test_ema_has_diffusers_schedule_and_agrees_with_its_ema_model_to_rounding():
+    """The hand-written EMA stays (training/ema.py says why): diffusers' EMAModel with the same
+    decay follows the same schedule and lands on the same weights up to float rounding."""
+    import warnings
+
+    from diffusers.training_utils import EMAModel
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Linear(32, 4))
+    ours = EMA(model, decay=0.99)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = EMAModel(model.parameters(), decay=0.99)
+    noise = torch.Generator().manual_seed(1)
+    for _ in range(40):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=noise))
+        assert ours.current_decay() == pytest.approx(theirs.get_decay(theirs.optimization_step + 1), abs=1e-12)
+        ours.update(model)
+        theirs.step(model.parameters())
+    for mine, reference in zip(ours.shadow, theirs.shadow_params):
+        assert torch.allclose(mine, reference, rtol=0, atol=1e-6)
+
+
 # --- settings -------------------------------------------------------------------------------------
 
 def test_train_config_rejects_bad_values():
