@@ -4,10 +4,11 @@ Kept in float32 whatever the training precision, so a bf16 run still averages ex
 stored with the same tensor names as the model so an EMA file loads straight into the model.
 
 Why not diffusers' ``EMAModel`` (issue 23 item 6; Testing/test_training.py compares the two):
-it has the same decay schedule (``min(decay, (1 + n) / (10 + n))``) and agrees to float rounding,
-but not bit for bit (its update is ``shadow -= (1 - decay) * (shadow - param)``, this one
-``torch.lerp``: a few ulps apart after some steps), so swapping it in would change every trained
-model's weights and make a checkpoint written by this class resume onto different numbers. It
+it has the same decay schedule (``min(decay, (1 + n) / (10 + n))``) except its first update,
+which copies the weights (decay 0, where this class uses 0.1), and its update is
+``shadow -= (1 - decay) * (shadow - param)`` where this one is ``torch.lerp`` (a few ulps apart).
+The two agree to float rounding after a few dozen updates, but not bit for bit: swapping it in
+would change every trained model's weights and make a checkpoint written by this class resume onto different numbers. It
 also keeps the shadow in the parameters' dtype (bf16 in a bf16 run) and saves its state as a
 list of tensors for ``torch.save`` (pickle), where our checkpoints are pickle-free safetensors
 keyed by parameter name (``training.checkpoints``) and resume bit-exactly.
