@@ -384,3 +384,30 @@ def test_normalizer_edge_cases():
         IntensityNormalizer(60.0, 40.0)
     with pytest.raises(RuntimeError):
         IntensityNormalizer().forward(np.ones(3))
+
+
+def test_orientation_codes_agree_with_nibabel_except_where_its_greedy_match_differs():
+    """orientation.py keeps its own axis matching (its docstring says why): nibabel's aff2axcodes
+    names the same axes for every axis-aligned grid and mildly oblique ones, and differs on a
+    strongly oblique grid where its greedy match is not the best permutation."""
+    import itertools
+
+    from nibabel.orientations import aff2axcodes
+
+    from XDiffusionLib.transforms.orientation import orientation_code
+
+    def nibabel_code(direction, spacing=(0.9, 1.3, 2.0)):
+        affine = np.eye(4)
+        affine[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ direction @ np.diag(spacing)  # LPS -> RAS
+        return "".join(aff2axcodes(affine))
+
+    for permutation in itertools.permutations(range(3)):
+        for signs in itertools.product((-1.0, 1.0), repeat=3):
+            direction = np.eye(3)[:, permutation] * np.array(signs)
+            assert orientation_code(direction) == nibabel_code(direction)
+            tilted = rotation((12.0, -8.0, 15.0)) @ direction
+            assert orientation_code(tilted) == nibabel_code(tilted)
+    oblique = np.array([[-0.3813, -0.6625, 0.6447], [-0.0401, 0.7086, 0.7045], [-0.9236, 0.2428, -0.2968]])
+    u, _, vt = np.linalg.svd(oblique)
+    oblique = u @ vt  # the nearest exact rotation
+    assert (orientation_code(oblique), nibabel_code(oblique)) == ("IRP", "IPL")

@@ -5,6 +5,12 @@ inferior->superior (nibabel's "RAS+"; in ITK's LPS terms the direction columns a
 (-1, 0, 0), (0, -1, 0), (0, 0, 1)). Only axis permutations and flips are used, so voxel values
 are copied, never interpolated, and every voxel keeps its physical position; an oblique grid
 stays oblique (its axes are matched to the nearest anatomical axes).
+
+Why not nibabel's orientation functions (``io_orientation``, ``aff2axcodes``, issue 23 item 6):
+they agree on every axis-aligned and mildly oblique grid (Testing/test_transforms.py checks), but
+nibabel matches axes greedily (the largest cosine first) where ``_axis_match`` takes the best of
+the six permutations as a whole; for strongly oblique grids (about 5% of random rotations) the
+two pick different axes, and switching would change which plane a user's "axial" slice is.
 """
 
 from __future__ import annotations
