@@ -416,3 +416,31 @@ def test_checkpoint_ema_exports_as_a_loadable_model(tmp_path, tiny_data):
     assert config.side == 16
     ema = _tensors(out / "checkpoints" / "step-000002" / "ema.safetensors")
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_init_starts_a_new_run_from_a_model_folders_weights(tmp_path, tiny_data):
+    # Fine-tuning: --init takes a trained folder's weights and config (a --config key such as the
+    # anchor's decays may change); the new run's first checkpoint moved away from them, not from noise.
+    base = tmp_path / "base"
+    assert _cli(_train_args(tiny_data, base, "--steps", "2")) == 0
+    tuned = tmp_path / "tuned"
+    argv = ["train", "--init", str(base / "final"), "--data", str(tiny_data), "--out", str(tuned), "--steps", "1",
+            "--batch-size", "3", "--checkpoint-every", "1", "--validate-every", "0", "--no-progress",
+            "--lr", "1e-9", "--config", json.dumps({"anchor_decay_inside_mm": 5.0, "log_every": 1})]
+    assert _cli(argv) == 0
+    start = _tensors(base / "final" / "model.safetensors")
+    after = _tensors(tuned / "checkpoints" / "step-000001" / "model.safetensors")
+    assert set(start) == set(after)
+    assert max(float((start[k] - after[k]).abs().max()) for k in start) < 1e-4  # lr 1e-9: one tiny step
+    assert json.loads((tuned / "final" / "config.json").read_text())["anchor_decay_inside_mm"] == 5.0
+
+
+def test_init_refuses_a_changed_network(tmp_path, tiny_data, capsys):
+    base = tmp_path / "base"
+    assert _cli(_train_args(tiny_data, base, "--steps", "1")) == 0
+    argv = ["train", "--init", str(base / "final"), "--data", str(tiny_data), "--out", str(tmp_path / "x"),
+            "--steps", "1", "--no-progress", "--config", json.dumps({"side": 32})]
+    assert _cli(argv) != 0
+    assert "--init" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
