@@ -182,6 +182,7 @@ def batch_args(out: str, model: Path, steps: int = 2, inputs: str = "cohort.csv"
             "--steps", str(steps), "--device", "cpu", "--no-progress"]
 
 
+@pytest.mark.slow  # two rank processes, then a resumed run
 def test_batch_on_two_ranks_then_resume_after_an_interruption(cohort_dir, tiny_model):
     # Uninterrupted, 2 ranks (torchrun): one CSV with every case, cases spread over both ranks.
     launch(torchrun(), batch_args("full", tiny_model), cohort_dir)

@@ -76,6 +76,7 @@ def _websocket_status(port: int, path: str, headers: dict) -> int:
                                         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", **headers})[0]
 
 
+@pytest.mark.slow  # starts the web app's session processes
 def test_session_ports_host_names_token_logs_and_session_folders(tiny_model, tmp_path):
     from test_web_app import start_app, stop_app
 
