@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from XDiffusionLib.baselines.anchor import blend, interpolate, interpolation_weight, voxel_weight
+from XDiffusionLib.baselines.anchor import blend, interpolate, interpolation_weight
 from XDiffusionLib.baselines.foreground import head_mask
 from XDiffusionLib.baselines.interpolation import linear_fill, pchip_fill
 from XDiffusionLib.baselines.template import TemplateBaseline
@@ -54,8 +54,8 @@ def main() -> None:
             outputs = {"linear": linear_fill(inputs).array, "cubic": pchip_fill(inputs).array, "template": fitted}
             for inside in INSIDE_MM:
                 for outside in OUTSIDE_MM:
-                    w = voxel_weight(inputs, interpolation_weight(inputs, inside, outside), prior.coverage)
-                    outputs[f"anchor {inside:g}/{outside:g}"] = blend(inputs, interpolated, fitted, w)
+                    w = interpolation_weight(inputs, inside, outside)
+                    outputs[f"anchor {inside:g}/{outside:g}"] = blend(inputs, interpolated, fitted, w, prior.coverage)
             for name, output in outputs.items():
                 s = protocol.score(volume.array, output, args.plane, indices, head=head)
                 scores.setdefault(f"{name}|{k}", []).append(

@@ -85,23 +85,29 @@ class AnchorEstimate:
     volume: Volume
     interpolation: np.ndarray
     template: np.ndarray
-    weight: np.ndarray  # (depth,) interpolation weight per slice along the input axis, or a volume
+    weight: np.ndarray  # (depth,) interpolation weight per slice along the input axis
     prior: HeadPriorFit | None = None  # the head prior fit (inputs not pasted): leave-one-out folds reuse it
 
+    @property
+    def coverage(self) -> np.ndarray | None:
+        """Where the head prior has a field of view (None: everywhere)."""
+        return None if self.prior is None else self.prior.coverage
 
-def voxel_weight(inputs: SliceInput, weight: np.ndarray, coverage: np.ndarray) -> np.ndarray:
-    """The per-slice weight as a volume, 1 between the inputs where the template has no field of view."""
-    w = np.broadcast_to(along_axis(weight, inputs.axis), inputs.grid.shape)
-    if coverage.all():
-        return np.asarray(weight)
+
+def voxel_weight(inputs: SliceInput, weight: np.ndarray, coverage: np.ndarray | None) -> np.ndarray:
+    """The per-slice weight broadcast to the grid, 1 between the inputs where the template has no
+    field of view (the neck below it): there the inputs are all the anchor knows."""
+    w = along_axis(weight, inputs.axis)
+    if coverage is None or coverage.all():
+        return w
     inside = along_axis(inside_inputs(inputs), inputs.axis)
     return np.where(~coverage & inside, np.float32(1.0), w).astype(np.float32)
 
 
-def blend(inputs: SliceInput, interpolated: np.ndarray, fitted: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """The anchor from its parts (module docstring); the input slices pasted in exactly.
-    ``weight``: (depth,) per slice along the input axis, or a full volume."""
-    w = along_axis(weight, inputs.axis) if np.ndim(weight) == 1 else weight
+def blend(inputs: SliceInput, interpolated: np.ndarray, fitted: np.ndarray, weight: np.ndarray,
+          coverage: np.ndarray | None = None) -> np.ndarray:
+    """The anchor from its parts (module docstring); the input slices pasted in exactly."""
+    w = voxel_weight(inputs, weight, coverage)
     return inputs.paste_into(w * interpolated + (1.0 - w) * fitted)
 
 
@@ -113,8 +119,8 @@ def anchor_estimate(inputs: SliceInput, decay_inside_mm: float = DEFAULT_DECAY_I
     prior = template.fit(inputs)
     fitted = inputs.paste_into(np.asarray(prior.prior, dtype=np.float32))
     interpolated = np.asarray(interpolate(inputs).array, dtype=np.float32)
-    weight = voxel_weight(inputs, interpolation_weight(inputs, decay_inside_mm, decay_outside_mm), prior.coverage)
-    volume = Volume(blend(inputs, interpolated, fitted, weight), inputs.grid)
+    weight = interpolation_weight(inputs, decay_inside_mm, decay_outside_mm)
+    volume = Volume(blend(inputs, interpolated, fitted, weight, prior.coverage), inputs.grid)
     return AnchorEstimate(volume, interpolated, fitted, weight, prior)
 
 

@@ -182,7 +182,7 @@ def make_entry(volume, config, rng: np.random.Generator, template=None):
         fitted = np.clip(fitted, 0.0, None) ** np.float32(math.exp(rng.normal(0.0, 0.15)))
     from ..baselines.anchor import blend
 
-    anchor = blend(inputs, parts.interpolation, fitted, parts.weight)
+    anchor = blend(inputs, parts.interpolation, fitted, parts.weight, parts.coverage)
     coords = np.argwhere(mask)
     if len(coords) > _POINTS:
         coords = coords[rng.choice(len(coords), _POINTS, replace=False)]
