@@ -240,10 +240,10 @@ def result_tab(browser, app_url, app_log):
     second = shown_index(page, "Red")
     page.click("#xd-use-Red")
     picks = tuple(sorted((first, second)))
-    wait_until(lambda: re.search(rf"axial:\s*{picks[0]}\s+{picks[1]}\b", page.inner_text("#xd-picks")),
+    wait_until(lambda: re.search(rf"axial \(2\):\s*{picks[0]}\s+{picks[1]}\b", page.inner_text("#xd-picks")),
                what="both picks in the list")
     # Position in mm beside the index (canonical axial = S).
-    assert re.fullmatch(r"S -?\d+\.\d mm", page.inner_text("#xd-position-Red").strip())
+    assert re.fullmatch(r"S -?\d+\.\d mm RAS", page.inner_text("#xd-position-Red").strip())
 
     # Issue 13: the worker is warm (PyTorch and the model loaded) before the first Reconstruct.
     page.wait_for_selector("#xd-worker-ready", timeout=SLOW)
@@ -265,7 +265,7 @@ def test_comparison_opens_on_the_first_input_slice_labelled_in_every_view(result
     for tag in COMPARE_TAGS:
         assert shown_index(page, tag) == picks[0], tag
         assert page.locator(f"#xd-badge-{tag}").is_visible(), tag
-        assert re.fullmatch(r"S -?\d+\.\d mm", page.inner_text(f"#xd-position-{tag}").strip())
+        assert re.fullmatch(r"S -?\d+\.\d mm RAS", page.inner_text(f"#xd-position-{tag}").strip())
     # Input slice navigation: next, next (wraps), previous.
     page.click("#xd-next-input")
     wait_until(lambda: all(shown_index(page, tag) == picks[1] for tag in COMPARE_TAGS), what="the next input slice")
@@ -348,8 +348,12 @@ def test_one_field_of_view_for_all_comparison_views_with_linked_zoom_and_pan(res
     assert extent[2] <= real[2] + 2 and extent[3] >= real[3] - 2
     # Square pixels, whole slice in view: kmeans_t1's axial extent (256 mm left-right by 186 mm
     # front-back) fitted to the view, the height limiting in these wide views.
+    from XDiffusionLib.app.web.views import FIT_MARGINS
+
+    top, bottom, left, right = FIT_MARGINS  # the title row, the colour bar and the slider stay off the slice
     sizes = [page.locator(f"#xd-view-{tag}").bounding_box() for tag in COMPARE_TAGS]
-    expected = min(min(box["width"], box["height"] * 256 / 186) for box in sizes)  # the smallest view's fit
+    expected = min(min(box["width"] - left - right, (box["height"] - top - bottom) * 256 / 186)
+                   for box in sizes)  # the smallest view's fit
     assert abs(width(extent) / expected - 1) < 0.05, (width(extent), expected)
 
     # Right-drag zooms (Slicer's gesture), in every view at once.
@@ -471,6 +475,227 @@ def test_export_is_one_click_and_the_metrics_are_the_protocols(result_tab, tmp_p
     page.screenshot(path=str(ARTIFACTS / "web-app-result.png"))
 
 
+def box_of(page, selector: str) -> dict:
+    return page.locator(selector).bounding_box()
+
+
+def overlaps(a: dict, b: dict) -> bool:
+    return (a["x"] < b["x"] + b["width"] - 0.5 and b["x"] < a["x"] + a["width"] - 0.5
+            and a["y"] < b["y"] + b["height"] - 0.5 and b["y"] < a["y"] + a["height"] - 0.5)
+
+
+def drawings_below(page, tag: str) -> float:
+    """Page y of the highest of the view's drawings below the slice: its colour bar, or its
+    slider (whose thumb stands about 10 px above the slider's box)."""
+    edges = [box_of(page, f"#xd-slider-{tag}")["y"] - 10]
+    if page.locator(f"#xd-colorbar-{tag}").count():
+        edges.append(box_of(page, f"#xd-colorbar-{tag}")["y"])
+    return min(edges)
+
+
+def slice_box_in_page(page, tag: str, threshold: float) -> tuple[float, float, float, float] | None:
+    """Page coordinates (top, bottom, left, right) of the pixels above ``threshold`` in view ``tag``,
+    with the page's own drawings over it (title row, colour bar, slider) blacked out first: a slice
+    that ran under them ends exactly at their edge."""
+    from PIL import Image
+
+    box = box_of(page, f"#xd-view-{tag}")
+    pixels = np.asarray(Image.open(io.BytesIO(page.screenshot(clip=box))).convert("RGB"), dtype=np.float64)
+    pixels = pixels[3:-3, 3:-3]  # without the generated view's frame
+    title = box_of(page, f"#xd-titlebar-{tag}")
+    pixels[: int(title["y"] + title["height"] - box["y"]) - 3] = 0  # the title row and above (3: the crop)
+    pixels[int(drawings_below(page, tag) - box["y"]) - 3 - 2:] = 0  # the colour bar, the slider and below
+    found = head_box(pixels, threshold)
+    if found is None:
+        return None
+    rows_top, rows_bottom, cols_left, cols_right = found
+    return box["y"] + 3 + rows_top, box["y"] + 3 + rows_bottom, box["x"] + 3 + cols_left, box["x"] + 3 + cols_right
+
+
+def off_the_inputs(page, picks) -> None:
+    """Two slices on from an input slice, with the mouse wheel (the comparison views follow): on an
+    input slice the uncertainty is 0, all black, and there is no map to look at."""
+    page.click("#xd-layout-compare")
+    page.click("#xd-next-input")
+    wait_until(lambda: shown_index(page, "XDiffusionReal") in picks, what="an input slice")
+    box = box_of(page, "#xd-view-XDiffusionReal")
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _ in range(2):  # the two picks are 3 slices apart: 2 on is no input slice
+        before = shown_index(page, "XDiffusionReal")
+        page.mouse.wheel(0, -120)
+        wait_until(lambda: shown_index(page, "XDiffusionReal") != before, what="the wheel to change the slice")
+    assert shown_index(page, "XDiffusionReal") not in picks
+    wait_until(lambda: all(shown_index(page, tag) == shown_index(page, "XDiffusionReal") for tag in COMPARE_TAGS),
+               what="the comparison views on one slice")
+
+
+def test_first_look_shows_the_whole_slice_with_bars_and_messages_off_it(result_tab):
+    """Issue 22 item 2: the whole slice in view, nothing of the page drawn over it."""
+    page, picks, _ = result_tab
+    try:
+        for size in ({"width": 1280, "height": 720}, {"width": 1920, "height": 1080}):
+            page.set_viewport_size(size)
+            time.sleep(2.0)
+            off_the_inputs(page, picks)
+            page.click("#xd-reset")
+            time.sleep(1.5)
+            # Thresholds above the JPEG ringing of the views' images (up to ~20 grey levels, as far as
+            # the 8x8 block around an edge reaches).
+            for tag, threshold in (("XDiffusionDifference", 30), ("XDiffusionUncertainty", 30), ("XDiffusionReal", 40)):
+                found = slice_box_in_page(page, tag, threshold)
+                assert found is not None, (size, tag)
+                top, bottom, _, _ = found
+                title = box_of(page, f"#xd-titlebar-{tag}")
+                # A gap of black between the slice and the page's drawings: it does not run under them
+                # (what is under them is blacked out, so a slice running under ends exactly at the edge).
+                assert top > title["y"] + title["height"] + 3, (size, tag, top, title)
+                assert bottom < drawings_below(page, tag) - 3, (size, tag, bottom, drawings_below(page, tag))
+            # Messages have their own line: over no view.
+            page.click("#xd-next-input")
+            page.click("#xd-layout-input")
+            page.click("#xd-use-Red")  # an input slice already, or air: either way a message
+            page.wait_for_selector("#xd-info, #xd-error")
+            message = box_of(page, "#xd-info, #xd-error")
+            for tag in ("Red", "Green", "Yellow"):
+                assert not overlaps(message, box_of(page, f"#xd-view-{tag}")), (size, tag)
+            page.click("#xd-status .v-alert__close button")
+            page.click("#xd-layout-compare")
+            for tag in COMPARE_TAGS:
+                assert not overlaps(box_of(page, "#xd-status"), box_of(page, f"#xd-view-{tag}")), (size, tag)
+    finally:
+        page.set_viewport_size(VIEWPORT)
+        time.sleep(1.5)
+
+
+def test_input_slices_are_lines_in_the_other_planes_and_the_generated_view_is_marked(result_tab):
+    """Issue 22 item 3."""
+    page, picks, _ = result_tab
+    page.click("#xd-plane-axial")
+    time.sleep(1.0)
+    assert page.locator("#xd-lines-XDiffusionReal line").count() == 0  # the inputs' own plane: no lines
+    page.click("#xd-plane-coronal")
+    for tag in COMPARE_TAGS:
+        wait_until(lambda: page.locator(f"#xd-lines-{tag} line").count() == len(picks), what=f"input lines in {tag}")
+    lines = page.evaluate("[...document.querySelectorAll('#xd-lines-XDiffusionReal line')].map("
+                          "l => [l.x1.baseVal.value, l.y1.baseVal.value, l.x2.baseVal.value, l.y2.baseVal.value])")
+    for x1, y1, x2, y2 in lines:
+        assert abs(y1 - y2) < 0.5 and abs(x2 - x1) > 100  # axial inputs cross a coronal view as rows
+    rows = sorted(y for _, y, _, _ in lines)
+    assert rows[0] < rows[1]  # the more superior input higher up
+    # ... and they are drawn: the line's colour on its row of the real view.
+    from PIL import Image
+
+    box = box_of(page, "#xd-view-XDiffusionReal")
+    pixels = np.asarray(Image.open(io.BytesIO(page.screenshot(clip=box))).convert("RGB"), dtype=np.float64)
+    around = pixels[int(rows[0]) - 1: int(rows[0]) + 2]  # the pixel row the line fell on
+    assert max(((row[:, 2] > 180) & (row[:, 2] > row[:, 0] + 80)).sum() for row in around) > 30
+    # Back in the inputs' plane; the input views draw the picks in the two other planes.
+    page.click("#xd-plane-axial")
+    page.click("#xd-layout-input")
+    for tag in ("Green", "Yellow"):
+        wait_until(lambda: page.locator(f"#xd-lines-{tag} line").count() == len(picks), what=f"pick lines in {tag}")
+    assert page.locator("#xd-lines-Red line").count() == 0
+    page.click("#xd-layout-compare")
+    # The generated view is marked unmistakably: a badge and an orange frame; the real one is not.
+    page.wait_for_selector("#xd-generated-badge-XDiffusionGenerated")  # visible once the layout switched
+    assert page.locator("#xd-generated-badge-XDiffusionReal").count() == 0
+    def edge(tag):
+        b = box_of(page, f"#xd-view-{tag}")
+        shot = np.asarray(Image.open(io.BytesIO(page.screenshot(clip=b))).convert("RGB"), dtype=np.float64)
+        return shot[shot.shape[0] // 2, 1]
+    generated, real = edge("XDiffusionGenerated"), edge("XDiffusionReal")
+    assert generated[0] > 200 and generated[2] < 80, generated
+    assert not (real[0] > 200 and real[2] < 80), real
+    # The position label says what its coordinate is.
+    note = page.get_attribute("#xd-position-XDiffusionReal", "title")
+    assert "scanner RAS" in note and "from the volume's centre" in note, note
+
+
+def test_reset_view_keeps_the_runs_uncertainty_meaning_and_one_legend(result_tab):
+    """Issue 22 item 1: Reset view drew Slicer's own legend ("view spread ... not calibrated")
+    into the views beside the page's colour bar."""
+    page, picks, _ = result_tab
+    off_the_inputs(page, picks)
+    page.click("#xd-reset")
+    time.sleep(1.5)
+    label = page.inner_text("#xd-colorbar-label-XDiffusionUncertainty")
+    for tag in ("XDiffusionUncertainty", "XDiffusionDifference"):
+        found = slice_box_in_page(page, tag, 6)
+        box = box_of(page, f"#xd-view-{tag}")
+        from PIL import Image
+
+        pixels = np.asarray(Image.open(io.BytesIO(page.screenshot(clip=box))).convert("RGB"), dtype=np.float64)
+        right = int(found[3] - box["x"]) + 4
+        top = int(box_of(page, f"#xd-titlebar-{tag}")["height"]) + 4
+        bottom = int(box_of(page, f"#xd-colorbar-{tag}")["y"] - box["y"]) - 2
+        margin = pixels[top:bottom, right:-4]
+        assert margin.size and margin.max() < 40, (tag, margin.max())  # nothing drawn beside the slice
+    assert page.inner_text("#xd-colorbar-label-XDiffusionUncertainty") == label
+
+
+def test_exports_say_inside_what_they_are(result_tab, tmp_path):
+    """Issue 22 item 1: the web's NIfTI / NRRD exports carry what they are in the file."""
+    import nibabel
+
+    page, _, _ = result_tab
+    saved = {}
+    for what, fmt in (("reconstruction", "NRRD (.nrrd)"), ("uncertainty", "NIfTI (.nii.gz)")):
+        page.click(".xd-export-what .v-field")
+        page.get_by_role("option", name=what, exact=True).click()
+        page.click(".xd-export-format .v-field")
+        page.get_by_text(fmt).click()
+        with page.expect_download() as download:
+            page.click("#xd-export")
+        saved[what] = tmp_path / download.value.suggested_filename
+        download.value.save_as(saved[what])
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(saved["reconstruction"]))
+    reader.ReadImageInformation()
+    assert "not for diagnosis" in reader.GetMetaData("XDiffusion_notice")
+    descrip = nibabel.load(str(saved["uncertainty"])).header["descrip"].item().decode()
+    assert "intensity units" in descrip and "XDiffusion" in descrip, descrip
+    page.click(".xd-export-what .v-field")
+    page.get_by_role("option", name="reconstruction", exact=True).click()
+
+
+def quick_pick(page, title: str, n: int | None = None) -> None:
+    page.click("#xd-quick-open")  # the menu in the input slices' title line
+    page.click(".xd-quick-how .v-field")
+    page.get_by_role("option", name=title, exact=True).click()
+    if n is not None:
+        page.fill("#xd-quick-n", str(n))
+    page.click("#xd-quick-pick")
+    page.wait_for_selector("#xd-quick", state="hidden")
+
+
+def test_quick_picks_keep_reconstruct_in_view(result_tab):
+    """Issue 22 item 4: all acquired slices, every n-th, K spread over the head; with many picks
+    Reconstruct, the progress and the elapsed time stay above the fold."""
+    from XDiffusionLib.data.samples import sample_path
+    from XDiffusionLib.evaluation.protocol import canonical_case, choose_indices
+
+    page, picks, _ = result_tab
+    canonical = canonical_case(read_volume(sample_path("kmeans_t1"))).array
+    acquired = [i for i in range(canonical.shape[2]) if np.ptp(canonical[:, :, i]) > 0]
+    quick_pick(page, "all acquired slices")
+    wait_until(lambda: f"axial ({len(acquired)})" in page.inner_text("#xd-picks-count"), what="all acquired slices")
+    for selector in ("#xd-reconstruct", "#xd-progress", "#xd-elapsed", "#xd-quick-open"):
+        assert inside_viewport(page, selector), selector
+    assert page.evaluate("[...document.querySelectorAll('.v-navigation-drawer__content')]"
+                         ".every(e => e.scrollHeight <= e.clientHeight + 1)")
+    quick_pick(page, "every n-th acquired slice", 10)
+    wait_until(lambda: f"axial ({len(acquired[::10])})" in page.inner_text("#xd-picks-count"), what="every 10th")
+    quick_pick(page, "K spread over the head", 5)
+    expected = sorted(choose_indices(canonical, "axial", 5))
+    wait_until(lambda: re.search(r"axial \(5\):\s*" + r"\s+".join(map(str, expected)) + r"\b",
+                                 page.inner_text("#xd-picks")), what="five slices spread over the head")
+    quick_pick(page, "K spread over the head", 0)
+    assert "must be at least 1" in error_text(page)
+    page.click("#xd-error .v-alert__close button")
+
+
 def test_no_failed_request_or_console_error(result_tab):
     """Issue 11: trame's page asked ``POST .../paraview/`` and logged the 405 in the console."""
     _, _, failures = result_tab
@@ -548,7 +773,11 @@ def test_bad_uploads_show_an_error_and_the_app_keeps_serving(browser, app_url, h
     assert percents == sorted(percents)
 
     # A tall volume (40 mm wide, 120 mm high in the coronal and sagittal planes) stays whole in view:
-    # its image is as wide as a third of the view's height, not cut off above and below.
+    # its image is as wide as a third of the view's free height (issue 22 item 2: without the title
+    # row, the slider and the colour bar's band), not cut off above and below.
+    from XDiffusionLib.app.web.views import FIT_MARGINS
+
+    top, bottom, _, _ = FIT_MARGINS
     tall = write_volume(Volume.from_array((100.0 + np.random.default_rng(3).normal(0, 2, (20, 20, 60)))
                                           .astype(np.float32), (2.0, 2.0, 2.0)), tmp_path / "tall.nii.gz")
     page.set_input_files("#xd-upload", str(tall))
@@ -561,7 +790,7 @@ def test_bad_uploads_show_an_error_and_the_app_keeps_serving(browser, app_url, h
             middle = {"x": box["x"], "y": box["y"] + box["height"] / 2 - 5, "width": box["width"], "height": 10}
             row = np.asarray(Image.open(io.BytesIO(page.screenshot(clip=middle))).convert("L"), dtype=float)
             return int((row.mean(axis=0) > 40).sum())
-        wait_until(lambda: abs(image_width() / (box["height"] / 3) - 1) < 0.1, timeout=20,
+        wait_until(lambda: abs(image_width() / ((box["height"] - top - bottom) / 3) - 1) < 0.1, timeout=20,
                    what=f"the tall volume to fit the {tag} view")
 
     # A good upload after all that still works.
@@ -671,13 +900,28 @@ def test_long_runs_limits_lock_stale_failure_and_cancel(browser, app_url, head_f
     page.fill("#xd-model", str(tiny_model))
     page.fill("#xd-steps", "500")
     page.fill("#xd-views-count", "8")
+    # Issue 22 item 5: guidance has a range; a run this long asks first.
+    page.fill("#xd-guidance", "500")
     page.click("#xd-reconstruct")
+    assert "guidance 500 is above the limit of 20" in error_text(page)
+    page.fill("#xd-guidance", "1")
+    page.click("#xd-reconstruct")
+    page.wait_for_selector("#xd-confirm")
+    assert "4000 model evaluations" in page.inner_text("#xd-confirm")
+    page.click("#xd-confirm-no")
+    page.wait_for_selector("#xd-confirm", state="detached")
+    assert page.is_hidden("#xd-cancel")
+    page.click("#xd-reconstruct")
+    page.click("#xd-confirm-yes")
     page.wait_for_selector("#xd-cancel", state="visible")
     for locked in ("#xd-steps", "#xd-views-count", "#xd-seed", "#xd-model", "#xd-upload", "#xd-open-sample",
                    "#xd-reconstruct"):
         assert page.is_disabled(locked), locked
     assert page.locator("#xd-picks .v-chip--disabled").count() == 1  # the input slice cannot be removed
     assert page.locator("#xd-stale").is_visible()
+    # Issue 22 item 3: only what the previous run made is stale, never the real volume.
+    assert page.locator("#xd-stale-XDiffusionGenerated").is_visible()
+    assert page.locator("#xd-stale-XDiffusionReal").count() == 0
     wait_until(lambda: re.match(r"\s*([1-9]\d*)%", page.inner_text("#xd-progress-text")), timeout=SLOW / 1000,
                what="sampling progress")
     wait_until(lambda: re.search(r"elapsed \d+:\d\d · about \d+:\d\d left", page.inner_text("#xd-elapsed")),
@@ -688,6 +932,27 @@ def test_long_runs_limits_lock_stale_failure_and_cancel(browser, app_url, head_f
     # The previous result is kept, and no longer stale.
     assert page.locator("#xd-results").count() == 1 and page.locator("#xd-stale").count() == 0
     page.close()
+
+
+def test_closing_a_tab_cancels_its_run(browser, app_url, app_log, head_file):
+    """Issue 22 item 5: the run of a closed tab is cancelled, and no worker is warmed for it."""
+    page = open_tab(browser, app_url)
+    page.set_input_files("#xd-upload", str(head_file))
+    page.wait_for_selector("#xd-volume")
+    page.click("#xd-use-Red")
+    page.wait_for_selector("#xd-picks")
+    page.fill("#xd-steps", "1000")
+    page.fill("#xd-views-count", "8")
+    page.click("#xd-reconstruct")
+    page.click("#xd-confirm-yes")
+    page.wait_for_selector("#xd-cancel", state="visible")
+    before = app_log.read_text().count("the tab closed: cancelling its reconstruction")
+    page.close(run_before_unload=True)
+    wait_until(lambda: app_log.read_text().count("the tab closed: cancelling its reconstruction") > before,
+               timeout=60, what="the closed tab's run to be cancelled")
+    cancelled = app_log.read_text().rindex("the tab closed: cancelling its reconstruction")
+    time.sleep(8.0)  # the cancelled run ends; no session warms a worker for a tab that is gone
+    assert "warming a reconstruction worker" not in app_log.read_text()[cancelled:]
 
 
 def test_session_limit_and_stopping_the_app_stops_its_sessions(tiny_model, tmp_path):
@@ -718,6 +983,9 @@ def test_session_limit_and_stopping_the_app_stops_its_sessions(tiny_model, tmp_p
         assert connection.getresponse().status == 403
         port = int(re.search(r"started on port (\d+)", log_path.read_text()).group(1))
         socket.create_connection(("127.0.0.1", port), timeout=5).close()  # the session serves
+        # Issue 22 item 5: a session no tab has connected to holds no worker (PyTorch and the model,
+        # over 1 GB); it warms one when its tab connects (``result_tab`` waits for "model loaded").
+        assert "warming a reconstruction worker" not in log_path.read_text()
         # An unknown session says so, with a way back.
         with pytest.raises(urllib.error.HTTPError) as gone:
             urllib.request.urlopen(url + "/s/no-such-session/", timeout=10)

@@ -25,6 +25,16 @@ RUNTIMES = ("auto", "torch", "onnx")
 MAX_VIEWS = 64
 MAX_STEPS = 1000
 MAX_SAMPLES = 16
+# Classifier-free guidance: 1 = none; far above ~10 the samples saturate into noise, a typo's value.
+MAX_GUIDANCE = 20.0
+# Model evaluations (views x steps x samples, twice with guidance) above which a run takes more
+# than a few minutes on a CPU: the web page asks before starting one.
+LONG_RUN_EVALUATIONS = 2000
+
+
+def model_evaluations(views: int, steps: int, samples: int, guidance: float) -> int:
+    """How many network evaluations a run makes per generated slice group (its cost)."""
+    return int(views) * int(steps) * int(samples) * (1 if float(guidance) == 1.0 else 2)
 
 
 def check_sampler(name: str) -> str:
@@ -77,6 +87,8 @@ class ReconstructionSettings:
                 raise XDiffusionError(f"{name} {value} is above the limit of {limit}")
         if not math.isfinite(self.guidance) or self.guidance < 0:
             raise XDiffusionError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+        if self.guidance > MAX_GUIDANCE:
+            raise XDiffusionError(f"guidance {self.guidance:g} is above the limit of {MAX_GUIDANCE:g} (1 = no guidance)")
         if self.strength is not None and not (math.isfinite(self.strength) and 0.0 < self.strength <= 1.0):
             raise XDiffusionError(f"strength must lie in (0, 1], got {self.strength!r}")
         if self.chunk_size is not None and int(self.chunk_size) < 1:

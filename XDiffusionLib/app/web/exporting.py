@@ -36,6 +36,7 @@ class Exporting:
 
     async def export(self, fields=None) -> dict | None:
         """Write the chosen output; returns ``{"url", "name"}`` for the page to download at once."""
+        from ...slicer.display import uncertainty_info_of
         from ...slicer.nodes import output_name, volume_from_node
         from ...model.files import default_model_dir
         from .results import export_result
@@ -59,6 +60,7 @@ class Exporting:
                              f"export the {what} as NIfTI or NRRD")
             return None
         volume = volume_from_node(node)
+        info = uncertainty_info_of(node) if what == "uncertainty" else None  # its level and units go in the file
         stem = output_name(app.input_node.GetName() if app.input_node is not None else "volume", what)
         stem = safe_filename(stem.replace(" ", "_"))
         provenance = None
@@ -69,7 +71,7 @@ class Exporting:
         folder = app.transfers.new_download_folder()
         app.push(xd_busy=f"exporting the {what}")
         try:
-            path = await asyncio.to_thread(export_result, volume, fmt, folder, stem, provenance)
+            path = await asyncio.to_thread(export_result, volume, fmt, folder, stem, provenance, what, info)
         except Exception as error:  # noqa: BLE001 - shown in the page
             app.report_failure(error, "export")
             return None

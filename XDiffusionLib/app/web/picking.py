@@ -16,13 +16,46 @@ from .views import VIEW_PLANE, slice_to_ras
 _RAS = "RAS"
 
 
+_AXIS_NAMES = {"R": "right", "A": "anterior", "S": "superior"}
+
+
 def position_label(grid, plane: str, index: int) -> str:
-    """The slice's position in mm along the plane's RAS axis, e.g. ``S 12.0 mm``."""
+    """The slice's position in mm along the plane's scanner RAS axis, e.g. ``S 12.0 mm RAS``."""
     from ...inputs import plane_axis
     from ...slicer.slices import ras_point_of_slice
 
     axis = plane_axis(plane)
-    return f"{_RAS[axis]} {float(ras_point_of_slice(grid, plane, index)[axis]):.1f} mm"
+    return f"{_RAS[axis]} {float(ras_point_of_slice(grid, plane, index)[axis]):.1f} mm RAS"
+
+
+def position_note(grid, plane: str, index: int) -> str:
+    """What ``position_label`` means, with the slice's offset from the volume's centre (hover text)."""
+    from ...inputs import plane_axis
+    from ...slicer.slices import canonical_depth, ras_point_of_slice
+
+    axis = plane_axis(plane)
+    letter = _RAS[axis]
+    here = float(ras_point_of_slice(grid, plane, index)[axis])
+    depth = canonical_depth(grid, plane)
+    centre = (float(ras_point_of_slice(grid, plane, 0)[axis]) + float(ras_point_of_slice(grid, plane, depth - 1)[axis])) / 2
+    return (f"scanner RAS coordinate {letter} ({_AXIS_NAMES[letter]} positive), mm; "
+            f"{here - centre:+.1f} mm from the volume's centre ({letter} {centre:.1f} mm)")
+
+
+def input_lines(view, grid, plane: str, indices) -> list[dict]:
+    """The input slices (``plane``, ``indices``) where they cross ``view``, in the page's pixels."""
+    from ...slicer.slices import slice_line_in_view, slice_plane
+    from .views import view_size
+
+    matrix = view.get_view_node().GetXYToRAS()
+    xy_to_ras = [[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]
+    lines = []
+    for index in indices:
+        segment = slice_line_in_view(xy_to_ras, view_size(view), *slice_plane(grid, plane, int(index)))
+        if segment is not None:
+            x1, y1, x2, y2 = (round(value, 1) for value in segment)
+            lines.append({"x1": x1, "y1": y1, "x2": x2, "y2": y2, "index": int(index)})
+    return lines
 
 
 class Picking:
@@ -53,25 +86,41 @@ class Picking:
         app = self.app
         tag = view.get_singleton_tag()
         plane = self.view_plane(view)
-        index, label, is_input = None, "", False
+        index, label, note, is_input, lines = None, "", "", False, []
         if app.input_node is not None and plane is not None:
+            grid = grid_from_node(app.input_node)
             try:
                 index = self.current_index(view)
-                label = position_label(grid_from_node(app.input_node), plane, index)
+                label, note = position_label(grid, plane, index), position_note(grid, plane, index)
             except XDiffusionError:
                 index = None
+            # The input slices of another plane, as lines where they cross this view.
+            inputs_plane, inputs = self.input_slices_for(tag)
+            if inputs and inputs_plane != plane:
+                lines = input_lines(view, grid, inputs_plane, inputs)
         if index is not None:
             if tag in VIEW_PLANE:
                 is_input = plane == app.state.xd_pick_plane and index in app.state.xd_picks
             else:
                 is_input = index in app.comparison.plane_indices
         changes = {}
-        for key, value in (("xd_view_index", index), ("xd_view_label", label), ("xd_view_is_input", is_input)):
+        for key, value in (("xd_view_index", index), ("xd_view_label", label), ("xd_view_is_input", is_input),
+                           ("xd_view_position_note", note), ("xd_view_lines", lines)):
             current = app.state[key] or {}
             if current.get(tag) != value:
                 changes[key] = {**current, tag: value}
         if changes:
             app.push(**changes)
+
+    def input_slices_for(self, tag: str) -> tuple[str, list[int]]:
+        """The input slices a view marks: the picks in the input views, the run's in the comparison."""
+        app = self.app
+        if tag in VIEW_PLANE:
+            return str(app.state.xd_pick_plane or ""), list(app.state.xd_picks or [])
+        result = app.comparison.result
+        if result is None:
+            return "", []
+        return result.layout.plane, list(app.comparison.indices)
 
     def refresh_input_views(self) -> None:
         for tag in VIEW_PLANE:
@@ -121,6 +170,35 @@ class Picking:
             return
         app.push(xd_picks=sorted(picks + [index]), xd_pick_plane=plane, xd_error="",
                  xd_info=f"added {plane} slice {index}")
+        self.refresh_input_views()
+
+    def quick_pick(self, how: str, n=1, plane: str | None = None) -> None:
+        """Replace the input slices by a quick pick (``slicer.slices.quick_picks``) in ``plane``:
+        default the plane of the picks so far, else the plane the scan was acquired in."""
+        from ...slicer.slices import quick_picks
+        from ...transforms.orientation import to_canonical
+        from ...transforms.thick_slices import acquisition_plane
+
+        app = self.app
+        if app.input_node is None:
+            app.report_error("load a volume first, then pick its slices")
+            return
+        if app.state.xd_running:
+            app.report_error("a reconstruction is running: the input slices are locked until it ends")
+            return
+        try:
+            count = int(n)
+        except (TypeError, ValueError):
+            app.report_error(f"{'K' if how == 'spread' else 'n'} must be a whole number, got {n!r}")
+            return
+        plane = plane or app.state.xd_pick_plane or acquisition_plane(app.volume.grid)
+        try:
+            picks = quick_picks(to_canonical(app.volume)[0].array, plane, str(how), count)
+        except XDiffusionError as error:
+            app.report_error(str(error))
+            return
+        app.push(xd_picks=picks, xd_pick_plane=plane, xd_error="",
+                 xd_info=f"{len(picks)} {plane} input slices: {picks[0]} to {picks[-1]}")
         self.refresh_input_views()
 
     def unpick(self, index: int) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ...errors import XDiffusionError
 from ...io.volume import Volume
+from ...uncertainty.intervals import UncertaintyInfo
 
 EXPORT_FORMATS: dict[str, str] = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom": ".zip"}
 EXPORT_FORMAT_TITLES = {"nifti": "NIfTI (.nii.gz)", "nrrd": "NRRD (.nrrd)", "dicom": "DICOM pseudo-MRI (.zip)"}
@@ -71,8 +72,10 @@ def compute_metrics(reference: Volume, reconstruction: Volume, plane: str, indic
             for key, title, short, unit, note in METRIC_ROWS]
 
 
-def export_result(volume: Volume, fmt: str, folder: Path, stem: str, provenance=None) -> Path:
-    """Write ``volume`` as ``fmt`` (see EXPORT_FORMATS) into ``folder``; returns the file to download."""
+def export_result(volume: Volume, fmt: str, folder: Path, stem: str, provenance=None, what: str = "reconstruction",
+                  info: UncertaintyInfo | None = None) -> Path:
+    """Write ``volume`` (the ``what`` of a run; ``info``: what its uncertainty means) as ``fmt``
+    (see EXPORT_FORMATS) into ``folder``, saying inside the file what it is; returns the file to download."""
     from ...io.atomic import temporary_file
     from ...slicer.export import export_dicom_series, export_volume
 
@@ -80,7 +83,7 @@ def export_result(volume: Volume, fmt: str, folder: Path, stem: str, provenance=
         raise XDiffusionError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     target = Path(folder) / (stem + EXPORT_FORMATS[fmt])
     if fmt != "dicom":
-        return export_volume(volume, target)
+        return export_volume(volume, target, uncertainty=info, what=what)
     if provenance is None:
         raise XDiffusionError("only the reconstruction itself can be exported as a DICOM pseudo-MRI series")
     series = Path(folder) / stem

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ...errors import XDiffusionError
-from ...settings import ReconstructionSettings
+from ...settings import LONG_RUN_EVALUATIONS, ReconstructionSettings, model_evaluations
 from .state import RECONSTRUCT_FIELDS, SAMPLING_FIELDS
 
 PROGRESS_PERIOD_S = 0.25
@@ -60,10 +60,11 @@ def options_from_page(state) -> dict:
                 raise XDiffusionError(f"{field.label} must be a finite number, got {raw!r}")
         else:
             value = text
+        shown = f"{value:g}" if isinstance(value, float) else value  # 500, not 500.0
         if field.minimum is not None and value < field.minimum:
-            raise XDiffusionError(f"{field.label} must be at least {field.minimum:g}, got {value}")
+            raise XDiffusionError(f"{field.label} must be at least {field.minimum:g}, got {shown}")
         if field.maximum is not None and value > field.maximum:
-            raise XDiffusionError(f"{field.label} {value} is above the limit of {field.maximum:g}")
+            raise XDiffusionError(f"{field.label} {shown} is above the limit of {field.maximum:g}")
         options[field.key] = value
     ReconstructionSettings.from_options(options)  # the shared checks
     return options
@@ -87,7 +88,7 @@ class Running:
             return app.model_dir
         return str(app.data_roots.resolve_model(text))
 
-    def reconstruct(self, fields=None) -> None:
+    def reconstruct(self, fields=None, confirmed: bool = False) -> None:
         from trame_server.utils.asynchronous import create_task
 
         from ...slicer.reconstruction import AUTOMATIC, SceneReconstruction
@@ -105,8 +106,14 @@ class Running:
             app.report_error("pick at least one input slice: scroll a view to a slice and press 'Use this slice'")
             return
         try:
-            settings = JobSettings(app.state.xd_pick_plane, tuple(app.state.xd_picks), self.model_dir(),
-                                   options_from_page(app.state))
+            options = options_from_page(app.state)
+            cost = model_evaluations(options["views"], options["steps"], options["samples"], options["guidance"])
+            if cost > LONG_RUN_EVALUATIONS and not confirmed:  # ask first: this run takes long
+                app.push(xd_confirm=(f"{cost} model evaluations per slice group (views x steps x samples"
+                                     f"{' x 2 for guidance' if options['guidance'] != 1 else ''}): this run may "
+                                     "take many minutes. Start it?"))
+                return
+            settings = JobSettings(app.state.xd_pick_plane, tuple(app.state.xd_picks), self.model_dir(), options)
             run = SceneReconstruction(app.scene, app.input_node, settings,
                                       reference_node=app.input_node if app.state.xd_compare else None,
                                       overlay=AUTOMATIC, launcher=app.launcher)
@@ -115,7 +122,7 @@ class Running:
             app.report_error(str(error))
             return
         self.run = run
-        app.push(xd_running=True, xd_progress=0.0, xd_progress_message="starting the reconstruction process",
+        app.push(xd_confirm="", xd_running=True, xd_progress=0.0, xd_progress_message="starting the reconstruction process",
                  xd_elapsed=clock(0), xd_remaining="", xd_stale=bool(app.state.xd_has_result),
                  xd_error="", xd_info="", xd_worker_warm=False)
         self._task = create_task(self._follow(run))
@@ -163,7 +170,7 @@ class Running:
     def rewarm(self) -> None:
         """Warm the next worker (a run took the last one); a few seconds later the page says so."""
         launcher = self.app.launcher
-        if hasattr(launcher, "warm"):
+        if hasattr(launcher, "warm") and getattr(self.app, "tab_open", True):  # no worker for a closed tab
             launcher.warm()
 
     async def cancel(self) -> None:

@@ -18,7 +18,9 @@ if the hub disappears (its stdin closes). Under the hub it serves only requests 
 secret the hub put in its environment (``origins.session_guard``): its port on 127.0.0.1 is open
 to every local program and web page, the hub is not. Started alone it applies the hub's host and
 origin policy itself. On the way out a running reconstruction is cancelled
-and the session's files are removed.
+and the session's files are removed. The worker (PyTorch and the model) is warmed when a tab
+connects, not before; a tab gone for ``TAB_GONE_S`` (no websocket: closed, not reloaded) has its
+run cancelled, and no worker is warmed for it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from wslink.websocket import LinkProtocol
+
 from ...errors import XDiffusionError
 
 log = logging.getLogger("xdiffusion.web")
@@ -42,6 +46,8 @@ log = logging.getLogger("xdiffusion.web")
 READY_PREFIX = "XDIFFUSION_SESSION_PORT"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _WARM_POLL_S = 1.0
+# A tab gone this long (no websocket) is closed: a reload reconnects well within it, and keeps its run.
+TAB_GONE_S = 10.0
 
 
 class XDiffusionSession:
@@ -126,8 +132,13 @@ class XDiffusionSession:
         self._register_triggers()
         self.page = ui.build_page(self.server, self.layout_manager)
         self.layout_manager.set_layout(views.INPUT_LAYOUT)
+        # A spare session holds no worker (PyTorch and the model, >1 GB): it warms one when a tab
+        # takes it; a closed tab cancels its run and warms nothing more. The tab's websocket says
+        # when it comes and goes (the page's own "exited" message, sent while it unloads, may never
+        # arrive, and a reload sends it too).
+        self.tab_open = False
+        server.add_protocol_to_configure(lambda protocol: protocol.registerLinkProtocol(_TabSockets(self)))
         if hasattr(self.launcher, "warm"):
-            self.launcher.warm()
             server.controller.on_server_ready.add(self._watch_warm_worker)
 
     # -- wiring ----------------------------------------------------------------------------------
@@ -145,6 +156,7 @@ class XDiffusionSession:
             "xd_pick": self.picking.pick,
             "xd_unpick": self.picking.unpick,
             "xd_clear_picks": self.picking.clear,
+            "xd_quick_pick": self.picking.quick_pick,
             "xd_reconstruct": self.running.reconstruct,
             "xd_cancel": self.running.cancel,
             "xd_previous_input": lambda: self.viewing.step_input_slice(-1),
@@ -173,6 +185,25 @@ class XDiffusionSession:
         from . import ui
 
         ui.view_overlay(server, view)
+
+    def on_tab_connected(self) -> None:
+        self.tab_open = True
+        if hasattr(self.launcher, "warm") and not self.state.xd_running:
+            self.launcher.warm()  # a no-op while one is alive (a reload)
+
+    def on_tab_gone(self) -> None:
+        from trame_server.utils.asynchronous import create_task
+
+        self.tab_open = False
+        if self.state.xd_running:
+            create_task(self._cancel_when_closed())
+
+    async def _cancel_when_closed(self) -> None:
+        """Cancel the run unless the tab comes back (a reload) within ``TAB_GONE_S``."""
+        await asyncio.sleep(TAB_GONE_S)
+        if not self.tab_open and self.state.xd_running:
+            log.info("the tab closed: cancelling its reconstruction")
+            await self.running.cancel()
 
     def _watch_warm_worker(self, **_) -> None:
         from trame_server.utils.asynchronous import create_task
@@ -240,6 +271,24 @@ class XDiffusionSession:
         if hasattr(self.launcher, "close"):
             self.launcher.close()
         self.transfers.close()
+
+
+class _TabSockets(LinkProtocol):
+    """A wslink link protocol that only follows the session's websockets (its tab's, through the hub)."""
+
+    def __init__(self, session: XDiffusionSession):
+        super().__init__()
+        self.session = session
+        self.open: set[str] = set()
+
+    def onConnect(self, request, client_id) -> None:  # noqa: N802 - wslink's name
+        self.open.add(client_id)
+        self.session.on_tab_connected()
+
+    def onClose(self, client_id) -> None:  # noqa: N802 - wslink's name
+        self.open.discard(client_id)
+        if not self.open:
+            self.session.on_tab_gone()
 
 
 async def _session_manager_answer(request):

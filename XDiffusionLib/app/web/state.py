@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...maps import DIFFERENCE_TITLE
-from ...settings import DEFAULTS, MAX_SAMPLES, MAX_STEPS, MAX_VIEWS, SAMPLERS
+from ...settings import DEFAULTS, MAX_GUIDANCE, MAX_SAMPLES, MAX_STEPS, MAX_VIEWS, SAMPLERS
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ SAMPLING_FIELDS: tuple[SamplingField, ...] = (
     SamplingField("views", "views", "int", 1, MAX_VIEWS),
     SamplingField("steps", "steps", "int", 1, MAX_STEPS),
     SamplingField("sampler", "sampler", "choice"),
-    SamplingField("guidance", "guidance", "float", 0, None),
+    SamplingField("guidance", "guidance", "float", 0, MAX_GUIDANCE),
     SamplingField("seed", "seed", "int", None, None),
     SamplingField("samples", "samples", "int", 1, MAX_SAMPLES),
 )
@@ -79,6 +79,12 @@ def initial_state(*, max_upload_bytes: int, allow_server_paths: bool, model_show
         "xd_view_index": {},
         "xd_view_label": {},
         "xd_view_is_input": {},
+        "xd_confirm": "",  # a long run waits for the page's yes
+        "xd_quick_open": False,  # the quick picks' menu
+        "xd_quick_how": "spread",  # quick picks: "all", "every" (n-th) or "spread" (K over the head)
+        "xd_quick_n": 5,
+        "xd_view_position_note": {},  # what the position label's coordinate is (hover text)
+        "xd_view_lines": {},  # the input slices crossing each view: [{x1, y1, x2, y2, index}] in pixels
         "xd_pick_plane": "",
         "xd_picks": [],
         # 3. model and sampling (defaults and limits: XDiffusionLib.settings)

@@ -13,19 +13,32 @@ and a slider. Field names come from ``state``; elements the browser tests look f
 from __future__ import annotations
 
 from trame.ui.vuetify3 import VAppLayout
+from trame_client.widgets.core import HtmlElement
 from trame.widgets import html
 from trame.widgets import vuetify3 as v
 
 from .state import EXPORT_FIELDS, RECONSTRUCT_FIELDS, SAMPLING_FIELDS
-from .views import COMPARE_TITLES, VIEW_PLANE
+from .views import COMPARE_ROLES, COMPARE_TITLES, GENERATED_MARK, GENERATED_ROLES, VIEW_PLANE
 
 _TITLE_STYLE = ("position: absolute; top: 2px; left: 6px; right: 6px; display: flex; align-items: center; gap: 6px;"
-                " color: white; font: 13px sans-serif; text-shadow: 0 0 3px black; pointer-events: none;")
+                " color: white; font: 13px sans-serif; text-shadow: 0 0 3px black; pointer-events: none;"
+                " white-space: nowrap; overflow: hidden; height: 20px;")
 _SLIDER_STYLE = "position: absolute; bottom: 0; left: 8px; right: 8px;"
-_COLORBAR_STYLE = ("position: absolute; right: 8px; bottom: 30px; width: min(40%, 200px); color: white;"
-                   " font: 11px sans-serif; pointer-events: none; background: rgba(0, 0, 0, 0.7);"
-                   " padding: 3px 5px; border-radius: 3px;")
+# One line between the image and the slider, in the band the fit keeps free (``views.FIT_MARGINS``).
+_COLORBAR_STYLE = ("position: absolute; left: 8px; right: 8px; bottom: 26px; height: 20px; display: flex; gap: 6px;"
+                   " align-items: center; color: white; font: 11px sans-serif; pointer-events: none;"
+                   " white-space: nowrap; overflow: hidden;")
 _RUNNING = "xd_running"
+
+
+class SvgLine(HtmlElement):
+    """An SVG ``<line>`` (trame's html widgets have ``<svg>`` but no ``<line>``)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("line", **kwargs)
+        self.props += ["x1", "y1", "x2", "y2", "stroke", ("stroke_width", "stroke-width"),
+                       ("stroke_dasharray", "stroke-dasharray"), ("stroke_opacity", "stroke-opacity"),
+                       ("shape_rendering", "shape-rendering")]
 
 
 def _fields(names) -> str:
@@ -53,15 +66,16 @@ def build_page(server, layout_manager) -> VAppLayout:
         with v.VMain():
             with html.Div(style="position: relative; display: flex; flex-direction: column; height: calc(100vh - 40px);"):
                 _view_toolbar()
+                # Messages have their own line above the views (the gestures' hint when there is
+                # none): never over the anatomy, and the views never change size for them.
+                with html.Div(classes="xd-alerts", id="xd-status"):
+                    v.VAlert(v_if="xd_error", type="error", density="compact", text=("xd_error",),
+                             closable=True, click_close="xd_error = ''", id="xd-error")
+                    v.VAlert(v_if="xd_info && !xd_error", type="info", density="compact", text=("xd_info",),
+                             closable=True, click_close="xd_info = ''", id="xd-info")
+                    html.Span(_GESTURES, v_if="!xd_error && !xd_info", classes="text-caption text-medium-emphasis xd-hint")
                 with html.Div(style="flex: 1; display: flex; min-height: 0; position: relative;", id="xd-views"):
                     layout_manager.initialize_layout_grid(layout)
-                    # Messages float over the lower part of the views: they never shrink the images
-                    # and never cover the views' buttons or sliders.
-                    with html.Div(classes="xd-alerts"):
-                        v.VAlert(v_if="xd_error", type="error", density="compact", text=("xd_error",),
-                                 closable=True, click_close="xd_error = ''", id="xd-error", classes="ma-1")
-                        v.VAlert(v_if="xd_info && !xd_error", type="info", density="compact", text=("xd_info",),
-                                 closable=True, click_close="xd_info = ''", id="xd-info", classes="ma-1")
                 _result_bar()
     return layout
 
@@ -103,16 +117,43 @@ def _volume_card() -> None:
 
 def _slices_card() -> None:
     with v.VCard(variant="tonal"):
-        v.VCardTitle("2. Input slices")
+        # The quick picks open from the title line: they take no row of the panel, and stay in reach
+        # however many picks there are.
+        with html.Div(classes="v-card-title", style="display: flex; align-items: center;"):
+            html.Span("2. Input slices")
+            v.VSpacer()
+            _quick_picks()
         with v.VCardText():
             html.Div("Scroll a view to a slice and press 'Use this slice' (one plane per reconstruction).",
                      v_if="!xd_picks.length", classes="text-caption")
-            with html.Div(v_if="xd_picks.length", id="xd-picks"):
-                html.Span("{{ xd_pick_plane }}: ", classes="text-body-2")
+            # Many picks scroll inside a short box: Reconstruct and the progress stay in view.
+            with html.Div(v_if="xd_picks.length", id="xd-picks", classes="xd-picks"):
+                html.Span("{{ xd_pick_plane }} ({{ xd_picks.length }}): ", classes="text-body-2",
+                          id="xd-picks-count")
                 v.VChip("{{ i }}", v_for="i in xd_picks", key="i", closable=True, size="small", classes="ma-1",
                         click_close="trigger('xd_unpick', [i])", disabled=(_RUNNING,))
                 v.VBtn("Clear", size="x-small", variant="text", click="trigger('xd_clear_picks')",
                        disabled=(_RUNNING,))
+
+
+def _quick_picks() -> None:
+    """All acquired slices, every n-th, K spread over the head (``picking.Picking.quick_pick``)."""
+    with v.VMenu(v_model=("xd_quick_open",), close_on_content_click=False, location="bottom end"):
+        with html.Template(v_slot_activator="{ props }"):
+            v.VBtn("Quick pick", v_bind="props", size="x-small", variant="tonal", id="xd-quick-open",
+                   disabled=(_RUNNING + " || !xd_volume_name",))
+        with v.VCard(id="xd-quick", width=320):
+            with v.VCardText(style="display: flex; gap: 6px; align-items: center;"):
+                v.VSelect(v_model=("xd_quick_how",), label="Quick pick", density="compact", hide_details=True,
+                          items=([{"title": "K spread over the head", "value": "spread"},
+                                  {"title": "every n-th acquired slice", "value": "every"},
+                                  {"title": "all acquired slices", "value": "all"}],),
+                          id="xd-quick-how", classes="xd-quick-how")
+                v.VTextField(v_model=("xd_quick_n",), label=("xd_quick_how === 'spread' ? 'K' : 'n'",), type="number",
+                             min=1, density="compact", hide_details=True, id="xd-quick-n", style="flex: none; width: 56px;",
+                             disabled=("xd_quick_how === 'all'",))
+                v.VBtn("Pick", size="small", id="xd-quick-pick",
+                       click="xd_quick_open = false; trigger('xd_quick_pick', [xd_quick_how, xd_quick_n])")
 
 
 def _model_card() -> None:
@@ -165,6 +206,16 @@ def _run_card() -> None:
                           classes="text-caption text-success", id="xd-worker-ready")
                 html.Span("loading the model in the background", v_if="!xd_worker_warm && !xd_running",
                           classes="text-caption text-medium-emphasis", id="xd-worker-warming")
+            # A long run waits for the page's yes (``running.Running.reconstruct``).
+            with v.VDialog(model_value=("!!xd_confirm",), max_width=460, persistent=True):
+                with v.VCard(id="xd-confirm"):
+                    v.VCardTitle("A long run")
+                    v.VCardText("{{ xd_confirm }}")
+                    with v.VCardActions():
+                        v.VSpacer()
+                        v.VBtn("Not now", click="xd_confirm = ''", id="xd-confirm-no")
+                        v.VBtn("Start", color="primary", id="xd-confirm-yes",
+                               click=f"xd_confirm = ''; trigger('xd_reconstruct', [{_fields(RECONSTRUCT_FIELDS)}, true])")
             with html.Div(v_show="xd_running || xd_progress > 0", classes="mt-2", id="xd-progress"):
                 v.VProgressLinear(model_value=("xd_progress",), height=12, color="primary", rounded=True)
                 html.Div("{{ Math.round(xd_progress) }}% {{ xd_progress_message }}", classes="text-caption",
@@ -173,8 +224,10 @@ def _run_card() -> None:
                          v_if="xd_elapsed", classes="text-caption", id="xd-elapsed")
 
 
+_GESTURES = "left-drag: window/level · right-drag: zoom · middle-drag: pan · wheel: slices"
+
+
 def _view_toolbar() -> None:
-    gestures = "left-drag: window/level · right-drag: zoom · middle-drag: pan · wheel: slices"
     with html.Div(style="flex: none; display: flex; gap: 8px; align-items: center; padding: 2px 6px; height: 36px;",
                   id="xd-toolbar"):
         with html.Template(v_if="xd_has_result && xd_layout === 'compare'"):
@@ -194,9 +247,8 @@ def _view_toolbar() -> None:
             v.VChip("stale: from the previous run", v_if="xd_stale", color="warning", size="small",
                     id="xd-stale")
         html.Div(style="flex: 1;")
-        html.Span(gestures, classes="text-caption text-medium-emphasis xd-hint")
         v.VBtn("Reset view", size="small", variant="tonal", click="trigger('xd_reset_views')",
-               disabled=("!xd_volume_name",), id="xd-reset", title=gestures)
+               disabled=("!xd_volume_name",), id="xd-reset", title=_GESTURES)
 
 
 def _result_bar() -> None:
@@ -231,23 +283,39 @@ def view_overlay(server, view) -> None:
     from trame_slicer.app.ui.slider import Slider
 
     tag = view.get_singleton_tag()
+    role = COMPARE_ROLES.get(tag, "input")
     # A transparent box over the whole view: the tests screenshot exactly this area.
     html.Div(id=f"xd-view-{tag}", style="position: absolute; inset: 0; pointer-events: none;")
+    if role == "generated":  # unmistakable: a coloured frame around the whole generated image
+        html.Div(id=f"xd-generated-frame-{tag}", style=f"position: absolute; inset: 0; pointer-events: none;"
+                 f" border: 3px solid {GENERATED_MARK}; z-index: 1;")
+    lines = f"xd_view_lines['{tag}']"
+    # The input slices of another plane where they cross this view (Slicer's slice intersections).
+    with html.Svg(id=f"xd-lines-{tag}", style="position: absolute; left: 0; top: 0; width: 100%; height: 100%;"
+                  " pointer-events: none; overflow: hidden;"):
+        SvgLine(v_for=f"line in ({lines} || [])", key="line.index", x1=("line.x1",), y1=("line.y1",),
+                  x2=("line.x2",), y2=("line.y2",), stroke="#4fc3f7", stroke_width="1", stroke_dasharray="6 4",
+                  stroke_opacity="0.85", shape_rendering="crispEdges", classes="xd-input-line")
     index = f"xd_view_index['{tag}']"
-    with html.Div(style=_TITLE_STYLE):
+    with html.Div(style=_TITLE_STYLE, id=f"xd-titlebar-{tag}"):
         if tag in VIEW_PLANE:
             html.Span(VIEW_PLANE[tag].capitalize(), id=f"xd-title-{tag}")
         else:
             html.Span(COMPARE_TITLES.get(tag, tag), id=f"xd-title-{tag}")
+            if role == "generated":
+                v.VChip("AI-generated", size="x-small", variant="flat", color=GENERATED_MARK,
+                        id=f"xd-generated-badge-{tag}", title="made by the model, not acquired: not for diagnosis")
             html.Span("{{ xd_result_plane }}", v_if=f"{index} != null")
         html.Span("{{ " + index + " }}", v_if=f"{index} != null", id=f"xd-index-{tag}",
                   style="font-weight: bold;")
         html.Span("{{ xd_view_label['" + tag + "'] }}", v_if=f"{index} != null", id=f"xd-position-{tag}",
-                  classes="text-medium-emphasis")
-        v.VChip("input slice", size="x-small", color="primary", variant="flat", id=f"xd-badge-{tag}",
+                  classes="text-medium-emphasis", title=(f"xd_view_position_note['{tag}']",),
+                  style="pointer-events: auto; overflow: hidden; text-overflow: ellipsis; min-width: 0;")
+        v.VChip("input slice", size="x-small", color="primary", variant="flat", id=f"xd-badge-{tag}", style="flex: none;",
                 v_if=f"xd_view_is_input['{tag}']")
-        if tag not in VIEW_PLANE:
-            v.VChip("stale", size="x-small", color="warning", variant="flat", v_if="xd_stale")
+        if role in GENERATED_ROLES:  # only what the previous run made is stale, never the real volume
+            v.VChip("stale", size="x-small", color="warning", variant="flat", v_if="xd_stale",
+                    id=f"xd-stale-{tag}")
         html.Div(style="flex: 1;")
         if tag in VIEW_PLANE:
             v.VBtn("Use this slice", size="x-small", color="primary", click=f"trigger('xd_pick', ['{tag}'])",
@@ -256,10 +324,11 @@ def view_overlay(server, view) -> None:
     if tag not in VIEW_PLANE:
         bar = f"xd_colorbars['{tag}']"
         with html.Div(v_if=bar, style=_COLORBAR_STYLE, id=f"xd-colorbar-{tag}"):
-            html.Div(style=(f"{{ background: {bar}.gradient, height: '10px', border: '1px solid #888' }}",))
-            with html.Div(style="display: flex; justify-content: space-between;"):
-                html.Span("{{ " + bar + ".low }}", id=f"xd-colorbar-low-{tag}")
-                html.Span("{{ " + bar + ".high }}", id=f"xd-colorbar-high-{tag}")
-            html.Div("{{ " + bar + ".label }}", id=f"xd-colorbar-label-{tag}", style="text-align: right;")
-    with html.Div(style=_SLIDER_STYLE):
+            html.Span("{{ " + bar + ".low }}", id=f"xd-colorbar-low-{tag}")
+            html.Div(style=(f"{{ background: {bar}.gradient, height: '10px', border: '1px solid #888',"
+                            " flex: '1 1 60px', minWidth: '40px' }",), classes="xd-colorbar-gradient")
+            html.Span("{{ " + bar + ".high }}", id=f"xd-colorbar-high-{tag}")
+            html.Span("{{ " + bar + ".label }}", id=f"xd-colorbar-label-{tag}", title=(f"{bar}.label",),
+                      style="overflow: hidden; text-overflow: ellipsis; flex: 0 1 auto; min-width: 0;")
+    with html.Div(style=_SLIDER_STYLE, id=f"xd-slider-{tag}"):
         Slider(typed_state=connect_slice_view_slider_to_state(server, view), theme="dark", dense=True)

@@ -135,10 +135,11 @@ class Viewing:
         result = app.comparison.result
         if result is not None:
             display.show_like(result.reconstruction, app.input_node)
+            # The run's own meaning (recorded on the node) and no Slicer legend: the page draws the bars.
             if result.difference is not None:
-                display.show_difference(result.difference, app.scene)
+                display.show_difference(result.difference, app.scene, legend=False)
             if result.uncertainty is not None:
-                display.show_uncertainty(result.uncertainty, app.scene)
+                display.show_uncertainty(result.uncertainty, app.scene, legend=False)
         for tag in views.VIEW_PLANE:
             views.fit(app.view_manager.get_view(tag), self._grid())
         if app.comparison.shown:

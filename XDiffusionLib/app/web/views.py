@@ -28,6 +28,9 @@ COMPARE_LAYOUT = "compare"
 # Plane of each input view (the views of Slicer's default layouts).
 VIEW_PLANE: dict[str, str] = {tag: plane for plane, tag in PLANE_VIEW.items()}
 INPUT_VIEW_COLOR = {"Red": "#F34A33", "Green": "#6DAD4A", "Yellow": "#EFD64D"}
+# Pixels of each view kept free of the slice by the fit (top, bottom, left, right): the title row
+# above, the colour bar and the slider below (``ui.view_overlay``) never cover the anatomy.
+FIT_MARGINS: tuple[int, int, int, int] = (28, 54, 4, 4)
 
 
 def _comparison_views() -> tuple[ViewSpec, ...]:
@@ -41,6 +44,10 @@ def _comparison_views() -> tuple[ViewSpec, ...]:
 COMPARE_VIEWS: tuple[ViewSpec, ...] = _comparison_views()
 UNCERTAINTY_VIEW = COMPARE_VIEWS[-1]
 COMPARE_TITLES = {view.name: view.title for view in COMPARE_VIEWS}
+COMPARE_ROLES = {view.name: view.role for view in COMPARE_VIEWS}
+# Views that show what the model made (a new run makes them stale); the real view never is.
+GENERATED_ROLES = ("generated", "difference", "uncertainty")
+GENERATED_MARK = "#ff9800"  # the border and badge of the generated image
 
 
 def input_layout() -> Layout:
@@ -150,29 +157,40 @@ def view_size(view) -> tuple[int, int]:
     return max(int(width), 1), max(int(height), 1)
 
 
-def fit_scale(view, grid) -> float:
-    """Millimetres per pixel that show the whole slice of ``grid`` in the view at its current size."""
-    (extent_x, extent_y), _, _, _ = _extent(view, grid)
+def free_size(view, margins: tuple[int, int, int, int] = FIT_MARGINS) -> tuple[int, int]:
+    """The view's size in pixels without ``margins`` (top, bottom, left, right)."""
     width, height = view_size(view)
+    top, bottom, left, right = margins
+    return max(width - left - right, 1), max(height - top - bottom, 1)
+
+
+def fit_scale(view, grid, margins: tuple[int, int, int, int] = FIT_MARGINS) -> float:
+    """Millimetres per pixel that show the whole slice of ``grid`` in the view at its current
+    size, inside ``margins`` (the whole slice, whichever side limits: wide or tall scans alike)."""
+    (extent_x, extent_y), _, _, _ = _extent(view, grid)
+    width, height = free_size(view, margins)
     return max(extent_x / width, extent_y / height)
 
 
-def fit(view, grid, scale: float | None = None) -> None:
-    """Show the whole slice of ``grid`` centred in the view, with square pixels, on the same slice
-    (``scale``: millimetres per pixel, default the view's own fit).
+def fit(view, grid, scale: float | None = None, margins: tuple[int, int, int, int] = FIT_MARGINS) -> None:
+    """Show the whole slice of ``grid`` centred in the view's free area (inside ``margins``), with
+    square pixels, on the same slice (``scale``: millimetres per pixel, default the view's own fit).
 
     The extent is that of the grid's eight corners along the view's own axes, at the view's
     current size (a fit made before the page gave the view its real size would overflow it).
     """
     _, centre, axes, origin = _extent(view, grid)
-    scale = fit_scale(view, grid) if scale is None else scale
+    scale = fit_scale(view, grid, margins) if scale is None else scale
     width, height = view_size(view)
+    top, bottom, left, right = margins
     node = view.get_view_node()
     disabled = node.StartModify()
     for row in range(3):  # move within the plane only: the slice stays where it is
         node.GetSliceToRAS().SetElement(row, 3, float(origin[row] + axes[row, 0] * centre[0]
                                                      + axes[row, 1] * centre[1]))
-    node.SetXYZOrigin(0.0, 0.0, 0.0)
+    # The slice centre at the free area's centre: Slicer's XYZOrigin is the slice point at the
+    # view's centre, in mm (pixel y grows upwards in VTK).
+    node.SetXYZOrigin(scale * (right - left) / 2.0, scale * (top - bottom) / 2.0, 0.0)
     node.SetDimensions(width, height, node.GetDimensions()[2])
     node.SetFieldOfView(scale * width, scale * height, node.GetFieldOfView()[2])
     node.UpdateMatrices()
