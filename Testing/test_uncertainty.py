@@ -287,7 +287,7 @@ def cylinder_folds(noise: float, seed: int):
 
 
 def test_leave_one_out_scale_recovers_a_known_error_inflation():
-    from XDiffusionLib.uncertainty.scan_scale import fit_scan_reference, fold_statistic, scan_scale
+    from XDiffusionLib.uncertainty.scan_scale import SHRINK, fit_scan_reference, fold_statistic, scan_scale
 
     coefficients = np.array([1.0, 0.0, 0.0, 0.0, 0.0])  # s(x) = 1: the statistic is the error itself
     reference_folds = [fold for seed in range(6) for fold in cylinder_folds(2.0, seed)]  # "synthetic" scans
@@ -296,7 +296,7 @@ def test_leave_one_out_scale_recovers_a_known_error_inflation():
     reference = fit_scan_reference(np.full(30, 5), np.array([f.distance_mm for f in reference_folds]),
                                    np.array([fold_statistic(f, coefficients) for f in reference_folds]))
     rougher = scan_scale(reference, 5, cylinder_folds(5.0, 99), coefficients)  # 2.5 times the noise
-    assert rougher.folds == 5 and rougher.value == pytest.approx(2.5, rel=0.1)
+    assert rougher.folds == 5 and rougher.value == pytest.approx(2.5 ** SHRINK, rel=0.1)  # half-way in log scale
     alike = scan_scale(reference, 5, cylinder_folds(2.0, 98), coefficients)
     assert alike.value == pytest.approx(1.0, rel=0.1)
     assert scan_scale(reference, 1, [], coefficients).folds == 0  # one input slice: nothing to leave out
