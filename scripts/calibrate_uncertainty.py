@@ -171,7 +171,8 @@ def main() -> None:
     joined = {name: {key: np.concatenate([p[key] for p in chunks]) for key in voxel_keys}
               for name, chunks in parts.items()}
     info = {
-        "data": f"xdiffusion synth --n {args.subjects} --seed {SEED} (synthetic only; seed 11 trained, 12 validated)",
+        "data": f"synth.dataset.write_synthetic_dataset n={args.subjects} seed {SEED}, artefacts {ARTEFACTS!r} "
+                f"(synthetic only; seed 11 trained, 12 validated)",
         "fit_subjects": list(range(args.fit_subjects)),
         "calibration_subjects": list(range(args.fit_subjects, len(entries))),
         "planes": "axial, every 4th subject sagittal or coronal", "ks": {"even subjects": KS_EVEN, "odd": KS_ODD},
