@@ -252,3 +252,26 @@ def test_input_slices_cross_other_views_as_lines_and_quick_picks():
     assert len(quick_picks(canonical, "axial", "spread", 4)) == 4
     with pytest.raises(XDiffusionError, match="unknown quick pick"):
         quick_picks(canonical, "axial", "most")
+
+
+def test_a_removed_result_takes_its_display_legend_and_storage_nodes_with_it(scene):
+    """Issue 22 item 5: ``scene.RemoveNode`` leaves a volume's display nodes in the scene, and a
+    display node keeps the volume's image alive: a web session grew by its result every run."""
+    from XDiffusionLib.slicer import display
+
+    shown = nodes.add_volume_node(scene, oblique_volume(), "uncertainty")
+    display.show_uncertainty(shown, scene)  # a display node and a colour legend
+    shown.AddDefaultStorageNode()
+    kept = nodes.add_volume_node(scene, oblique_volume(), "input")
+    before_tables = scene.GetNodesByClass("vtkMRMLColorTableNode").GetNumberOfItems()
+    dependents = [shown.GetNthDisplayNode(i) for i in range(shown.GetNumberOfDisplayNodes())] + [shown.GetStorageNode()]
+    assert len(dependents) == 3 and any(node.IsA("vtkMRMLColorLegendDisplayNode") for node in dependents)
+
+    nodes.remove_node(scene, shown)
+    assert not scene.IsNodePresent(shown)
+    assert not any(scene.IsNodePresent(node) for node in dependents)
+    assert scene.IsNodePresent(kept) and scene.IsNodePresent(kept.GetDisplayNode())  # nothing else
+    # The shared colour tables stay for the next result.
+    assert scene.GetNodesByClass("vtkMRMLColorTableNode").GetNumberOfItems() == before_tables
+    nodes.remove_node(scene, shown)  # removing twice is harmless
+    nodes.remove_node(scene, None)

@@ -112,6 +112,23 @@ def remove_nodes_added_since(scene, before: set[str], keep=()) -> None:
             scene.RemoveNode(node)
 
 
+def remove_node(scene, node) -> None:
+    """Remove ``node`` from ``scene`` with its display nodes (colour legends included) and storage
+    nodes. ``scene.RemoveNode`` leaves those behind, and a volume's display node keeps the node's
+    whole image alive: a session that replaces its result every run would grow by it each time."""
+    if node is None or not scene.IsNodePresent(node):
+        return
+    dependents = []
+    for count, nth in (("GetNumberOfDisplayNodes", "GetNthDisplayNode"),
+                       ("GetNumberOfStorageNodes", "GetNthStorageNode")):
+        if hasattr(node, count):
+            dependents += [getattr(node, nth)(index) for index in range(getattr(node, count)())]
+    scene.RemoveNode(node)
+    for dependent in dependents:
+        if dependent is not None and scene.IsNodePresent(dependent):
+            scene.RemoveNode(dependent)
+
+
 def add_volume_node(scene, volume: Volume, name: str, like=None,
                     class_name: str = "vtkMRMLScalarVolumeNode"):
     """New volume node in ``scene`` holding ``volume``.

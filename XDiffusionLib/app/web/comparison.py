@@ -77,10 +77,11 @@ class Comparison:
         result = self.result if result is None else result
         if result is None:
             return
+        from ...slicer.nodes import remove_node
+
         for node in (result.reconstruction, result.uncertainty, result.difference,
                      result.segmentation_real, result.segmentation_generated):
-            if node is not None and self.scene.IsNodePresent(node):
-                self.scene.RemoveNode(node)
+            remove_node(self.scene, node)  # with its display nodes, which hold its image
         if result is self.result:
             self.result = self.layout = None
             self.sync.set_views([])

@@ -1,0 +1,135 @@
+"""Memory of a browser tab's session over repeated runs (issue 22 item 5).
+
+Starts the web app (``xdiffusion app``, the shipped model unless ``--model``), opens one tab in
+Debian's chromium through Playwright, opens the shipped sample ``kmeans_t1``, uses one axial slice,
+and presses Reconstruct ``--runs`` times (1 view, ``--steps`` steps: the size of the result volumes
+is what matters here, not the sampling). After each run it records the resident set (RSS) of the
+tab's session process: the session process that the hub handed to the tab (the one with a worker
+below it; a spare session holds no worker). Every run replaces the previous result, so a session
+that frees what it replaces stays flat after its first run.
+
+    .venv/bin/python bench/web_memory.py                    # writes bench/results/web_memory.json
+    .venv/bin/python bench/web_memory.py --runs 5 --steps 1
+
+Before the fix (result nodes removed without their display nodes, which hold the image) the
+issue measured 610 MB -> 1,041 MB over 5 runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from run_benchmarks import RESULTS, machine, write_json  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+SESSION_MODULE = "XDiffusionLib.app.web.session"
+SLOW_MS = 300_000
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_app(model: str | None, log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "XDiffusionLib.app.cli", "app", "--port", str(port)]
+    if model:
+        command += ["--model", model]
+    process = subprocess.Popen(command, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, cwd=ROOT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url + "/status", timeout=10).read()
+            return process, url
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise SystemExit(f"the app did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+
+def tab_session(app_pid: int):
+    """The tab's session process: a session under the app with a (warm or running) worker below it."""
+    import psutil
+
+    sessions = [child for child in psutil.Process(app_pid).children(recursive=True)
+                if SESSION_MODULE in " ".join(child.cmdline())]
+    with_worker = [session for session in sessions if session.children()]
+    if len(with_worker) != 1:
+        raise RuntimeError(f"expected one session with a worker, found {len(with_worker)} of {len(sessions)}")
+    return with_worker[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped weights)")
+    parser.add_argument("--out", default=str(RESULTS / "web_memory.json"))
+    args = parser.parse_args(argv)
+
+    from playwright.sync_api import sync_playwright
+
+    log_path = Path(tempfile.mkdtemp(prefix="xdiffusion-bench-")) / "app.log"
+    process, url = start_app(args.model, log_path)
+    rows = []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            page.set_default_timeout(60_000)
+            page.goto(url + "/", timeout=SLOW_MS)
+            page.wait_for_selector("#xd-upload", state="attached", timeout=SLOW_MS)
+            page.click("#xd-open-sample")
+            page.wait_for_selector("#xd-volume", timeout=SLOW_MS)
+            page.click("#xd-use-Red")
+            page.wait_for_selector("#xd-picks")
+            page.fill("#xd-views-count", "1")
+            page.fill("#xd-steps", str(args.steps))
+            session = None
+            for run in range(1, args.runs + 1):
+                page.wait_for_selector("#xd-worker-ready", timeout=SLOW_MS)
+                session = session or tab_session(process.pid)
+                started = time.monotonic()
+                page.click("#xd-reconstruct")
+                page.wait_for_selector("#xd-cancel", state="visible")
+                page.wait_for_selector("#xd-cancel", state="hidden", timeout=SLOW_MS)
+                seconds = time.monotonic() - started
+                if "finished" not in page.inner_text("#xd-progress-text"):
+                    error = page.inner_text("#xd-error") if page.locator("#xd-error").count() else ""
+                    raise RuntimeError(f"run {run} did not finish: {page.inner_text('#xd-progress-text')} {error}")
+                time.sleep(2.0)  # the metrics, in a thread after the run
+                rss = session.memory_info().rss / 2**20
+                rows.append({"run": run, "session_rss_mb": round(rss, 1), "run_s": round(seconds, 1)})
+                print(f"run {run:2d}: session RSS {rss:7.1f} MB  ({seconds:.1f} s)", flush=True)
+            browser.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+    growth = rows[-1]["session_rss_mb"] - rows[0]["session_rss_mb"]
+    print(f"growth from run 1 to run {len(rows)}: {growth:+.1f} MB")
+    write_json(Path(args.out), {"machine": machine(), "sample": "kmeans_t1", "views": 1, "steps": args.steps,
+                                "runs": rows, "growth_mb": round(growth, 1)})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
