@@ -118,7 +118,9 @@ def test_reconstructor_reports_the_calibrated_halfwidth_or_the_spread():
     from XDiffusionLib.inputs import SliceInput
     from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
 
-    volume = head()
+    # A phantom of a real head's size (154 x 179 x 160 mm): the head prior is placed at physical
+    # size, so on a half-size phantom its scalp would fill the "empty" corners.
+    volume = head(spacing=(8.0, 8.0, 10.0))
     inputs = SliceInput.from_volume(volume, "axial", [6, 13])
     config = residual_config()
     plain = XDiffusionReconstructor(model=ExactResidual(config, 0.1), config=config, views=2, steps=2, device="cpu")
@@ -135,11 +137,11 @@ def test_reconstructor_reports_the_calibrated_halfwidth_or_the_spread():
     np.testing.assert_array_equal(width[shown], result.interval.halfwidth(0.9)[shown])
     corners = (slice(0, 2), slice(0, 2), slice(None))  # empty space, far outside the phantom head
     assert np.all(width[corners] == 0) and result.interval.halfwidth(0.9)[corners].max() > 0
-    assert np.all(width[:, :, [6, 13]] == 0) and width[12, 14, 0] > 0  # known slices are exact
+    assert np.all(width[:, :, [6, 13]] == 0) and width[12, 14, 9] > 0  # known slices are exact
     full = result.interval.halfwidth(0.9)
     assert np.all(result.interval.halfwidth(0.5) <= full) and np.all(full <= result.interval.halfwidth(0.95))
     # Farther from the inputs, a farther distance bin: the test table's quantiles grow with the bin.
-    assert width[12, 14, 19].mean() > width[12, 14, 7].mean()
+    assert full[12, 14, 19] > full[12, 14, 7]
     # In any orientation (reconstruct_volume reorients and back) the interval stays the uncertainty.
     from XDiffusionLib.sampling.reconstructor import reconstruct_volume
 
