@@ -285,46 +285,51 @@ def run_cases(plan: Plan, progress: bool = True) -> tuple[list[dict], list[Path]
             # Error-by-distance uses slices inside the head only: empty ones score near-infinite PSNR.
             low, high = protocol.foreground_extent(volume.array, plane_axis(settings.plane))
             head = head_mask(volume.array)  # the truth's head: once per case, for every method and K
-            for name, method in plan.methods.items():
-                for k in plan.ks:
-                    bar.set_postfix_str(f"{case.source.name} {name} K={k}")
-                    indices = case.indices[k]
-                    inputs = SliceInput.from_volume(volume, settings.plane, indices)
-                    start = time.perf_counter()
-                    # Methods with a calibrated interval also get its coverage scored (metrics.coverage).
-                    detailed = getattr(method, "reconstruct_with_uncertainty", None)
-                    result = detailed(inputs) if callable(detailed) else None
-                    output = result.volume if result is not None else method.reconstruct(inputs)
-                    seconds = time.perf_counter() - start
-                    if not output.grid.same_geometry(volume.grid):
-                        raise XDiffusionError(f"method {name} returned a volume off the input grid for {case.source.name}")
-                    metrics = protocol.score(volume.array, output.array, settings.plane, indices, head)
-                    interval = getattr(result, "interval", None)
-                    if interval is not None:  # truth inside the interval, non-input voxels inside the head
-                        mask = scored_mask(head, inputs.axis, indices)
-                        metrics.update(result_coverage(volume.array, output.array, interval, mask, DEFAULT_LEVEL))
-                    if settings.extra_metrics:
-                        metrics.update(score_extra(settings.extra_metrics, volume, output, settings.lpips_weights))
-                    rows.append({"case": case.source.name, "method": name, "k": k, "plane": settings.plane,
-                                 "indices": indices, **metrics, "seconds": seconds})
-                    if settings.figures:
-                        distance_rows.setdefault(case.source.name, []).extend(
-                            {"method": name, "k": k, **row}
-                            for row in error_by_distance(volume.array, output.array, inputs.axis, indices)
-                            if low <= row["index"] <= high)
-                    if settings.figures:
-                        title = (f"{case.source.name} | {name} | K={k} {settings.plane} slices {list(indices)}\n"
-                                 f"{PAPER_CONVENTION}: {metrics['psnr_paper']:.2f} dB whole volume, "
-                                 f"{metrics['psnr_paper_noninput']:.2f} dB non-input slices | "
-                                 f"unit [0,1] convention: {metrics['psnr_unit']:.2f} dB")
-                        path = figure_dir / f"{safe_file_name(case.source.name)}_{safe_file_name(name)}_k{k}.png"
-                        written.append(case_figure(volume, output.array, inputs, title, path))
-                    bar.update()
+            # K outermost: the template baseline, the anchor and the model fit one head prior per
+            # input set (baselines.template keeps the last fits), so each K's prior is fitted once.
+            for k, (name, method) in ((k, item) for k in plan.ks for item in plan.methods.items()):
+                bar.set_postfix_str(f"{case.source.name} {name} K={k}")
+                indices = case.indices[k]
+                inputs = SliceInput.from_volume(volume, settings.plane, indices)
+                start = time.perf_counter()
+                # Methods with a calibrated interval also get its coverage scored (metrics.coverage).
+                detailed = getattr(method, "reconstruct_with_uncertainty", None)
+                result = detailed(inputs) if callable(detailed) else None
+                output = result.volume if result is not None else method.reconstruct(inputs)
+                seconds = time.perf_counter() - start
+                if not output.grid.same_geometry(volume.grid):
+                    raise XDiffusionError(f"method {name} returned a volume off the input grid for {case.source.name}")
+                metrics = protocol.score(volume.array, output.array, settings.plane, indices, head)
+                interval = getattr(result, "interval", None)
+                if interval is not None:  # truth inside the interval, non-input voxels inside the head
+                    mask = scored_mask(head, inputs.axis, indices)
+                    metrics.update(result_coverage(volume.array, output.array, interval, mask, DEFAULT_LEVEL))
+                if settings.extra_metrics:
+                    metrics.update(score_extra(settings.extra_metrics, volume, output, settings.lpips_weights))
+                rows.append({"case": case.source.name, "method": name, "k": k, "plane": settings.plane,
+                             "indices": indices, **metrics, "seconds": seconds})
+                if settings.figures:
+                    distance_rows.setdefault(case.source.name, []).extend(
+                        {"method": name, "k": k, **row}
+                        for row in error_by_distance(volume.array, output.array, inputs.axis, indices)
+                        if low <= row["index"] <= high)
+                if settings.figures:
+                    title = (f"{case.source.name} | {name} | K={k} {settings.plane} slices {list(indices)}\n"
+                             f"{PAPER_CONVENTION}: {metrics['psnr_paper']:.2f} dB whole volume, "
+                             f"{metrics['psnr_paper_noninput']:.2f} dB non-input slices | "
+                             f"unit [0,1] convention: {metrics['psnr_unit']:.2f} dB")
+                    path = figure_dir / f"{safe_file_name(case.source.name)}_{safe_file_name(name)}_k{k}.png"
+                    written.append(case_figure(volume, output.array, inputs, title, path))
+                bar.update()
             if settings.figures:
                 path = figure_dir / f"{safe_file_name(case.source.name)}_error_by_distance.png"
                 written.append(error_by_distance_figure(distance_rows.pop(case.source.name, []), case.source.name,
                                                         settings.plane, volume.spacing[plane_axis(settings.plane)], path))
             del volume
+    # Tables list methods in the order given, then K (the loop ran K outermost).
+    case_order = {case.source.name: i for i, case in enumerate(plan.cases)}
+    method_order = {name: i for i, name in enumerate(plan.methods)}
+    rows.sort(key=lambda row: (case_order[row["case"]], method_order[row["method"]], plan.ks.index(row["k"])))
     return rows, written
 
 
