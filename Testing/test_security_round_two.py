@@ -518,6 +518,101 @@ def test_out_of_memory_while_reading_is_one_line(tmp_path, volume, monkeypatch, 
     assert code == 1 and "ran out of memory" in one_line_error(capsys, "reconstruct")
 
 
+@pytest.mark.parametrize("spacing", [1e-30, 1e30])
+def test_a_header_spacing_outside_a_sane_range_is_refused_at_read(tmp_path, spacing):
+    import SimpleITK as sitk
+
+    from XDiffusionLib.io.readers import read_volume
+
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((8, 9, 10)).astype(np.float32))
+    image.SetSpacing((1.0, spacing, 1.0))
+    path = tmp_path / "odd.nrrd"
+    sitk.WriteImage(image, str(path))
+    with pytest.raises(XDiffusionError) as refused:
+        read_volume(path)
+    message = str(refused.value)
+    assert message.startswith(str(path)) and f"{spacing:g}" in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("indices", ["[1e400]", "[-1e400]", "[1.5]", '["3"]', "[true]", '"12"', "null"])
+def test_a_worker_request_with_a_bad_slice_index_is_one_line(tmp_path, indices):
+    from XDiffusionLib.worker import messages
+
+    request = tmp_path / "request.json"
+    request.write_text('{"protocol": 1, "input": "in.nrrd", "output_dir": "out", '
+                       f'"settings": {{"plane": "axial", "indices": {indices}}}}}')
+    with pytest.raises(XDiffusionError) as refused:
+        messages.read_request(request)
+    assert str(refused.value).startswith(f"{request} settings:") and "\n" not in str(refused.value)
+    if indices == "[1e400]":  # the worker process itself: an error line, exit code 2, no traceback
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        done = subprocess.run([sys.executable, "-m", "XDiffusionLib.worker", str(request)], capture_output=True,
+                              text=True, env=env, cwd=REPO, timeout=120)
+        [line] = done.stdout.splitlines()
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert "slice index inf is not a whole number" in messages.decode(line)["message"]
+    assert messages.JobSettings(indices=(3.0, np.int64(4))).indices == (3, 4)  # whole numbers still do
+
+
+def _patch_zip(path: Path, *, flags: int | None = None, method: int | None = None) -> None:
+    """Set the general-purpose flags or the compression method of every member, in the local and
+    the central headers (Python's zipfile writes neither encrypted nor unknown-method members)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = data.find(signature)
+        while start >= 0:
+            if flags is not None:
+                struct.pack_into("<H", data, start + offset, flags)
+            if method is not None:
+                struct.pack_into("<H", data, start + offset + 2, method)
+            start = data.find(signature, start + 4)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("kind, words", [("deep", "3000 folders deep"), ("encrypted", "is encrypted"),
+                                         ("method", "uses compression method 99")])
+def test_upload_zips_nested_deep_encrypted_or_of_unknown_compression_are_one_line_on_the_page(tmp_path, kind,
+                                                                                                words):
+    import asyncio
+    import zipfile
+
+    from XDiffusionLib.app.web.loading import Loading
+    from XDiffusionLib.app.web.transfer import Transfers
+
+    transfers = Transfers(tmp_path / "session", max_upload_bytes=1 << 20)
+    upload = tmp_path / "session" / "uploads" / "a1" / "scan.zip"
+    upload.parent.mkdir(parents=True)
+    name = "d/" * 3000 + "scan.nrrd" if kind == "deep" else "scan.nrrd"
+    with zipfile.ZipFile(upload, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(name, b"NRRD0004\n" + b"x" * 100)
+    if kind == "encrypted":
+        _patch_zip(upload, flags=0x1)
+    elif kind == "method":
+        _patch_zip(upload, method=99)
+    with pytest.raises(XDiffusionError, match=words) as refused:
+        transfers.unpack_zip(upload)
+    assert str(refused.value).startswith("scan.zip: ") and "\n" not in str(refused.value)
+    assert not (upload.parent / "unzipped").exists()  # refused before anything is unpacked
+
+    class Page:  # the session as the loader sees it: what it pushes to the page
+        def __init__(self):
+            self.transfers, self.errors = transfers, []
+
+        def push(self, **state):
+            pass
+
+        def report_error(self, message):
+            self.errors.append(message)
+
+    page = Page()
+    transfers._uploads["token"] = upload
+    asyncio.run(Loading(page).load_upload("token", "scan.zip"))
+    assert len(page.errors) == 1 and words in page.errors[0], page.errors
+    assert not upload.parent.exists()  # the refused upload is removed
+
+
 # -- 6. uploads are bounded per session: pending files and decompressed voxels ---------------------
 
 

@@ -120,6 +120,7 @@ def _read_3d_image(path: str | os.PathLike, volume_index: int | None,
         raise XDiffusionError(f"{label} is not a readable {fmt} file ({itk_reason(error)})") from None
     _check_dimensions(label, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), volume_index)
     _check_voxel_count(label, reader.GetSize()[:3], max_voxels)
+    _check_spacing(label, reader.GetSpacing()[:3])
     if fmt == "NIfTI":
         # ITK fills a truncated NIfTI with zeros without complaint, so check the length ourselves.
         _check_nifti_complete(path, label)
@@ -151,6 +152,19 @@ def _check_voxel_count(label: str, size, max_voxels: int | None) -> None:
                               f"the {limit:,} voxels a volume may have here")
 
 
+# Voxel spacing a scan may have, in mm: outside this a header is wrong (1e-30 or 1e30 mm), and the
+# geometry built from it would overflow or divide by nearly zero. The one home of this bound.
+SPACING_RANGE_MM = (1e-3, 1e3)
+
+
+def _check_spacing(label: str, spacing) -> None:
+    low, high = SPACING_RANGE_MM
+    values = [float(s) for s in spacing]
+    if not all(low <= s <= high for s in values):  # NaN fails too
+        raise XDiffusionError(f"{label}: voxel spacing {' x '.join(f'{s:g}' for s in values)} mm is outside "
+                              f"{low:g}..{high:g} mm: the header is wrong")
+
+
 def _check_dimensions(label: str, dimension: int, size, components: int, volume_index: int | None) -> None:
     """Refuse 2D and >4D images and ambiguous 4D ones before reading any voxels."""
     size = tuple(int(s) for s in size)
@@ -179,6 +193,7 @@ def _finish(image: sitk.Image, label: str, volume_index: int | None) -> sitk.Ima
     """Reduce a checked image to the chosen 3D scalar volume."""
     # Series readers have no information step, so check here too (cheap when already checked).
     _check_dimensions(label, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(), volume_index)
+    _check_spacing(label, image.GetSpacing()[:3])
     index = volume_index or 0
     if image.GetNumberOfComponentsPerPixel() > 1:
         image = sitk.VectorIndexSelectionCast(image, index)

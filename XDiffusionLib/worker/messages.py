@@ -17,6 +17,8 @@ Everything here is plain Python (no torch): the Slicer side imports it before to
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,7 +52,9 @@ class JobSettings:
     thick_slices: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
+        if isinstance(self.indices, (str, bytes)) or not hasattr(self.indices, "__iter__"):
+            raise ValueError(f"indices {self.indices!r}: expected a list of slice indices")
+        object.__setattr__(self, "indices", tuple(_slice_index(i) for i in self.indices))
         if self.model_dir is not None:
             object.__setattr__(self, "model_dir", str(self.model_dir))
         object.__setattr__(self, "options", dict(self.options))
@@ -87,6 +91,16 @@ class JobSettings:
             return cls(**data).check()
         except (TypeError, ValueError) as error:
             raise XDiffusionError(f"{source}: {error}") from None
+
+
+def _slice_index(value: Any) -> int:
+    """``value`` as a slice index: an integer, or a float holding a whole number (3.0); anything
+    else (1.5, "3", true, 1e400 which JSON reads as infinity) is a ValueError naming it."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    raise ValueError(f"slice index {value!r} is not a whole number")
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,11 @@ class Loading:
             root = app.transfers.upload_root(path)
             target = path
             if path.name.lower().endswith(".zip"):
-                target = await asyncio.to_thread(app.transfers.unpack_zip, path)
+                try:
+                    target = await asyncio.to_thread(app.transfers.unpack_zip, path)
+                except XDiffusionError as error:  # the page shows why, like any other refused file
+                    app.report_error(str(error))
+                    return
             # Self-contained: a header inside may not name a data file elsewhere on the server.
             keep = await self._load(target, display=name, hide=str(path.parent), within=root, upload=path)
         finally:

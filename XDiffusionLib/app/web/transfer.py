@@ -12,10 +12,12 @@ An upload is self-contained: it is read only if every file it reads lies in its 
 
 from __future__ import annotations
 
+import lzma
 import re
 import secrets
 import shutil
 import zipfile
+import zlib
 from pathlib import Path
 
 from aiohttp import web
@@ -143,12 +145,17 @@ class Transfers:
                     parts = Path(member.filename.replace("\\", "/")).parts
                     if member.filename.startswith("/") or ".." in parts or not parts:
                         raise XDiffusionError(f"{path.name}: unsafe path {member.filename!r} in the zip file")
+                    _check_member(path.name, member, len(parts))
+                for member in members:
+                    parts = Path(member.filename.replace("\\", "/")).parts
                     destination = target.joinpath(*[safe_filename(p) for p in parts])
                     destination.parent.mkdir(parents=True, exist_ok=True)
                     with archive.open(member) as source, open(destination, "wb") as sink:
                         shutil.copyfileobj(source, sink, CHUNK)
-        except zipfile.BadZipFile:
-            raise XDiffusionError(f"{path.name}: not a readable zip file") from None
+        except (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as error:
+            raise XDiffusionError(f"{path.name}: not a readable zip file ({error})") from None
+        except OSError as error:  # a full disk, a name the system refuses
+            raise XDiffusionError(f"{path.name}: could not unpack the zip file ({error.strerror or error})") from None
         files = [p for p in target.rglob("*") if p.is_file()]
         volumes = [p for p in files if volume_suffix(p) not in (None, ".dcm")]
         if len(volumes) == 1:
@@ -186,6 +193,25 @@ class Transfers:
         import tempfile
 
         return tempfile.mkdtemp(dir=parent)
+
+
+# Zip members this app unpacks: stored or compressed by Python's own methods, unencrypted, and in
+# at most this many folders (a DICOM export nests a few; 3000 would exceed any path length).
+_ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
+                zipfile.ZIP_LZMA: "lzma"}
+_MAX_ZIP_DEPTH = 32
+
+
+def _check_member(zip_name: str, member: zipfile.ZipInfo, depth: int) -> None:
+    """Refuse, before anything is unpacked, a member this app could not unpack."""
+    if member.flag_bits & 0x1:
+        raise XDiffusionError(f"{zip_name}: {member.filename[:80]!r} is encrypted; upload a zip without a password")
+    if member.compress_type not in _ZIP_METHODS:
+        raise XDiffusionError(f"{zip_name}: {member.filename[:80]!r} uses compression method {member.compress_type}; "
+                              f"zip it again with {', '.join(_ZIP_METHODS.values())}")
+    if depth > _MAX_ZIP_DEPTH:
+        raise XDiffusionError(f"{zip_name}: a file in the zip is {depth - 1} folders deep (at most "
+                              f"{_MAX_ZIP_DEPTH - 1} here)")
 
 
 class _TooLarge(Exception):
