@@ -534,6 +534,39 @@ def test_a_header_spacing_outside_a_sane_range_is_refused_at_read(tmp_path, spac
     assert message.startswith(str(path)) and f"{spacing:g}" in message and "\n" not in message, message
 
 
+@pytest.mark.parametrize("name, header", [
+    ("huge.nhdr", "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 1000 1000 500\nencoding: raw\ndata file: huge.raw\n\n"),
+    ("huge.mhd", "ObjectType = Image\nNDims = 3\nDimSize = 1000 1000 500\nElementType = MET_USHORT\n"
+                 "ElementDataFile = huge.raw\n"),
+    ("huge.nrrd", "NRRD0004\ntype: float\nendian: little\ndimension: 3\nsizes: 1000 1000 250\nencoding: gzip\n\n"),
+])
+def test_a_header_declaring_more_voxels_than_its_data_file_holds_is_refused_before_allocation(tmp_path, monkeypatch,
+                                                                                              name, header):
+    import gzip
+
+    import SimpleITK as sitk
+
+    from XDiffusionLib.io.readers import read_volume
+
+    path = tmp_path / name
+    if name.endswith(".nrrd"):
+        path.write_bytes(header.encode() + gzip.compress(b"\0" * 4000))
+        data = path
+    else:
+        path.write_text(header)
+        data = tmp_path / "huge.raw"
+        data.write_bytes(b"\0" * 4000)
+
+    def allocate(self):
+        raise AssertionError("ITK was asked to read the voxels")
+
+    monkeypatch.setattr(sitk.ImageFileReader, "Execute", allocate)
+    with pytest.raises(XDiffusionError, match="bytes, but .* holds") as refused:
+        read_volume(path)
+    assert str(refused.value).startswith(str(path)) and str(data) in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
 @pytest.mark.parametrize("indices", ["[1e400]", "[-1e400]", "[1.5]", '["3"]', "[true]", '"12"', "null"])
 def test_a_worker_request_with_a_bad_slice_index_is_one_line(tmp_path, indices):
     from XDiffusionLib.worker import messages

@@ -97,6 +97,40 @@ def _data_file_names(path: Path) -> list[str]:
     return []
 
 
+def data_encoding(path: str | os.PathLike) -> str | None:
+    """How an NRRD or MetaImage header says its voxels are stored: "raw", "gzip" (MetaImage's
+    CompressedData too), "bzip2", "ascii" or "hex"; None for other files or an encoding not given."""
+    path = Path(path).expanduser()
+    if volume_suffix(path) not in (".nrrd", ".nhdr", ".mha", ".mhd"):
+        return None
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(_HEADER_BYTES)
+    except OSError:
+        return None
+    lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
+    if head.startswith(b"NRRD"):
+        names = {"raw": "raw", "gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2", "ascii": "ascii",
+                 "txt": "ascii", "text": "ascii", "hex": "hex"}
+        for line in lines[1:]:
+            if not line.strip():
+                return None
+            key, colon, value = line.partition(":")
+            if colon and not value.startswith("=") and key.strip().lower() == "encoding":
+                return names.get(value.strip().lower())
+        return None
+    fields = {}
+    for line in lines:
+        key, equals, value = line.partition("=")
+        if equals:
+            fields[key.strip().lower()] = value.strip().lower()
+        if key.strip().lower() == "elementdatafile":
+            break
+    if fields.get("compresseddata") == "true":
+        return "gzip"
+    return "ascii" if fields.get("binarydata") == "false" else "raw"
+
+
 def _listed_names(path: Path, value: str, rest: list[str]) -> list[str]:
     """One data file name, a ``LIST`` (the names on the lines after it) or the names of a
     ``<format> <min> <max> <step> [...]`` pattern."""

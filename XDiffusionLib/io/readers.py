@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import XDiffusionError
-from .data_files import check_self_contained
+from .data_files import check_self_contained, data_encoding, detached_data_files
 from .dicom import read_series, series_files
 from .formats import FORMATS, READ_SUFFIXES, volume_suffix
 from .images import grid_from_image, image_to_array, itk_reason
@@ -121,6 +122,8 @@ def _read_3d_image(path: str | os.PathLike, volume_index: int | None,
     _check_dimensions(label, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), volume_index)
     _check_voxel_count(label, reader.GetSize()[:3], max_voxels)
     _check_spacing(label, reader.GetSpacing()[:3])
+    if fmt in ("NRRD", "MetaImage"):
+        _check_data_size(path, label, reader)
     if fmt == "NIfTI":
         # ITK fills a truncated NIfTI with zeros without complaint, so check the length ourselves.
         _check_nifti_complete(path, label)
@@ -150,6 +153,35 @@ def _check_voxel_count(label: str, size, max_voxels: int | None) -> None:
     if count > limit:
         raise XDiffusionError(f"{label}: {'x'.join(str(int(e)) for e in size)} voxels ({count:,}) is more than "
                               f"the {limit:,} voxels a volume may have here")
+
+
+# Most bytes one byte of a data file can become when decompressed (deflate's limit is 1032:1).
+_MAX_GZIP_RATIO = 1032
+
+
+def _check_data_size(path: Path, label: str, reader: sitk.ImageFileReader) -> None:
+    """Refuse an NRRD/MetaImage header declaring more voxel bytes than its data file(s) can hold,
+    before ITK allocates the image (a tiny file can declare gigabytes). bzip2 is not bounded here."""
+    encoding = data_encoding(path)
+    kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    bits = re.search(r"(\d+)-bit", kind)
+    if encoding is None or bits is None:
+        return
+    voxels = reader.GetNumberOfComponents() * (2 if kind.startswith("complex") else 1)
+    for extent in reader.GetSize():
+        voxels *= int(extent)
+    needed = {"raw": voxels * int(bits.group(1)) // 8, "hex": voxels * int(bits.group(1)) // 4, "ascii": voxels,
+              "gzip": -(-voxels * int(bits.group(1)) // 8 // _MAX_GZIP_RATIO)}.get(encoding)
+    files = detached_data_files(path) or [path]
+    try:
+        available = sum(file.stat().st_size for file in files)
+    except OSError:
+        return  # a missing data file: reading it says so
+    if needed is not None and available < needed:
+        named = files[0] if len(files) == 1 else f"its {len(files)} data files"
+        raise XDiffusionError(f"{label}: its header declares {'x'.join(str(int(e)) for e in reader.GetSize())} "
+                              f"voxels ({encoding}), at least {needed:,} bytes, but {named} holds {available:,}: "
+                              "truncated or a wrong header")
 
 
 # Voxel spacing a scan may have, in mm: outside this a header is wrong (1e-30 or 1e30 mm), and the
