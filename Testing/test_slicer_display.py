@@ -223,3 +223,90 @@ def test_uncertainty_display_has_a_colour_bar_with_its_level(scene):
     assert scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode") == 1
     assert "not calibrated" in display.color_legend(node, scene).GetTitleText()
     assert node.GetAttribute("XDiffusion.uncertainty_level") == ""
+
+
+def test_saved_scene_keeps_only_the_layout_number_so_startup_registers_it(scene, tmp_path):
+    """Issue 22 item 9. vtkMRMLLayoutNode (Libs/MRML/Core/vtkMRMLLayoutNode.cxx, WriteXML) saves the
+    view arrangement but not the descriptions added with AddLayoutDescription: a scene saved with
+    the comparison shown opens on a layout number nobody registered, unless start-up did."""
+    layout_logic = slicer.vtkMRMLLayoutLogic()
+    layout_logic.SetMRMLScene(scene)
+    layout.register_layout(layout_logic.GetLayoutNode())
+    layout_logic.GetLayoutNode().SetViewArrangement(layout.LAYOUT_ID)
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert scene.Commit()
+
+    unregistered = slicer.vtkMRMLScene()
+    unregistered_logic = slicer.vtkMRMLLayoutLogic()
+    unregistered_logic.SetMRMLScene(unregistered)
+    unregistered.SetURL(str(tmp_path / "scene.mrml"))
+    assert unregistered.Connect()
+    assert unregistered_logic.GetLayoutNode().GetViewArrangement() == layout.LAYOUT_ID
+    assert not unregistered_logic.GetLayoutNode().IsLayoutDescription(layout.LAYOUT_ID)  # "Can't find layout:7481"
+    unregistered_logic.SetMRMLScene(None)
+    unregistered.Clear(1)
+
+    opened = slicer.vtkMRMLScene()
+    opened_logic = slicer.vtkMRMLLayoutLogic()  # the application's: it exists before any scene is opened
+    opened_logic.SetMRMLScene(opened)
+    layout.register_layout(opened_logic.GetLayoutNode())  # what start-up does
+    opened.SetURL(str(tmp_path / "scene.mrml"))
+    assert opened.Connect()
+    layout_node = opened_logic.GetLayoutNode()
+    assert layout_node.GetViewArrangement() == layout.LAYOUT_ID
+    assert layout_node.IsLayoutDescription(layout.LAYOUT_ID)
+    assert layout_node.GetLayoutDescription(layout.LAYOUT_ID) == layout.layout_xml(layout.startup_layout())
+    assert [v.role for v in layout.startup_layout().views] == ["real", "generated", "difference"]
+    opened_logic.SetMRMLScene(None)
+    layout_logic.SetMRMLScene(None)
+    opened.Clear(1)
+
+
+def test_the_runs_comparison_is_kept_on_the_reconstruction_node(scene, tmp_path):
+    """Issue 22 item 10: the real volume, difference, uncertainty and overlays of a run are node
+    references on its reconstruction (saved with the scene, vtkMRMLNode::WriteXML references)."""
+    volume = phantom()
+    real = nodes.add_volume_node(scene, volume, "T1")
+    generated = nodes.add_volume_node(scene, volume, "T1 XDiffusion")
+    difference = nodes.add_volume_node(scene, volume, "T1 difference")
+    uncertainty = nodes.add_volume_node(scene, volume, "T1 uncertainty")
+    generated.SetAttribute("XDiffusion.plane", "sagittal")
+    labels = seg.tissue_labels(volume, seg.tissue_thresholds(volume))
+    seg_real = seg.segmentation_from_labels(scene, labels, "real", real)
+    seg_generated = seg.segmentation_from_labels(scene, labels, "generated", generated)
+    assert layout.comparison_from_node(generated) is None  # an older scene: the caller falls back
+    spec = layout.comparison_layout(real.GetID(), generated.GetID(), difference_id=difference.GetID(),
+                                    real_segmentation_id=seg_real.GetID(),
+                                    generated_segmentation_id=seg_generated.GetID(), plane="sagittal")
+    layout.remember_comparison(generated, spec, uncertainty.GetID())
+    assert layout.comparison_from_node(generated) == spec
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert scene.Commit()
+    opened = slicer.vtkMRMLScene()
+    opened.SetURL(str(tmp_path / "scene.mrml"))
+    assert opened.Connect()
+    again = layout.comparison_from_node(opened.GetFirstNodeByName("T1 XDiffusion"))
+    assert again == spec
+    assert opened.GetFirstNodeByName("T1 XDiffusion").GetNodeReferenceID("XDiffusion.uncertainty") == uncertainty.GetID()
+    opened.Clear(1)
+
+
+def test_overlays_are_bound_to_their_comparison_views(scene):
+    """Issue 22 item 11: a segmentation display node with no view IDs draws in every view
+    (vtkMRMLDisplayNode::IsDisplayableInView, Libs/MRML/Core/vtkMRMLDisplayNode.cxx): bound, the
+    real tissue classes draw only in the Real view and the generated ones only in the Generated view."""
+    volume = phantom()
+    real = nodes.add_volume_node(scene, volume, "T1")
+    generated = nodes.add_volume_node(scene, volume, "T1 XDiffusion")
+    labels = seg.tissue_labels(volume, seg.tissue_thresholds(volume))
+    seg_real = seg.segmentation_from_labels(scene, labels, "real", real)
+    seg_generated = seg.segmentation_from_labels(scene, labels, "generated", generated)
+    spec = layout.comparison_layout(real.GetID(), generated.GetID(), real_segmentation_id=seg_real.GetID(),
+                                    generated_segmentation_id=seg_generated.GetID())
+    assert seg_real.GetDisplayNode().IsDisplayableInView("vtkMRMLSliceNodeRed")  # the default: everywhere
+    layout.bind_overlays(scene, spec)
+    for node in (seg_real, seg_generated):
+        assert not node.GetDisplayNode().IsDisplayableInView("vtkMRMLSliceNodeRed")
+    assert seg_real.GetDisplayNode().IsDisplayableInView("vtkMRMLSliceNodeXDiffusionReal")
+    assert not seg_real.GetDisplayNode().IsDisplayableInView("vtkMRMLSliceNodeXDiffusionGenerated")
+    assert seg_generated.GetDisplayNode().IsDisplayableInView("vtkMRMLSliceNodeXDiffusionGenerated")

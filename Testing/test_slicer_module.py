@@ -918,3 +918,95 @@ def test_screenshot_script_renders_the_comparison(tmp_path, tiny_model):
         assert view.std() > 5, n
     shipped = np.asarray(Image.open(REPO / "Resources" / "Screenshots" / "comparison.png"))
     assert shipped.shape[1] > 1000
+
+
+# ----------------------------------------------------------------------------- issue 22
+
+
+def test_comparison_layout_is_registered_at_startup(xd, scene, monkeypatch):
+    """Item 9: a scene saved with the comparison shown keeps only layout number 7481
+    (Libs/MRML/Core/vtkMRMLLayoutNode.cxx): the module registers the description when the
+    application has started, as Slicer's module template registers its sample data
+    (Utilities/Templates/Modules/Scripted/TemplateKey.py: slicer.app.connect("startupCompleted()", ...))."""
+    manager = LayoutManager(scene)
+    connections = []
+    app = types.SimpleNamespace(layoutManager=lambda: manager, processEvents=lambda: None,
+                                connect=lambda signal, slot: connections.append((signal, slot)))
+    monkeypatch.setattr(slicer, "app", app, raising=False)
+    xd.XDiffusion(types.SimpleNamespace())
+    assert [signal for signal, _ in connections] == ["startupCompleted()"]
+    layout_node = manager.layoutLogic().GetLayoutNode()
+    assert not layout_node.IsLayoutDescription(7481)
+    for _, slot in connections:
+        slot()  # the application emits startupCompleted()
+    assert layout_node.IsLayoutDescription(7481)
+    manager.setLayout(7481)  # what opening a scene saved with the comparison does
+    assert all(scene.GetNodeByID(f"vtkMRMLSliceNode{name}") is not None
+               for name in ("XDiffusionReal", "XDiffusionGenerated", "XDiffusionDifference"))
+    manager.close()
+
+
+def test_show_side_by_side_shows_the_runs_inputs(xd, scene, tiny_model):
+    """Item 10: "Show side by side" after the inputs were changed still shows the run's real volume,
+    difference and overlays (node references on the reconstruction node); item 11: with "side by
+    side" off, the tissue segmentations are not drawn in the default views (a display node without
+    view IDs draws everywhere: Libs/MRML/Core/vtkMRMLDisplayNode.cxx IsDisplayableInView)."""
+    logic = xd.XDiffusionLogic()
+    logic.launcherMode = "inprocess"
+    p = logic.getParameterNode()
+    source = add_volume(scene)
+    p.inputVolume, p.referenceVolume, p.sliceIndices = source, source, [2, 5]
+    p.useDefaultModel, p.modelPath = False, tiny_model
+    p.views, p.steps, p.device, p.overlay = 1, 2, "cpu", "automatic"
+    logic.startReconstruction(p)
+    assert logic.wait(120) == "done", logic.lastError()
+    result = logic.finishReconstruction(p)
+    other = add_volume(scene, "another T1")
+    p.inputVolume, p.referenceVolume, p.plane = other, other, "coronal"  # the user moves on
+    layout = logic.comparisonFromParameterNode(p)
+    assert [v.background for v in layout.views] == [source.GetID(), result.reconstruction.GetID(),
+                                                    result.difference.GetID()]
+    assert layout.view("real").segmentation == result.segmentation_real.GetID()
+    assert layout.view("generated").segmentation == result.segmentation_generated.GetID()
+    assert layout.plane == "axial"
+    for node in (result.segmentation_real, result.segmentation_generated):
+        display = node.GetDisplayNode()
+        assert not any(display.IsDisplayableInView(f"vtkMRMLSliceNode{view}") for view in ("Red", "Green", "Yellow"))
+    assert result.segmentation_real.GetDisplayNode().IsDisplayableInView("vtkMRMLSliceNodeXDiffusionReal")
+
+
+def test_export_name_typed_without_extension(xd, scene, tmp_path):
+    """Item 11: Qt's own save dialog (Linux) returns the name as typed, without the filter's
+    extension; the chosen format's suffix is added."""
+    from XDiffusionLib.io import read_volume
+
+    logic = xd.XDiffusionLogic()
+    p = logic.getParameterNode()
+    p.outputVolume = add_volume(scene, "T1 XDiffusion")
+    p.exportFormat = "NRRD (.nrrd)"
+    written = logic.export(p, str(tmp_path / "result"))
+    assert written == str(tmp_path / "result.nrrd")
+    assert read_volume(written).shape == (12, 10, 8)
+    p.exportFormat = "NIfTI (.nii.gz)"
+    assert logic.export(p, str(tmp_path / "kept.nii.gz")) == str(tmp_path / "kept.nii.gz")
+
+
+def test_cancel_on_windows_opens_no_console(monkeypatch):
+    """Item 11: Slicer hides the console only of what it starts itself (Base/Python/slicer/util.py,
+    launchConsoleProcess: STARTUPINFO with SW_HIDE); taskkill needs CREATE_NO_WINDOW."""
+    from XDiffusionLib.worker import launcher
+
+    calls = []
+    monkeypatch.setattr(launcher, "os", types.SimpleNamespace(name="nt"))  # only the launcher sees Windows
+    monkeypatch.setattr(subprocess, "CREATE_NO_WINDOW", 0x08000000, raising=False)
+    monkeypatch.setattr(launcher.subprocess, "run", lambda args, **kwargs: calls.append((args, kwargs)))
+    launcher.kill_process_tree(types.SimpleNamespace(pid=4242, poll=lambda: None, wait=lambda timeout=None: 0))
+    assert calls[0][0][:1] == ["taskkill"] and calls[0][1]["creationflags"] == 0x08000000
+
+
+def test_docs_name_the_modules_real_menu(xd):
+    """Item 11: Slicer files a module under its ``parent.categories`` (Base/QTGUI/qSlicerModulesMenu.cxx):
+    the docs name that menu, not one that does not exist."""
+    text = (REPO / "docs" / "slicer.md").read_text()
+    menus = set(re.findall(r"\*Modules > ([^>*]+?) >", text.replace("\n", " ").replace("   ", " ")))
+    assert menus == {xd.CATEGORY}

@@ -87,6 +87,18 @@ class XDiffusion(ScriptedLoadableModule):
             "Cross-Sectional Diffusion Models'. Sample MRI data: ICBM152 (nilearn), ITK examples, "
             "MNI152 (nimare), pydeface; see the licences shipped with XDiffusionLib."
         )
+        # A saved scene keeps only the comparison layout's number: its description must exist before
+        # such a scene is opened, so it is registered once the application has started.
+        app = getattr(slicer, "app", None)
+        if app is not None:
+            app.connect("startupCompleted()", registerComparisonLayout)
+
+
+def registerComparisonLayout() -> None:
+    """Register the real | generated | difference layout with Slicer's layout node."""
+    from XDiffusionLib.slicer.layout import register_layout
+
+    register_layout(slicer.app.layoutManager().layoutLogic().GetLayoutNode())
 
 
 #
@@ -574,11 +586,14 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
     def comparisonFromParameterNode(self, p: XDiffusionParameterNode):
         """The comparison layout of the results remembered in the parameter node (after a scene reload too)."""
         from XDiffusionLib.errors import XDiffusionError
-        from XDiffusionLib.slicer.layout import comparison_layout
+        from XDiffusionLib.slicer.layout import comparison_from_node, comparison_layout
 
         if p.outputVolume is None:
             raise XDiffusionError("no reconstruction yet: run Reconstruct first")
-        real = p.referenceVolume or p.inputVolume
+        remembered = comparison_from_node(p.outputVolume, p.plane)  # the run's own inputs and overlays
+        if remembered is not None:
+            return remembered
+        real = p.referenceVolume or p.inputVolume  # a scene saved before the run's inputs were kept
         return comparison_layout(
             real.GetID() if real is not None else p.outputVolume.GetID(), p.outputVolume.GetID(),
             difference_id=p.differenceVolume.GetID() if p.differenceVolume is not None else None,
@@ -588,14 +603,10 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
 
     def showComparison(self, layout) -> None:
         """Switch to the real | generated | difference layout (linked views) and fill it."""
-        from XDiffusionLib.slicer.layout import apply_to_scene, layout_xml
+        from XDiffusionLib.slicer.layout import apply_to_scene, register_layout
 
         layoutManager = slicer.app.layoutManager()
-        layoutNode = layoutManager.layoutLogic().GetLayoutNode()
-        if layoutNode.IsLayoutDescription(layout.layout_id):
-            layoutNode.SetLayoutDescription(layout.layout_id, layout_xml(layout))
-        else:
-            layoutNode.AddLayoutDescription(layout.layout_id, layout_xml(layout))
+        register_layout(layoutManager.layoutLogic().GetLayoutNode(), layout)
         layoutManager.setLayout(layout.layout_id)
         slicer.app.processEvents()  # let the layout manager create the views
         apply_to_scene(slicer.mrmlScene, layout)
@@ -607,7 +618,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         folder ``target``."""
         from XDiffusionLib.errors import XDiffusionError
         from XDiffusionLib.slicer.display import uncertainty_info_of
-        from XDiffusionLib.slicer.export import Provenance, export_dicom_series, export_volume
+        from XDiffusionLib.slicer.export import Provenance, export_dicom_series, export_target, export_volume
         from XDiffusionLib.slicer.nodes import volume_from_node
 
         node = p.outputVolume
@@ -620,7 +631,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
             info = uncertainty_info_of(p.uncertaintyVolume)
         volume = volume_from_node(p.uncertaintyVolume if uncertainty else node)
         if EXPORT_FORMATS[p.exportFormat] != "dicom":
-            return str(export_volume(volume, target, uncertainty=info))
+            return str(export_volume(volume, export_target(target, EXPORT_FORMATS[p.exportFormat]), uncertainty=info))
         provenance = Provenance.from_attributes(node.GetAttribute)
         files = export_dicom_series(volume, target, provenance, source=self.dicomSource(p.inputVolume),
                                     uncertainty=info)

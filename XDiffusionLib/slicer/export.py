@@ -32,6 +32,7 @@ from .. import __version__
 from ..errors import XDiffusionError
 from ..io import write_volume
 from ..io.atomic import remove_stale_temporaries, temporary_directory
+from ..io.formats import WRITE_SUFFIXES
 from ..io.volume import Volume
 from ..uncertainty.intervals import UncertaintyInfo
 from ..uncertainty.marking import NOT_FOR_DIAGNOSIS, file_metadata
@@ -112,6 +113,14 @@ def describe_model(model: str) -> str:
     if "/" in text or "\\" in text:
         return Path(text.replace("\\", "/").rstrip("/")).name or "model"
     return text
+
+
+def export_target(target: str | os.PathLike, suffix: str) -> Path:
+    """The file to write for a name typed in the save dialog: ``suffix`` (the chosen format's, e.g.
+    ".nii.gz") is added when the name has no volume suffix the writer knows (Qt's own save dialog,
+    used on Linux, does not add the filter's extension)."""
+    target = Path(target)
+    return target if target.name.lower().endswith(WRITE_SUFFIXES) else target.with_name(target.name + suffix)
 
 
 def export_volume(volume: Volume, path: str | os.PathLike, uncertainty: UncertaintyInfo | None = None,

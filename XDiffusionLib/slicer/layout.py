@@ -10,7 +10,7 @@ same offset is the same slice.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from xml.sax.saxutils import escape
 
 from ..errors import XDiffusionError
@@ -101,6 +101,73 @@ def layout_xml(layout: ComparisonLayout) -> str:
     return f'<layout type="{layout.arrangement}" split="true">\n' + "".join(items) + "</layout>\n"
 
 
+def register_layout(layout_node, layout: ComparisonLayout | None = None) -> None:
+    """Give Slicer's layout node the comparison layout's description (added, or updated in place).
+
+    A layout added with ``AddLayoutDescription`` is not saved with the scene, only its number is: a
+    scene saved while the comparison was shown opens to an empty view area unless the description
+    is registered before (at application start-up, ``slicer.app.startupCompleted``)."""
+    layout = layout if layout is not None else startup_layout()
+    if layout_node.IsLayoutDescription(layout.layout_id):
+        layout_node.SetLayoutDescription(layout.layout_id, layout_xml(layout))
+    else:
+        layout_node.AddLayoutDescription(layout.layout_id, layout_xml(layout))
+
+
+def startup_layout(plane: str = "axial") -> ComparisonLayout:
+    """Real | generated | difference with no volumes yet: what start-up registers."""
+    layout = comparison_layout(None, None, difference_id="", plane=plane)
+    return replace(layout, views=tuple(replace(view, background=None) for view in layout.views))
+
+
+# Node references on the reconstruction node (saved with the scene): what its comparison shows.
+REFERENCE_ROLES = {"real": "XDiffusion.real", "difference": "XDiffusion.difference",
+                   "uncertainty": "XDiffusion.uncertainty"}
+SEGMENTATION_ROLES = {"real": "XDiffusion.realSegmentation", "generated": "XDiffusion.generatedSegmentation"}
+
+
+def remember_comparison(reconstruction_node, layout: ComparisonLayout, uncertainty_id: str | None = None) -> None:
+    """Keep the run's real volume, third view, uncertainty and overlays as node references on the
+    reconstruction node."""
+    if uncertainty_id:
+        reconstruction_node.SetNodeReferenceID(REFERENCE_ROLES["uncertainty"], uncertainty_id)
+    for view in layout.views:
+        if view.role in REFERENCE_ROLES and view.background:
+            reconstruction_node.SetNodeReferenceID(REFERENCE_ROLES[view.role], view.background)
+        if view.role in SEGMENTATION_ROLES and view.segmentation:
+            reconstruction_node.SetNodeReferenceID(SEGMENTATION_ROLES[view.role], view.segmentation)
+
+
+def comparison_from_node(reconstruction_node, plane: str = "axial") -> ComparisonLayout | None:
+    """The comparison of the run that made ``reconstruction_node`` (its references); None when it has
+    none (a scene saved before they were kept)."""
+    def referenced(role: str) -> str | None:
+        node = reconstruction_node.GetNodeReference(role)
+        return node.GetID() if node is not None else None
+
+    real = referenced(REFERENCE_ROLES["real"])
+    if real is None:
+        return None
+    return comparison_layout(
+        real, reconstruction_node.GetID(), difference_id=referenced(REFERENCE_ROLES["difference"]),
+        uncertainty_id=referenced(REFERENCE_ROLES["uncertainty"]),
+        real_segmentation_id=referenced(SEGMENTATION_ROLES["real"]),
+        generated_segmentation_id=referenced(SEGMENTATION_ROLES["generated"]),
+        plane=reconstruction_node.GetAttribute("XDiffusion.plane") or plane,
+    )
+
+
+def bind_overlays(scene, layout: ComparisonLayout) -> None:
+    """Each segmentation only in the comparison views that show its volume (a display node without
+    view IDs draws in every view: both tissue segmentations over each other in Red, Green, Yellow)."""
+    for view in layout.views:
+        if view.segmentation:
+            segmentation = scene.GetNodeByID(view.segmentation)
+            display = segmentation.GetDisplayNode() if segmentation is not None else None
+            if display is not None:
+                display.AddViewNodeID(layout.slice_node_id(view))
+
+
 def apply_to_scene(scene, layout: ComparisonLayout) -> None:
     """Fill the layout's slice views: background volumes, segmentation overlays per view, linking.
 
@@ -118,11 +185,7 @@ def apply_to_scene(scene, layout: ComparisonLayout) -> None:
         composite.SetLabelVolumeID(None)
         composite.SetLinkedControl(layout.linked)
         composite.SetHotLinkedControl(layout.linked)
-        if view.segmentation:
-            segmentation = scene.GetNodeByID(view.segmentation)
-            display = segmentation.GetDisplayNode() if segmentation is not None else None
-            if display is not None:
-                display.AddViewNodeID(slice_node.GetID())
+    bind_overlays(scene, layout)
 
 
 def composite_node(scene, layout_name: str):

@@ -28,7 +28,7 @@ from ..worker.launcher import CANCELLED, DONE, FAILED, RUNNING, WorkerJob, Worke
 from ..worker.messages import JobSettings
 from . import display, segmentation as seg
 from .export import Provenance
-from .layout import ComparisonLayout, comparison_layout
+from .layout import ComparisonLayout, bind_overlays, comparison_layout, remember_comparison
 from .nodes import add_volume_node, node_ids, output_name, remove_nodes_added_since, volume_from_node
 from .thick_slices import AllSlicesPlan
 from .request_checks import check_request, plan_request
@@ -179,6 +179,9 @@ class SceneReconstruction:
                                        if result.segmentation_generated is not None else None),
             plane=self.settings.plane,
         )
+        remember_comparison(reconstruction, result.layout,
+                            result.uncertainty.GetID() if result.uncertainty is not None else None)  # "Show side by side" shows this run's inputs
+        bind_overlays(scene, result.layout)  # the overlays only in the comparison views, never in every view
         return result
 
     def _add_overlays(self, result: ResultNodes, real, generated, real_node) -> None:

@@ -285,7 +285,9 @@ def kill_process_tree(process: subprocess.Popen, grace: float = 3.0, marker: str
     contains ``marker``, each with its process group: terminate, then kill after ``grace`` s."""
     if os.name == "nt":
         if process.poll() is None:
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
+            # No console window flashing up on every Cancel (Slicer is a GUI process).
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False,
+                           creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
     else:
         # Found before any signal: once the launcher is gone its children belong to init.
         targets = _job_processes(process, marker)
