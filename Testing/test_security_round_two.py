@@ -506,6 +506,30 @@ def test_a_full_disk_during_reconstruct_batch_is_one_line(tiny_model, tmp_path, 
     assert code == 1 and "no space left on device" in err and str(tmp_path / "out") in err
 
 
+def test_a_full_disk_during_train_is_one_line(tmp_path, monkeypatch, capsys):
+    import safetensors.torch
+
+    from test_training import _blob, _train_args
+
+    from XDiffusionLib.io import atomic
+
+    for i in range(3):
+        write_volume(Volume.from_array(_blob((20, 18, 14), i), (1.0, 1.2, 1.5)), tmp_path / "data" / f"s{i}.nii.gz")
+    real = safetensors.torch.save_file
+
+    def save_short(tensors, name, *args, **kwargs):  # what a full disk leaves: the file cut short
+        real(tensors, name, *args, **kwargs)
+        with open(name, "r+b") as stream:
+            stream.truncate(os.path.getsize(name) // 2)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_short)
+    monkeypatch.setattr(atomic, "_free_bytes", lambda folder: 0)
+    code = main(_train_args(tmp_path / "data", tmp_path / "run", "--steps", "2"))
+    err = one_line_error(capsys, "train")
+    assert code != 0 and "no space left on device" in err and str(tmp_path / "run") in err
+    assert not list((tmp_path / "run").rglob("*.safetensors"))  # nothing cut short under its name
+
+
 def test_out_of_memory_while_reading_is_one_line(tmp_path, volume, monkeypatch, capsys):
     source = write_volume(volume, tmp_path / "in.nii.gz")
 
