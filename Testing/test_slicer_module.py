@@ -1010,3 +1010,35 @@ def test_docs_name_the_modules_real_menu(xd):
     text = (REPO / "docs" / "slicer.md").read_text()
     menus = set(re.findall(r"\*Modules > ([^>*]+?) >", text.replace("\n", " ").replace("   ", " ")))
     assert menus == {xd.CATEGORY}
+
+
+def test_install_questions_are_asked_without_the_wait_cursor(xd, scene, monkeypatch):
+    """Item 11: slicer.util.tryWithErrorDisplay(waitCursor=True) (Base/Python/slicer/util.py, the
+    real one from slicer-core here) holds slicer.app's WaitCursor override for its whole block: the
+    PyTorch/pip install questions are asked before it, the run is started inside it."""
+    cursors, seen = [], {}
+    qt = types.ModuleType("qt")
+    qt.Qt = types.SimpleNamespace(WaitCursor="wait")
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    app = types.SimpleNamespace(setOverrideCursor=cursors.append, restoreOverrideCursor=lambda: cursors.pop(),
+                                testingEnabled=lambda: True)
+    monkeypatch.setattr(slicer, "app", app, raising=False)
+
+    def confirm(text):
+        seen["asked"] = list(cursors)
+        return True
+
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", confirm)
+
+    class Logic:
+        def ensureDependencies(self, confirm):
+            return confirm("Install PyTorch?")
+
+        def startReconstruction(self, p):
+            seen["started"] = list(cursors)
+
+    widget = xd.XDiffusionWidget.__new__(xd.XDiffusionWidget)
+    widget.ui, widget.logic, widget._parameterNode = fake_ui(), Logic(), None
+    widget._timer = types.SimpleNamespace(start=lambda: None)
+    widget.onReconstruct()
+    assert seen == {"asked": [], "started": ["wait"]} and cursors == []

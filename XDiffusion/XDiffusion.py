@@ -281,10 +281,13 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # Running ---------------------------------------------------------------------------------
 
     def onReconstruct(self) -> None:
+        # Asked before the wait cursor: the install confirmations are dialogs the user must answer.
+        with slicer.util.tryWithErrorDisplay("Reconstruction could not start.", waitCursor=False):
+            ready = self.logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay)
+        if not ready:
+            self.ui.statusLabel.text = "Reconstruction not started: required Python packages are missing."
+            return
         with slicer.util.tryWithErrorDisplay("Reconstruction could not start.", waitCursor=True):
-            if not self.logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay):
-                self.ui.statusLabel.text = "Reconstruction not started: required Python packages are missing."
-                return
             self.logic.startReconstruction(self._parameterNode)
             self.ui.progressBar.value = 0
             self.ui.progressBar.setVisible(True)
