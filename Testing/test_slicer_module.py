@@ -1007,7 +1007,7 @@ def test_cancel_on_windows_opens_no_console(monkeypatch):
 def test_docs_name_the_modules_real_menu(xd):
     """Item 11: Slicer files a module under its ``parent.categories`` (Base/QTGUI/qSlicerModulesMenu.cxx):
     the docs name that menu, not one that does not exist."""
-    text = (REPO / "docs" / "slicer.md").read_text()
+    text = (REPO / "docs" / "slicer.md").read_text(encoding="utf-8")
     menus = set(re.findall(r"\*Modules > ([^>*]+?) >", text.replace("\n", " ").replace("   ", " ")))
     assert menus == {xd.CATEGORY}
 

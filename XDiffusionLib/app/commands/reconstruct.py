@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import re
-import signal
+
 from pathlib import Path
 
 from ...errors import XDiffusionError
+from ..termination import sigterm_as_interrupt
 from ...inputs import PLANE_AXIS
 from ...settings import AGGREGATES, DEFAULTS, DEVICES, RUNTIMES, SAMPLERS
 
@@ -143,11 +144,6 @@ def thick_slice_thickness(args: argparse.Namespace, path) -> float | None:
     return args.slice_thickness if args.slice_thickness is not None else header_slice_thickness(path)
 
 
-def _terminate(signum, frame):
-    # SIGTERM unwinds like Ctrl-C, so temporary files are removed on the way out.
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
     from ...io.outputs import check_outputs
     from ...io.readers import volume_files
@@ -163,11 +159,8 @@ def run(args: argparse.Namespace) -> int:
     check_outputs([output, uncertainty], inputs, overwrite=args.overwrite)
     indices = [] if args.all_slices else args.slices if args.slices is not None else read_indices_file(args.indices_file)
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
+    with sigterm_as_interrupt():
         return _reconstruct_and_write(args, indices, output, uncertainty)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: Path) -> int:

@@ -17,12 +17,12 @@ existing output file is replaced only if an earlier run of this batch wrote it, 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from pathlib import Path
 
 from ...errors import XDiffusionError
+from ..termination import sigterm_as_interrupt
 
 RESULTS_NAME = "results.csv"
 RESULT_COLUMNS = ("case", "input", "plane", "k", "indices", "output", "uncertainty", "seconds")
@@ -133,14 +133,9 @@ def run(args: argparse.Namespace) -> int:
         return _reconstruct_case(by_name[case.name], out, reconstructor, args, rank)
 
     out.mkdir(parents=True, exist_ok=True)
-    from .reconstruct import _terminate
-
     # SIGTERM (a launcher stopping the ranks) unwinds like Ctrl-C: temporaries are removed on the way out.
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
+    with sigterm_as_interrupt():
         records = cohort.run(cases, work, note=note, fresh=args.fresh)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if records is None:
         return 0
     from ...evaluation.report import write_csv
