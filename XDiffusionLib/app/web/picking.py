@@ -137,14 +137,21 @@ class Picking:
         axis, original = Reorientation.for_grid(volume.grid).original_index(plane_axis(plane), index)
         return np.take(np.asarray(volume.array), original, axis=axis)
 
-    def pick(self, tag: str) -> None:
-        """Add the slice that view ``tag`` shows to the input slices."""
+    def _can_pick(self) -> bool:
+        """Picks need a loaded volume and no run under way; otherwise one line says why."""
         app = self.app
         if app.input_node is None:
             app.report_error("load a volume first, then pick its slices")
-            return
+            return False
         if app.state.xd_running:
             app.report_error("a reconstruction is running: the input slices are locked until it ends")
+            return False
+        return True
+
+    def pick(self, tag: str) -> None:
+        """Add the slice that view ``tag`` shows to the input slices."""
+        app = self.app
+        if not self._can_pick():
             return
         plane = VIEW_PLANE.get(tag)
         if plane is None:
@@ -180,11 +187,7 @@ class Picking:
         from ...transforms.thick_slices import acquisition_plane
 
         app = self.app
-        if app.input_node is None:
-            app.report_error("load a volume first, then pick its slices")
-            return
-        if app.state.xd_running:
-            app.report_error("a reconstruction is running: the input slices are locked until it ends")
+        if not self._can_pick():
             return
         try:
             count = int(n)
