@@ -350,29 +350,28 @@ def fit_head_prior(template: HeadTemplate, inputs: SliceInput, deform: bool = Tr
     if len(placements) > 1 and placements[1][2] > best + _BRAIN_ONLY_MARGIN:
         chosen, fit, best = placements[1]
     centres = class_centres(chosen)
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # the heavy dependency stays out of this module's import
 
     reference = sitk.Image([int(n) for n in inputs.grid.shape], sitk.sitkFloat32)
     reference.SetSpacing(tuple(float(s) for s in inputs.grid.spacing))
     t1_image, tissue_image, coverage_image = _placed_images(chosen, fit)
-    identity = sitk.Transform(3, sitk.sitkIdentity)
 
-    def place(transform) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        t1 = _resample(t1_image, reference, transform, nearest=False)
+    def place(transform) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tissues, field of view and the synthesised prior on the grid under ``transform``."""
         tissues = _resample(tissue_image, reference, transform, nearest=True).astype(np.uint8)
         coverage = _resample(coverage_image, reference, transform, nearest=True).astype(bool)
-        return t1, tissues, coverage, _synthesise(inputs, t1, tissues, centres)
+        t1 = _resample(t1_image, reference, transform, nearest=False)
+        return tissues, coverage, _synthesise(inputs, t1, tissues, centres)
 
-    t1, tissues, coverage, prior = place(identity)
+    tissues, coverage, prior = place(sitk.Transform(3, sitk.sitkIdentity))
     score = _slice_correlation(prior, inputs)
     deformed = False
     if deform:
         transform = _deformation(inputs, prior)
         if transform is not None and _largest_displacement_mm(transform) <= MAX_DEFORMATION_MM:
             candidate = place(transform)
-            candidate_score = _slice_correlation(candidate[3], inputs)
-            if candidate_score > score:
-                t1, tissues, coverage, prior = candidate
+            candidate_score = _slice_correlation(candidate[2], inputs)
+            if candidate_score > score:  # kept only where it explains the input slices better
+                tissues, coverage, prior = candidate
                 score, deformed = candidate_score, True
-    del t1
     return HeadPriorFit(prior, tissues, coverage, chosen.variant, score, deformed)
