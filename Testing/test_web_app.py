@@ -319,6 +319,11 @@ def test_colour_bars_have_units_and_the_overlay_starts_hidden(result_tab, tiny_m
     page.click("#xd-overlay")
     wait_until(lambda: np.abs(view_pixels(page, "XDiffusionGenerated") - without).mean() < 1.0,
                what="the overlay to disappear")
+    # The views render one after another: on a loaded machine the difference view may still show
+    # its previous (dark) image for a moment, so wait for its colours rather than sample once.
+    wait_until(lambda: red_minus_blue(view_pixels(page, "XDiffusionDifference"))
+               > 3 * red_minus_blue(view_pixels(page, "XDiffusionGenerated")),
+               what="the difference view's diverging colours (vs the generated view's grey)")
     generated = view_pixels(page, "XDiffusionGenerated")
     difference = view_pixels(page, "XDiffusionDifference")
     assert np.abs(generated - difference).mean() > 10, "the difference view looks like the generated view"
