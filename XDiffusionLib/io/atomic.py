@@ -334,16 +334,22 @@ def _text_header(path: Path, end: Callable[[bytes], int]) -> tuple[bytes, int] |
     return (head[:stop], stop) if stop >= 0 else None
 
 
+def _header_fields(header: bytes, separator: str) -> dict[str, str]:
+    """``key<separator>value`` lines of a text header (NRRD ": ", MetaImage "="), stripped."""
+    fields = {}
+    for line in header.decode("latin-1").splitlines():
+        key, found, value = line.partition(separator)
+        if found:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
 def _nrrd_problem(path: Path) -> str | None:
     found = _text_header(path, lambda head: head.find(b"\n\n") + 2 if b"\n\n" in head else -1)
     if found is None:
         return "the NRRD header is cut short"
     header, start = found
-    fields = {}
-    for line in header.decode("latin-1").splitlines():
-        key, separator, value = line.partition(": ")
-        if separator:
-            fields[key.strip().lower()] = value.strip()
+    fields = {key.lower(): value for key, value in _header_fields(header, ": ").items()}
     if "data file" in fields or "datafile" in fields:
         return None  # a detached header: its data file is another file
     try:
@@ -370,11 +376,7 @@ def _metaimage_problem(path: Path) -> str | None:
     if found is None:
         return "the MetaImage header is cut short"
     header, start = found
-    fields = {}
-    for line in header.decode("latin-1").splitlines():
-        key, separator, value = line.partition("=")
-        if separator:
-            fields[key.strip()] = value.strip()
+    fields = _header_fields(header, "=")
     if fields.get("ElementDataFile", "").upper() != "LOCAL":
         return None  # data in another file
     try:
