@@ -345,3 +345,56 @@ def test_scanner_like_artefacts_are_drawn_from_their_ranges_and_recorded(tmp_pat
     assert manifest["artefacts"] == "scanner" and manifest["artefact_levels"]["thick_slice_probability"] == 0.75
     with pytest.raises(XDiffusionError, match="unknown artefact preset"):
         write_synthetic_dataset(tmp_path / "bad", 1, artefacts="studio")
+
+
+def test_default_anatomy_draws_nothing_extra_so_old_subjects_stay_the_same():
+    from XDiffusionLib.synth.anatomy import DEFAULT, vary_positions
+
+    rng = np.random.default_rng(5)
+    before = rng.bit_generator.state
+    positions = np.zeros((3, 4, 4, 4), np.float32)
+    out, params = vary_positions(rng, positions, DEFAULT)
+    assert out is positions and params == {} and rng.bit_generator.state == before
+
+
+def test_hemisphere_asymmetry_is_monotone_and_makes_one_side_larger():
+    from XDiffusionLib.synth.anatomy import AnatomyRanges, vary_positions
+
+    x = np.linspace(-90.0, 90.0, 181, dtype=np.float32)
+    positions = np.stack(np.broadcast_arrays(x[:, None, None], np.zeros((1, 3, 3), np.float32),
+                                             np.zeros((1, 3, 3), np.float32))).astype(np.float32)
+    out, params = vary_positions(np.random.default_rng(2), positions, AnatomyRanges(hemisphere_asymmetry=0.3))
+    a = params["hemisphere_asymmetry"]
+    assert abs(a) > 0.01
+    sampled = out[0, :, 1, 1]
+    assert np.all(np.diff(sampled) > 0)  # no folding
+    # Template position +-60 mm is sampled at different distances from the midline on the two sides.
+    right, left = np.interp(60.0, sampled, x), -np.interp(-60.0, sampled, x)
+    assert (right - left) * a > 0 and abs(right - left) > 60.0 * abs(a)
+
+
+def test_varied_anatomy_differs_from_the_default_and_is_recorded(tmp_path):
+    from XDiffusionLib.synth.anatomy import VARIED
+    from XDiffusionLib.synth.dataset import write_synthetic_dataset
+
+    default, varied = make(21), make(21, anatomy_ranges=VARIED)
+    assert not np.array_equal(default.image.array, varied.image.array)
+    transform = varied.params["transform"]
+    assert 10 <= transform["fine_control_points"] <= 14
+    assert abs(transform["hemisphere_asymmetry"]) <= VARIED.hemisphere_asymmetry
+    assert all(VARIED.scale_range[0] <= s <= VARIED.scale_range[1] for s in transform["scale"])
+    assert make(21, anatomy_ranges=VARIED).image.array.tobytes() == varied.image.array.tobytes()
+    assert run_cli("--n", "1", "--seed", "21", "--anatomy", "varied", "--spacing", str(SPACING),
+                   "--out", str(tmp_path / "v"), "--quiet") == 0
+    manifest = json.loads((tmp_path / "v" / "manifest.json").read_text())
+    assert manifest["anatomy"] == "varied" and manifest["anatomy_ranges"]["fine_displacement_mm"] == 3.0
+    on_disk = read_volume(tmp_path / "v" / "subject_0000.nii.gz").array
+    np.testing.assert_allclose(on_disk, make(21, anatomy_ranges=VARIED).image.array, atol=1e-6)
+
+
+@pytest.mark.parametrize("flag", ["--anatomy", "--artefacts"])
+def test_cli_unknown_preset_is_one_line_and_writes_nothing(tmp_path, capsys, flag):
+    assert run_cli("--n", "1", flag, "wild", "--out", str(tmp_path / "d"), "--quiet") == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and flag in error and "wild" in error
+    assert os.listdir(tmp_path) == []

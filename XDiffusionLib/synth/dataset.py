@@ -25,6 +25,7 @@ from typing import Callable
 from .. import __version__
 from ..errors import XDiffusionError
 from ..io import write_volume
+from .anatomy import PRESETS as ANATOMY_PRESETS
 from .artifacts import PRESETS
 from .lesions import LESION_LABELS
 from .subject import CONTRAST_WEIGHTS, SyntheticSubject, subject_rng, synthesize_subject, validate_settings
@@ -83,15 +84,19 @@ def write_synthetic_dataset(
     keep: int = 0,
     on_subject: Callable[[int], None] | None = None,
     artefacts: str = "default",
+    anatomy: str = "default",
 ) -> DatasetResult:
     """Generate ``n`` subjects into the new or empty folder ``out``.
 
     ``contrast`` None mixes contrasts per subject (``CONTRAST_WEIGHTS``). The first ``keep``
     subjects are returned in memory (for a preview). ``on_subject(i)`` is called after each subject.
     ``artefacts``: a preset of ``artifacts.PRESETS`` ("scanner": nearer real scans, for calibration).
+    ``anatomy``: a preset of ``anatomy.PRESETS`` ("varied": wider anatomical variety, for training).
     """
     if artefacts not in PRESETS:
         raise XDiffusionError(f"unknown artefact preset {artefacts!r}: choose one of {', '.join(PRESETS)}")
+    if anatomy not in ANATOMY_PRESETS:
+        raise XDiffusionError(f"unknown anatomy preset {anatomy!r}: choose one of {', '.join(ANATOMY_PRESETS)}")
     out = validate_dataset_settings(out, n, seed, contrast, lesion_probability, spacing)
     created = _missing_ancestors(out)
     build_inside = out.is_dir()
@@ -103,7 +108,7 @@ def write_synthetic_dataset(
         entries, kept = [], []
         for index in range(n):
             subject = synthesize_subject(subject_rng(seed, index), contrast, lesion_probability, spacing,
-                                         artefacts=PRESETS[artefacts])
+                                         artefacts=PRESETS[artefacts], anatomy_ranges=ANATOMY_PRESETS[anatomy])
             write_volume(subject.image, temp / image_name(index))
             seg = None
             if subject.labels is not None:
@@ -124,6 +129,7 @@ def write_synthetic_dataset(
             "lesion_probability": float(lesion_probability),
             "spacing_mm": float(spacing),
             **({} if artefacts == "default" else {"artefacts": artefacts, "artefact_levels": PRESETS[artefacts].params()}),
+            **({} if anatomy == "default" else {"anatomy": anatomy, "anatomy_ranges": ANATOMY_PRESETS[anatomy].params()}),
             "template": "ICBM152 2009a symmetric T1 + GM/WM maps (nilearn 0.14.1, BSD-3)",
             "seeding": "subject i uses numpy default_rng(SeedSequence(seed).spawn(n)[i])",
             "lesion_labels": {str(k): v for k, v in LESION_LABELS.items()},

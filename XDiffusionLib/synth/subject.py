@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import XDiffusionError
 from ..io.volume import Grid, Volume
-from . import artifacts
+from . import anatomy, artifacts
 from .contrast import CONTRASTS, LESION_CLASSES, RENDER_CLASSES, random_means, render
 from .deform import random_transform, sample_atlas, smooth_field, template_positions
 from .lesions import hard_labels, lesion_fractions, push_out, random_lesions
@@ -90,6 +90,7 @@ def synthesize_subject(
     spacing: float = 2.0,
     lesion_tissue: bool = True,
     artefacts: artifacts.ArtefactLevels = artifacts.DEFAULT,
+    anatomy_ranges: anatomy.AnatomyRanges = anatomy.DEFAULT,
 ) -> SyntheticSubject:
     """Draw one synthetic subject. ``contrast`` None draws one of ``CONTRASTS`` (``CONTRAST_WEIGHTS``).
 
@@ -101,7 +102,8 @@ def synthesize_subject(
     each image is normalised by) and where that scale clips the brightest voxels at 1.
 
     ``artefacts``: the ranges of noise, bias, thick slices and texture scale (``artifacts.ArtefactLevels``;
-    the same number of random draws for any of them).
+    the same number of random draws for any of them). ``anatomy_ranges``: how much the anatomy varies
+    (``anatomy.AnatomyRanges``; the default draws exactly what versions 1-2's subjects drew).
     """
     validate_settings(contrast, lesion_probability, spacing)
     spacing = float(spacing)
@@ -112,13 +114,14 @@ def synthesize_subject(
     grid = output_grid(spacing)
     shape = grid.shape
 
-    transform = random_transform(rng)
+    transform = random_transform(rng, scale_range=anatomy_ranges.scale_range)
     positions = template_positions(transform, shape, spacing)
+    positions, variation_params = anatomy.vary_positions(rng, positions, anatomy_ranges)
     lesions = random_lesions(rng, atlas) if rng.random() < lesion_probability else []
     gm, wm, csf, distance, ventricle_distance, csf_distance = sample_atlas(atlas, push_out(positions, lesions))
     # Atrophy varies a lot between people: enlarge ventricles and widen sulci (tissue becomes CSF).
     # Squared uniform: most subjects near the template, a few with large ventricles.
-    ventricle_growth_mm = float(5.0 * rng.uniform(0.0, 1.0) ** 2)
+    ventricle_growth_mm = float(anatomy_ranges.ventricle_growth_max_mm * rng.uniform(0.0, 1.0) ** 2)
     sulcal_widening_mm = float(rng.uniform(0.0, 1.5))
     ramp = lambda edge, d: np.clip(0.5 + (edge - d) / np.float32(spacing), 0.0, 1.0)  # noqa: E731
     atrophy = np.maximum(ramp(ventricle_growth_mm, ventricle_distance) * (ventricle_growth_mm > 0),
@@ -176,7 +179,7 @@ def synthesize_subject(
         "class_means": {k: round(v, 4) for k, v in means.items() if k in RENDER_CLASSES},
         "texture_scale_mm": round(texture_mm, 3),
         **render_params,
-        "transform": transform.params,
+        "transform": {**transform.params, **variation_params},
         "ventricle_growth_mm": round(ventricle_growth_mm, 3),
         "sulcal_widening_mm": round(sulcal_widening_mm, 3),
         "head": head_params,

@@ -28,6 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="chance that a subject gets a tumour, 0..1 (default 0.5)")
     parser.add_argument("--contrast", type=str.lower, default="mixed",
                         help="t1, t2, flair, random (SynthSeg-style) or mixed (a mix of all, default)")
+    parser.add_argument("--anatomy", type=str.lower, default="default",
+                        help="anatomical variety: default, or varied (wider head sizes, ventricles, a finer "
+                        "deformation level and hemisphere asymmetry)")
+    parser.add_argument("--artefacts", type=str.lower, default="default",
+                        help="artefact ranges: default, or scanner (noise, bias and thick slices nearer real scans)")
     parser.add_argument("--preview", metavar="PNG", default=None,
                         help=f"also write a PNG of the first {PREVIEW_ROWS} subjects (three planes each)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -69,6 +74,12 @@ def run(args: argparse.Namespace) -> int:
         raise XDiffusionError(f"--seed {args.seed}: the seed must be 0 or more")
     if args.contrast not in CONTRAST_CHOICES:
         raise XDiffusionError(f"unknown contrast {args.contrast!r}: choose one of {', '.join(CONTRAST_CHOICES)}")
+    from ...synth.anatomy import PRESETS as ANATOMY_PRESETS
+    from ...synth.artifacts import PRESETS as ARTEFACT_PRESETS
+
+    for flag, value, presets in (("--anatomy", args.anatomy, ANATOMY_PRESETS), ("--artefacts", args.artefacts, ARTEFACT_PRESETS)):
+        if value not in presets:
+            raise XDiffusionError(f"{flag} {value!r}: choose one of {', '.join(presets)}")
     if args.preview is not None and not args.preview.lower().endswith(".png"):
         raise XDiffusionError(f"preview {args.preview}: the file name must end in .png")
 
@@ -83,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=args.n, desc="synth", unit="subject", file=sys.stderr, disable=args.quiet) as bar:
         result = write_synthetic_dataset(
             args.out, args.n, seed=args.seed, contrast=contrast, lesion_probability=args.lesion_probability,
-            spacing=args.spacing, keep=keep, on_subject=lambda _: bar.update(1),
+            spacing=args.spacing, keep=keep, on_subject=lambda _: bar.update(1), artefacts=args.artefacts,
+            anatomy=args.anatomy,
         )
     with_lesion = sum(1 for s in result.manifest["subjects"] if s["labels"])
     print(f"wrote {args.n} subjects ({with_lesion} with lesions) and {result.folder / 'manifest.json'}")
