@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from test_web_app import browser  # noqa: F401 - test_web_app's Chromium fixture, for the upload tests here
+from test_web_app import error_text, open_tab, start_app, stop_app
+
 from XDiffusionLib.app.cli import main
 from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.io.volume import Volume
@@ -78,8 +81,6 @@ def _websocket_status(port: int, path: str, headers: dict) -> int:
 
 @pytest.mark.slow  # starts the web app's session processes
 def test_session_ports_host_names_token_logs_and_session_folders(tiny_model, tmp_path):
-    from test_web_app import start_app, stop_app
-
     # A folder left by a hub that was killed (its process id is gone) is swept at start.
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
@@ -711,6 +712,188 @@ def test_a_session_keeps_two_pending_uploads_and_bounds_their_voxels(tmp_path):
     assert bomb.stat().st_size < (1 << 20)
     with pytest.raises(XDiffusionError, match=r"300x300x300 voxels .* more than the 16,777,216 voxels"):
         read_volume(bomb, max_voxels=transfers.max_voxels)
+
+
+
+# -- 6, 11. bad zips and oversized uploads sent to the running app, as its page sends them ----------
+# The checks above hold for the loading code alone; these go through the hub, the session's key,
+# its upload route and its loader, and read what the page shows and what is left on disk.
+
+
+@pytest.fixture(scope="module")
+def upload_app(tiny_model, tmp_path_factory):
+    """One running app (hub and session processes, 1 MB upload limit) and the folder of its log."""
+    folder = tmp_path_factory.mktemp("upload-app")
+    process, url = start_app(tiny_model, folder / "app.log", "--max-sessions", "2")
+    yield process, url
+    assert stop_app(process) == 0
+
+
+def _session_folders(hub: subprocess.Popen) -> list[Path]:
+    return sorted(Path(tempfile.gettempdir()).glob(f"xdiffusion-web-{hub.pid}-*"))
+
+
+def _left_behind(hub: subprocess.Popen, names: tuple[str, ...] = ()) -> list[Path]:
+    """What an upload may have left in the app's session folders: anything in their upload and
+    download folders, a hidden temporary, or a file of one of ``names`` anywhere inside (the
+    sessions' worker scratch folders included)."""
+    left = []
+    for folder in _session_folders(hub):
+        for path in folder.rglob("*"):
+            inside = path.relative_to(folder).parts
+            if (inside[0] in ("uploads", "downloads") and len(inside) > 1) or ".xdpart-" in path.name \
+                    or path.name in names:
+                left.append(path)
+    return left
+
+
+def _zip_bytes(members: dict[str, bytes], compression: int = 8) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _bad_zips(folder: Path) -> list[tuple[Path, str, tuple[str, ...]]]:
+    """(zip file, words of the page's error, names its members would unpack to)."""
+    import struct
+
+    import SimpleITK as sitk
+
+    made = []
+
+    def add(name: str, data: bytes, words: str, members: tuple[str, ...]) -> Path:
+        path = folder / name
+        path.write_bytes(data)
+        made.append((path, words, members))
+        return path
+
+    # A bomb: 50 MB of zeros in 50 kB.
+    add("bomb.zip", _zip_bytes({"scan.nii": b"\0" * (50 << 20)}),
+        "bomb.zip (unpacked): the file is larger than the upload limit of 1.0 MB (50 MB)", ("scan.nii",))
+    # The same bomb lying about its size (1000 bytes in both headers): unpacking stops there.
+    data = bytearray(_zip_bytes({"liar.nii": b"\0" * (50 << 20)}))
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        struct.pack_into("<I", data, data.find(signature) + offset, 1000)
+    add("liar.zip", bytes(data), "liar.zip: not a readable zip file (Bad CRC-32 for file 'liar.nii')", ("liar.nii",))
+    # One member counted many times: 30 central-directory entries over the same 100 kB.
+    single = bytearray(_zip_bytes({"same.nii": b"\0" * 100_000}))
+    central = single.find(b"PK\x01\x02")
+    end = single.find(b"PK\x05\x06")
+    count = 30
+    entries = bytes(single[central:end]) * count
+    tail = bytearray(single[end:])
+    struct.pack_into("<HHII", tail, 8, count, count, len(entries), central)
+    add("overlap.zip", bytes(single[:central]) + entries + bytes(tail),
+        "overlap.zip (unpacked): the file is larger than the upload limit of 1.0 MB (2.9 MB)", ("same.nii",))
+    add("climb.zip", _zip_bytes({"../../outside.nii.gz": b"x" * 100}),
+        "climb.zip: unsafe path '../../outside.nii.gz' in the zip file", ("outside.nii.gz",))
+    add("windows.zip", _zip_bytes({"..\\..\\outside.nrrd": b"x" * 100}),
+        "windows.zip: unsafe path '..\\\\..\\\\outside.nrrd' in the zip file", ("outside.nrrd",))
+    add("absolute.zip", _zip_bytes({"/tmp/xd-absolute-member.nii.gz": b"x" * 100}),
+        "absolute.zip: unsafe path '/tmp/xd-absolute-member.nii.gz' in the zip file",
+        ("xd-absolute-member.nii.gz",))
+    add("deep.zip", _zip_bytes({"d/" * 3000 + "scan.nrrd": b"NRRD0004\n" + b"x" * 100}),
+        "deep.zip: a file in the zip is 3000 folders deep", ("scan.nrrd",))
+    _patch_zip(add("locked.zip", _zip_bytes({"locked.nrrd": b"NRRD0004\n" + b"x" * 100}),
+                   "locked.zip: 'locked.nrrd' is encrypted; upload a zip without a password", ("locked.nrrd",)),
+               flags=0x1)
+    _patch_zip(add("method.zip", _zip_bytes({"odd.nrrd": b"NRRD0004\n" + b"x" * 100}),
+                   "method.zip: 'odd.nrrd' uses compression method 99", ("odd.nrrd",)), method=99)
+    add("garbage.zip", np.random.default_rng(3).bytes(5000), "garbage.zip: not a readable zip file", ())
+    # Inside a harmless zip, a volume whose header declares 300^3 voxels (27 MB) in 27 kB.
+    voxels = folder / "voxels.nii.gz"
+    sitk.WriteImage(sitk.Image([300, 300, 300], sitk.sitkUInt8), str(voxels), useCompression=True)
+    add("voxels.zip", _zip_bytes({"voxels.nii.gz": voxels.read_bytes()}, compression=0),
+        "voxels.zip/voxels.nii.gz: 300x300x300 voxels (27,000,000) is more than", ("voxels.nii.gz",))
+    voxels.unlink()
+    return made
+
+
+@pytest.mark.slow  # starts the web app and drives its page in Chromium
+def test_bad_zips_uploaded_to_the_running_app_are_one_line_and_leave_nothing(upload_app, browser, tmp_path):
+    hub, url = upload_app
+    page = open_tab(browser, url)
+    try:
+        assert _left_behind(hub) == []
+        for path, words, members in _bad_zips(tmp_path):
+            page.set_input_files("#xd-upload", str(path))
+            message = error_text(page).strip()
+            assert "\n" not in message and words in message, (path.name, message)
+            assert message.startswith(path.name) and "unzipped" not in message, message  # the page's names only
+            assert "xdiffusion-web-" not in message and "Traceback" not in message, message
+            assert page.locator("#xd-volume").count() == 0  # nothing was loaded
+            # Nothing unpacked or uploaded stays, in the session or beside it.
+            assert _left_behind(hub, members + (path.name,)) == [], path.name
+            for folder in _session_folders(hub):
+                assert not [p for p in folder.parent.glob("outside.*")]
+            assert not Path("/tmp/xd-absolute-member.nii.gz").exists()
+            page.click("#xd-error .v-alert__close button")
+            page.wait_for_selector("#xd-error", state="detached")
+
+        # A good zip after all that: it loads, and its upload is removed once read.
+        good = write_volume(Volume.from_array(np.random.default_rng(4).normal(100, 5, (20, 18, 12))
+                                              .astype(np.float32), (2.0, 2.0, 2.5)), tmp_path / "good.nii.gz")
+        (tmp_path / "good.zip").write_bytes(_zip_bytes({"study/good.nii.gz": good.read_bytes()}))
+        page.set_input_files("#xd-upload", str(tmp_path / "good.zip"))
+        page.wait_for_selector("#xd-volume:has-text('good: 20x18x12 voxels')", timeout=60_000)
+        assert _left_behind(hub, ("good.zip", "good.nii.gz")) == []
+    finally:
+        page.close()
+
+
+@pytest.mark.slow  # starts the web app and drives its page in Chromium
+def test_upload_limits_of_the_running_app_hold_and_leave_nothing(upload_app, browser, tmp_path):
+    hub, url = upload_app
+    page = open_tab(browser, url)
+    session = page.url.split("/s/", 1)[1].split("/", 1)[0]
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        # Over the limit: the page refuses before sending a byte ...
+        big = tmp_path / "big.zip"
+        big.write_bytes(np.random.default_rng(5).bytes(int(1.5 * (1 << 20))))
+        page.set_input_files("#xd-upload", str(big))
+        message = error_text(page).strip()
+        assert "\n" not in message and message.startswith("big.zip: the file is larger than the upload limit"), message
+        page.click("#xd-error .v-alert__close button")
+        # ... and the app refuses it too from a client that skips the page's check: declared ...
+        status, answer = page.evaluate(
+            "async () => { const r = await fetch('upload?name=big.zip', {method: 'POST', body: new Uint8Array(1600000)});"
+            " return [r.status, await r.json()]; }")
+        assert status == 413 and "upload limit of 1.0 MB" in answer["error"], answer
+        # ... or streamed without a length (cut off while it arrives).
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        connection.request("POST", f"/s/{session}/upload?name=streamed.zip",
+                           body=(b"x" * (256 << 10) for _ in range(8)), encode_chunked=True,
+                           headers={"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"})
+        answer = connection.getresponse()
+        assert answer.status == 413 and "upload limit" in json.loads(answer.read())["error"]
+        assert _left_behind(hub, ("big.zip", "streamed.zip")) == []
+
+        # Pending uploads: of five sent without loading, the newest two stay on disk.
+        tokens = page.evaluate(
+            "async () => { const tokens = []; for (let n = 0; n < 5; n++) {"
+            " const r = await fetch(`upload?name=pending${n}.nii.gz`, {method: 'POST', body: new Uint8Array(50000)});"
+            " tokens.push((await r.json()).token); } return tokens; }")
+        assert len(set(tokens)) == 5
+        kept = sorted(p.name for p in _left_behind(hub) if p.is_file())
+        assert kept == ["pending3.nii.gz", "pending4.nii.gz"], kept
+        # Loading the oldest says it is gone, in one line.
+        page.evaluate(f"() => window.trame.trigger('xd_load_upload', ['{tokens[0]}', 'pending0.nii.gz'])")
+        message = error_text(page).strip()
+        assert "\n" not in message and "no longer available" in message and "upload it again" in message, message
+        # Loading one that is kept reads it (not an image: one line) and removes it.
+        page.click("#xd-error .v-alert__close button")
+        page.evaluate(f"() => window.trame.trigger('xd_load_upload', ['{tokens[4]}', 'pending4.nii.gz'])")
+        message = error_text(page).strip()
+        assert "\n" not in message and message.startswith("pending4.nii.gz"), message
+        assert sorted(p.name for p in _left_behind(hub) if p.is_file()) == ["pending3.nii.gz"]
+    finally:
+        page.close()
 
 
 # -- 13. saved model folders get the usual permissions ---------------------------------------------

@@ -23,7 +23,7 @@ class _Pending4D:
 
     path: Path
     display: str
-    hide: str | None
+    shown: tuple[tuple[str, str], ...]
     within: Path | None
     upload: Path | None  # the uploaded file, removed once done with
 
@@ -54,6 +54,10 @@ class Loading:
         try:
             root = app.transfers.upload_root(path)
             target = path
+            # The page knows the file by its own name, not by the server's folders: a zip's unpacked
+            # folder is shown as the zip ("scan.zip/series: ..."), the upload's folder not at all.
+            shown = ((str(app.transfers.unzipped_folder(path)), path.name), (str(path.parent) + os.sep, ""),
+                     (str(path.parent), ""))
             if path.name.lower().endswith(".zip"):
                 try:
                     target = await asyncio.to_thread(app.transfers.unpack_zip, path)
@@ -61,7 +65,7 @@ class Loading:
                     app.report_error(str(error))
                     return
             # Self-contained: a header inside may not name a data file elsewhere on the server.
-            keep = await self._load(target, display=name, hide=str(path.parent), within=root, upload=path)
+            keep = await self._load(target, display=name, shown=shown, within=root, upload=path)
         finally:
             if not keep:
                 app.transfers.discard(path)
@@ -108,7 +112,7 @@ class Loading:
         except (TypeError, ValueError):
             self.app.report_error(f"volume {self.app.state.xd_volume_pick!r} is not a volume number")
             return
-        await self._load(pending.path, display=pending.display, hide=pending.hide, within=pending.within,
+        await self._load(pending.path, display=pending.display, shown=pending.shown, within=pending.within,
                          upload=pending.upload, volume_index=index)
 
     def _forget_pending(self) -> None:
@@ -117,9 +121,10 @@ class Loading:
             self.app.transfers.discard(pending.upload)
         self.app.push(xd_volume_choices=[], xd_volume_pick=0, xd_volume_pick_name="")
 
-    async def _load(self, path: Path, display: str, hide: str | None = None, within: Path | None = None,
-                    upload: Path | None = None, volume_index: int | None = None) -> bool:
-        """Read and show ``path``; True when the file is kept (a 4D file waiting for a pick)."""
+    async def _load(self, path: Path, display: str, shown: tuple[tuple[str, str], ...] = (),
+                    within: Path | None = None, upload: Path | None = None, volume_index: int | None = None) -> bool:
+        """Read and show ``path``; True when the file is kept (a 4D file waiting for a pick).
+        ``shown``: (server path, what the page calls it) pairs replaced in an error message, in order."""
         from ...evaluation.protocol import label_value_count
         from ...io import read_volume
         from ...io.readers import MultiVolumeError, volume_suffix
@@ -140,7 +145,7 @@ class Loading:
                 raise XDiffusionError(f"{path} is a label map ({labels} distinct values), not an MRI intensity volume")
         except MultiVolumeError as error:
             # The page's own choice instead of the command line's --volume.
-            self._pending = _Pending4D(Path(path), display, hide, within, upload)
+            self._pending = _Pending4D(Path(path), display, shown, within, upload)
             name = Path(display).name
             app.push(xd_busy="", xd_volume_choices=[{"title": f"volume {i}", "value": i} for i in range(error.count)],
                      xd_volume_pick=0, xd_volume_pick_name=name)
@@ -148,8 +153,8 @@ class Loading:
             return True
         except XDiffusionError as error:
             message = str(error)
-            if hide:  # the page knows the file by its own name, not by the server's temporary folder
-                message = message.replace(hide + os.sep, "").replace(hide, "")
+            for server, page_name in shown:
+                message = message.replace(server, page_name)
             app.report_error(message)
             return self._pending is not None
         except Exception as error:  # noqa: BLE001 - any failure to read is the user's file, not a crash

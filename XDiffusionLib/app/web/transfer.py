@@ -127,10 +127,15 @@ class Transfers:
         if target.parent == uploads:
             shutil.rmtree(target, ignore_errors=True)
 
+    @staticmethod
+    def unzipped_folder(path: Path) -> Path:
+        """Where the zip upload ``path`` is unpacked (inside its own upload folder)."""
+        return Path(path).parent / "unzipped"
+
     def unpack_zip(self, path: Path) -> Path:
         """A zip upload (a DICOM series folder, or one volume file) unpacked next to it; returns what
         ``read_volume`` should read: the one volume file inside, or the one folder holding files."""
-        target = path.parent / "unzipped"
+        target = self.unzipped_folder(path)
         try:
             with zipfile.ZipFile(path) as archive:
                 members = [m for m in archive.infolist() if not m.is_dir()]
