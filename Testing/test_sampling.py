@@ -309,6 +309,25 @@ def test_nan_inputs_are_refused(model_dir, monkeypatch):
         reconstruct_volume(Volume.from_array(array), "axial", [2], model_dir=model_dir, device="cpu")
 
 
+def label_map() -> Volume:
+    labels = np.zeros((14, 12, 10), np.float32)
+    labels[3:10, 2:9, 2:8] = 1
+    labels[5:8, 4:7, 3:6] = 2
+    return Volume.from_array(labels, spacing=(1.0, 1.0, 4.0))
+
+
+def test_a_label_map_is_refused_at_the_door_before_any_work(model_dir, monkeypatch):
+    """The library refuses it, so every front end does (the worker, hence Slicer, had no check)."""
+    from XDiffusionLib.sampling.thick_slices import reconstruct_thick_slices
+
+    monkeypatch.setattr(XDiffusionPipeline, "__call__", lambda *a, **k: pytest.fail("the pipeline ran"))
+    words = r"the input volume is a label map \(3 distinct values\), not an MRI intensity volume"
+    with pytest.raises(XDiffusionError, match=words):
+        reconstruct_volume(label_map(), "axial", [2, 5], model_dir=model_dir, device="cpu")
+    with pytest.raises(XDiffusionError, match=words):
+        reconstruct_thick_slices(label_map(), 2, model_dir=model_dir, device="cpu")
+
+
 def test_missing_model_folder_and_unknown_settings(tmp_path):
     with pytest.raises(XDiffusionError, match="model folder not found"):
         reconstruct_volume(anisotropic_volume(), "axial", [2], model_dir=tmp_path / "none", device="cpu")

@@ -143,6 +143,19 @@ def test_in_process_mode_same_api(tiny_model, private_tmp):
         job.result()
 
 
+def test_the_worker_refuses_a_label_map(tiny_model, private_tmp):
+    """The Slicer module and the web app reach the library through the worker: it refuses a label
+    map in the library's words (it had no check; only the front ends did)."""
+    labels = np.zeros((12, 10, 8), np.float32)
+    labels[3:9, 2:8, 2:6] = 1
+    labels[5:7, 4:6, 3:5] = 4
+    job = WorkerLauncher("inprocess").start(Volume.from_array(labels),
+                                            messages.JobSettings("axial", (2, 5), tiny_model, FAST))
+    assert job.wait(120) == FAILED
+    assert job.error == "the input volume is a label map (3 distinct values), not an MRI intensity volume"
+    assert list(private_tmp.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_subprocess_bad_input_is_a_clear_error(tiny_model, private_tmp):
     array = smooth_array((12, 10, 8))

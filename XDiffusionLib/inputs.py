@@ -24,6 +24,8 @@ from .errors import XDiffusionError
 from .io.volume import Grid, Volume
 
 PLANE_AXIS: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
+# A volume whose voxels take at most this many distinct integer values is a label map, not MRI intensities.
+LABEL_MAP_MAX_VALUES = 16
 
 
 def check_slice_indices(indices, depth: int, plane: str) -> tuple[int, ...]:
@@ -34,6 +36,32 @@ def check_slice_indices(indices, depth: int, plane: str) -> tuple[int, ...]:
         if not 0 <= index < depth:
             raise XDiffusionError(f"slice index {index} is outside the volume: {plane} indices run 0..{depth - 1}")
     return indices
+
+
+def label_value_count(array: np.ndarray) -> int | None:
+    """Number of distinct values when ``array`` looks like a label map (few distinct integers), else None."""
+    array = np.asarray(array)
+    sample = array[::2, ::2, ::2]  # a cheap first look; the full volume only for candidates
+    if np.unique(sample).size > LABEL_MAP_MAX_VALUES or not np.array_equal(sample, np.round(sample)):
+        return None
+    count = int(np.unique(array).size)
+    return count if count <= LABEL_MAP_MAX_VALUES else None
+
+
+def label_map_reason(array: np.ndarray) -> str | None:
+    """Why ``array`` is no input for a reconstruction (it is a label map), or None: the one rule and its words."""
+    labels = label_value_count(array)
+    return None if labels is None else f"a label map ({labels} distinct values), not an MRI intensity volume"
+
+
+def check_intensity_volume(volume: Volume, name: str = "the input volume") -> Volume:
+    """``volume``, or a one-line XDiffusionError when it is a label map; ``reconstruct_volume`` and
+    ``reconstruct_thick_slices`` call it first, so every front end (command line, worker, Slicer,
+    web app) refuses a label map with the same words."""
+    reason = label_map_reason(volume.array)
+    if reason is not None:
+        raise XDiffusionError(f"{name} is {reason}")
+    return volume
 
 
 def plane_axis(plane: str) -> int:

@@ -63,10 +63,9 @@ import numpy as np
 from ..baselines.foreground import bounding_box, foreground_mask, head_mask
 from ..errors import XDiffusionError
 from ..io.volume import Volume
-from ..inputs import plane_axis
+from ..inputs import LABEL_MAP_MAX_VALUES, label_value_count, plane_axis  # noqa: F401  (the rule of step 1 lives in inputs)
 
 PROTOCOL_VERSION = 2  # 2: head SSIM per plane and through-plane sharpness
-LABEL_MAP_MAX_VALUES = 16
 
 METRIC_COLUMNS = (
     "psnr_paper",
@@ -89,16 +88,6 @@ def canonical_case(volume: Volume) -> Volume:
 
     canonical, _ = to_canonical(volume)
     return canonical
-
-
-def label_value_count(array: np.ndarray) -> int | None:
-    """Number of distinct values when ``array`` looks like a label map (few distinct integers), else None."""
-    array = np.asarray(array)
-    sample = array[::2, ::2, ::2]  # a cheap first look; the full volume only for candidates
-    if np.unique(sample).size > LABEL_MAP_MAX_VALUES or not np.array_equal(sample, np.round(sample)):
-        return None
-    count = int(np.unique(array).size)
-    return count if count <= LABEL_MAP_MAX_VALUES else None
 
 
 def foreground_extent(array: np.ndarray, axis: int) -> tuple[int, int]:

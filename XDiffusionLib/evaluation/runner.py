@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..errors import XDiffusionError
 from ..io.volume import Volume
-from ..inputs import PLANE_AXIS, Reconstructor, SliceInput, plane_axis
+from ..inputs import PLANE_AXIS, Reconstructor, SliceInput, label_map_reason, plane_axis
 from ..methods import get_method
 from ..metrics.slice_errors import error_by_distance
 from ..baselines.foreground import head_mask
@@ -157,9 +157,8 @@ def prepare(settings: EvaluationSettings, note: Callable[[str], None] = print) -
     dropped: list[str] = []
     for source in sources:
         volume = _read_canonical(source)
-        labels = protocol.label_value_count(volume.array)
-        if labels is not None:
-            reason = f"a label map ({labels} distinct values), not an MRI intensity volume"
+        reason = label_map_reason(volume.array)
+        if reason is not None:
             if source.explicit:
                 raise XDiffusionError(f"--data {source.path}: {reason}")
             skipped.append({"case": source.name, "path": str(source.path), "reason": reason})

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import XDiffusionError
 from ..io.volume import Volume
-from ..inputs import SliceInput, plane_axis
+from ..inputs import SliceInput, check_intensity_volume, plane_axis
 from ..settings import AGGREGATES, ReconstructionSettings
 from ..uncertainty.intervals import (DEFAULT_LEVEL, UNCALIBRATED, IntervalCalibration, IntervalEstimate,
                                      IntervalFeatures, UncertaintyInfo, calibrated_info, interval_features, k_range)
@@ -309,6 +309,7 @@ def reconstruct_volume(
 
     if reconstructor is None:
         reconstructor = XDiffusionReconstructor(model_dir=model_dir, progress=progress, **settings)
+    check_intensity_volume(volume)
     axis = plane_axis(plane)
     indices = [int(i) for i in indices]
     canonical, reorientation = to_canonical(volume)

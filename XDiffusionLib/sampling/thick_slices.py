@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..inputs import check_intensity_volume
 from ..io.volume import Volume
 from ..transforms.thick_slices import ThickSlicePlan, enforce_slab_averages, place_acquired, plan_thick_slices
 from ..uncertainty.intervals import UNCALIBRATED, UncertaintyInfo
@@ -70,6 +71,7 @@ def reconstruct_thick_slices(
 
     if reconstructor is None:
         reconstructor = XDiffusionReconstructor(model_dir=model_dir, progress=progress, **settings)
+    check_intensity_volume(volume)  # before the plan, as reconstruct_volume does
     plan = plan_for(volume, slice_factor, spacing, thickness, reconstructor)
     fine = place_acquired(volume, plan)
     result = reconstruct_volume(fine, plan.plane, plan.indices, reconstructor=reconstructor)

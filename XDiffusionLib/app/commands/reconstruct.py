@@ -168,7 +168,6 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
 
     from tqdm import tqdm
 
-    from ...evaluation.protocol import label_value_count
     from ...io.readers import read_volume
     from ...io.writers import write_volumes
     from ...uncertainty.marking import file_metadata
@@ -181,10 +180,7 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
         strength=args.strength, runtime=args.runtime,
     )
     reconstructor = XDiffusionReconstructor(model_dir=args.model, **settings)  # checks the settings first
-    volume = read_volume(args.input, args.volume)
-    labels = label_value_count(volume.array)  # the same rule as `xdiffusion evaluate`
-    if labels is not None:
-        raise XDiffusionError(f"{args.input} is a label map ({labels} distinct values), not an MRI intensity volume")
+    volume = read_volume(args.input, args.volume)  # a label map is refused by the library's door
     if args.all_slices:  # every bad value (isotropic input, factor, spacing) fails here, before any work
         thickness = thick_slice_thickness(args, args.input)
         plan = plan_for(volume, args.slice_factor, args.spacing, thickness, reconstructor)

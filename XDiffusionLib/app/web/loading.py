@@ -125,7 +125,7 @@ class Loading:
                     within: Path | None = None, upload: Path | None = None, volume_index: int | None = None) -> bool:
         """Read and show ``path``; True when the file is kept (a 4D file waiting for a pick).
         ``shown``: (server path, what the page calls it) pairs replaced in an error message, in order."""
-        from ...evaluation.protocol import label_value_count
+        from ...inputs import check_intensity_volume
         from ...io import read_volume
         from ...io.readers import MultiVolumeError, volume_suffix
 
@@ -140,9 +140,7 @@ class Loading:
             # An upload's voxels are bounded per session (``Transfers.max_voxels``), before decompression.
             limit = app.transfers.max_voxels if upload is not None else None
             volume = await asyncio.to_thread(read_volume, path, volume_index, within=within, max_voxels=limit)
-            labels = label_value_count(volume.array)  # the rule of `xdiffusion evaluate` and `reconstruct`
-            if labels is not None:
-                raise XDiffusionError(f"{path} is a label map ({labels} distinct values), not an MRI intensity volume")
+            check_intensity_volume(volume, str(path))  # refused as it opens, in the library's words
         except MultiVolumeError as error:
             # The page's own choice instead of the command line's --volume.
             self._pending = _Pending4D(Path(path), display, shown, within, upload)
