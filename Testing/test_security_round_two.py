@@ -6,6 +6,7 @@ helpers); full-disk checks use a simulated short write, and a real small tmpfs w
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import os
@@ -252,12 +253,104 @@ def small_tmpfs(tmp_path):
 
 
 def test_a_really_full_disk_leaves_no_file(small_tmpfs, volume):
+    from XDiffusionLib.io.atomic import write_text_atomic
+
     big = Volume.from_array(np.random.default_rng(1).normal(size=(40, 40, 30)).astype(np.float32), (1, 1, 2))
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
-        with pytest.raises(XDiffusionError, match=re.escape(str(small_tmpfs / f"big{suffix}")) + ": writing failed"):
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):  # ITK's NRRD and MetaImage writers raise in their words
+        with pytest.raises(XDiffusionError, match=re.escape(str(small_tmpfs / f"big{suffix}"))
+                           + r": writing failed \(no space left on device\); nothing was written under this name$"):
             write_volume(big, small_tmpfs / f"big{suffix}")
+    with pytest.raises(OSError) as full:  # Python's own writes (tables, JSON) name the output too
+        write_text_atomic(small_tmpfs / "table.csv", "x" * 300_000)
+    assert full.value.filename == str(small_tmpfs / "table.csv") and full.value.errno == errno.ENOSPC
     assert list(small_tmpfs.iterdir()) == []
     write_volume(volume, small_tmpfs / "small.nii.gz")  # what fits is written
+
+
+# A full disk anywhere, without mounting one: a child process that may write no file larger than
+# a limit (RLIMIT_FSIZE, ``ulimit -f``), with SIGXFSZ ignored so that a write past it fails with
+# EFBIG, as a write on a full disk fails with ENOSPC, instead of killing the process. SimpleITK's
+# real writers meet a real failed write(2).
+_FILE_SIZE_LIMITED = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                      "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), "
+                      "resource.getrlimit(resource.RLIMIT_FSIZE)[1])); "
+                      "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+
+
+def _run_with_file_size_limit(limit: int, *args: str) -> subprocess.CompletedProcess:
+    """``python *args`` in a child that may write no file larger than ``limit`` bytes."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.run([sys.executable, "-c", _FILE_SIZE_LIMITED, str(limit), *args], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=600)
+
+
+_WRITE_PAST_THE_LIMIT = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from XDiffusionLib.errors import XDiffusionError, describe_system_error
+from XDiffusionLib.io import atomic
+from XDiffusionLib.io.volume import Volume
+from XDiffusionLib.io.writers import write_volume
+
+folder = Path(sys.argv[1])
+if sys.argv[2] == "full":  # what statvfs says of a full disk
+    atomic._free_bytes = lambda folder: 0
+big = Volume.from_array(np.random.default_rng(1).normal(size=(40, 40, 30)).astype(np.float32), (1.0, 1.0, 2.0))
+errors = {}
+for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+    try:
+        write_volume(big, folder / f"big{suffix}")
+    except XDiffusionError as error:
+        errors[suffix] = str(error)
+try:
+    atomic.write_text_atomic(folder / "table.csv", "x" * 100_000)
+except OSError as error:
+    errors["table.csv"] = describe_system_error(error)
+write_volume(Volume.from_array(np.zeros((4, 4, 3), np.float32), (1.0, 1.0, 1.0)), folder / "small.nii.gz")
+print(json.dumps(errors))
+"""
+
+
+@pytest.mark.parametrize("disk", ["limit", "full"])
+def test_a_real_failed_write_leaves_no_file_and_names_the_output(tmp_path, disk):
+    """Every volume format and a text file, written past the limit: one line naming the real output
+    and why (the limit; or the full disk when the disk says it is full), the user's file under that
+    name unchanged, no temporary; what fits is still written."""
+    for name in ("big.nii.gz", "big.nii", "big.nrrd", "big.mha", "table.csv"):
+        (tmp_path / name).write_bytes(b"the user's earlier file")
+    done = _run_with_file_size_limit(60_000, "-c", _WRITE_PAST_THE_LIMIT, str(tmp_path), disk)
+    assert done.returncode == 0, done.stderr[-3000:]
+    errors = json.loads(done.stdout.splitlines()[-1])
+    why = ("the file reached this process's file size limit of 60000 bytes, ulimit -f" if disk == "limit"
+           else "no space left on device")
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        assert errors.get(suffix) == (f"{tmp_path / f'big{suffix}'}: writing failed ({why}); "
+                                      "nothing was written under this name"), errors
+    assert errors["table.csv"] == f"{tmp_path / 'table.csv'}: File too large"  # was "File too large", no file
+    for name in ("big.nii.gz", "big.nii", "big.nrrd", "big.mha", "table.csv"):
+        assert (tmp_path / name).read_bytes() == b"the user's earlier file"
+    assert hidden_files(tmp_path) == []
+    assert (tmp_path / "small.nii.gz").is_file()
+
+
+def test_reconstruct_past_the_file_size_limit_is_one_line_and_leaves_nothing(tiny_model, tmp_path):
+    """The command line's output path with SimpleITK's real writers: the result and its uncertainty
+    are written together or not at all."""
+    big = Volume.from_array(np.random.default_rng(2).normal(100, 20, (40, 40, 30)).astype(np.float32), (1, 1, 2))
+    source = write_volume(big, tmp_path / "in.nii.gz")
+    for suffix in (".nii.gz", ".nrrd"):
+        out = tmp_path / "out" / f"result{suffix}"
+        done = _run_with_file_size_limit(
+            60_000, "-m", "XDiffusionLib.app.cli", "reconstruct", str(source), "--plane", "axial", "--indices", "5",
+            "-o", str(out), "--model", str(tiny_model), "--views", "1", "--steps", "1", "--device", "cpu",
+            "--runtime", "torch", "--no-progress")
+        err = done.stderr.strip().splitlines()
+        assert done.returncode != 0 and len(err) == 1, done.stderr[-3000:]
+        assert err[0].startswith(f"xdiffusion reconstruct: error: {tmp_path / 'out'}/result"), err
+        assert "writing failed (the file reached this process's file size limit" in err[0], err
+        assert "xdpart" not in err[0]
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [], suffix  # no result, uncertainty, temporary
 
 
 # -- 9. demo --out and evaluate --out never replace the user's files unasked ---------------------

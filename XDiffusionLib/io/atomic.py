@@ -10,11 +10,14 @@ Before the rename every temporary is checked to be whole (``check_complete``): s
 (ITK's NIfTI writer on a full disk) print an error and return normally, leaving a file cut short
 that an unchecked rename would put under its final name. The check reads what the format itself
 declares (header sizes, gzip/zlib end-of-stream and trailer, PNG's end chunk, safetensors
-offsets) and names the real output, never the hidden temporary.
+offsets) and names the real output, never the hidden temporary. A write that fails says why in the
+user's words where the machine tells (``write_failed``): a full disk, or the process's file size
+limit (``ulimit -f``), rather than what the writer saw of it ("the compressed data is cut short").
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -32,6 +35,11 @@ import psutil
 
 from ..errors import XDiffusionError
 from .checksums import read_safetensors_header, safetensors_data_end
+
+try:
+    import resource  # Unix only: the process's file size limit (ulimit -f)
+except ImportError:  # Windows
+    resource = None
 
 _MARK = ".xdpart-"
 # This host's tag: a process id means something only on the host that wrote it (shared folders).
@@ -61,7 +69,14 @@ def atomic_file(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     final = Path(final)
     temporary = temporary_file(final, suffix or "".join(final.suffixes[-2:]))
     try:
-        yield temporary
+        try:
+            yield temporary
+        except OSError as error:
+            # Writing the temporary failed (a full disk: Python's own writes raise): name the real
+            # output, not the hidden temporary or no file at all, keeping the error's kind.
+            if error.filename == str(temporary) or (error.filename is None and error.errno in _WRITE_ERRORS):
+                raise OSError(error.errno, error.strerror, str(final)) from None
+            raise
         os.chmod(temporary, 0o644)  # mkstemp makes owner-only files
         check_complete(temporary, final)
         os.replace(temporary, final)
@@ -178,6 +193,8 @@ def replace_directory(ready: Path, final: Path) -> Path:
 
 _READ = 1 << 20
 _LOW_SPACE = 4 << 20  # below this many free bytes a short file is put down to a full disk
+# What a write on a full disk (or past the file size limit, or a quota) raises, naming no file.
+_WRITE_ERRORS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _NRRD_TYPES = {**dict.fromkeys(("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t",
                                 "char"), 1),
                **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16", "int16_t",
@@ -205,11 +222,34 @@ def check_complete(path: str | os.PathLike, final: str | os.PathLike | None = No
         problem = _problem(path, final.name.lower())
     except OSError as error:
         raise XDiffusionError(f"{final}: writing failed ({error.strerror or error})") from None
-    if problem is None:
-        return
-    if _free_bytes(path.parent) < _LOW_SPACE:
-        problem = "no space left on device"
-    raise XDiffusionError(f"{final}: writing failed ({problem}); nothing was written under this name")
+    if problem is not None:
+        raise write_failed(final, path, problem)
+
+
+def write_failed(final: str | os.PathLike, temporary: str | os.PathLike, detail: str) -> XDiffusionError:
+    """The one-line error for ``final`` when its ``temporary`` could not be written whole: why in the
+    user's words where the machine tells (no space left on the device; the file reached this
+    process's file size limit), else ``detail`` (what the writer or ``check_complete`` saw)."""
+    temporary = Path(temporary)
+    if _free_bytes(temporary.parent) < _LOW_SPACE:
+        detail = "no space left on device"
+    else:
+        limit = _file_size_limit()
+        try:
+            size = temporary.stat().st_size
+        except OSError:
+            size = -1
+        if limit is not None and size >= limit:
+            detail = f"the file reached this process's file size limit of {limit} bytes, ulimit -f"
+    return XDiffusionError(f"{final}: writing failed ({detail}); nothing was written under this name")
+
+
+def _file_size_limit() -> int | None:
+    """The largest file this process may write (RLIMIT_FSIZE), or None for no limit."""
+    if resource is None:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def _free_bytes(folder: Path) -> int:

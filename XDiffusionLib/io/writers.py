@@ -11,7 +11,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import XDiffusionError
-from .atomic import check_complete, current_umask, remove_quietly, remove_stale_temporaries, temporary_file
+from .atomic import (check_complete, current_umask, remove_quietly, remove_stale_temporaries, temporary_file,
+                     write_failed)
 from .formats import WRITE_SUFFIXES, volume_suffix
 from .volume import Volume
 
@@ -74,12 +75,13 @@ def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]], dtype: np.d
     for parent in dict.fromkeys(path.parent for path in targets):
         remove_stale_temporaries(parent)  # leftovers of a writer that was killed
     temporaries: list[Path] = []
-    current = targets[0]
+    current, current_temporary = targets[0], None
     try:
         for image, path in zip(images, targets):
-            current = path
+            current, current_temporary = path, None
             # The temporary name keeps the real suffix so ITK picks the same writer (and compression).
             temporaries.append(temporary_file(path, suffix=volume_suffix(path) or ""))
+            current_temporary = temporaries[-1]
             # NIfTI .nii stays uncompressed by its suffix; NRRD and MHA get gzip-encoded data.
             sitk.WriteImage(image, str(temporaries[-1]), useCompression=volume_suffix(path) != ".nii")
             # ITK's NIfTI writer reports a full disk on stderr only and returns: check the file.
@@ -89,11 +91,14 @@ def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]], dtype: np.d
             os.chmod(temporaries[-1], 0o666 & ~current_umask())
         # The first one (the main result) last: once it is there, everything is.
         for temporary, path in reversed(list(zip(temporaries, targets))):
-            current = path
+            current, current_temporary = path, None  # a failed rename is no short write
             os.replace(temporary, path)
     except (RuntimeError, OSError) as error:
+        # ITK's NRRD and MetaImage writers raise on a full disk, in their own words.
         reason = (getattr(error, "strerror", None) or str(error).strip().splitlines()[-1])[:160]
-        raise XDiffusionError(f"{current}: writing failed ({reason})") from None
+        if current_temporary is None:
+            raise XDiffusionError(f"{current}: writing failed ({reason})") from None
+        raise write_failed(current, current_temporary, reason) from None
     finally:
         for temporary in temporaries:
             remove_quietly(temporary)
