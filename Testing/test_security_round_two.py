@@ -808,6 +808,46 @@ def test_a_session_keeps_two_pending_uploads_and_bounds_their_voxels(tmp_path):
 
 
 
+
+def test_a_session_keeps_its_two_newest_exports(tmp_path):
+    """Exports are disk of the session too: each up to the largest volume a session may hold, and
+    the page downloads each at once. Before, every export stayed until the session ended."""
+    import asyncio
+    import concurrent.futures
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from XDiffusionLib.app.web.transfer import MAX_KEPT_DOWNLOADS, Transfers
+
+    transfers = Transfers(tmp_path / "session", max_upload_bytes=1 << 20)
+    urls = []
+    for n in range(6):
+        folder = transfers.new_download_folder()
+        (folder / f"r{n}.nii.gz").write_bytes(b"x" * 10_000)
+        urls.append(transfers.add_download(folder / f"r{n}.nii.gz", f"r{n}.nii.gz"))
+    failed = transfers.new_download_folder()  # an export that failed half-way
+    (failed / "series").mkdir()
+    transfers.discard_download(failed)
+    downloads = tmp_path / "session" / "downloads"
+    kept = sorted(str(p.relative_to(downloads)).split("/", 1)[1] for p in downloads.rglob("*") if p.is_file())
+    assert kept == ["r4.nii.gz", "r5.nii.gz"] and MAX_KEPT_DOWNLOADS == 2, kept
+    assert len(list(downloads.iterdir())) == 2  # their folders only: the failed export's is gone too
+
+    async def scenario():
+        app = web.Application()
+        app.add_routes(transfers.routes())
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            old, new = await client.get("/" + urls[0]), await client.get("/" + urls[-1])
+            return old.status, await old.text(), new.status, await new.read()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        old_status, old_text, new_status, new_body = pool.submit(asyncio.run, scenario()).result()
+    assert old_status == 404 and "expired: export again" in old_text
+    assert new_status == 200 and new_body == b"x" * 10_000
+    transfers.discard_download(tmp_path / "elsewhere")  # never outside the session's downloads
+    assert (tmp_path / "session" / "downloads").is_dir()
+
 # -- 6, 11. bad zips and oversized uploads sent to the running app, as its page sends them ----------
 # The checks above hold for the loading code alone; these go through the hub, the session's key,
 # its upload route and its loader, and read what the page shows and what is left on disk.

@@ -73,6 +73,7 @@ class Exporting:
         try:
             path = await asyncio.to_thread(export_result, volume, fmt, folder, stem, provenance, what, info)
         except Exception as error:  # noqa: BLE001 - shown in the page
+            app.transfers.discard_download(folder)  # nothing of a failed export stays
             app.report_failure(error, "export")
             return None
         url = app.transfers.add_download(path, path.name)

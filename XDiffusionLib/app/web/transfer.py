@@ -4,7 +4,8 @@
   folder and cut off as soon as it passes the size limit, so a huge upload costs neither memory nor
   much disk. The answer is JSON: ``{"ok": true, "token": ...}`` (the page then asks the session to
   load that token) or ``{"ok": false, "error": "one line"}`` with status 400/413.
-- ``GET download/TOKEN``: a file the session exported, as an attachment.
+- ``GET download/TOKEN``: a file the session exported, as an attachment. The page downloads each
+  export at once; a session keeps its ``MAX_KEPT_DOWNLOADS`` newest (older ones are only disk).
 Tokens are random and only name files inside the session's folder; paths never come from the page.
 An upload is self-contained: it is read only if every file it reads lies in its own upload folder
 (``upload_root``; a header naming /etc/passwd as its data file is refused, ``io.readers``).
@@ -31,6 +32,9 @@ _MAX_ZIP_MEMBERS = 20000
 # Uploads waiting to be loaded: a page uploads one file and loads it; more pending ones are only
 # disk used by a client that never loads them, so the oldest beyond this are removed.
 MAX_PENDING_UPLOADS = 2
+# Exports waiting to be downloaded: the page downloads each at once, so older ones are only disk
+# used by a client that exports again and again (each up to the largest volume a session may hold).
+MAX_KEPT_DOWNLOADS = 2
 
 
 MB = 1 << 20  # the page and --max-upload-mb count in MiB, shown as "MB"
@@ -120,12 +124,7 @@ class Transfers:
 
     def discard(self, path: Path) -> None:
         """Remove an upload (file or unpacked folder) once it has been read."""
-        uploads = (self.folder / "uploads").resolve()
-        target = Path(path).resolve()
-        while target.parent != uploads and uploads in target.parents:
-            target = target.parent
-        if target.parent == uploads:
-            shutil.rmtree(target, ignore_errors=True)
+        _remove_folder_in(self.folder / "uploads", path)
 
     @staticmethod
     def unzipped_folder(path: Path) -> Path:
@@ -180,7 +179,13 @@ class Transfers:
         """Offer ``path`` for download as ``filename``; returns the relative URL."""
         token = secrets.token_urlsafe(12)
         self._downloads[token] = (Path(path), safe_filename(filename))
+        while len(self._downloads) > MAX_KEPT_DOWNLOADS:  # per-session disk: the oldest exports go
+            self.discard_download(self._downloads.pop(next(iter(self._downloads)))[0])
         return f"download/{token}"
+
+    def discard_download(self, path: Path) -> None:
+        """Remove an export's folder (``new_download_folder``) with everything in it."""
+        _remove_folder_in(self.folder / "downloads", path)
 
     async def handle_download(self, request: web.Request) -> web.StreamResponse:
         entry = self._downloads.get(request.match_info.get("token", ""))
@@ -217,6 +222,16 @@ def _check_member(zip_name: str, member: zipfile.ZipInfo, depth: int) -> None:
     if depth > _MAX_ZIP_DEPTH:
         raise XDiffusionError(f"{zip_name}: a file in the zip is {depth - 1} folders deep (at most "
                               f"{_MAX_ZIP_DEPTH - 1} here)")
+
+
+def _remove_folder_in(parent: Path, path: Path) -> None:
+    """Remove the folder directly inside ``parent`` that holds ``path`` (or is it); nothing outside."""
+    parent = Path(parent).resolve()
+    target = Path(path).resolve()
+    while target.parent != parent and parent in target.parents:
+        target = target.parent
+    if target.parent == parent:
+        shutil.rmtree(target, ignore_errors=True)
 
 
 class _TooLarge(Exception):
