@@ -27,6 +27,7 @@ from XDiffusionLib.model.factory import build_denoiser
 from XDiffusionLib.model.paper import PAPER_OPTIONS, PaperDenoiser, drop_paper_condition, paper_config
 from XDiffusionLib.model.paper_weights import build_paper_from_base, check_base_folder, paper_config_from_base
 from XDiffusionLib.sampling.pipeline import XDiffusionPipeline
+from XDiffusionLib.settings import ReconstructionSettings
 from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
 
 S = 16
@@ -352,10 +353,10 @@ def test_base_folder_that_does_not_fit_the_config_is_a_clear_error(tmp_path):
 def test_pipeline_samples_a_volume_with_the_paper_profile():
     model, config = tiny_model()
     pipeline = XDiffusionPipeline(model, config, device="cpu")
-    out = pipeline(sparse_cube(), views=2, steps=2, sampler="dpmpp", guidance=3.0, seed=0)
+    out = pipeline(sparse_cube(), ReconstructionSettings(views=2, steps=2, sampler="dpmpp", guidance=3.0, seed=0))
     assert out.cube.shape == (S, S, S) and torch.isfinite(out.cube).all()
     assert out.cube.min() >= 0 and out.cube.max() <= 1 and out.cube.std() > 0
-    again = pipeline(sparse_cube(), views=2, steps=2, sampler="dpmpp", guidance=3.0, seed=0)
+    again = pipeline(sparse_cube(), ReconstructionSettings(views=2, steps=2, sampler="dpmpp", guidance=3.0, seed=0))
     assert torch.equal(out.cube, again.cube)  # seeded, cache or not
 
 

@@ -30,6 +30,7 @@ from XDiffusionLib.model.config import XDiffusionConfig
 from XDiffusionLib.model.factory import build_denoiser
 from XDiffusionLib.sampling.pipeline import XDiffusionPipeline
 from XDiffusionLib.sampling.reconstructor import reconstruct_volume
+from XDiffusionLib.settings import ReconstructionSettings
 from XDiffusionLib.training.config import COMPACT_MODEL
 
 S = 16
@@ -61,7 +62,7 @@ def assert_pinned(values, expected, what: str) -> None:
 
 def test_pipeline_pinned_for_a_volume_target_model():
     config = tiny_config()
-    out = XDiffusionPipeline(tiny_model(config), config, device="cpu")(condition(), views=2, steps=2, seed=3)
+    out = XDiffusionPipeline(tiny_model(config), config, device="cpu")(condition(), ReconstructionSettings(views=2, steps=2, seed=3))
     assert_pinned([out.cube[p] for p in CUBE_POINTS],
                   [0.20835958, 0.62412924, 0.68071616, 0.31747574], "the pipeline's mean")
     assert_pinned([out.uncertainty[p] for p in CUBE_POINTS],
@@ -71,7 +72,7 @@ def test_pipeline_pinned_for_a_volume_target_model():
 def test_pipeline_pinned_for_a_residual_model_given_a_fixed_anchor():
     config = tiny_config(residual=True)
     anchor = torch.rand(S, S, S, generator=torch.Generator().manual_seed(1)) * 0.8
-    out = XDiffusionPipeline(tiny_model(config), config, device="cpu")(condition(anchor), views=2, steps=2, seed=3)
+    out = XDiffusionPipeline(tiny_model(config), config, device="cpu")(condition(anchor), ReconstructionSettings(views=2, steps=2, seed=3))
     assert_pinned([out.cube[p] for p in CUBE_POINTS],
                   [0.19106865, 0.08708503, -0.00144164, 0.56403315], "the residual pipeline's mean")
     assert_pinned([out.uncertainty[p] for p in CUBE_POINTS],

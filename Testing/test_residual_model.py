@@ -16,6 +16,7 @@ from XDiffusionLib.inputs import SliceInput
 from XDiffusionLib.model.conditioning import ConditionBuilder, SparseCube
 from XDiffusionLib.model.config import XDiffusionConfig
 from XDiffusionLib.sampling.pipeline import XDiffusionPipeline
+from XDiffusionLib.settings import ReconstructionSettings
 from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
 from XDiffusionLib.sampling.schedulers import make_scheduler
 from XDiffusionLib.training.config import COMPACT_MODEL
@@ -189,7 +190,7 @@ def test_sections_outside_the_head_cost_no_evaluation_and_stay_unchanged():
     cube[5:11, 5:11, 5:11] = 0.8
     sparse = SparseCube.from_cube(cube, axis=2, positions=[8], anchor=cube)
     model = ExactResidual(config, 0.5)
-    out = XDiffusionPipeline(model, config, device="cpu")(sparse, views=2, steps=2)
+    out = XDiffusionPipeline(model, config, device="cpu")(sparse, ReconstructionSettings(views=2, steps=2))
     assert model.seen < 2 * 2 * S, "empty sections are skipped"
     # Views at 0 and 90 degrees cut sections normal to axes 0 and 1: the corner column meets no head in either.
     assert float(out.cube[0:4, 0:4].abs().max()) == 0.0
@@ -250,7 +251,7 @@ def test_strength_starts_lower_down_the_schedule_and_refuses_noisier_starts_than
     cube[4:12, 4:12, 4:12] = 0.8
     sparse = SparseCube.from_cube(cube, axis=2, positions=[8], anchor=cube)
     pipeline = XDiffusionPipeline(ExactResidual(config, 0.4), config, device="cpu")
-    out = pipeline(sparse, views=2, steps=2, strength=0.2)
+    out = pipeline(sparse, ReconstructionSettings(views=2, steps=2, strength=0.2))
     assert float(out.cube[8, 8, 8]) == pytest.approx(0.2, abs=1e-4)
     with pytest.raises(XDiffusionError, match="strength 0.8 must lie in"):
-        pipeline(sparse, views=2, steps=2, strength=0.8)
+        pipeline(sparse, ReconstructionSettings(views=2, steps=2, strength=0.8))

@@ -98,8 +98,9 @@ def test_dpmpp_is_second_order_dpmsolver_plus_plus():
 
 
 def test_unknown_sampler_lists_the_choices():
+    # Checked once, where the settings are made; the pipeline and make_scheduler take them as checked.
     with pytest.raises(XDiffusionError, match="unknown sampler 'euler'.*dpmpp, ddim, ddpm"):
-        make_scheduler("euler", tiny_config())
+        ReconstructionSettings(sampler="euler")
 
 
 # ------------------------------------------------------------------ pipeline
@@ -109,7 +110,8 @@ def test_unknown_sampler_lists_the_choices():
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_view_averaging_with_coverage_returns_the_constant(sampler, prediction_type):
     config = tiny_config(prediction_type=prediction_type)
-    out = XDiffusionPipeline(ExactModel(config, 0.3), config, device="cpu")(sparse_cube(), views=3, steps=2, sampler=sampler)
+    pipeline = XDiffusionPipeline(ExactModel(config, 0.3), config, device="cpu")
+    out = pipeline(sparse_cube(), ReconstructionSettings(views=3, steps=2, sampler=sampler))
     # Network 0.3 is intensity 0.65 everywhere, also in the corners only the identity view covers.
     assert torch.allclose(out.cube, torch.full((S, S, S), 0.65), atol=1e-5)
     assert float(out.coverage.min()) == 1.0 and float(out.coverage.max()) == 3.0
@@ -120,8 +122,8 @@ def test_max_aggregation_takes_the_largest_view():
     config = tiny_config()
     pipeline = XDiffusionPipeline(ViewModel(config), config, device="cpu")
     # Views at 90, 180, 270, 360 degrees: cos = 0, -1, 0, 1 -> network 0, -0.5, 0, 0.5.
-    mean = pipeline(sparse_cube(), views=4, steps=2, aggregate="mean")
-    largest = pipeline(sparse_cube(), views=4, steps=2, aggregate="max")
+    mean = pipeline(sparse_cube(), ReconstructionSettings(views=4, steps=2, aggregate="mean"))
+    largest = pipeline(sparse_cube(), ReconstructionSettings(views=4, steps=2, aggregate="max"))
     assert torch.allclose(largest.cube, torch.full((S, S, S), 0.75), atol=1e-4)
     centre = S // 2
     assert abs(float(mean.cube[centre, centre, centre]) - 0.5) < 1e-4, "all four views cover the centre"
@@ -131,20 +133,22 @@ def test_max_aggregation_takes_the_largest_view():
 def test_pipeline_is_deterministic_per_seed(tiny_model):
     model, config = tiny_model
     pipeline = XDiffusionPipeline(model, config, device="cpu")
-    first = pipeline(sparse_cube(), views=2, steps=2, seed=3)
-    again = pipeline(sparse_cube(), views=2, steps=2, seed=3)
-    other = pipeline(sparse_cube(), views=2, steps=2, seed=4)
+    first = pipeline(sparse_cube(), ReconstructionSettings(views=2, steps=2, seed=3))
+    again = pipeline(sparse_cube(), ReconstructionSettings(views=2, steps=2, seed=3))
+    other = pipeline(sparse_cube(), ReconstructionSettings(views=2, steps=2, seed=4))
     assert torch.equal(first.cube, again.cube) and torch.equal(first.uncertainty, again.uncertainty)
     assert not torch.allclose(first.cube, other.cube)
     # Chunking only splits the network evaluation: same noise, same result (up to float rounding).
-    chunked = XDiffusionPipeline(model, config, device="cpu", chunk_size=5)(sparse_cube(), views=2, steps=2, seed=3)
+    chunked = XDiffusionPipeline(model, config, device="cpu", chunk_size=5)(
+        sparse_cube(), ReconstructionSettings(views=2, steps=2, seed=3))
     assert torch.allclose(first.cube, chunked.cube, atol=1e-5)
 
 
 def test_samples_and_guidance_change_the_work(tiny_model):
     config = tiny_config()
     exact = ExactModel(config, -0.2)
-    out = XDiffusionPipeline(exact, config, device="cpu")(sparse_cube(), views=2, steps=2, samples=2, guidance=3.0)
+    out = XDiffusionPipeline(exact, config, device="cpu")(
+        sparse_cube(), ReconstructionSettings(views=2, steps=2, samples=2, guidance=3.0))
     # 2 samples x 2 views x 2 steps, each one batch of S sections doubled for the unconditional branch.
     assert exact.batches == [2 * S] * 8
     assert torch.allclose(out.cube, torch.full((S, S, S), 0.4), atol=1e-5)
@@ -163,7 +167,7 @@ def test_out_of_memory_halves_the_chunk_and_retries():
 
     model = FakeOOM(config, 0.1)
     pipeline = XDiffusionPipeline(model, config, device="cpu")
-    out = pipeline(sparse_cube(), views=1, steps=2)
+    out = pipeline(sparse_cube(), ReconstructionSettings(views=1, steps=2))
     assert model.batches[:3] == [-16, -8, 4], "16 -> 8 -> 4 sections per chunk"
     assert pipeline.chunk_size == 4 and all(b == 4 for b in model.batches[3:])
     assert torch.allclose(out.cube, torch.full((S, S, S), 0.55), atol=1e-5)
@@ -173,7 +177,8 @@ def test_out_of_memory_halves_the_chunk_and_retries():
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
     with pytest.raises(XDiffusionError, match="out of memory.*even for one cross-section"):
-        XDiffusionPipeline(AlwaysOOM(config, 0.1), config, device="cpu")(sparse_cube(), views=1, steps=1)
+        XDiffusionPipeline(AlwaysOOM(config, 0.1), config, device="cpu")(
+            sparse_cube(), ReconstructionSettings(views=1, steps=1))
 
 
 def test_other_runtime_errors_are_not_retried():
@@ -186,7 +191,7 @@ def test_other_runtime_errors_are_not_retried():
 
     model = Broken(config, 0.0)
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        XDiffusionPipeline(model, config, device="cpu")(sparse_cube(), views=1, steps=1)
+        XDiffusionPipeline(model, config, device="cpu")(sparse_cube(), ReconstructionSettings(views=1, steps=1))
     assert model.batches == [S]
 
 
@@ -194,7 +199,7 @@ def test_progress_reports_and_cancels():
     config = tiny_config()
     seen = []
     XDiffusionPipeline(ExactModel(config, 0.0), config, device="cpu")(
-        sparse_cube(), views=2, steps=3, progress=lambda f, m: seen.append((f, m))
+        sparse_cube(), ReconstructionSettings(views=2, steps=3), progress=lambda f, m: seen.append((f, m))
     )
     assert [round(f, 4) for f, _ in seen] == [round(k / 6, 4) for k in range(1, 7)]
     assert seen[-1][1] == "sample 1/1, view 2/2, step 3/3"
@@ -208,7 +213,8 @@ def test_progress_reports_and_cancels():
 
     model = ExactModel(config, 0.0)
     with pytest.raises(Cancelled):
-        XDiffusionPipeline(model, config, device="cpu")(sparse_cube(), views=2, steps=3, progress=cancel)
+        XDiffusionPipeline(model, config, device="cpu")(
+            sparse_cube(), ReconstructionSettings(views=2, steps=3), progress=cancel)
     assert len(model.batches) == 2
 
 
@@ -309,6 +315,49 @@ def test_nan_inputs_are_refused(model_dir, monkeypatch):
         reconstruct_volume(Volume.from_array(array), "axial", [2], model_dir=model_dir, device="cpu")
 
 
+def test_one_door_a_ready_reconstructor_takes_no_other_model_or_settings_and_follows_the_runs_progress(model_dir):
+    """With a reconstructor given, a model folder or settings beside it were silently ignored, and so was
+    ``progress`` (the command line set ``reconstructor.progress`` instead)."""
+    from XDiffusionLib.sampling.thick_slices import reconstruct_thick_slices
+
+    reconstructor = XDiffusionReconstructor(model_dir=model_dir, steps=2, views=2, device="cpu")
+    volume = anisotropic_volume()
+    for extra in ({"model_dir": model_dir}, {"steps": 5}):
+        with pytest.raises(TypeError, match="given with a ready reconstructor"):
+            reconstruct_volume(volume, "axial", [2, 7], reconstructor=reconstructor, **extra)
+        with pytest.raises(TypeError, match="given with a ready reconstructor"):
+            reconstruct_thick_slices(volume, 2, reconstructor=reconstructor, **extra)
+    seen = []
+    result = reconstruct_volume(volume, "axial", [2, 7], progress=lambda f, m: seen.append(f), reconstructor=reconstructor)
+    assert len(seen) == 2 * 2 and seen[-1] == 1.0
+    assert reconstructor.progress is None  # the run's own, not the reconstructor's
+    alone = reconstruct_volume(volume, "axial", [2, 7], model_dir=model_dir, steps=2, views=2, device="cpu")
+    assert np.array_equal(result.volume.array, alone.volume.array)
+
+
+def test_the_device_is_resolved_once_and_the_settings_reach_the_pipeline_as_checked(model_dir, monkeypatch):
+    from XDiffusionLib.sampling import reconstructor as module
+
+    calls = []
+    monkeypatch.setattr(module, "resolve_device", lambda name: calls.append(name) or resolve_device(name))
+    seen = []
+    real_call = XDiffusionPipeline.__call__
+    monkeypatch.setattr(XDiffusionPipeline, "__call__",
+                        lambda self, sparse, settings, progress=None: seen.append(settings) or real_call(self, sparse, settings))
+    method = XDiffusionReconstructor(model_dir=model_dir, steps=2, views=2, seed=4, device="cpu")
+    method.reconstruct(SliceInput.from_volume(anisotropic_volume(), "axial", [2, 7]))
+    method.reconstruct(SliceInput.from_volume(anisotropic_volume(), "axial", [3]))
+    assert calls == ["cpu"]  # validate, the model's placement and the pipeline share it
+    assert seen == [method.settings, method.settings]
+
+
+def test_strength_is_refused_for_a_model_that_starts_from_noise(model_dir, monkeypatch):
+    """A volume-target model ignored --strength silently; it is refused before any work."""
+    monkeypatch.setattr(XDiffusionPipeline, "__call__", lambda *a, **k: pytest.fail("the pipeline ran"))
+    with pytest.raises(XDiffusionError, match="strength 0.3: only residual models start part-way"):
+        reconstruct_volume(anisotropic_volume(), "axial", [2], model_dir=model_dir, device="cpu", strength=0.3)
+
+
 def label_map() -> Volume:
     labels = np.zeros((14, 12, 10), np.float32)
     labels[3:10, 2:9, 2:8] = 1
@@ -402,5 +451,6 @@ def test_pipeline_uses_the_denoisers_hooks():
             calls.append(cond.batch_size)
             return cond
 
-    XDiffusionPipeline(Hooked(), config, device="cpu")(sparse_cube(), views=1, steps=1, guidance=2.0)
+    XDiffusionPipeline(Hooked(), config, device="cpu")(
+        sparse_cube(), ReconstructionSettings(views=1, steps=1, guidance=2.0))
     assert calls and calls[0] == config.side

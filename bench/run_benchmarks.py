@@ -310,16 +310,17 @@ def case_paper_gpu_fast() -> dict:
     import torch
 
     from XDiffusionLib.sampling.pipeline import XDiffusionPipeline
+    from XDiffusionLib.settings import ReconstructionSettings
 
     model, config, sparse = _gpu_model()
     pipeline = XDiffusionPipeline(model, config, device="cuda", chunk_size=None, bf16=True)
-    pipeline(sparse, views=1, steps=2, sampler="dpmpp", guidance=GUIDANCE)  # warm-up
+    pipeline(sparse, ReconstructionSettings(views=1, steps=2, sampler="dpmpp", guidance=GUIDANCE))  # warm-up
     seconds, memory = {}, {}
     for views in GPU_VIEWS:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        out = pipeline(sparse, views=views, steps=20, sampler="dpmpp", guidance=GUIDANCE)
+        out = pipeline(sparse, ReconstructionSettings(views=views, steps=20, sampler="dpmpp", guidance=GUIDANCE))
         torch.cuda.synchronize()
         seconds[str(views)] = round(time.perf_counter() - start, 2)
         memory[str(views)] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)

@@ -229,6 +229,13 @@ def pose_summary(sparse: SparseCube, max_slices: int) -> torch.Tensor:
     return torch.cat([plane, positions, mask])
 
 
+def section_channel(config: XDiffusionConfig, prior: str) -> int:
+    """The channel of ``Condition.image`` holding ``prior`` cut at the section itself (not one of
+    its ``context_sections`` neighbours): the layout ``ConditionBuilder`` stacks the priors in."""
+    span = 1 + 2 * int(config.context_sections)
+    return list(config.priors).index(prior) * span + int(config.context_sections)
+
+
 class ConditionBuilder:
     """Builds conditions for one SparseCube; the prior volumes are computed once and reused for every (R, d)."""
 

@@ -13,6 +13,15 @@ X = 1/N sum_i R_i^T X_{R_i}, or ``max`` (the max-pool variant of the paper's Tab
 averaged; ``uncertainty`` is the per-voxel standard deviation across all views x samples (the
 reconstructor turns it into a calibrated interval where the model has a calibration table).
 
+The pipeline is built once per model (``model``, ``config``, a torch ``device``, the chunk size)
+and called with the sampling settings of a run, a ``settings.ReconstructionSettings`` that checked
+its values when it was made (views, steps, sampler, guidance, samples, seed, aggregate, strength);
+the pipeline adds only the one check that needs the model: the strength against the model's
+training range (``start_fraction``).
+
+Residual models skip the network on sections whose anchor shows no head (``in_head``, the rule the
+reconstructor also uses to mask the residual on the input grid): they keep a zero residual.
+
 Determinism: every (sample, view) pair has its own torch.Generator seeded from (seed, sample,
 view), so a seed fixes the output, whatever the chunk size.
 Memory: on CUDA out-of-memory the chunk is halved and the evaluation retried.
@@ -29,29 +38,47 @@ import torch
 from ..errors import XDiffusionError
 from ..geometry.rotation import azimuth_rotations, section_rotations
 from ..geometry.sections import depth_index_to_normalised
-from ..model.conditioning import Condition, ConditionBuilder, SparseCube, from_network
+from ..model.conditioning import Condition, ConditionBuilder, SparseCube, from_network, section_channel
 from ..model.denoiser import DenoiserHooks, hooks_of
 from ..model.config import XDiffusionConfig
-from ..settings import AGGREGATES, DEVICES, check_aggregate, check_sampler  # noqa: F401  (re-exported)
+from ..settings import DEFAULTS, ReconstructionSettings, check_device_name
 from .aggregate import ViewAggregator
 from .schedulers import make_scheduler
 
-ACTIVE_LEVEL = 0.02  # anchor intensity (fraction of the inputs' range) below which a section is empty
+ACTIVE_LEVEL = 0.02  # anchor intensity (fraction of the inputs' range) at or below which there is no head
 Progress = Callable[[float, str], None]
 
 
+def in_head(anchor):
+    """Where the anchor (intensities in [0, 1] of the inputs' range; numpy or torch) shows the head:
+    the one rule for the residual's support, on the input grid (reconstructor) and per section (here)."""
+    return anchor > ACTIVE_LEVEL
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is an error."""
-    name = str(device)
+    """The one resolution of a device setting: ``auto`` -> CUDA when available, else CPU; ``cuda``
+    without CUDA is an error. ``XDiffusionReconstructor.device`` calls it once per reconstructor."""
+    name = check_device_name(str(device))
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise XDiffusionError(f"device {name!r} requested but CUDA is not available: use --device cpu or auto")
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise XDiffusionError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise XDiffusionError(f"device {name!r} requested but CUDA is not available: use --device cpu or auto")
+    return torch.device(name)
+
+
+def start_fraction(config: XDiffusionConfig, strength: float | None) -> float:
+    """Where sampling starts on the noise schedule: ``strength`` (residual models, at most the
+    model's ``start_fraction``: they never saw noisier inputs), else the model's own. The one check
+    of a setting that needs the model; a volume-target model starts from pure noise and takes none."""
+    if strength is None:
+        return float(config.start_fraction)
+    if config.target != "residual":
+        raise XDiffusionError(f"strength {strength}: only residual models start part-way; this model starts from noise")
+    if not 0.0 < float(strength) <= config.start_fraction:
+        raise XDiffusionError(
+            f"strength {strength} must lie in (0, {config.start_fraction}] for this model (its training range)"
+        )
+    return float(strength)
 
 
 def view_generator(seed: int, sample: int, view: int) -> torch.Generator:
@@ -82,19 +109,19 @@ class XDiffusionPipeline:
         self,
         model: torch.nn.Module | Callable,
         config: XDiffusionConfig,
-        device: str | torch.device = "auto",
+        device: str | torch.device = "cpu",
         chunk_size: int | None = None,
         bf16: bool = False,
     ) -> None:
+        """``device``: a torch device (``resolve_device`` turns a setting such as "auto" into one);
+        ``chunk_size`` and ``bf16`` as in ``ReconstructionSettings``, which checks them."""
         self.config = config
-        self.device = resolve_device(device)
+        self.device = torch.device(device)
         self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
         self.hooks: DenoiserHooks = hooks_of(self.model)  # a profile's own hooks, or the pixel-space defaults
         if isinstance(model, torch.nn.Module) and self.device.type == "cpu":
             # Same numbers (within float rounding), ~10% faster convolutions on CPU (bench/cpu_limit.py).
             self.model = self.model.to(memory_format=torch.channels_last)
-        if chunk_size is not None and int(chunk_size) < 1:
-            raise XDiffusionError(f"chunk size {chunk_size} must be at least 1")
         self.chunk_size = None if chunk_size is None else int(chunk_size)
         self.bf16 = bool(bf16) and self.device.type == "cuda"
 
@@ -102,40 +129,30 @@ class XDiffusionPipeline:
     def __call__(
         self,
         sparse: SparseCube,
-        views: int = 4,
-        steps: int = 10,
-        sampler: str = "dpmpp",
-        guidance: float = 1.0,
-        samples: int = 1,
-        seed: int = 0,
-        aggregate: str = "mean",
+        settings: ReconstructionSettings = DEFAULTS,
         progress: Progress | None = None,
-        strength: float | None = None,
     ) -> PipelineOutput:
-        """``strength``: fraction of the noise schedule sampling starts from (default: the model's
-        ``start_fraction``; residual models only, up to that fraction: they never saw noisier inputs)."""
-        check_sampler(sampler)
-        start = self.config.start_fraction if strength is None else float(strength)
-        if not 0.0 < start <= self.config.start_fraction:
-            raise XDiffusionError(
-                f"strength {strength} must lie in (0, {self.config.start_fraction}] for this model (its training range)"
-            )
-        check_aggregate(aggregate)
-        if int(steps) < 1 or int(samples) < 1 or int(views) < 1:
-            raise XDiffusionError(f"views ({views}), steps ({steps}) and samples ({samples}) must each be at least 1")
+        """The cube from ``sparse`` under ``settings`` (its views, steps, sampler, guidance, samples,
+        seed, aggregate and strength; the device and chunk size are the pipeline's own).
+        ``progress(fraction, message)`` is called after every denoising step; raising from it cancels."""
+        # 1. where sampling starts (the model's range) and what is sampled
+        start = start_fraction(self.config, settings.strength)
+        views, steps, samples = settings.views, settings.steps, settings.samples
         side = self.config.side
         builder = ConditionBuilder(sparse, self.config, device=self.device)
         residual = self.config.target == "residual"
+        # 2. the views R_i and the section depths d
         if self.config.views_about == "input_normal":
-            rotations = section_rotations(int(views), sparse.axis).to(torch.float32)
+            rotations = section_rotations(views, sparse.axis).to(torch.float32)
         else:
-            rotations = azimuth_rotations(int(views)).to(torch.float32)
+            rotations = azimuth_rotations(views).to(torch.float32)
         depths = depth_index_to_normalised(torch.arange(side, dtype=torch.float32), side)
-        total = int(samples) * int(views) * int(steps)
+        total = samples * views * steps
         done = 0
 
-        views_seen = ViewAggregator(side, aggregate)
-        for m in range(int(samples)):
+        # 3. every view of every sample: all sections denoised together, rotated back, aggregated
+        views_seen = ViewAggregator(side, settings.aggregate)
+        for m in range(samples):
             views_seen.start_sample()
             for i, R in enumerate(rotations):
 
@@ -143,11 +160,12 @@ class XDiffusionPipeline:
                     if progress is not None:
                         progress((done + k) / total, f"sample {m + 1}/{samples}, view {i + 1}/{views}, step {k}/{steps}")
 
-                rotated = self.sample_view(builder, R, depths, view_generator(seed, m, i), sampler, int(steps), guidance,
-                                           step_done, start)
-                done += int(steps)
+                rotated = self.sample_view(builder, R, depths, view_generator(settings.seed, m, i), settings.sampler,
+                                           steps, settings.guidance, step_done, start)
+                done += steps
                 views_seen.add_view(rotated, R)
             views_seen.end_sample()
+        # 4. the aggregate in [0, 1] intensity units (residual models: their residual) and the spread
         spread = views_seen.std()
         if residual:
             # Residual models: network units are residual_scale x intensity units; no view = no change.
@@ -205,7 +223,7 @@ class XDiffusionPipeline:
             scheduler.set_timesteps(steps, device=self.device)
             timesteps = scheduler.timesteps
             x = noise * scheduler.init_noise_sigma
-        active = self._active_sections(cond) if self.config.target == "residual" else None
+        active = self.active_sections(cond) if self.config.target == "residual" else None
         if active is not None and not bool(active.any()):
             if step_done is not None:
                 for k in range(len(timesteps)):
@@ -227,13 +245,12 @@ class XDiffusionPipeline:
             return out.clamp(-2.0, 2.0)
         return x[:, 0].clamp(-1.0, 1.0)
 
-    def _active_sections(self, cond: Condition) -> torch.Tensor:
-        """(D,) bool: sections whose anchor shows anything; the rest lie outside the head and keep
-        a zero residual (no network evaluation spent on empty space)."""
-        index = self.config.priors.index("anchor") * (1 + 2 * self.config.context_sections)
-        index += self.config.context_sections  # the section itself, not a neighbour
-        anchor = from_network(cond.image[:, index])
-        return anchor.flatten(1).amax(dim=1) > ACTIVE_LEVEL
+    def active_sections(self, cond: Condition) -> torch.Tensor:
+        """(D,) bool: sections whose anchor shows the head (``in_head``); the rest keep a zero
+        residual (no network evaluation spent on empty space). The anchor is read from the
+        condition, the very section the network sees, so this costs no resampling of its own."""
+        anchor = from_network(cond.image[:, section_channel(self.config, "anchor")])
+        return in_head(anchor.flatten(1).amax(dim=1))
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, cond: Condition, guidance: float) -> torch.Tensor:
         """Model output for the whole batch, evaluated in chunks; halves the chunk on out-of-memory."""

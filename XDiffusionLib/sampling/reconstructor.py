@@ -1,42 +1,73 @@
-"""``XDiffusionReconstructor``: the X-Diffusion method behind the common ``Reconstructor`` interface.
+"""``XDiffusionReconstructor``: the X-Diffusion method behind the common ``Reconstructor`` interface,
+and ``reconstruct_volume``, the one door of a reconstruction for every front end.
 
-Input slices (``SliceInput``, canonical grid) -> model space -> pipeline -> back:
-1. an ``IntensityNormalizer`` is fitted on the input slices only (leak-free) and maps them to [0, 1];
-2. ``ModelSpace.for_grid`` fits the canonical grid into the model's S^3 cube; the slices become a
-   ``SparseCube`` (their cube plane and normalised position);
-3. ``XDiffusionPipeline`` generates the cube (N views x M samples, see pipeline.py);
-4. the cube is resampled onto exactly ``inputs.grid``, mapped back to the inputs' intensities, and
-   the input slices are pasted in unchanged;
+``reconstruct_volume`` (a volume in any orientation, and the slices to start from):
+1. refuses what is no MRI (a label map: ``inputs.check_intensity_volume``) before any work;
+2. reorients to canonical RAS+ (``to_canonical``; slice indices are canonical indices) and keeps
+   only the chosen slices (``SliceInput.from_volume``: no method sees the rest of the volume);
+3. reconstructs them (``XDiffusionReconstructor.reconstruct_with_uncertainty``, below);
+4. inverts the reorientation, so the output lies on exactly the input volume's grid.
+The model folder and the sampling settings go to the reconstructor, which checks them once
+(``settings.ReconstructionSettings``): pass them to ``reconstruct_volume`` or build the
+reconstructor yourself (to check them before reading anything, or to reuse a loaded model), never
+both; ``progress`` belongs to the run.
+
+``XDiffusionReconstructor.reconstruct_with_uncertainty`` (input slices on a canonical grid):
+1. every check that needs no model run (``validate``), then the interval table and the model, so a
+   missing or broken one fails before any work;
+2. into model space, by the model's target (``config.target``):
+   - ``volume``: the model generates the volume; an ``IntensityNormalizer`` fitted on the input
+     slices only (leak-free) maps them to [0, 1] (and a template cube where the model takes one);
+   - ``residual``: the model generates the residual truth - anchor; the anchor
+     (``baselines.anchor``) is computed on the input grid from the input slices alone, a zero-floor
+     normaliser maps it to [0, 1], and where it shows the head (``pipeline.in_head``) is decided
+     here, once, for the residual, the spread and the interval;
+   ``ModelSpace.for_grid`` fits the canonical grid into the model's S^3 cube; the slices (and the
+   prior) become a ``SparseCube``;
+3. ``XDiffusionPipeline`` generates the cube (N views x M samples, see pipeline.py) under the
+   reconstructor's ``ReconstructionSettings``;
+4. the cube is resampled onto exactly ``inputs.grid`` and mapped back to the inputs' intensities
+   (residual models: added to the anchor inside the head, clipped to the inputs' range); the input
+   slices are pasted in unchanged, and the spread across views x samples is 0 on them;
 5. the uncertainty: with the model's calibration table (``model.calibration``, residual models)
    the half-width of the calibrated interval at ``level`` (90% by default, ``uncertainty.intervals``):
    the truth lay within reconstruction +- that value for that share of non-input voxels inside the
    head of synthetic calibration subjects, rescaled for this scan from its input slices left out
    one at a time when K >= 2 and the table has a scan reference (``uncertainty.scan_scale``);
-   without a table the std across views x samples. Either is 0 on the input slices (known) and in
-   the inputs' intensity units; ``ReconstructionResult.info`` says which it is (label, level, units,
-   calibrated on this scan or on synthetic data only) for displays and file metadata.
-
-``reconstruct_volume`` does the same for a volume in any orientation: it reorients to canonical
-RAS+ (``to_canonical``; indices are canonical indices), reconstructs, and inverts the
-reorientation so the output lies on exactly the input volume's grid.
+   without a table the spread. Either is 0 on the input slices (known) and in the inputs'
+   intensity units; ``ReconstructionResult.info`` says which it is (label, level, units, calibrated
+   on this scan or on synthetic data only), and every front end and writer takes it from there.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ..baselines.anchor import AnchorEstimate, anchor_estimate, slice_distance_mm
+from ..baselines.leave_one_out import held_out_folds
+from ..baselines.template import TemplateBaseline
 from ..errors import XDiffusionError
 from ..io.volume import Volume
 from ..inputs import SliceInput, check_intensity_volume, plane_axis
+from ..model.calibration import load_calibration
+from ..model import checkpoint
+from ..model.conditioning import SparseCube
+from ..model.config import XDiffusionConfig
+from ..model.onnx_runtime import on_onnx_runtime
 from ..settings import AGGREGATES, ReconstructionSettings
+from ..transforms.intensity import IntensityNormalizer
+from ..transforms.model_space import ModelSpace
+from ..transforms.orientation import to_canonical
 from ..uncertainty.intervals import (DEFAULT_LEVEL, UNCALIBRATED, IntervalCalibration, IntervalEstimate,
                                      IntervalFeatures, UncertaintyInfo, calibrated_info, interval_features, k_range)
 from ..uncertainty.scan_scale import SYNTHETIC_ONLY, HeldOutFold, scan_reference_of, scan_scale
-from .pipeline import ACTIVE_LEVEL, Progress
+from .pipeline import PipelineOutput, Progress, XDiffusionPipeline, in_head, resolve_device, start_fraction
 
 
 @dataclass(frozen=True)
@@ -53,12 +84,64 @@ class ReconstructionResult:
     folds: tuple[HeldOutFold, ...] | None = None  # leave-one-slice-out folds, only with ``keep_features``
 
 
+class _VolumeTarget:
+    """Model space for a model that generates the volume itself (intensities in [0, 1])."""
+
+    estimate: AnchorEstimate | None = None  # no anchor: no head mask, no interval
+
+    def __init__(self, inputs: SliceInput, config: XDiffusionConfig) -> None:
+        self.normalizer = IntensityNormalizer().fit(inputs.slices)
+        self.space = ModelSpace.for_grid(inputs.grid, config.side)
+        template = None
+        if "template" in config.priors:
+            fitted = TemplateBaseline().reconstruct(inputs)
+            template = np.asarray(self.normalizer.forward(self.space.to_cube(fitted.array)), dtype=np.float32)
+        self.sparse = SparseCube.from_slice_input(inputs, self.space, self.normalizer, template)
+
+    def to_grid(self, out: PipelineOutput) -> tuple[np.ndarray, np.ndarray]:
+        """(volume, spread) on the input grid in the inputs' intensity units, input slices not yet pasted in."""
+        volume = np.asarray(self.normalizer.inverse(self.space.to_grid(out.cube.numpy())), dtype=np.float32)
+        # The normaliser is linear: a std in [0, 1] units scales by its (high - low).
+        scale = float(self.normalizer.inverse(np.float32(1.0)) - self.normalizer.inverse(np.float32(0.0)))
+        spread = np.clip(self.space.to_grid(out.uncertainty.numpy()), 0.0, None) * np.float32(scale)
+        return volume, spread
+
+
+class _ResidualTarget:
+    """Model space for a residual model: output = anchor (full resolution) + the model's residual
+    (model space, upsampled), inside the head only."""
+
+    def __init__(self, inputs: SliceInput, config: XDiffusionConfig) -> None:
+        self.estimate = anchor_estimate(inputs, config.anchor_decay_inside_mm, config.anchor_decay_outside_mm)
+        anchor = self.estimate.volume.array
+        self.normalizer = IntensityNormalizer(zero_floor=True).fit(inputs.slices)
+        self.space = ModelSpace.for_grid(inputs.grid, config.side)
+        anchor_cube = np.asarray(self.normalizer.forward(self.space.to_cube(anchor, antialias=True)), dtype=np.float32)
+        self.sparse = SparseCube.from_slice_input(inputs, self.space, self.normalizer, anchor=anchor_cube)
+        self.scale = float(self.normalizer.high - self.normalizer.low)
+        # The residual never paints empty space: zero where the anchor shows no head (background is
+        # 38-76% of a scan, and a faint residual there costs SSIM; chosen on synthetic validation).
+        # Decided on the input grid (the cube's resampling blurs the head's edge into the background).
+        self.head = in_head(np.asarray(self.normalizer.forward(anchor)))
+        self.range = (float(np.min(inputs.slices)), float(np.max(inputs.slices)))
+
+    def to_grid(self, out: PipelineOutput) -> tuple[np.ndarray, np.ndarray]:
+        """(volume, spread) on the input grid in the inputs' intensity units, input slices not yet pasted in."""
+        residual = self.space.to_grid(out.cube.numpy()) * np.float32(self.scale) * self.head
+        low, high = self.range
+        volume = np.clip(self.estimate.volume.array + residual, low, high).astype(np.float32)
+        spread = np.clip(self.space.to_grid(out.uncertainty.numpy()), 0.0, None) * np.float32(self.scale) * self.head
+        return volume, spread
+
+
 class XDiffusionReconstructor:
     """The ``xdiffusion`` method: ``reconstruct(inputs) -> Volume`` on exactly ``inputs.grid``.
 
     ``model_dir`` is a folder from ``save_pretrained`` (default: the shipped weights). A ready
-    ``model`` and ``config`` can be passed instead (training evaluation, tests). ``progress``
-    (fraction, message) is called every denoising step; raising from it cancels the run.
+    ``model`` and ``config`` can be passed instead (training evaluation, tests). ``settings`` are
+    the fields of ``ReconstructionSettings`` (checked here, once). ``progress`` (fraction, message)
+    is called every denoising step of ``reconstruct`` (a run's own, given to
+    ``reconstruct_with_uncertainty``, takes its place); raising from it cancels the run.
     """
 
     name = "xdiffusion"
@@ -92,31 +175,32 @@ class XDiffusionReconstructor:
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self._model = model
         self._config = config
-        self._pipeline = None
+        self._pipeline: XDiffusionPipeline | None = None
 
     # ---- model, loaded on first use ---------------------------------------------------------
 
     def _directory(self) -> Path:
-        from ..model.checkpoint import WEIGHTS_NAME, default_model_dir
-
         if self.model_dir is not None:
             return self.model_dir
-        directory = default_model_dir()
-        if not (directory / WEIGHTS_NAME).is_file():
+        directory = checkpoint.default_model_dir()
+        if not (directory / checkpoint.WEIGHTS_NAME).is_file():
             raise XDiffusionError(f"no shipped weights at {directory}: train a model or pass --model DIR")
         return directory
 
     @property
-    def config(self):
+    def config(self) -> XDiffusionConfig:
         """The model's config (read from ``config.json`` alone, before any weights are loaded)."""
         if self._config is None:
-            from ..model.checkpoint import _read_config
-
             directory = self._directory()
             if not directory.is_dir():
                 raise XDiffusionError(f"{directory}: model folder not found")
-            self._config = _read_config(directory)
+            self._config = checkpoint.read_config(directory)
         return self._config
+
+    @cached_property
+    def device(self) -> torch.device:
+        """The settings' device, resolved once (``auto``: CUDA where there is one)."""
+        return resolve_device(self.settings.device)
 
     @property
     def calibration(self) -> IntervalCalibration | None:
@@ -127,31 +211,22 @@ class XDiffusionReconstructor:
         if self._calibration is None and not self._calibration_read:
             self._calibration_read = True
             if self._model is None or self.model_dir is not None:  # the model comes from a folder
-                from ..model.calibration import load_calibration
-
                 self._calibration = load_calibration(self._directory(), required=self.model_dir is None)
                 if self._calibration is not None:
                     self._calibration.level_index(self.level)
         return self._calibration
 
     @property
-    def pipeline(self):
+    def pipeline(self) -> XDiffusionPipeline:
         if self._pipeline is None:
-            from .pipeline import XDiffusionPipeline, resolve_device
-
-            device = resolve_device(self.settings.device)
             model_dir = None
             if self._model is None:
-                from ..model.checkpoint import load_pretrained
-
                 model_dir = self._directory()
-                self._model, self._config = load_pretrained(model_dir, device)
-            if device.type == "cpu":
-                from ..model.onnx_runtime import on_onnx_runtime
-
+                self._model, self._config = checkpoint.load_pretrained(model_dir, self.device)
+            if self.device.type == "cpu":
                 self._model = on_onnx_runtime(self._model, self.settings.runtime, model_dir)
             self._pipeline = XDiffusionPipeline(
-                self._model, self._config, device, self.settings.chunk_size, self.settings.bf16
+                self._model, self._config, self.device, self.settings.chunk_size, self.settings.bf16
             )
         return self._pipeline
 
@@ -159,136 +234,80 @@ class XDiffusionReconstructor:
 
     def validate(self, inputs: SliceInput) -> None:
         """Every check that needs no model run: raises XDiffusionError before any work."""
-        from .pipeline import resolve_device
-
-        resolve_device(self.settings.device)
+        _ = self.device  # CUDA asked for where there is none
         if not np.all(np.isfinite(inputs.slices)):
             raise XDiffusionError("the input slices contain NaN or infinite values: fix or mask the volume first")
         if len(inputs.indices) > self.config.max_slices:
             raise XDiffusionError(
                 f"{len(inputs.indices)} input slices: this model takes at most {self.config.max_slices}"
             )
+        start_fraction(self.config, self.settings.strength)  # the strength against this model's range
 
     def reconstruct(self, inputs: SliceInput) -> Volume:
         return self.reconstruct_with_uncertainty(inputs).volume
 
-    def reconstruct_with_uncertainty(self, inputs: SliceInput) -> ReconstructionResult:
-        from ..model.conditioning import SparseCube
-        from ..transforms.intensity import IntensityNormalizer
-        from ..transforms.model_space import ModelSpace
-
+    def reconstruct_with_uncertainty(self, inputs: SliceInput, progress: Progress | None = None) -> ReconstructionResult:
+        """The reconstruction of ``inputs``, its uncertainty and what that means (module docstring, steps 1-5)."""
+        # 1. checks, then the interval table and the model: a missing or broken one fails before any work
         self.validate(inputs)
-        config = self.config
-        if config.target == "residual":
-            _ = self.calibration  # a missing or broken table fails before any work
-            return self._reconstruct_residual(inputs)
+        residual = self.config.target == "residual"
+        calibration = self.calibration if residual else None
         pipeline = self.pipeline
-        normalizer = IntensityNormalizer().fit(inputs.slices)
-        space = ModelSpace.for_grid(inputs.grid, config.side)
-        template = self._template_cube(inputs, space, normalizer) if "template" in config.priors else None
-        sparse = SparseCube.from_slice_input(inputs, space, normalizer, template)
-        s = self.settings
-        out = pipeline(
-            sparse,
-            views=s.views,
-            steps=s.steps,
-            sampler=s.sampler,
-            guidance=s.guidance,
-            samples=s.samples,
-            seed=s.seed,
-            aggregate=s.aggregate,
-            progress=self.progress,
-        )
-        cube = out.cube.numpy()
-        spread = out.uncertainty.numpy()
-        intensities = np.asarray(normalizer.inverse(space.to_grid(cube)), dtype=np.float32)
-        # The normaliser is linear: a std in [0, 1] units scales by its (high - low).
-        scale = float(normalizer.inverse(np.float32(1.0)) - normalizer.inverse(np.float32(0.0)))
-        uncertainty = np.clip(space.to_grid(spread), 0.0, None) * np.float32(scale)
-        volume = Volume(inputs.paste_into(intensities), inputs.grid)
+        # 2. into model space: the target's normaliser, prior and condition, from the input slices only
+        target = _ResidualTarget(inputs, self.config) if residual else _VolumeTarget(inputs, self.config)
+        # 3. views x samples of the cube
+        out = pipeline(target.sparse, self.settings, progress if progress is not None else self.progress)
+        # 4. back on the input grid; the input slices pasted in unchanged, where the spread is 0
+        volume, spread = target.to_grid(out)
         known = SliceInput(inputs.grid, inputs.plane, inputs.indices, np.zeros_like(inputs.slices))
-        return ReconstructionResult(volume, Volume(known.paste_into(uncertainty), inputs.grid))
-
-    def _run_pipeline(self, sparse):
-        s = self.settings
-        return self.pipeline(
-            sparse, views=s.views, steps=s.steps, sampler=s.sampler, guidance=s.guidance, samples=s.samples,
-            seed=s.seed, aggregate=s.aggregate, progress=self.progress, strength=s.strength,
-        )
-
-    def _reconstruct_residual(self, inputs: SliceInput) -> ReconstructionResult:
-        """Residual models: output = anchor (full resolution) + the model's residual (model space, upsampled).
-
-        1. the anchor (``baselines.anchor``) is computed on the input grid from the input slices only;
-        2. a zero-floor normaliser fitted on the input slices maps it into [0, 1] and into the cube;
-        3. the pipeline generates the residual truth - anchor in the cube (views x samples);
-        4. the residual is resampled onto the input grid and added to the anchor; intensities stay in
-           the inputs' range, the input slices are pasted in unchanged.
-        """
-        from ..baselines.anchor import anchor_estimate
-        from ..model.conditioning import SparseCube
-        from ..transforms.intensity import IntensityNormalizer
-        from ..transforms.model_space import ModelSpace
-
-        config = self.config
-        _ = self.pipeline  # load the model before the anchor's work, so a bad model fails first
-        estimate = anchor_estimate(inputs, config.anchor_decay_inside_mm, config.anchor_decay_outside_mm)
-        anchor = estimate.volume.array
-        normalizer = IntensityNormalizer(zero_floor=True).fit(inputs.slices)
-        space = ModelSpace.for_grid(inputs.grid, config.side)
-        anchor_cube = np.asarray(normalizer.forward(space.to_cube(anchor, antialias=True)), dtype=np.float32)
-        sparse = SparseCube.from_slice_input(inputs, space, normalizer, anchor=anchor_cube)
-        out = self._run_pipeline(sparse)
-        scale = float(normalizer.high - normalizer.low)
-        # The residual never paints empty space: zero where the anchor shows no head (background is
-        # 38-76% of a scan, and a faint residual there costs SSIM; chosen on synthetic validation).
-        head = np.asarray(normalizer.forward(anchor)) > ACTIVE_LEVEL  # on the input grid
-        residual = space.to_grid(out.cube.numpy()) * np.float32(scale) * head
-        low, high = float(np.min(inputs.slices)), float(np.max(inputs.slices))
-        volume = np.clip(anchor + residual, low, high).astype(np.float32)
-        uncertainty = np.clip(space.to_grid(out.uncertainty.numpy()), 0.0, None) * np.float32(scale) * head
-        known = SliceInput(inputs.grid, inputs.plane, inputs.indices, np.zeros_like(inputs.slices))
-        spread = Volume(known.paste_into(uncertainty), inputs.grid)
+        spread = Volume(known.paste_into(spread), inputs.grid)
         result = ReconstructionResult(Volume(inputs.paste_into(volume), inputs.grid), spread, spread)
-        calibration = self.calibration
-        if calibration is None and not self.keep_features:
+        # 5. the calibrated interval in place of the spread, where there is a table
+        if not residual or (calibration is None and not self.keep_features):
             return result
-        features = self._features(inputs, estimate, spread.array, scale)
+        return self._with_interval(result, inputs, target, calibration)
+
+    def _with_interval(self, result: ReconstructionResult, inputs: SliceInput, target: _ResidualTarget,
+                       calibration: IntervalCalibration | None) -> ReconstructionResult:
+        config, k = self.config, len(inputs.indices)
+        features = self._features(inputs, target.estimate, result.spread.array, target.scale)
         kept = features if self.keep_features else None
         reference = None if calibration is None else scan_reference_of(calibration.scan_reference)
         folds = None
-        if self.keep_features or (reference is not None and len(inputs.indices) >= 2):
-            from ..baselines.leave_one_out import held_out_folds
-
-            folds = tuple(held_out_folds(inputs, estimate, scale, config.anchor_decay_inside_mm,
+        if self.keep_features or (reference is not None and k >= 2):
+            folds = tuple(held_out_folds(inputs, target.estimate, target.scale, config.anchor_decay_inside_mm,
                                          config.anchor_decay_outside_mm))
         if calibration is None:
             return replace(result, features=kept, folds=folds)
-        scan = SYNTHETIC_ONLY if folds is None else scan_scale(
-            reference, len(inputs.indices), list(folds), calibration.coefficients[k_range(len(inputs.indices))])
+        scan = SYNTHETIC_ONLY if folds is None else scan_scale(reference, k, list(folds),
+                                                               calibration.coefficients[k_range(k)])
         interval = calibration.estimate(features, scan.value)
         # Shown as 0 where the anchor shows no head, like the residual: the interval's floor out
         # there is not calibrated (coverage is scored inside the head) and drew a box around the head.
-        shown = interval.halfwidth(self.level) * head
+        shown = interval.halfwidth(self.level) * target.head
         return replace(result, uncertainty=Volume(shown.astype(np.float32), inputs.grid), interval=interval,
                        info=calibrated_info(self.level, scan.folds, scan.value), features=kept,
                        folds=folds if self.keep_features else None)
 
     @staticmethod
-    def _features(inputs: SliceInput, estimate, spread: np.ndarray, scale: float) -> IntervalFeatures:
-        from ..baselines.anchor import slice_distance_mm
-
+    def _features(inputs: SliceInput, estimate: AnchorEstimate, spread: np.ndarray, scale: float) -> IntervalFeatures:
         known = np.zeros(inputs.grid.shape[inputs.axis], dtype=bool)
         known[list(inputs.indices)] = True
         return interval_features(len(inputs.indices), inputs.axis, slice_distance_mm(inputs), known, spread,
                                  estimate.interpolation, estimate.template, estimate.volume.array, scale)
 
-    @staticmethod
-    def _template_cube(inputs: SliceInput, space, normalizer) -> np.ndarray:
-        from ..baselines.template import TemplateBaseline
 
-        fitted = TemplateBaseline().reconstruct(inputs)
-        return np.asarray(normalizer.forward(space.to_cube(fitted.array)), dtype=np.float32)
+def reconstructor_for(reconstructor: XDiffusionReconstructor | None, model_dir: str | os.PathLike | None = None,
+                      settings: dict | None = None) -> XDiffusionReconstructor:
+    """``reconstructor``, or a new one for ``model_dir`` and ``settings``; both at once is a caller's
+    error (they would be ignored). Shared by ``reconstruct_volume`` and ``reconstruct_thick_slices``."""
+    if reconstructor is None:
+        return XDiffusionReconstructor(model_dir=model_dir, **(settings or {}))
+    given = (["model_dir"] if model_dir is not None else []) + sorted(settings or {})
+    if given:
+        raise TypeError(f"{', '.join(given)} given with a ready reconstructor, which has its own: "
+                        "pass them to XDiffusionReconstructor instead")
+    return reconstructor
 
 
 def reconstruct_volume(
@@ -303,13 +322,14 @@ def reconstruct_volume(
     """Reconstruct ``volume`` (any orientation) from its slices ``indices`` (canonical RAS+ indices) of ``plane``.
 
     Only the chosen slices are read from ``volume``; the result and its uncertainty lie on exactly
-    ``volume.grid``.
+    ``volume.grid``. ``model_dir`` and ``settings`` (``ReconstructionSettings``' fields) build the
+    reconstructor, or ``reconstructor`` is one built before (not both); ``progress(fraction,
+    message)`` follows this run.
     """
-    from ..transforms.orientation import to_canonical
-
-    if reconstructor is None:
-        reconstructor = XDiffusionReconstructor(model_dir=model_dir, progress=progress, **settings)
+    reconstructor = reconstructor_for(reconstructor, model_dir, settings)
+    # 1. refuse what is no MRI intensity volume, before any work
     check_intensity_volume(volume)
+    # 2. canonical RAS+; only the chosen slices go on
     axis = plane_axis(plane)
     indices = [int(i) for i in indices]
     canonical, reorientation = to_canonical(volume)
@@ -317,7 +337,9 @@ def reconstruct_volume(
     if len(indices) > depth:
         raise XDiffusionError(f"{len(indices)} input slices but the volume has only {depth} {plane} slices")
     inputs = SliceInput.from_volume(canonical, plane, indices)
-    result = reconstructor.reconstruct_with_uncertainty(inputs)
+    # 3. the reconstruction on the canonical grid
+    result = reconstructor.reconstruct_with_uncertainty(inputs, progress)
+    # 4. back onto the input volume's grid
     return replace(
         result,
         volume=reorientation.invert(result.volume),
@@ -335,4 +357,5 @@ __all__ = [
     "UncertaintyInfo",
     "XDiffusionReconstructor",
     "reconstruct_volume",
+    "reconstructor_for",
 ]

@@ -13,15 +13,14 @@ schedule and 10 steps. Training uses ``make_scheduler("ddpm", config)`` for ``ad
 from __future__ import annotations
 
 from ..model.config import XDiffusionConfig
-
-from ..settings import SAMPLERS, check_sampler  # noqa: F401  (re-exported: the names live in settings)
+from ..settings import SAMPLERS  # noqa: F401  (re-exported: the names, and their check, live in settings)
 
 
 def make_scheduler(name: str, config: XDiffusionConfig):
-    """A fresh diffusers scheduler ``name`` for ``config``'s noise schedule and prediction type."""
+    """A fresh diffusers scheduler ``name`` (one of ``SAMPLERS``, checked by ``ReconstructionSettings``)
+    for ``config``'s noise schedule and prediction type."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-    check_sampler(name)
     common = dict(
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
@@ -31,18 +30,15 @@ def make_scheduler(name: str, config: XDiffusionConfig):
     )
     # Pixel profiles clip x0 to the image range; latent profiles (paper) set clip_sample False.
     clip = bool(config.profile_options.get("clip_sample", True))
-    if name == "ddpm":
-        return DDPMScheduler(
+    builders = {
+        "ddpm": lambda: DDPMScheduler(
             **common, clip_sample=clip, clip_sample_range=1.0, variance_type="fixed_small", timestep_spacing="trailing"
-        )
-    if name == "ddim":
-        return DDIMScheduler(
+        ),
+        "ddim": lambda: DDIMScheduler(
             **common, clip_sample=clip, clip_sample_range=1.0, set_alpha_to_one=True, timestep_spacing="trailing"
-        )
-    return DPMSolverMultistepScheduler(
-        **common,
-        algorithm_type="dpmsolver++",
-        solver_order=2,
-        lower_order_final=True,
-        timestep_spacing="trailing",
-    )
+        ),
+        "dpmpp": lambda: DPMSolverMultistepScheduler(
+            **common, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True, timestep_spacing="trailing"
+        ),
+    }
+    return builders[name]()  # a name outside SAMPLERS is a caller's bug (KeyError): users' go through the settings

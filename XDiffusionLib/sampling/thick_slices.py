@@ -63,18 +63,18 @@ def reconstruct_thick_slices(
     slice i*N, same in-plane grid and origin) or ``spacing`` mm (must divide the slice spacing);
     neither: the in-plane spacing, rounded to a divisor. ``thickness``: mm each acquired slice
     averages over (the header's DICOM SliceThickness, ``io.readers.header_slice_thickness``; None:
-    the slice spacing). ``progress`` (fraction, message) and ``settings`` are the reconstructor's.
+    the slice spacing). ``model_dir`` and ``settings`` build the reconstructor, or ``reconstructor``
+    is one built before (not both); ``progress`` (fraction, message) follows this run.
     Every bad value raises one-line XDiffusionError before any model work; ``result.plan.describe()``
     is a line to show the user.
     """
-    from .reconstructor import XDiffusionReconstructor, reconstruct_volume
+    from .reconstructor import reconstruct_volume, reconstructor_for
 
-    if reconstructor is None:
-        reconstructor = XDiffusionReconstructor(model_dir=model_dir, progress=progress, **settings)
+    reconstructor = reconstructor_for(reconstructor, model_dir, settings)
     check_intensity_volume(volume)  # before the plan, as reconstruct_volume does
     plan = plan_for(volume, slice_factor, spacing, thickness, reconstructor)
     fine = place_acquired(volume, plan)
-    result = reconstruct_volume(fine, plan.plane, plan.indices, reconstructor=reconstructor)
+    result = reconstruct_volume(fine, plan.plane, plan.indices, progress=progress, reconstructor=reconstructor)
     consistent = enforce_slab_averages(result.volume.array, volume.array, plan)
     return ThickSliceResult(Volume(consistent, plan.grid), result.uncertainty, plan, result.info)
 

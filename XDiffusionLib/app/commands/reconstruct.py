@@ -198,12 +198,12 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
         bars[0].set_postfix_str(message, refresh=False)
         bars[0].refresh()
 
-    reconstructor.progress = progress
     try:
         if args.all_slices:
-            result = reconstruct_thick_slices(volume, plan.factor, thickness=plan.thickness, reconstructor=reconstructor)
+            result = reconstruct_thick_slices(volume, plan.factor, thickness=plan.thickness, progress=progress,
+                                              reconstructor=reconstructor)
         else:
-            result = reconstruct_volume(volume, args.plane, indices, reconstructor=reconstructor)
+            result = reconstruct_volume(volume, args.plane, indices, progress=progress, reconstructor=reconstructor)
     finally:
         for bar in bars:
             bar.close()
