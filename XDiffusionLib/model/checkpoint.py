@@ -71,11 +71,6 @@ def read_config(directory: Path) -> XDiffusionConfig:
     return XDiffusionConfig.load_json(path)
 
 
-# The old private name, until sampling/reconstructor.py (being reworked under issue 23 item 1)
-# imports read_config; nothing else uses it.
-_read_config = read_config
-
-
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise XDiffusionError(f"{path}: missing model weights")
