@@ -848,6 +848,58 @@ def test_a_session_keeps_its_two_newest_exports(tmp_path):
     transfers.discard_download(tmp_path / "elsewhere")  # never outside the session's downloads
     assert (tmp_path / "session" / "downloads").is_dir()
 
+
+@pytest.mark.parametrize("export_format", ["nifti", "dicom"])
+def test_a_failed_export_says_why_by_the_download_name_and_leaves_nothing(tmp_path, volume, monkeypatch,
+                                                                           export_format):
+    """A full disk while the page exports: one line naming the download as the page knows it, never
+    the session's folder on the server (before: the whole server path, or an "internal error")."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from XDiffusionLib.app.web.exporting import Exporting
+    from XDiffusionLib.app.web.session import XDiffusionSession
+    from XDiffusionLib.app.web.transfer import Transfers
+    from XDiffusionLib.slicer.export import Provenance
+
+    monkeypatch.setattr("XDiffusionLib.slicer.nodes.volume_from_node", lambda node: volume)
+    if export_format == "nifti":  # ITK's NIfTI writer on a full disk: the file cut short, no error
+        _short_writes(monkeypatch)
+    else:  # pydicom's writes raise, naming no file
+        def full_disk(dataset, path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr("XDiffusionLib.slicer.export._save", full_disk)
+
+    class Session:  # the session as the export sees it, with its real way of showing errors
+        report_error = XDiffusionSession.report_error
+        report_failure = XDiffusionSession.report_failure
+
+        def __init__(self):
+            self.transfers = Transfers(tmp_path / "session", max_upload_bytes=1 << 20)
+            self.state = SimpleNamespace(xd_export_what="reconstruction", xd_export_format=export_format)
+            self.comparison = SimpleNamespace(result=SimpleNamespace(reconstruction="node", uncertainty=None,
+                                                                     difference=None))
+            self.running = SimpleNamespace(run=SimpleNamespace(settings=SimpleNamespace(model_dir="model"),
+                                                               provenance=lambda: Provenance("axial", (3,), "m")))
+            self.input_node, self.shown = None, []
+
+        def take(self, fields, names):
+            pass
+
+        def push(self, **changes):
+            self.shown.append(changes)
+
+    session = Session()
+    exporting = object.__new__(Exporting)
+    exporting.app = session
+    assert asyncio.run(exporting.export()) is None
+    [error] = [changes["xd_error"] for changes in session.shown if changes.get("xd_error")]
+    assert error == ("volume_XDiffusion.nii.gz: writing failed (no space left on device); nothing was written "
+                     "under this name" if export_format == "nifti" else
+                     "export failed: no space left on device"), error
+    assert list((tmp_path / "session" / "downloads").iterdir()) == []
+
 # -- 6, 11. bad zips and oversized uploads sent to the running app, as its page sends them ----------
 # The checks above hold for the loading code alone; these go through the hub, the session's key,
 # its upload route and its loader, and read what the page shows and what is left on disk.

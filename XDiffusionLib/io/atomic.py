@@ -226,12 +226,18 @@ def check_complete(path: str | os.PathLike, final: str | os.PathLike | None = No
         raise write_failed(final, path, problem)
 
 
-def write_failed(final: str | os.PathLike, temporary: str | os.PathLike, detail: str) -> XDiffusionError:
+def write_failed(final: str | os.PathLike, temporary: str | os.PathLike,
+                 detail: str | BaseException) -> XDiffusionError:
     """The one-line error for ``final`` when its ``temporary`` could not be written whole: why in the
     user's words where the machine tells (no space left on the device; the file reached this
-    process's file size limit), else ``detail`` (what the writer or ``check_complete`` saw)."""
+    process's file size limit), else ``detail``: what the writer or ``check_complete`` saw, or the
+    writer's exception (its reason only: an OSError's file name is the hidden temporary)."""
     temporary = Path(temporary)
-    if _free_bytes(temporary.parent) < _LOW_SPACE:
+    full = isinstance(detail, OSError) and detail.errno == errno.ENOSPC
+    if isinstance(detail, BaseException):
+        lines = str(detail).strip().splitlines() or [type(detail).__name__]
+        detail = (getattr(detail, "strerror", None) or lines[-1])[:160]
+    if full or _free_bytes(temporary.parent) < _LOW_SPACE:
         detail = "no space left on device"
     else:
         limit = _file_size_limit()

@@ -95,10 +95,10 @@ def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]], dtype: np.d
             os.replace(temporary, path)
     except (RuntimeError, OSError) as error:
         # ITK's NRRD and MetaImage writers raise on a full disk, in their own words.
+        if current_temporary is not None:
+            raise write_failed(current, current_temporary, error) from None
         reason = (getattr(error, "strerror", None) or str(error).strip().splitlines()[-1])[:160]
-        if current_temporary is None:
-            raise XDiffusionError(f"{current}: writing failed ({reason})") from None
-        raise write_failed(current, current_temporary, reason) from None
+        raise XDiffusionError(f"{current}: writing failed ({reason})") from None
     finally:
         for temporary in temporaries:
             remove_quietly(temporary)

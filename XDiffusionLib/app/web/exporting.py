@@ -8,6 +8,7 @@ difference are not images of the head, so DICOM is not offered for them.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import replace
 
 from .results import EXPORT_FORMAT_TITLES
@@ -74,7 +75,8 @@ class Exporting:
             path = await asyncio.to_thread(export_result, volume, fmt, folder, stem, provenance, what, info)
         except Exception as error:  # noqa: BLE001 - shown in the page
             app.transfers.discard_download(folder)  # nothing of a failed export stays
-            app.report_failure(error, "export")
+            # The page knows the file by its download name, not by the session's folder.
+            app.report_failure(error, "export", ((str(folder) + os.sep, ""), (str(folder), "")))
             return None
         url = app.transfers.add_download(path, path.name)
         app.push(xd_busy="", xd_download_name=path.name, xd_info=f"{path.name}: downloading")

@@ -150,10 +150,7 @@ class Loading:
             app.report_info(f"{name} {error.what}: pick the volume to open below the upload field")
             return True
         except XDiffusionError as error:
-            message = str(error)
-            for server, page_name in shown:
-                message = message.replace(server, page_name)
-            app.report_error(message)
+            app.report_error(str(error), shown)
             return self._pending is not None
         except Exception as error:  # noqa: BLE001 - any failure to read is the user's file, not a crash
             app.report_error(f"{Path(display).name}: cannot read it ({type(error).__name__}: {error})")

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from wslink.websocket import LinkProtocol
 
-from ...errors import XDiffusionError
+from ...errors import XDiffusionError, describe_system_error
 
 log = logging.getLogger("xdiffusion.web")
 
@@ -230,17 +230,27 @@ class XDiffusionSession:
         if isinstance(fields, dict):
             self.push(**{name: fields[name] for name in names if name in fields})
 
-    def report_error(self, message: str) -> None:
+    def report_error(self, message: str, shown: tuple[tuple[str, str], ...] = ()) -> None:
+        """Show ``message`` in the page. ``shown``: (server path, what the page calls it) pairs,
+        replaced in order: the page knows its files by their own names, and the server's folders
+        stay private."""
+        message = str(message)
+        for server, page_name in shown:
+            message = message.replace(server, page_name)
         log.info("error shown: %s", message)
-        self.push(xd_error=str(message), xd_info="", xd_busy="", xd_upload_percent=-1)
+        self.push(xd_error=message, xd_info="", xd_busy="", xd_upload_percent=-1)
 
     def report_info(self, message: str) -> None:
         self.push(xd_info=str(message), xd_error="")
 
-    def report_failure(self, error: Exception, what: str) -> None:
-        """Show a failure in the page: our own errors as they are, anything else as an internal error."""
+    def report_failure(self, error: Exception, what: str, shown: tuple[tuple[str, str], ...] = ()) -> None:
+        """Show a failure in the page: our own errors and the machine's (a full disk, no memory) in
+        one line (``shown`` as for ``report_error``), anything else as an internal error."""
         if isinstance(error, XDiffusionError):
-            self.report_error(str(error))
+            self.report_error(str(error), shown)
+            return
+        if isinstance(error, (OSError, MemoryError)):
+            self.report_error(f"{what} failed: {describe_system_error(error)}", shown)
             return
         log.error("%s failed", what, exc_info=error)
         self.report_error(f"internal error in {what} ({type(error).__name__}: {error}); "
