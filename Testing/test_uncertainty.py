@@ -356,7 +356,7 @@ def test_one_input_slice_falls_back_to_the_synthetic_table_and_the_metadata_say_
     from XDiffusionLib.io.writers import write_volume
     from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
     from XDiffusionLib.uncertainty.scan_scale import ScanReference
-    from XDiffusionLib.worker.launcher import _read_output
+    from XDiffusionLib.sampling.result import read_result, write_result
 
     n_k = len(K_EDGES)
     reference = ScanReference(np.zeros(n_k), np.zeros(n_k), np.ones(n_k, dtype=np.int64)).to_dict()
@@ -376,8 +376,13 @@ def test_one_input_slice_falls_back_to_the_synthetic_table_and_the_metadata_say_
     assert "calibrated on this scan" in three.info.label and len(metadata["descrip"]) <= 79
     assert UncertaintyInfo.from_metadata(metadata.get) == three.info  # what Slicer nodes and file headers keep
     # The worker's file header carries it to the Slicer module and the web page (their colour bars).
-    path = write_volume(three.uncertainty, tmp_path / "uncertainty.nrrd", metadata=metadata)
-    assert _read_output(str(path), with_info=True)[1] == three.info
+    back = read_result(*write_result(three, tmp_path / "reconstruction.nrrd", tmp_path / "uncertainty.nrrd"))
+    assert back.info == three.info and np.array_equal(back.uncertainty.array, three.uncertainty.array)
+    assert np.array_equal(back.volume.array, three.volume.array)
+    # A file that does not say what it is is refused, never given a meaning from elsewhere.
+    bare = write_volume(three.uncertainty, tmp_path / "bare.nrrd")
+    with pytest.raises(XDiffusionError, match="bare.nrrd: the uncertainty does not say what it is"):
+        read_result(tmp_path / "reconstruction.nrrd", bare)
     assert UncertaintyInfo.from_metadata({"XDiffusion_uncertainty_level": "0.9"}.get) == calibrated_info(0.9)  # old files
     # Without a scan reference (a table made before issue 24) every K is synthetic only.
     plain = XDiffusionReconstructor(model=ExactResidual(config, 0.1), config=config, views=1, steps=1, device="cpu",

@@ -17,7 +17,8 @@ from XDiffusionLib.worker.messages import JobSettings
 
 def _head() -> Volume:
     i, j, k = np.meshgrid(*[np.linspace(-1, 1, n) for n in (16, 16, 12)], indexing="ij")
-    array = np.where(i**2 + j**2 + k**2 < 0.7, 80.0 + 30.0 * i, 2.0).astype(np.float32)
+    # 31 (not 30): whole-numbered levels would make it a label map, which a reconstruction refuses.
+    array = np.where(i**2 + j**2 + k**2 < 0.7, 80.0 + 31.0 * i, 2.0).astype(np.float32)
     return Volume.from_array(array, (2.0, 2.0, 2.5))
 
 
@@ -43,9 +44,9 @@ def test_a_run_goes_to_the_process_that_was_warmed_before_it(tiny_model):
         assert job.process.pid == warm_pid and launcher.used_warm  # no new process, no new imports
         assert job.wait(timeout=240) == DONE, job.error
         result = job.result()
-        assert result.reconstruction.shape == (16, 16, 12)
+        assert result.volume.shape == (16, 16, 12)
         # The input slice comes through exactly, as from a cold worker.
-        assert np.allclose(result.reconstruction.array[:, :, 5], _head().array[:, :, 5], atol=1e-3)
+        assert np.allclose(result.volume.array[:, :, 5], _head().array[:, :, 5], atol=1e-3)
         # The used process is not handed out twice: the next run starts cold unless re-warmed.
         assert not launcher.is_warm
         job = launcher.start(_head(), settings)

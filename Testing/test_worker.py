@@ -131,7 +131,7 @@ def test_in_process_mode_same_api(tiny_model, private_tmp):
     assert job.wait(120) == DONE
     assert job.fraction == 1.0
     result = job.result()
-    assert result.reconstruction.grid.same_geometry(volume.grid, tol=1e-6)
+    assert result.volume.grid.same_geometry(volume.grid, tol=1e-6)
     assert list(private_tmp.iterdir()) == []
     # cancel: the run stops at its next progress report and leaves nothing behind
     job = WorkerLauncher("inprocess").start(volume, messages.JobSettings("axial", (2, 5), tiny_model, SLOW))
@@ -202,6 +202,40 @@ def test_scene_reconstruction_in_a_worker_process(scene, tiny_model, private_tmp
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(source), before_array)
     assert source.GetName() == "T1"
     assert list(private_tmp.iterdir()) == []
+
+
+def test_the_runs_own_uncertainty_meaning_reaches_the_scene_from_the_result(scene, tmp_path, private_tmp, monkeypatch):
+    """A scan-calibrated interval (3 input slices left out in turn) keeps that meaning from the
+    reconstructor through the worker's files and the launcher's result to the node; the model
+    folder is never read again for it (Slicer derived it from there, hashing the weights)."""
+    from dataclasses import replace
+
+    import torch
+    from test_residual_model import head, residual_config
+    from test_uncertainty import small_table
+
+    from XDiffusionLib.model import calibration
+    from XDiffusionLib.model.checkpoint import save_pretrained
+    from XDiffusionLib.model.factory import build_denoiser
+    from XDiffusionLib.slicer.display import uncertainty_info_of
+    from XDiffusionLib.uncertainty.intervals import K_EDGES
+    from XDiffusionLib.uncertainty.scan_scale import ScanReference
+
+    torch.manual_seed(0)
+    config = residual_config()
+    folder = save_pretrained(build_denoiser(config), config, tmp_path / "calibrated")
+    n_k = len(K_EDGES)
+    reference = ScanReference(np.zeros(n_k), np.zeros(n_k), np.ones(n_k, dtype=np.int64)).to_dict()
+    calibration.save_calibration(replace(small_table(), scan_reference=reference), folder)
+    source = nodes.add_volume_node(scene, head(), "T1")
+    run = SceneReconstruction(scene, source, messages.JobSettings("axial", (4, 10, 16), str(folder), FAST),
+                              launcher=WorkerLauncher("inprocess")).start()
+    assert run.wait(120) == DONE, run.error
+    monkeypatch.setattr(calibration, "load_calibration", lambda *a, **k: pytest.fail("the model folder was read"))
+    result = run.finish()
+    info = uncertainty_info_of(result.uncertainty)
+    assert info.calibrated and info.scan_folds == 3 and info.scan_scale > 0
+    assert info.calibration == "calibrated on this scan (leave-one-slice-out, 3 folds)"
 
 
 @pytest.mark.slow

@@ -36,13 +36,14 @@ both; ``progress`` belongs to the run.
    one at a time when K >= 2 and the table has a scan reference (``uncertainty.scan_scale``);
    without a table the spread. Either is 0 on the input slices (known) and in the inputs'
    intensity units; ``ReconstructionResult.info`` says which it is (label, level, units, calibrated
-   on this scan or on synthetic data only), and every front end and writer takes it from there.
+   on this scan or on synthetic data only), and every front end and writer takes it from there
+   (``result.ReconstructionResult``).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -64,24 +65,11 @@ from ..settings import AGGREGATES, ReconstructionSettings
 from ..transforms.intensity import IntensityNormalizer
 from ..transforms.model_space import ModelSpace
 from ..transforms.orientation import to_canonical
-from ..uncertainty.intervals import (DEFAULT_LEVEL, UNCALIBRATED, IntervalCalibration, IntervalEstimate,
-                                     IntervalFeatures, UncertaintyInfo, calibrated_info, interval_features, k_range)
-from ..uncertainty.scan_scale import SYNTHETIC_ONLY, HeldOutFold, scan_reference_of, scan_scale
+from ..uncertainty.intervals import (DEFAULT_LEVEL, IntervalCalibration, IntervalFeatures, UncertaintyInfo,
+                                     calibrated_info, interval_features, k_range)
+from ..uncertainty.scan_scale import SYNTHETIC_ONLY, scan_reference_of, scan_scale
 from .pipeline import PipelineOutput, Progress, XDiffusionPipeline, in_head, resolve_device, start_fraction
-
-
-@dataclass(frozen=True)
-class ReconstructionResult:
-    """``uncertainty`` means what ``info`` says (``info.label``, ``info.level``, ``info.units``):
-    the calibrated interval half-width, or the view spread when the model has no calibration."""
-
-    volume: Volume
-    uncertainty: Volume
-    spread: Volume | None = None  # std across views x samples (intensity units), always
-    interval: IntervalEstimate | None = None  # the calibrated interval at any table level
-    info: UncertaintyInfo = UNCALIBRATED
-    features: IntervalFeatures | None = None  # only with ``keep_features`` (calibration)
-    folds: tuple[HeldOutFold, ...] | None = None  # leave-one-slice-out folds, only with ``keep_features``
+from .result import ReconstructionResult  # noqa: F401  (re-exported: its one home is result.py)
 
 
 class _VolumeTarget:
@@ -261,7 +249,7 @@ class XDiffusionReconstructor:
         volume, spread = target.to_grid(out)
         known = SliceInput(inputs.grid, inputs.plane, inputs.indices, np.zeros_like(inputs.slices))
         spread = Volume(known.paste_into(spread), inputs.grid)
-        result = ReconstructionResult(Volume(inputs.paste_into(volume), inputs.grid), spread, spread)
+        result = ReconstructionResult(Volume(inputs.paste_into(volume), inputs.grid), spread, spread=spread)
         # 5. the calibrated interval in place of the spread, where there is a table
         if not residual or (calibration is None and not self.keep_features):
             return result

@@ -26,17 +26,15 @@ from dataclasses import dataclass
 from ..inputs import check_intensity_volume
 from ..io.volume import Volume
 from ..transforms.thick_slices import ThickSlicePlan, enforce_slab_averages, place_acquired, plan_thick_slices
-from ..uncertainty.intervals import UNCALIBRATED, UncertaintyInfo
+from .result import ReconstructionResult
 
 
 @dataclass(frozen=True)
-class ThickSliceResult:
-    """The fine-grid reconstruction, its uncertainty (same grid) and the plan that made them."""
+class ThickSliceResult(ReconstructionResult):
+    """The fine-grid reconstruction and its uncertainty (same grid, ``info`` its meaning), and the
+    plan that made them."""
 
-    volume: Volume
-    uncertainty: Volume
-    plan: ThickSlicePlan
-    info: UncertaintyInfo = UNCALIBRATED
+    plan: ThickSlicePlan | None = None
 
 
 def plan_for(volume: Volume, slice_factor: int | None = None, spacing: float | None = None,
@@ -76,7 +74,7 @@ def reconstruct_thick_slices(
     fine = place_acquired(volume, plan)
     result = reconstruct_volume(fine, plan.plane, plan.indices, progress=progress, reconstructor=reconstructor)
     consistent = enforce_slab_averages(result.volume.array, volume.array, plan)
-    return ThickSliceResult(Volume(consistent, plan.grid), result.uncertainty, plan, result.info)
+    return ThickSliceResult(Volume(consistent, plan.grid), result.uncertainty, info=result.info, plan=plan)
 
 
 __all__ = ["ThickSliceResult", "plan_for", "reconstruct_thick_slices"]

@@ -6,6 +6,7 @@ the job is done, adds the results as new nodes:
 - "<input> XDiffusion": the reconstruction, shown with the input's window/level;
 - "<input> uncertainty": the calibrated 90% interval half-width (or, for a model without a
   calibration table, the spread across views x samples), sequential colours and a titled colour bar;
+  what it means comes with the worker's result (``sampling.result``) and stays on the node;
 - "<input> difference": reference - reconstruction (``maps.difference``), dark at 0 (with a reference);
 - segmentation overlays on the real and the generated volume (automatic tissue classes, or the
   user's labelmap/segmentation), and the description of the side-by-side layout.
@@ -24,6 +25,7 @@ import numpy as np
 
 from .. import maps
 from ..errors import XDiffusionError
+from ..sampling.result import ReconstructionResult
 from ..worker.launcher import CANCELLED, DONE, FAILED, RUNNING, WorkerJob, WorkerLauncher
 from ..worker.messages import JobSettings
 from . import display, segmentation as seg
@@ -116,13 +118,6 @@ class SceneReconstruction:
             settings["all_acquired_slices_onto_grid_mm"] = self.plan.spacing
         return Provenance(self.settings.plane, self.settings.indices, model, settings, self._input_name)
 
-    def uncertainty_info(self):
-        """What the worker's uncertainty output is (the model folder's calibration decides; torch-free)."""
-        from ..model.calibration import uncertainty_info
-        from ..model.files import default_model_dir
-
-        return uncertainty_info(self.settings.model_dir or default_model_dir())
-
     def finish(self) -> ResultNodes:
         """Add the result nodes (once the job is done); raises XDiffusionError if it failed or was cancelled."""
         if self.result is not None:
@@ -143,32 +138,30 @@ class SceneReconstruction:
             raise
         return self.result
 
-    def _add_results(self, outputs) -> ResultNodes:
+    def _add_results(self, outputs: ReconstructionResult) -> ResultNodes:
         scene = self.scene
         like = self.input_node if self.scene.IsNodePresent(self.input_node) else None
 
         def add(volume, kind):
             return add_volume_node(scene, volume, output_name(self._input_name, kind), like=like)
 
-        reconstruction = add(outputs.reconstruction.with_array(outputs.reconstruction.array.astype(np.float32)),
-                             "reconstruction")
+        reconstruction = add(outputs.volume.with_array(outputs.volume.array.astype(np.float32)), "reconstruction")
         display.show_like(reconstruction, like)
         for key, value in self.provenance().to_attributes().items():
             reconstruction.SetAttribute(key, value)
         result = ResultNodes(reconstruction)
-        if outputs.uncertainty is not None:
-            result.uncertainty = add(outputs.uncertainty, "uncertainty")
-            # This run's own meaning (its file's header: calibrated on this scan or on synthetic
-            # data only); the model folder's only for a worker that recorded none.
-            display.show_uncertainty(result.uncertainty, scene, outputs.uncertainty_info or self.uncertainty_info())
+        result.uncertainty = add(outputs.uncertainty, "uncertainty")
+        # This run's own meaning, carried by the result (calibrated on this scan or on synthetic data
+        # only), recorded on the node for every redisplay and export.
+        display.show_uncertainty(result.uncertainty, scene, outputs.info)
         real = self._input
         if self.reference_node is not None:
             real = volume_from_node(self.reference_node)
-            result.difference = add(real.with_array(maps.difference(real.array, outputs.reconstruction.array)),
+            result.difference = add(real.with_array(maps.difference(real.array, outputs.volume.array)),
                                     "difference")
             display.show_difference(result.difference, scene)
         real_node = self.reference_node if self.reference_node is not None else like
-        self._add_overlays(result, real, outputs.reconstruction, real_node)
+        self._add_overlays(result, real, outputs.volume, real_node)
         result.layout = comparison_layout(
             real_node.GetID() if real_node is not None else reconstruction.GetID(),
             reconstruction.GetID(),

@@ -40,27 +40,18 @@ import threading
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import XDiffusionError
 from ..io.volume import Volume
-from ..uncertainty.intervals import UncertaintyInfo
+from ..sampling.result import ReconstructionResult, read_result
 from .messages import INPUT_NAME, REQUEST_NAME, JobSettings, Request, decode, error_message, write_request
 
 MODES = ("auto", "slicer", "subprocess", "inprocess")
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds XDiffusionLib
 _LOG_LINES = 40
-
-
-@dataclass(frozen=True)
-class WorkerResult:
-    reconstruction: Volume
-    uncertainty: Volume | None
-    # What this run's uncertainty means, from its file's header (calibrated on the scan or not).
-    uncertainty_info: UncertaintyInfo | None = None
 
 
 def in_slicer() -> bool:
@@ -135,8 +126,10 @@ class WorkerJob:
             self.message = "cancelled"
         self._remove_workdir()
 
-    def result(self) -> WorkerResult:
-        """The reconstruction (and uncertainty) of a finished job; the job's folder is removed after reading."""
+    def result(self) -> ReconstructionResult:
+        """The reconstruction, its uncertainty and what that means (``info``, from the uncertainty's
+        header: the run's own, as the reconstructor made it) of a finished job; the job's folder is
+        removed after reading."""
         if self.state == RUNNING:
             self.wait()
         if self.state == CANCELLED:
@@ -144,15 +137,12 @@ class WorkerJob:
         if self.state == FAILED:
             raise XDiffusionError(self.error or "the reconstruction failed")
         try:
-            reconstruction = _read_output(self.outputs["reconstruction"])
-            uncertainty, info = None, None
-            if "uncertainty" in self.outputs:
-                uncertainty, info = _read_output(self.outputs["uncertainty"], with_info=True)
-        except KeyError:
-            raise XDiffusionError("the worker reported no reconstruction file") from None
+            missing = [name for name in ("reconstruction", "uncertainty") if name not in self.outputs]
+            if missing:
+                raise XDiffusionError(f"the worker reported no {' and no '.join(missing)} file")
+            return read_result(self.outputs["reconstruction"], self.outputs["uncertainty"])
         finally:
             self._remove_workdir()
-        return WorkerResult(reconstruction, uncertainty, info)
 
     def close(self) -> None:
         """Cancel if still running and remove the job's folder."""
@@ -201,28 +191,6 @@ class WorkerJob:
 
     def _remove_workdir(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def _read_output(path: str, with_info: bool = False):
-    """The output volume; ``with_info``: (volume, the ``UncertaintyInfo`` its header records, or
-    None when it records none)."""
-    # Our own files: read as they are (an uncertainty of all zeros is a valid result, which the
-    # user-input reader read_volume would reject as "constant").
-    import SimpleITK as sitk
-
-    from ..io.readers import image_to_volume
-
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise XDiffusionError(f"{path}: cannot read the worker's output ({str(error).strip().splitlines()[-1][:160]})") from None
-    volume = image_to_volume(image)
-    if not with_info:
-        return volume
-    if not image.HasMetaDataKey("XDiffusion_uncertainty"):
-        return volume, None
-    return volume, UncertaintyInfo.from_metadata(
-        lambda key: image.GetMetaData(key) if image.HasMetaDataKey(key) else None)
 
 
 class _ProcessJob(WorkerJob):

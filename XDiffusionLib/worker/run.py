@@ -28,8 +28,7 @@ class Cancelled(Exception):
 
 def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = lambda: False) -> dict[str, str]:
     """Run ``request``; returns the written outputs {name: path} after emitting ``done``."""
-    from ..io import read_volume, write_volume
-    from ..uncertainty.marking import file_metadata
+    from ..io import read_volume
     from ..io.readers import MultiVolumeError
 
     settings = request.settings.check()
@@ -56,6 +55,7 @@ def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = 
         raise error.without_option() from None
     report(0.01, "loading PyTorch and the model")
     from ..sampling.reconstructor import reconstruct_volume
+    from ..sampling.result import write_result
 
     def sampling_progress(fraction: float, message: str = "") -> None:
         report(_LOADED + (_SAMPLED - _LOADED) * min(max(float(fraction), 0.0), 1.0), message or "sampling")
@@ -76,11 +76,9 @@ def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = 
             **settings.options,
         )
     report(_SAMPLED, "writing the results")
-    outputs = {"reconstruction": str(write_volume(result.volume, targets[0], metadata=file_metadata("reconstruction")))}
-    if getattr(result, "uncertainty", None) is not None:
-        info = getattr(result, "info", None)  # what the uncertainty is, in the file's header (NRRD keys)
-        outputs["uncertainty"] = str(write_volume(result.uncertainty, targets[1],
-                                                  metadata=None if info is None else file_metadata("uncertainty", info)))
+    # What the uncertainty means travels in its header (NRRD keys): the launcher reads it back.
+    written = write_result(result, targets[0], targets[1])
+    outputs = {"reconstruction": str(written[0]), "uncertainty": str(written[1])}
     report(1.0, "finished")
     emit(done_message(outputs))
     return outputs

@@ -169,9 +169,8 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
     from tqdm import tqdm
 
     from ...io.readers import read_volume
-    from ...io.writers import write_volumes
-    from ...uncertainty.marking import file_metadata
     from ...sampling.reconstructor import XDiffusionReconstructor, reconstruct_volume
+    from ...sampling.result import write_result
     from ...sampling.thick_slices import plan_for, reconstruct_thick_slices
 
     settings = dict(
@@ -208,9 +207,7 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
         for bar in bars:
             bar.close()
 
-    write_volumes([(result.volume, output), (result.uncertainty, uncertainty)],
-                  # every file says what it is (AI-generated; the uncertainty's level and units)
-                  metadata=[file_metadata("reconstruction"), file_metadata("uncertainty", result.info)])
+    write_result(result, output, uncertainty)  # both files say what they are; the uncertainty its meaning
     grid = f": {plan.describe()}" if args.all_slices else ""
     print(f"wrote {output} and {uncertainty} ({result.info.label}){grid}")
     return 0

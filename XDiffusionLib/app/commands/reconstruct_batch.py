@@ -228,10 +228,9 @@ def _case_key(base: dict, batch, volume_index) -> str:
 def _reconstruct_case(batch, out: Path, reconstructor, args, rank) -> tuple[dict, list[Path]]:
     from ...evaluation import protocol
     from ...io.readers import read_volume
-    from ...io.writers import write_volumes
     from ...sampling.reconstructor import reconstruct_volume
+    from ...sampling.result import write_result
     from ...sampling.thick_slices import reconstruct_thick_slices
-    from ...uncertainty.marking import file_metadata
 
     output, uncertainty = _outputs(out, batch)
     start = time.perf_counter()
@@ -250,8 +249,7 @@ def _reconstruct_case(batch, out: Path, reconstructor, args, rank) -> tuple[dict
             else:  # the evaluation protocol's choice: bin centres over the head along the plane's axis
                 indices = list(protocol.choose_indices(protocol.canonical_case(volume).array, batch.plane, batch.k))
             result = reconstruct_volume(volume, batch.plane, indices, reconstructor=reconstructor)
-        write_volumes([(result.volume, output), (result.uncertainty, uncertainty)],
-                      metadata=[file_metadata("reconstruction"), file_metadata("uncertainty", result.info)])
+        write_result(result, output, uncertainty)
     except XDiffusionError as error:
         raise XDiffusionError(f"{batch.row}: {error}") from None
     seconds = time.perf_counter() - start
