@@ -113,6 +113,23 @@ def test_bad_request_files_are_clear_errors(tmp_path, content, message):
         messages.read_request(path)
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"views": "many"}, "setting 'views' must be a whole number, got 'many'"),
+    ({"views": 0}, "views must be a positive integer, got 0"),
+    ({"sampler": "euler"}, "unknown sampler 'euler'"),
+    ({"colour": "red"}, r"unknown reconstruction settings \['colour'\]"),
+])
+def test_a_jobs_sampling_settings_are_checked_with_the_job_before_any_process(scene, private_tmp, options, message):
+    """The Slicer module and the web app check a job before starting a worker (``JobSettings.check``);
+    its sampling settings were checked only inside the worker process, after it had started."""
+    with pytest.raises(XDiffusionError, match=message):
+        messages.JobSettings("axial", (2,), None, options).check()
+    source = nodes.add_volume_node(scene, head_volume(), "T1")
+    with pytest.raises(XDiffusionError, match=message):
+        SceneReconstruction(scene, source, messages.JobSettings("axial", (2,), None, options))
+    assert list(private_tmp.iterdir()) == []
+
+
 def test_worker_process_reports_a_bad_request_as_one_error_line(tmp_path):
     completed = subprocess.run([sys.executable, "-m", "XDiffusionLib.worker", str(tmp_path / "missing.json")],
                                capture_output=True, text=True, timeout=120,

@@ -11,7 +11,9 @@ DPM-Solver++ steps per view suffice (see the README's Method section and the mod
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from .errors import XDiffusionError
 from .records import unknown_fields
@@ -102,8 +104,34 @@ class ReconstructionSettings:
             raise XDiffusionError(f"unknown reconstruction settings {unknown}: choose from {', '.join(known)}")
         return cls(**options)
 
+    @classmethod
+    def from_record(cls, options: dict) -> "ReconstructionSettings":
+        """``from_options`` for values read from JSON (a worker request): a value of the wrong type
+        (``{"views": "many"}``, ``{"bf16": "yes"}``) is refused first, with one line naming it."""
+        hints = typing.get_type_hints(cls)
+        for item in fields(cls):
+            if item.name not in options:
+                continue
+            value = options[item.name]
+            allowed = typing.get_args(hints[item.name]) or (hints[item.name],)
+            if not any(_has_type(value, kind) for kind in allowed):
+                names = " or ".join(_TYPE_WORDS.get(kind, kind.__name__) for kind in allowed)
+                raise XDiffusionError(f"setting {item.name!r} must be {names}, got {value!r}")
+        return cls.from_options(options)
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+_TYPE_WORDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+
+
+def _has_type(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 DEFAULTS = ReconstructionSettings()

@@ -28,6 +28,7 @@ from ..errors import XDiffusionError
 from ..io.atomic import write_json_atomic
 from ..inputs import plane_axis
 from ..records import check_record
+from ..settings import ReconstructionSettings
 
 PROTOCOL_VERSION = 1
 REQUEST_NAME = "request.json"
@@ -39,8 +40,8 @@ OUTPUT_NAMES = {"reconstruction": "reconstruction.nrrd", "uncertainty": "uncerta
 class JobSettings:
     """What to reconstruct and how: the inputs' ``plane`` and canonical ``indices``, the model
     (``model_dir`` None: the shipped default) and ``options``, the sampling settings passed as they
-    are to ``reconstruct_volume`` (views, steps, sampler, guidance, samples, seed, device, ...),
-    which checks them (``XDiffusionLib.sampling.reconstructor.ReconstructionSettings``).
+    are to ``reconstruct_volume`` (views, steps, sampler, guidance, samples, seed, device, ...);
+    ``check`` checks their types and values (``settings.ReconstructionSettings.from_record``).
     ``thick_slices`` (``{"factor": N, "thickness": mm or None}``): the input is a thick-slice scan and
     every acquired slice goes onto a grid N times finer (``sampling.thick_slices``); ``plane`` and
     ``indices`` then record the acquired slices on that grid."""
@@ -71,6 +72,7 @@ class JobSettings:
         reserved = {"volume", "plane", "indices", "model_dir", "progress", "reconstructor"} & set(self.options)
         if reserved:
             raise XDiffusionError(f"options {sorted(reserved)} are not sampling settings")
+        ReconstructionSettings.from_record(self.options)  # their types and values, where they live
         if self.thick_slices is not None:
             thick = self.thick_slices
             if not isinstance(thick, dict) or set(thick) - {"factor", "thickness"} or "factor" not in thick:

@@ -7,8 +7,6 @@ mode, so both behave the same. ``emit`` receives protocol messages (see ``messag
 
 from __future__ import annotations
 
-import typing
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,8 +29,7 @@ def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = 
     from ..io import read_volume
     from ..io.readers import MultiVolumeError
 
-    settings = request.settings.check()
-    check_option_types(settings.options)
+    settings = request.settings.check()  # the sampling settings' types and values too (settings.py)
     # The command line's output checks, before any work: the worker never replaces its input nor
     # any existing file (callers give it a fresh folder), and an unwritable folder fails now.
     from ..io.outputs import check_outputs
@@ -82,33 +79,6 @@ def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = 
     report(1.0, "finished")
     emit(done_message(outputs))
     return outputs
-
-
-def check_option_types(options: dict[str, Any]) -> None:
-    """Refuse a sampling setting of the wrong type (``{"views": "many"}``) with one line naming it;
-    the types are those of ``ReconstructionSettings``, which then checks the values."""
-    from ..sampling.reconstructor import ReconstructionSettings
-
-    hints = typing.get_type_hints(ReconstructionSettings)
-    for item in fields(ReconstructionSettings):
-        if item.name not in options:
-            continue
-        value = options[item.name]
-        allowed = typing.get_args(hints[item.name]) or (hints[item.name],)
-        if not any(_has_type(value, kind) for kind in allowed):
-            names = " or ".join(_TYPE_WORDS.get(kind, kind.__name__) for kind in allowed)
-            raise XDiffusionError(f"setting {item.name!r} must be {names}, got {value!r}")
-
-
-_TYPE_WORDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
-
-
-def _has_type(value: Any, kind: type) -> bool:
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, kind)
 
 
 def describe_failure(error: BaseException) -> str:
