@@ -1,9 +1,12 @@
 """What every output file says it is, inside the file: the one home of that text.
 
 A reconstruction is an AI-generated pseudo-MRI, never an acquisition; a file name suffix is lost on
-the first copy, so the header says it too. The CLI, the worker, the demo, the Slicer module and the
-web app all write their NIfTI / NRRD / MetaImage outputs with ``file_metadata`` (and the DICOM
-exporter takes ``NOT_FOR_DIAGNOSIS`` as its SeriesDescription).
+the first copy, so the header says it too. Every NIfTI / NRRD / MetaImage output is written with
+``file_metadata``: a result and its uncertainty by ``sampling.result.write_result`` (the CLI,
+reconstruct-batch, the worker), single volumes by the demo and by ``slicer.export`` (the Slicer
+module and the web app, with the meaning the uncertainty node records); the DICOM exporter takes
+``NOT_FOR_DIAGNOSIS`` as its SeriesDescription. What the uncertainty means (``UncertaintyInfo``)
+comes with the result (``sampling.result.ReconstructionResult.info``), never from the model folder.
 
 Keys: NIfTI keeps only ``descrip`` (80 bytes, so the short form); NRRD and MetaImage keep every key
 (``XDiffusion_content``, ``XDiffusion_notice``, and for the uncertainty its level and units from
