@@ -17,6 +17,7 @@ slabs than the model takes is cropped to its central part along the slice axis.
 from __future__ import annotations
 
 import csv
+import io
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from scipy.interpolate import PchipInterpolator
 
 from ..baselines.through_plane_sr import SmoreSettings, cubic_along, through_plane_sr
 from ..inputs import plane_axis
+from ..io.atomic import write_text_atomic
 from ..io.volume import Grid, Volume
 from ..metrics.psnr import psnr_paper
 from ..metrics.ssim import ssim_per_plane, ssim_slices
@@ -131,11 +133,13 @@ def run_thick_slice(volumes: dict[str, Volume], out: Path, plane: str = "axial",
                              seconds=seconds))
             note(f"{name} leave-out {method}: {rows[-1]['psnr']:.2f} dB, SSIM {rows[-1]['ssim']:.3f}, {seconds:.1f} s")
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "thick_slice.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "thick_slice_summary.md").write_text(summary_table(rows), encoding="utf-8")
+    # Whole or not at all: a full disk or Ctrl-C never leaves a cut-short table under its name.
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / "thick_slice.csv", table.getvalue())
+    write_text_atomic(out / "thick_slice_summary.md", summary_table(rows))
     return rows
 
 
