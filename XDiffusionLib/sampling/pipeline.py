@@ -197,9 +197,10 @@ class XDiffusionPipeline:
         (or, below ``start`` = 1, from part-way down the schedule)."""
         start = self.config.start_fraction if start is None else float(start)
         side = self.config.side
+        # 1. the condition c(x, d, R) of every section of the view
         scheduler = make_scheduler(sampler, self.config)
         cond = builder(R.to(self.device), depths.to(self.device))
-        # Latent profiles (paper) denoise in their VAE latent space and decode at the end.
+        # 2. the starting noise. Latent profiles (paper) denoise in their VAE latent space and decode at the end.
         latent_shape = self.hooks.latent_shape
         shape = tuple(latent_shape) if latent_shape is not None else (1, side, side)
         noise = torch.randn(depths.numel(), *shape, generator=generator)
@@ -210,6 +211,7 @@ class XDiffusionPipeline:
             a = float(self.config.noise_sharing)
             noise = (1.0 - a) ** 0.5 * noise + a ** 0.5 * shared
         noise = noise.to(self.device)
+        # 3. the timesteps, and x at the first of them
         if start < 1.0:
             # Start part-way down the schedule from x_t = sqrt(1 - alpha_bar_t) * noise: the noisy
             # version of a zero residual, i.e. of the anchor itself (SDEdit / residual diffusion).
@@ -223,6 +225,7 @@ class XDiffusionPipeline:
             scheduler.set_timesteps(steps, device=self.device)
             timesteps = scheduler.timesteps
             x = noise * scheduler.init_noise_sigma
+        # 4. residual models: only the sections that show the head go through the network
         active = self.active_sections(cond) if self.config.target == "residual" else None
         if active is not None and not bool(active.any()):
             if step_done is not None:
@@ -231,12 +234,14 @@ class XDiffusionPipeline:
             return torch.zeros(depths.numel(), side, side, device=self.device)
         if active is not None:
             x, cond = x[active], cond[active]
+        # 5. the denoising loop (all sections in one batch, evaluated in chunks)
         for k, t in enumerate(timesteps):
             model_input = scheduler.scale_model_input(x, t)
             prediction = self.predict(model_input, t, cond, guidance)
             x = scheduler.step(prediction, t, x, generator=generator).prev_sample
             if step_done is not None:
                 step_done(k + 1)  # may raise to cancel the run
+        # 6. back to sections in network range (latents decoded; skipped sections keep a zero residual)
         if latent_shape is not None:
             x = self.hooks.decode(x).float()
         if active is not None:
