@@ -73,9 +73,8 @@ from .result import ReconstructionResult  # noqa: F401  (re-exported: its one ho
 
 
 class _VolumeTarget:
-    """Model space for a model that generates the volume itself (intensities in [0, 1])."""
-
-    estimate: AnchorEstimate | None = None  # no anchor: no head mask, no interval
+    """Model space for a model that generates the volume itself (intensities in [0, 1]); no anchor,
+    so no head mask and no interval."""
 
     def __init__(self, inputs: SliceInput, config: XDiffusionConfig) -> None:
         self.normalizer = IntensityNormalizer().fit(inputs.slices)
