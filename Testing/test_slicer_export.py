@@ -290,3 +290,24 @@ def test_every_export_says_inside_what_it_is(tmp_path, suffix):
         file_metadata("uncertainty")
     with pytest.raises(XDiffusionError, match="unknown output 'mask'"):
         file_metadata("mask")
+
+
+def test_naming_a_custom_model_in_an_export_loads_no_torch(tmp_path, tiny_model):
+    """Issue 22 item 11: the DICOM export of a custom model names it by the SHA-256 of its weights;
+    Slicer's GUI process computed that through model.checkpoint, which imports torch (a second
+    copy of the checksum in model/calibration.py shows it needs none). A fresh process exports the
+    series and must not have loaded torch."""
+    code = (
+        "import sys; from XDiffusionLib.io.volume import Volume; import numpy as np\n"
+        "from XDiffusionLib.slicer.export import Provenance, export_dicom_series\n"
+        "volume = Volume.from_array(np.arange(60, dtype='float32').reshape(5, 4, 3))\n"
+        f"export_dicom_series(volume, {str(tmp_path / 'series')!r}, Provenance('axial', (1,), {str(tiny_model)!r}))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False"]
+    from XDiffusionLib.model.checkpoint import weights_checksum
+
+    first = pydicom.dcmread(sorted((tmp_path / "series").iterdir())[0])
+    assert f"model tiny (weights sha256 {weights_checksum(tiny_model)})" in first.DerivationDescription

@@ -16,13 +16,11 @@ from typing import Any
 
 from ..errors import XDiffusionError
 from ..io.atomic import write_text_atomic
-from ..io.checksums import safetensors_metadata, tensor_data_sha256
-from .files import WEIGHTS_NAME
+from .files import WEIGHTS_NAME, weights_checksum
 from ..uncertainty.intervals import DEFAULT_LEVEL, UNCALIBRATED, IntervalCalibration, UncertaintyInfo, calibrated_info
 from ..uncertainty.scan_scale import scan_reference_of
 
 CALIBRATION_NAME = "uncertainty_calibration.json"
-_WEIGHTS_CHECKSUM = "weights_sha256"  # = checkpoint.WEIGHTS_CHECKSUM (that module imports torch)
 
 
 def content_sha256(data: dict[str, Any]) -> str:
@@ -31,16 +29,11 @@ def content_sha256(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
-def model_weights_sha256(directory: str | os.PathLike) -> str:
-    weights = Path(directory) / WEIGHTS_NAME
-    return safetensors_metadata(weights).get(_WEIGHTS_CHECKSUM) or tensor_data_sha256(weights)
-
-
 def save_calibration(table: IntervalCalibration, directory: str | os.PathLike) -> Path:
     """Write the table (bound to the folder's weights, with its own checksum) atomically."""
     directory = Path(directory)
     data = table.to_dict()
-    data["weights_sha256"] = model_weights_sha256(directory)
+    data["weights_sha256"] = weights_checksum(directory)
     data["sha256"] = content_sha256(data)
     return write_text_atomic(directory / CALIBRATION_NAME, json.dumps(data, indent=1) + "\n")
 
@@ -66,7 +59,7 @@ def load_calibration(directory: str | os.PathLike, required: bool = False) -> In
     if content_sha256(data) != data["sha256"]:
         raise XDiffusionError(f"{path}: does not match its recorded checksum (edited or corrupt); {regenerate}")
     weights = Path(directory) / WEIGHTS_NAME
-    if weights.is_file() and data.get("weights_sha256") != model_weights_sha256(directory):
+    if weights.is_file() and data.get("weights_sha256") != weights_checksum(directory):
         raise XDiffusionError(f"{path}: calibrated for other weights than {weights}; {regenerate}")
     table = IntervalCalibration.from_dict(data, str(path))
     scan_reference_of(table.scan_reference, str(path))  # a malformed scan reference fails here, not mid-run
@@ -84,4 +77,4 @@ def uncertainty_info(directory: str | os.PathLike, level: float = DEFAULT_LEVEL)
     return calibrated_info(level) if table is not None else UNCALIBRATED
 
 
-__all__ = ["CALIBRATION_NAME", "uncertainty_info", "content_sha256", "load_calibration", "model_weights_sha256", "save_calibration"]
+__all__ = ["CALIBRATION_NAME", "uncertainty_info", "content_sha256", "load_calibration", "save_calibration"]

@@ -35,11 +35,11 @@ from ..io.checksums import (
 )
 from .config import XDiffusionConfig
 from .factory import build_denoiser
-from .files import CONFIG_NAME, WEIGHTS_NAME, default_model_dir  # noqa: F401  (their one home is model/files.py)
+# Their one home is model/files.py (torch-free).
+from .files import CONFIG_NAME, WEIGHTS_CHECKSUM, WEIGHTS_NAME, default_model_dir, weights_checksum  # noqa: F401
 
-# Keys of the checksums recorded in the weights file's metadata.
+# The other key of the checksums recorded in the weights file's metadata (besides WEIGHTS_CHECKSUM).
 CONFIG_CHECKSUM = "config_sha256"
-WEIGHTS_CHECKSUM = "weights_sha256"
 
 
 def save_pretrained(model: nn.Module, config: XDiffusionConfig, directory: str | os.PathLike) -> Path:
@@ -115,12 +115,6 @@ def _expected_shapes(config: XDiffusionConfig) -> dict[str, tuple[int, ...]]:
     whatever sizes an edited config asks for."""
     with torch.device("meta"):
         return _shapes(build_denoiser(config).state_dict())
-
-
-def weights_checksum(directory: str | os.PathLike) -> str:
-    """The SHA-256 of a model folder's tensor bytes: as recorded at save time, else computed."""
-    weights = Path(directory) / WEIGHTS_NAME
-    return safetensors_metadata(weights).get(WEIGHTS_CHECKSUM) or tensor_data_sha256(weights)
 
 
 def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:

@@ -34,6 +34,7 @@ from ..io import write_volume
 from ..io.atomic import remove_stale_temporaries, temporary_directory
 from ..io.formats import WRITE_SUFFIXES
 from ..io.volume import Volume
+from ..model.files import WEIGHTS_NAME, weights_checksum
 from ..uncertainty.intervals import UncertaintyInfo
 from ..uncertainty.marking import NOT_FOR_DIAGNOSIS, file_metadata
 
@@ -102,9 +103,7 @@ def describe_model(model: str) -> str:
     part; anything else (a description) stays as it is."""
     text = str(model or "")
     path = Path(text).expanduser()
-    if text and path.is_dir() and (path / "model.safetensors").is_file():
-        from ..model.checkpoint import weights_checksum
-
+    if text and path.is_dir() and (path / WEIGHTS_NAME).is_file():
         name = path.resolve().name
         try:
             return f"{name} (weights sha256 {weights_checksum(path)})"
