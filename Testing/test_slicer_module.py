@@ -510,7 +510,7 @@ def packages(monkeypatch):
     """The distributions Slicer's Python has (name -> version or None), as the module reads them."""
     from XDiffusionLib.slicer import dependencies
 
-    installed = {"torch": "2.5.1", "diffusers": "0.31.0", "safetensors": "0.4.5", "scipy": "1.14.1"}
+    installed = {"torch": "2.5.1", "diffusers": "0.31.0", "safetensors": "0.4.5", "scipy": "1.14.1", "psutil": "5.9.8"}
     monkeypatch.setattr(dependencies, "installed_version", lambda name: installed[name])
     return installed
 
@@ -568,6 +568,31 @@ def test_an_old_torch_is_offered_the_pytorch_extension_update(xd, monkeypatch, p
     with pytest.raises(XDiffusionError, match=r"needs PyTorch 2\.1 or newer \(version 1\.13\.1 is installed\): install "
                                               "the 'PyTorch' extension"):
         logic.ensureDependencies(confirm=lambda text: True)
+
+
+def test_the_panel_works_in_a_slicer_without_psutil(tmp_path, packages):
+    """Issue 22 item 11: psutil answers the liveness check of a stale temporary's writer, but
+    Slicer's Python does not bundle it (SuperBuild/External_python-*.cmake and their requirements
+    in Slicer 5.10 and 5.12 name no psutil): the panel's checks, the worker launcher and the
+    exports must import without it (a stale temporary is then kept, never removed on a guess),
+    and Reconstruct installs it with the worker's other packages."""
+    from XDiffusionLib.slicer.dependencies import PACKAGES, dependency_problems
+
+    stale = tmp_path / ".out.nrrd.xdpart-999999-00000000-x"
+    code = (
+        "import sys; sys.modules['psutil'] = None\n"  # import psutil fails, as in Slicer
+        "import XDiffusionLib.slicer.request_checks, XDiffusionLib.slicer.reconstruction\n"
+        "import XDiffusionLib.slicer.export, XDiffusionLib.worker.launcher\n"
+        "from XDiffusionLib.io import atomic\n"
+        "print(atomic.process_alive(2**22 + 12345), atomic.remove_stale_temporaries(sys.argv[1]))\n"
+    )
+    stale.write_text("half")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "[]"] and stale.exists()
+    assert "psutil" in [r.name for r in PACKAGES]
+    packages["psutil"] = None
+    assert "psutil>=5.9 (not installed)" in dependency_problems()
 
 
 def test_version_numbers_compare_by_release():

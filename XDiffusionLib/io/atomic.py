@@ -31,8 +31,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import psutil
-
 from ..errors import XDiffusionError
 from .checksums import read_safetensors_header, safetensors_data_end
 
@@ -139,10 +137,16 @@ def process_alive(pid: int) -> bool:
     """Whether process ``pid`` on this host may still run (ours, or one we cannot tell about).
 
     psutil's process table answers (``os.kill(pid, 0)`` is no liveness check on Windows). A
-    number that names no single process (zero or less) counts as alive: its files are kept.
+    number that names no single process (zero or less) counts as alive: its files are kept. So
+    does every process where psutil is not installed: 3D Slicer's Python does not bundle it (the
+    Slicer module installs it with the worker's packages), and the module must work before that.
     """
     if pid <= 0 or pid == os.getpid():
         return True
+    try:
+        import psutil  # optional where this runs inside 3D Slicer (see above)
+    except ImportError:
+        return True  # we cannot tell: keep its files
     try:
         return psutil.pid_exists(pid)
     except OSError:

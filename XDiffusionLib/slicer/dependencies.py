@@ -39,8 +39,10 @@ class Requirement:
 
 
 TORCH = Requirement("torch", "2.1")
-# Besides torch; the same minimums as pyproject.toml.
-PACKAGES = (Requirement("diffusers", "0.30"), Requirement("safetensors", "0.4"), Requirement("scipy", "1.10"))
+# Besides torch; the same minimums as pyproject.toml. psutil: the liveness check of a stale
+# temporary's writer (``io.atomic.process_alive``); Slicer does not bundle it.
+PACKAGES = (Requirement("diffusers", "0.30"), Requirement("safetensors", "0.4"), Requirement("scipy", "1.10"),
+            Requirement("psutil", "5.9"))
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
