@@ -686,6 +686,38 @@ def test_self_test_says_skipped_without_the_packages(xd, scene, packages, capsys
     assert "torch>=2.1 (not installed) (XDIFFUSION_SELFTEST_REQUIRE_DEPENDENCIES=1)" in result.failures[0][1]
 
 
+def test_reload_and_test_without_pytorch_is_a_skip_not_a_failure(xd, scene, packages, capsys, monkeypatch):
+    """Issue 22 item 11: Developer mode's *Reload and Test* calls the module's test outside
+    unittest's runner (Base/Python/slicer/ScriptedLoadableModule.py: ScriptedLoadableModule.runTest
+    makes the <Module>Test case and calls its runTest(); ScriptedLoadableModuleWidget.onReloadAndTest
+    wraps that in slicer.util.tryWithErrorDisplay("Reload and Test failed.")), so a SkipTest raised
+    there was shown as "Reload and Test failed". ctest's runner (Base/Python/slicer/testing.py,
+    runUnitTest: unittest.TextTestRunner) still counts the skip (test above)."""
+    packages["torch"] = None
+    shown = []
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(testingEnabled=lambda: False), raising=False)
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kwargs: shown.append(text))
+    monkeypatch.delenv(xd.XDiffusionTest.REQUIRE_DEPENDENCIES, raising=False)
+
+    def reload_and_test():  # what the two Slicer functions above do, with the real tryWithErrorDisplay
+        with slicer.util.tryWithErrorDisplay("Reload and Test failed."):
+            case = xd.XDiffusionTest()
+            case.messageDelay = 100
+            case.runTest()
+
+    try:
+        reload_and_test()
+    except unittest.SkipTest as skip:  # pytest would report it as a skip of this test
+        pytest.fail(f"Reload and Test raised SkipTest ({skip}); Slicer shows: {shown}")
+    assert shown == []
+    assert "SKIPPED: reconstruction of MRHead" in capsys.readouterr().out
+
+    monkeypatch.setenv(xd.XDiffusionTest.REQUIRE_DEPENDENCIES, "1")  # where PyTorch is expected: a failure
+    with pytest.raises(AssertionError, match="torch>=2.1 \\(not installed\\)"):
+        reload_and_test()
+    assert len(shown) == 1 and shown[0].startswith("Reload and Test failed.")
+
+
 @pytest.mark.slow
 def test_self_test_reconstructs_MRHead_with_the_shipped_model(xd, scene, slicer_app, monkeypatch):
     """The module's own test as Slicer runs it, with a real head standing in for MRHead (the shipped

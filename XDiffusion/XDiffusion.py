@@ -699,7 +699,13 @@ class XDiffusionTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_validation_messages()
         self.setUp()
-        self.test_reconstruct_MRHead()
+        try:
+            self.test_reconstruct_MRHead()
+        except unittest.SkipTest as skipped:
+            # "Reload and Test" calls runTest() outside unittest's runner, where a SkipTest would
+            # show as "Reload and Test failed": say it instead. ctest runs each test_ method through
+            # unittest, which counts the skip.
+            logging.warning(f"XDiffusion self-test passed, reconstruction SKIPPED: {skipped}")
 
     def _volume(self, shape=(12, 10, 8), name="XDiffusionTest T1"):
         import numpy as np
