@@ -435,6 +435,57 @@ def test_add_current_slice_and_jump(xd, scene, plane, view):
         logic.addCurrentSlice(p)
 
 
+def test_add_current_slice_refuses_a_non_linear_parent_transform(xd, scene):
+    """Issue 22 item 11: under a non-linear transform (a warp) the slice a view shows is no slice of
+    the volume; vtkMRMLTransformNode::GetMatrixTransformToWorld returns 0 and leaves an identity
+    matrix for it (Libs/MRML/Core/vtkMRMLTransformNode.h: "Returns 0 if the transform is not
+    linear"), so the view's position was silently taken as the volume's own. One clear line
+    instead, naming the transform; typed indices (the volume's own voxels) still work."""
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+    layout_logic = slicer.vtkMRMLLayoutLogic()
+    layout_logic.SetMRMLScene(scene)
+    try:
+        check_non_linear_parent_is_refused(xd, scene)
+    finally:
+        layout_logic.SetMRMLScene(None)  # slicer-core crashes clearing a scene with a warp and a layout logic
+
+
+def check_non_linear_parent_is_refused(xd, scene):
+    import vtk
+
+    from XDiffusionLib.errors import XDiffusionError
+
+    logic = xd.XDiffusionLogic()
+    p = logic.getParameterNode()
+    p.inputVolume = add_volume(scene, direction=np.eye(3))
+    warp = vtk.vtkThinPlateSplineTransform()
+    source, target = vtk.vtkPoints(), vtk.vtkPoints()
+    for point in [(0, 0, 0), (10, 0, 0), (0, 10, 0), (0, 0, 10), (10, 10, 10)]:
+        source.InsertNextPoint(point)
+        target.InsertNextPoint(point[0] + 1.0, point[1], point[2] + (3.0 if point == (10, 10, 10) else 0.0))
+    warp.SetSourceLandmarks(source)
+    warp.SetTargetLandmarks(target)
+    warp.SetBasisToR()
+    warped = scene.AddNewNodeByClass("vtkMRMLTransformNode", "warp")
+    warped.SetAndObserveTransformToParent(warp)
+    shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    p.inputVolume.SetAndObserveTransformNodeID(shift.GetID())
+    logic.jumpToSlice(p, 3)
+    assert logic.addCurrentSlice(p) == 3  # linear: fine
+    p.inputVolume.SetAndObserveTransformNodeID(warped.GetID())  # a warp between the volume and the world
+    message = "the input volume 'T1' is under the non-linear transform 'warp'"
+    with pytest.raises(XDiffusionError, match=message):
+        logic.addCurrentSlice(p)
+    with pytest.raises(XDiffusionError, match=message):
+        logic.jumpToSlice(p, 3)
+    p.inputVolume.SetAndObserveTransformNodeID(None)
+    shift.SetAndObserveTransformNodeID(warped.GetID())  # a warp above a linear parent counts too
+    p.inputVolume.SetAndObserveTransformNodeID(shift.GetID())
+    with pytest.raises(XDiffusionError, match="non-linear transform 'warp'.*Harden transform.*type the slice indices"):
+        logic.addCurrentSlice(p)
+    assert logic.addTypedSlices(p, "5") == [5] and p.sliceIndices == [3, 5]
+
+
 def test_typed_slices_and_remove(xd, scene):
     from XDiffusionLib.errors import XDiffusionError
 

@@ -526,10 +526,22 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _volumeToWorld(volumeNode) -> vtk.vtkMatrix4x4:
+        """The volume's RAS to world; one clear line when a warp lies between them (a view's slice
+        is then no slice of the volume, and GetMatrixTransformToWorld would return identity)."""
+        from XDiffusionLib.errors import XDiffusionError
+
         matrix = vtk.vtkMatrix4x4()
         parent = volumeNode.GetParentTransformNode()
+        if parent is not None and not parent.IsTransformToWorldLinear():
+            warp = parent
+            while warp.IsLinear() and warp.GetParentTransformNode() is not None:
+                warp = warp.GetParentTransformNode()
+            raise XDiffusionError(
+                f"the input volume {volumeNode.GetName()!r} is under the non-linear transform {warp.GetName()!r}: "
+                "a slice view does not show one of its slices. Harden the transform (Data module: right-click "
+                "the volume > Harden transform) or remove it, or type the slice indices")
         if parent is not None:
-            parent.GetMatrixTransformToWorld(matrix)  # linear transforms; others are hardened by the user first
+            parent.GetMatrixTransformToWorld(matrix)
         return matrix
 
     def _sliceToVolume(self, sliceNode, volumeNode):
