@@ -561,8 +561,10 @@ def packages(monkeypatch):
     """The distributions Slicer's Python has (name -> version or None), as the module reads them."""
     from XDiffusionLib.slicer import dependencies
 
-    installed = {"torch": "2.5.1", "diffusers": "0.31.0", "safetensors": "0.4.5", "scipy": "1.14.1", "psutil": "5.9.8"}
+    installed = {"torch": "2.5.1", "diffusers": "0.31.0", "safetensors": "0.4.5", "scipy": "1.14.1", "psutil": "5.9.8",
+                 "numpy": "2.0.2"}  # Slicer 5.10's numpy (SuperBuild/External_python-numpy.cmake)
     monkeypatch.setattr(dependencies, "installed_version", lambda name: installed[name])
+    monkeypatch.setattr(dependencies, "PLATFORM", "linux")
     return installed
 
 
@@ -603,21 +605,23 @@ def test_an_old_torch_is_offered_the_pytorch_extension_update(xd, monkeypatch, p
     monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: calls.append(("pip", requirements)) or
                         packages.update(diffusers="0.31.0"))
     logic = xd.XDiffusionLogic()
+    packages["numpy"] = "1.26.4"  # a Slicer with numpy 1: PyTorch 2.1 is enough
     assert logic.dependencyProblems() == ["torch>=2.1 (version 1.13.1+cu117 is installed)",
                                           "diffusers>=0.30 (version 0.21.4 is installed)"]
     assert logic.ensureDependencies(confirm=lambda text: questions.append(text) or True) is True
     assert "PyTorch 1.13.1+cu117 is installed" in questions[0] and "2.1 or newer" in questions[0]
     assert "Update it now with the PyTorch extension?" in questions[0]
     assert calls == [("installTorch", False, ">=2.1"), ("pip", ["diffusers>=0.30"])]
+    packages["numpy"] = "2.0.2"  # Slicer 5.10 and 5.12: numpy 2
 
     # an update that did not take (files in use): one clear line, not a failure inside the worker
     packages["torch"], extension.installs = "1.13.1", "1.13.1"
-    with pytest.raises(XDiffusionError, match=r"PyTorch is still not 2\.1 or newer \(version 1\.13\.1 is installed\): "
+    with pytest.raises(XDiffusionError, match=r"PyTorch is still not 2\.3 or newer \(version 1\.13\.1 is installed\): "
                                               "restart Slicer"):
         logic.ensureDependencies(confirm=lambda text: True)
     monkeypatch.delitem(sys.modules, "PyTorchUtils")
-    with pytest.raises(XDiffusionError, match=r"needs PyTorch 2\.1 or newer \(version 1\.13\.1 is installed\): install "
-                                              "the 'PyTorch' extension"):
+    with pytest.raises(XDiffusionError, match=r"needs PyTorch 2\.3 or newer \(numpy 2\.0\.2 is installed; PyTorch "
+                                              r"1\.13\.1 was built for numpy 1\): install the 'PyTorch' extension"):
         logic.ensureDependencies(confirm=lambda text: True)
 
 
@@ -644,6 +648,94 @@ def test_the_panel_works_in_a_slicer_without_psutil(tmp_path, packages):
     assert "psutil" in [r.name for r in PACKAGES]
     packages["psutil"] = None
     assert "psutil>=5.9 (not installed)" in dependency_problems()
+
+
+def test_a_pytorch_built_for_numpy_1_beside_slicers_numpy_2(xd, monkeypatch, packages):
+    """Issue 22 item 7: Slicer 5.10 / 5.12 bundle numpy 2.0.2 / 2.4.6 (SuperBuild/External_python-numpy.cmake)
+    and a PyTorch older than 2.3 was built for numpy 1, so the worker would fail at its first
+    tensor-to-array step. Elsewhere PyTorch 2.3 is required (the PyTorch extension's update)."""
+    calls, questions = [], []
+    packages["torch"] = "2.2.2"
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", PyTorchExtension(packages, calls))
+    logic = xd.XDiffusionLogic()
+    assert logic.dependencyProblems() == ["torch>=2.3 (numpy 2.0.2 is installed; PyTorch 2.2.2 was built for numpy 1)"]
+    assert logic.ensureDependencies(confirm=lambda text: questions.append(text) or True) is True
+    assert calls == [("installTorch", False, ">=2.3")] and "numpy 2.0.2 is installed" in questions[0]
+    assert logic.dependencyProblems() == []
+
+
+def test_macos_gets_numpy_1_and_a_restart_as_in_totalsegmentator(xd, monkeypatch, packages):
+    """Issue 22 item 7: Slicer on macOS runs under Rosetta 2, where PyTorch stops at 2.2.x. As
+    SlicerTotalSegmentator does (TotalSegmentator/TotalSegmentator.py, setupPythonRequirements:
+    on darwin, numpy >= 2 read from the metadata without importing it, then
+    slicer.util.pip_install("numpy<2")), numpy<2 is installed, here after asking, and Slicer is
+    restarted (slicer.util.restart; the running session keeps the numpy it loaded)."""
+    from XDiffusionLib.errors import XDiffusionError
+    from XDiffusionLib.slicer import dependencies
+
+    monkeypatch.setattr(dependencies, "PLATFORM", "darwin")
+    calls, questions, restarts = [], [], []
+    packages["torch"] = "2.2.2"
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", PyTorchExtension(packages, calls))
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: calls.append(("pip", requirements)) or
+                        packages.update(numpy="1.26.4"))
+    monkeypatch.setattr(slicer.util, "restart", lambda: restarts.append("restart"), raising=False)
+    logic = xd.XDiffusionLogic()
+    assert logic.dependencyProblems() == ["numpy<2 (numpy 2.0.2 is installed; PyTorch 2.2.2 was built for numpy 1)"]
+
+    assert logic.ensureDependencies(confirm=lambda text: questions.append(text) or False) is False
+    assert calls == [] and "Rosetta 2" in questions[0] and "numpy<2" in questions[0]  # declined: nothing changed
+
+    answers = iter([True, False])  # install numpy 1, but do not restart now
+    with pytest.raises(XDiffusionError, match="numpy 1.26.4 is installed, but this Slicer session still runs the numpy "
+                                              "it started with: restart Slicer"):
+        logic.ensureDependencies(confirm=lambda text: questions.append(text) or next(answers))
+    assert calls == [("pip", ["numpy<2"])] and restarts == [] and "Restart Slicer now?" in questions[-1]
+
+    packages["numpy"] = "2.0.2"
+    assert logic.ensureDependencies(confirm=lambda text: True) is False  # installed, then restarted
+    assert restarts == ["restart"] and logic.dependencyProblems() == []
+
+    packages.update(torch=None, numpy="2.0.2")  # a fresh Slicer: PyTorch first (2.2.2 is what macOS gets), then numpy
+    calls.clear()
+    restarts.clear()
+    extension = sys.modules["PyTorchUtils"]
+    extension.installs = "2.2.2"
+    assert logic.ensureDependencies(confirm=lambda text: True) is False
+    assert calls == [("installTorch", False, ">=2.1"), ("pip", ["numpy<2"])] and restarts == ["restart"]
+
+
+def test_updating_a_loaded_pytorch_on_windows_says_restart_before_pip_fails(xd, monkeypatch, packages):
+    """Issue 22 item 11: Windows locks the files of a loaded PyTorch, so the PyTorch extension's update
+    (PyTorchUtils.installTorch runs light-the-torch/pip through slicer.util._executePythonModule, which
+    raises CalledProcessError when pip fails) fails in pip, and the restart advice came only after a
+    successful update. Refused before anything changes; a failed update says the same."""
+    from XDiffusionLib.errors import XDiffusionError
+    from XDiffusionLib.slicer import dependencies
+
+    monkeypatch.setattr(dependencies, "PLATFORM", "win32")
+    calls, questions = [], []
+    packages["torch"] = "1.13.1"
+    extension = PyTorchExtension(packages, calls)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", extension)
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))  # another module has loaded it
+    logic = xd.XDiffusionLogic()
+    with pytest.raises(XDiffusionError, match="PyTorch 1.13.1 must be updated to 2.3 or newer .* already loaded in this "
+                                              "Slicer session and Windows locks its files: restart Slicer"):
+        logic.ensureDependencies(confirm=lambda text: questions.append(text) or True)
+    assert calls == [] and questions == []
+
+    monkeypatch.delitem(sys.modules, "torch")  # not loaded: the update runs, and pip fails anyway
+
+    def failing_install(askConfirmation=False, torchVersionRequirement=None):
+        calls.append(("installTorch", askConfirmation, torchVersionRequirement))
+        raise subprocess.CalledProcessError(1, ["ltt", "install", "torch>=2.3"])
+
+    extension.PyTorchUtilsLogic.installTorch = lambda self, **kwargs: failing_install(**kwargs)
+    with pytest.raises(XDiffusionError, match=r"installing PyTorch 2\.3 or newer failed \(Command .* returned non-zero "
+                                              r"exit status 1\.\): restart Slicer and press Reconstruct"):
+        logic.ensureDependencies(confirm=lambda text: True)
+    assert calls == [("installTorch", False, ">=2.3")]
 
 
 def test_version_numbers_compare_by_release():

@@ -675,8 +675,9 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
 
     def ensureDependencies(self, confirm) -> bool:
         """Install or update PyTorch (through the PyTorch extension) and the other packages (pip);
-        ``confirm(text)`` asks the user first. False when the user declined; XDiffusionError when a
-        requirement cannot be met (``XDiffusionLib.slicer.dependencies.ensure_dependencies``)."""
+        ``confirm(text)`` asks the user first. False when the user declined or chose to restart Slicer
+        (numpy<2 on macOS); XDiffusionError when a requirement cannot be met
+        (``XDiffusionLib.slicer.dependencies.ensure_dependencies``)."""
         from XDiffusionLib.slicer.dependencies import check_host, ensure_dependencies
 
         check_host(slicerVersion())
@@ -684,7 +685,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
             import PyTorchUtils
         except ImportError:
             PyTorchUtils = None
-        return ensure_dependencies(confirm, PyTorchUtils, slicer.util.pip_install)
+        return ensure_dependencies(confirm, PyTorchUtils, slicer.util.pip_install, restart=slicer.util.restart)
 
 
 #
