@@ -1067,6 +1067,42 @@ def test_extension_passes_the_index_checks(tmp_path):
     assert any(p.startswith("EXTENSION_SCREENSHOTURLS") and p.endswith("is not in the repository") for p in problems)
 
 
+def test_extension_reaches_preview_and_both_stable_releases(tmp_path):
+    """Issue 22 item 8: an entry in the Index's main branch reaches only Slicer Preview; stable users
+    get the extensions of the Index branch of their release (Slicer's Docs/developer_guide/extensions.md,
+    "upload the file into the branch corresponding to the stable release version"; the branches
+    5.10 and 5.12 of Slicer/ExtensionsIndex, which both hold PyTorch.json). The docs list main, 5.12
+    and 5.10, and the check refuses what would break one of them."""
+    index = load_script("check_extension_index")
+    assert index.listed_branches(REPO) == {"main": "main", "5.12": "main", "5.10": "main"}
+    assert index.check_branches(REPO, (REPO / "CMakeLists.txt").read_text(), index.catalog_entry(REPO)[0]) == []
+    doc = (REPO / "docs" / "extensions-index.md").read_text()
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    for branch in ("`main`", "`5.12`", "`5.10`"):
+        assert f"against {branch}" in doc  # one pull request per branch
+
+    def problems(doc_text, cmake_text=cmake):
+        (tmp_path / "docs").mkdir(exist_ok=True)
+        (tmp_path / "docs" / "extensions-index.md").write_text(doc_text)
+        return index.check_branches(tmp_path, cmake_text, index.catalog_entry(tmp_path)[0])
+
+    assert problems(doc.replace("| `5.12` | 5.12.x, stable | `main` |\n", "")) == [
+        "Index branch 5.12 (Slicer 5.12, stable) is not listed: its users get the extension only from that branch"]
+    assert problems(doc.replace("| `5.10` | 5.10.x, stable | `main` |", "| `5.10` | 5.10.x, stable | `main` |\n"
+                                "| `5.8` | 5.8.x, stable | `main` |")) == [
+        "the 5.8 row builds main, which needs Slicer 5.10 (find_package): give it the scm_revision of a branch "
+        "that supports Slicer 5.8, or drop the row"]
+    # main moves on to Slicer 5.12: the 5.10 row must be pinned to a revision that supports 5.10
+    newer = cmake.replace("find_package(Slicer 5.10 REQUIRED)", "find_package(Slicer 5.12 REQUIRED)")
+    assert problems(doc, newer) == ["the 5.10 row builds main, which needs Slicer 5.12 (find_package): give it the "
+                                    "scm_revision of a branch that supports Slicer 5.10, or drop the row"]
+    assert problems(doc.replace("| `5.10` | 5.10.x, stable | `main` |", "| `5.10` | 5.10.x, stable | `5.10` |"),
+                    newer) == ["the 5.10 row's scm_revision '5.10' is no branch or tag of this repository"]
+    assert problems(doc.replace('"build_dependencies": ["PyTorch"]', '"build_dependencies": ["PyTorch", "NNUNet"]')
+                    ) == [f"build dependency 'NNUNet' is not known to be in the Index's {branch} branch"
+                          for branch in ("main", "5.12", "5.10")]
+
+
 def test_repository_size_counts_each_object_once(tmp_path):
     """A clone's size is its files plus one pack of its objects; copies a local .git keeps (loose
     objects beside a pack, older packs) are not sent by a clone. Counting them failed CI once at 123 MB

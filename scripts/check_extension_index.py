@@ -2,8 +2,9 @@
 
     .venv/bin/python scripts/check_extension_index.py [REPO]
 
-The catalog entry is the ```json block of docs/extensions-index.md; the extension's metadata is the
-top-level CMakeLists.txt. Without network: image URLs are checked by mapping them to files of this
+The catalog entry is the ```json block of docs/extensions-index.md, and the Index branches it goes
+into (``main`` for Preview, one per stable release) are the table under "Where it is listed"
+there; the extension's metadata is the top-level CMakeLists.txt. Without network: image URLs are checked by mapping them to files of this
 checkout (raw.githubusercontent.com/<owner>/<repo>/<branch>/<path> -> <path>), which must then be
 committed and pushed. The GitHub topic "3d-slicer-extension" cannot be checked here. Prints one line
 per problem and exits 1, or prints "ok".
@@ -36,7 +37,12 @@ ACCEPTED_CATEGORIES = {
     "Training", "Ultrasound", "Utilities", "Vascular Modeling Toolkit", "Virtual Reality", "VisSimTools",
     "Web System Tools", "Wizards",
 }
-KNOWN_EXTENSIONS = {"PyTorch"}  # dependencies known to be in the Index
+# The Index's branches of the current stable releases (Slicer/ExtensionsIndex, 2026-08): stable users
+# get an extension only from the branch of their release.
+STABLE_BRANCHES = ("5.10", "5.12")
+# Dependencies known to be in each branch of the Index (its PyTorch.json, 2026-08).
+KNOWN_EXTENSIONS = {"main": {"PyTorch"}, "5.12": {"PyTorch"}, "5.10": {"PyTorch"}}
+BRANCH_ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|[^|\n]*\|\s*`([^`]+)`\s*\|\s*$", re.M)
 LICENSE_NAMES = ("LICENSE", "LICENCE", "License.txt", "license.txt", "LICENSE.txt", "COPYING", "COPYING.txt")
 REPOSITORY_NAME_PREFIXES = ("Slicer", "Slicer-", "Slicer_", "SlicerExtension-", "SlicerExtension_")
 SIZE_LIMIT_MB = 100
@@ -50,6 +56,74 @@ def catalog_entry(repo: Path) -> tuple[dict, str]:
     if match is None:
         raise ValueError(f"{doc}: no ```json block with the catalog entry")
     return json.loads(match.group(1)), match.group(1)
+
+
+def listed_branches(repo: Path) -> dict[str, str]:
+    """Index branch -> scm_revision, from the table under "Where it is listed" in docs/extensions-index.md."""
+    text = (repo / "docs" / "extensions-index.md").read_bytes().decode("utf-8")
+    start = text.find("## Where it is listed")
+    if start < 0:
+        return {}
+    section = text[start:text.find("\n## ", start + 1) if text.find("\n## ", start + 1) > 0 else len(text)]
+    return {branch: revision for branch, revision in BRANCH_ROW.findall(section)}
+
+
+def minimum_slicer(cmake: str) -> tuple[int, int] | None:
+    match = re.search(r"find_package\s*\(\s*Slicer\s+(\d+)\.(\d+)", cmake, re.I)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def check_branches(repo: Path, cmake: str, entry: dict) -> list[str]:
+    """The Index branches the entry goes into: main and every current stable release the extension
+    supports; none it cannot build for; pinned revisions that exist; dependencies in each."""
+    branches = listed_branches(repo)
+    if not branches:
+        return ["docs/extensions-index.md: no table of Index branches under '## Where it is listed'"]
+    problems = []
+    minimum = minimum_slicer(cmake)
+    if minimum is None:
+        problems.append("CMakeLists.txt: no find_package(Slicer X.Y REQUIRED) saying the oldest Slicer it supports")
+        minimum = (0, 0)
+    need = f"{minimum[0]}.{minimum[1]}"
+    if "main" not in branches:
+        problems.append("Index branch main (Slicer Preview) is not listed")
+    elif branches["main"] != entry.get("scm_revision", "main"):
+        problems.append(f"the catalog entry's scm_revision {entry.get('scm_revision')!r} differs from the main row's "
+                        f"{branches['main']!r}")
+    for stable in STABLE_BRANCHES:
+        if _release(stable) >= minimum and stable not in branches:
+            problems.append(f"Index branch {stable} (Slicer {stable}, stable) is not listed: its users get the "
+                            "extension only from that branch")
+    for branch, revision in branches.items():
+        release = _release(branch) if branch != "main" else None
+        if branch != "main" and release is None:
+            problems.append(f"Index branch {branch!r} is neither main nor a release such as 5.10")
+            continue
+        if release is not None and release < minimum:
+            if revision == "main":
+                problems.append(f"the {branch} row builds main, which needs Slicer {need} (find_package): give it "
+                                f"the scm_revision of a branch that supports Slicer {branch}, or drop the row")
+                continue
+            elif not _revision_exists(repo, revision):
+                problems.append(f"the {branch} row's scm_revision {revision!r} is no branch or tag of this repository")
+        for dependency in entry.get("build_dependencies", []) if isinstance(entry.get("build_dependencies"), list) else []:
+            if dependency not in KNOWN_EXTENSIONS.get(branch, set()):
+                problems.append(f"build dependency {dependency!r} is not known to be in the Index's {branch} branch")
+    return problems
+
+
+def _release(branch: str) -> tuple[int, int] | None:
+    match = re.fullmatch(r"(\d+)\.(\d+)", branch)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _revision_exists(repo: Path, revision: str) -> bool:
+    for ref in (revision, f"refs/remotes/origin/{revision}"):
+        done = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+                              capture_output=True, check=False)
+        if done.returncode == 0:
+            return True
+    return False
 
 
 def cmake_value(cmake: str, name: str) -> str | None:
@@ -126,9 +200,8 @@ def check(repo: Path) -> list[str]:
     declared = [] if depends == "NA" else depends.split()
     if sorted(declared) != sorted(dependencies):
         problems.append(f"build_dependencies {dependencies} differ from EXTENSION_DEPENDS {declared}")
-    for dependency in dependencies:
-        if dependency not in KNOWN_EXTENSIONS:
-            problems.append(f"build dependency {dependency!r} is not known to be an extension of the Index")
+    # the Index branches: Preview and each stable release (dependencies are checked per branch there)
+    problems += check_branches(repo, cmake, entry)
 
     # license and size
     if not any((repo / name).is_file() for name in LICENSE_NAMES):
