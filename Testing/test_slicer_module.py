@@ -1026,6 +1026,94 @@ def test_all_acquired_slices_onto_a_finer_grid(xd, scene, tiny_model, tmp_path):
     assert [v.role for v in logic.comparisonFromParameterNode(p).views] == ["real", "generated", "uncertainty"]
 
 
+class DicomDatabase:
+    """The part of Slicer's ctkDICOMDatabase the module reads: the file of an instance UID and a tag of
+    a file as text (Modules/Scripted/DICOMLib/DICOMPlugin.py: slicer.dicomDatabase.fileValue(file, tag);
+    DICOMUtils.py), over real files read with pydicom."""
+
+    def __init__(self, files: dict):
+        self.files = files  # instance UID -> path
+        self.isOpen = True
+
+    def fileForInstance(self, uid):
+        return str(self.files.get(uid, ""))
+
+    def fileValue(self, path, tag):
+        import pydicom
+
+        group, element = (int(part, 16) for part in tag.split(","))
+        element = pydicom.dcmread(path, stop_before_pixels=True).get((group, element))
+        return "" if element is None else str(element.value)
+
+
+def dicom_slices(folder: Path, count: int, thickness: str) -> dict:
+    """``count`` minimal MR files of one series, SliceThickness ``thickness``: instance UID -> path."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series, files = generate_uid(), {}
+    for n in range(count):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.SeriesInstanceUID, ds.Modality, ds.SliceThickness = series, "MR", thickness
+        path = folder / meta.MediaStorageSOPInstanceUID  # Slicer's database names files by UID, no suffix
+        pydicom.dcmwrite(path, ds, enforce_file_format=True) if int(pydicom.__version__.split(".")[0]) >= 3 else \
+            ds.save_as(path, write_like_original=False)
+        files[ds.SOPInstanceUID] = path
+    return files
+
+
+def test_all_slices_take_the_thickness_from_the_dicom_header(xd, scene, tiny_model, tmp_path, monkeypatch):
+    """Issue 21: a thick-slice scan loaded from Slicer's DICOM database keeps its SliceThickness there
+    (the volume node records its instances: DICOM.instanceUIDs, Modules/Scripted/DICOMPlugins/
+    DICOMScalarVolumePlugin.py); the slice profile takes it, as the command line's --all-slices takes
+    the header's, instead of assuming the slice spacing. The result equals the library's with that
+    thickness; without a header (or an unreadable value) the slice spacing stays."""
+    from XDiffusionLib.sampling.thick_slices import reconstruct_thick_slices
+    from XDiffusionLib.transforms.thick_slices import slab_average
+
+    source = thick_volume(scene)  # 4 acquired axial slices, 4 mm apart
+    files = dicom_slices(tmp_path / "db", 4, "3.0")
+    source.SetAttribute("DICOM.instanceUIDs", " ".join(files))
+    monkeypatch.setattr(slicer, "dicomDatabase", DicomDatabase(files), raising=False)
+    logic = xd.XDiffusionLogic()
+    logic.launcherMode = "inprocess"
+    p = logic.getParameterNode()
+    p.inputVolume, p.useDefaultModel, p.modelPath = source, False, tiny_model
+    p.views, p.steps, p.device, p.allSlices, p.gridSpacing = 1, 2, "cpu", True, 1.0
+    assert logic.readyText(p) == ("Ready: all 4 acquired axial slices (4 mm apart, 3 mm thick) onto 1 mm slices "
+                                  "(12x10x13 voxels).")
+    logic.startReconstruction(p)
+    assert logic.wait(120) == "done", logic.lastError()
+    result = logic.finishReconstruction(p)
+    library = reconstruct_thick_slices(nodes.volume_from_node(source), spacing=1.0, thickness=3.0,
+                                       model_dir=tiny_model, views=1, steps=2, device="cpu")
+    assert library.plan.thickness == 3.0
+    output = nodes.volume_from_node(result.reconstruction)
+    np.testing.assert_allclose(output.array, library.volume.array, atol=1e-4)
+    np.testing.assert_allclose(slab_average(output.array, library.plan), nodes.volume_from_node(source).array,
+                               atol=1e-3)
+    assert json.loads(result.reconstruction.GetAttribute("XDiffusion.settings"))["slice_thickness_mm"] == 3.0
+
+    from XDiffusionLib.io.dicom import slice_thickness_value
+
+    assert slice_thickness_value(" 6.50000 ") == 6.5 and slice_thickness_value("abc") is None
+    for value in ("", "0", "-2"):  # no usable value: the slice spacing
+        other = dicom_slices(tmp_path / f"db{len(value)}{value}", 1, value)
+        slicer.dicomDatabase.files.update(other)
+        source.SetAttribute("DICOM.instanceUIDs", next(iter(other)))
+        assert "(4 mm apart, 4 mm thick)" in logic.readyText(p)
+    source.RemoveAttribute("DICOM.instanceUIDs")
+    assert "(4 mm apart, 4 mm thick)" in logic.readyText(p)
+
+
 def test_all_slices_beyond_the_models_limit_is_one_line(xd, scene, tiny_model):
     logic = xd.XDiffusionLogic()
     p = logic.getParameterNode()

@@ -430,6 +430,15 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         """The finer grid's spacing when all acquired slices are the input, else None."""
         return float(p.gridSpacing) if p.allSlices else None
 
+    def sliceThickness(self, p: XDiffusionParameterNode) -> Optional[float]:
+        """With all acquired slices: the slice thickness in the input's DICOM header (Slicer's DICOM
+        database), as the command line takes it; None: the slice spacing."""
+        from XDiffusionLib.slicer.thick_slices import header_thickness
+
+        if not p.allSlices:
+            return None
+        return header_thickness(p.inputVolume, getattr(slicer, "dicomDatabase", None))
+
     def overlaySource(self, p: XDiffusionParameterNode):
         from XDiffusionLib.errors import XDiffusionError
         from XDiffusionLib.slicer.reconstruction import AUTOMATIC
@@ -452,7 +461,8 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         overlay = self.overlaySource(p)
         overlayNode = overlay if overlay is not None and not isinstance(overlay, str) else None
         if p.allSlices:
-            return plan_request(p.inputVolume, self.jobSettings(p), p.gridSpacing, p.referenceVolume, overlayNode)[0]
+            return plan_request(p.inputVolume, self.jobSettings(p), p.gridSpacing, p.referenceVolume, overlayNode,
+                                self.sliceThickness(p))[0]
         check_request(p.inputVolume, self.jobSettings(p), p.referenceVolume, overlayNode)
         return None
 
@@ -567,7 +577,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         self.checkRequest(p)
         self.run = SceneReconstruction(slicer.mrmlScene, p.inputVolume, self.jobSettings(p), p.referenceVolume,
                                        self.overlaySource(p), WorkerLauncher(self.launcherMode),
-                                       grid_spacing=self.gridSpacing(p))
+                                       grid_spacing=self.gridSpacing(p), thickness=self.sliceThickness(p))
         self.run.start()
         return self.run
 

@@ -112,7 +112,17 @@ def header_slice_thickness(path: str | os.PathLike) -> float | None:
     reader.SetFileName(files[0])
     try:
         reader.ReadImageInformation()
-        value = float(reader.GetMetaData("0018|0050").strip()) if reader.HasMetaDataKey("0018|0050") else None
-    except (RuntimeError, ValueError):
-        return None  # unreadable or malformed: the slice spacing is the safer guess than failing
-    return value if value is not None and np.isfinite(value) and value > 0 else None
+    except RuntimeError:
+        return None  # unreadable: the slice spacing is the safer guess than failing
+    return slice_thickness_value(reader.GetMetaData("0018|0050")) if reader.HasMetaDataKey("0018|0050") else None
+
+
+def slice_thickness_value(text: str | None) -> float | None:
+    """A DICOM SliceThickness as the header writes it ("6.5", "6.50000 ") in mm, or None when it is
+    missing or malformed (the caller then assumes the slice spacing). Also what 3D Slicer's DICOM
+    database returns for the tag."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        return None
+    return value if np.isfinite(value) and value > 0 else None

@@ -10,9 +10,10 @@ the job is done, adds the results as new nodes:
 - "<input> difference": reference - reconstruction (``maps.difference``), dark at 0 (with a reference);
 - segmentation overlays on the real and the generated volume (automatic tissue classes, or the
   user's labelmap/segmentation), and the description of the side-by-side layout.
-With ``grid_spacing``, the input slices are all the acquired slices of a thick-slice scan and the
-results lie on a grid finer along the slice axis: the worker runs the library's thick-slice workflow
-(``thick_slices``, ``sampling.thick_slices``); there is no difference map then.
+With ``grid_spacing``, the input slices are all the acquired slices of a thick-slice scan (each
+averaging ``thickness`` mm; None: the slice spacing) and the results lie on a grid finer along the
+slice axis: the worker runs the library's thick-slice workflow (``thick_slices``,
+``sampling.thick_slices``); there is no difference map then.
 A job that fails or is cancelled adds nothing; if creating the result nodes fails half-way, the
 ones already added are removed again.
 """
@@ -56,7 +57,8 @@ class SceneReconstruction:
     """
 
     def __init__(self, scene, input_node, settings: JobSettings, reference_node=None, overlay=None,
-                 launcher: WorkerLauncher | None = None, grid_spacing: float | None = None):
+                 launcher: WorkerLauncher | None = None, grid_spacing: float | None = None,
+                 thickness: float | None = None):
         self.scene = scene
         self.input_node = input_node
         self.settings = settings
@@ -70,7 +72,8 @@ class SceneReconstruction:
         if grid_spacing is None:
             check_request(input_node, settings, reference_node, overlay_node)
         else:
-            self.plan, self.settings = plan_request(input_node, settings, grid_spacing, reference_node, overlay_node)
+            self.plan, self.settings = plan_request(input_node, settings, grid_spacing, reference_node, overlay_node,
+                                                    thickness)
         self._input_name = input_node.GetName()
         self._input_transform = input_node.GetTransformNodeID()
 
@@ -116,6 +119,7 @@ class SceneReconstruction:
         settings = dict(self.settings.options)
         if self.plan is not None:  # the indices are those of the finer grid
             settings["all_acquired_slices_onto_grid_mm"] = self.plan.spacing
+            settings["slice_thickness_mm"] = self.plan.thickness
         return Provenance(self.settings.plane, self.settings.indices, model, settings, self._input_name)
 
     def finish(self) -> ResultNodes:

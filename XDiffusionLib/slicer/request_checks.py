@@ -78,12 +78,14 @@ def check_request(input_node, settings: JobSettings, reference_node=None, segmen
 
 
 def plan_request(input_node, settings: JobSettings, grid_spacing: float, reference_node=None,
-                 segmentation_node=None) -> tuple[AllSlicesPlan, JobSettings]:
+                 segmentation_node=None, thickness: float | None = None) -> tuple[AllSlicesPlan, JobSettings]:
     """Check a request that takes all acquired slices of a thick-slice scan onto a ``grid_spacing``
-    mm grid (``thick_slices``); returns the plan and ``settings`` with its plane and slices."""
+    mm grid (``thick_slices``), each averaging ``thickness`` mm (None: the slice spacing); returns
+    the plan and ``settings`` with its plane and slices."""
     check_scalar_volume(input_node, "input volume")
     grid = grid_from_node(input_node)
-    plan = plan_all_slices(grid, grid_spacing, max_slices=model_max_slices(check_model_dir(settings.model_dir)))
+    plan = plan_all_slices(grid, grid_spacing, max_slices=model_max_slices(check_model_dir(settings.model_dir)),
+                           thickness=thickness)
     settings = job_settings(settings, plan)
     if reference_node is not None:
         raise XDiffusionError("a reference volume cannot be compared with a reconstruction from all acquired slices "
