@@ -15,10 +15,10 @@ import torch
 from XDiffusionLib.app.cli import main
 from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.io.readers import read_volume
-from XDiffusionLib.io.volume import Volume
+from XDiffusionLib.io.volume import Grid, Volume
 from XDiffusionLib.io.writers import write_volume
-from XDiffusionLib.transforms.thick_slices import (enforce_slab_averages, is_thick_slice, place_acquired,
-                                                   plan_thick_slices, slab_average, slab_matrix)
+from XDiffusionLib.transforms.thick_slices import (as_acquired, enforce_slab_averages, is_thick_slice,
+                                                   place_acquired, plan_thick_slices, slab_average, slab_matrix)
 
 SETTINGS = dict(views=1, steps=2, device="cpu")
 
@@ -64,6 +64,26 @@ def test_factor_puts_acquired_slice_i_at_fine_slice_i_times_n():
     assert plan_thick_slices(volume.grid).factor == 3
     assert plan_thick_slices(volume.grid, spacing=1.5).factor == 2
     assert is_thick_slice(volume.grid) and not is_thick_slice(thick_volume(spacing=(1, 1, 1)).grid)
+
+
+def test_as_acquired_shows_each_fine_slice_its_nearest_acquired_slice():
+    """What the web app shows beside a fine result: the thick slices as acquired, on the fine grid."""
+    volume = thick_volume(shape=(6, 5, 4), spacing=(1.0, 1.0, 3.0))
+    # the slice axis first, as a file may lie
+    moved = Volume(np.moveaxis(volume.array, 2, 0).copy(), Grid((4, 6, 5), (3.0, 1.0, 1.0), volume.grid.origin, np.eye(3)))
+    for source in (volume, moved):
+        plan = plan_thick_slices(source.grid, slice_factor=3)
+        shown = as_acquired(source, plan)
+        assert shown.grid.same_geometry(plan.grid)
+        along = np.moveaxis(shown.array, plan.axis, -1)
+        acquired = np.moveaxis(source.array, plan.axis, -1)
+        # fine slices 0 1 | 2 3 4 | 5 6 7 | 8 9: each the acquired slice whose centre is nearest
+        for fine, nearest in enumerate([0, 0, 1, 1, 1, 2, 2, 2, 3, 3]):
+            np.testing.assert_array_equal(along[..., fine], acquired[..., nearest])
+    even = plan_thick_slices(volume.grid, slice_factor=2)  # halfway between two centres: the later slice
+    np.testing.assert_array_equal(as_acquired(volume, even).array[:, :, 1], volume.array[:, :, 1])
+    with pytest.raises(ValueError):
+        as_acquired(thick_volume(shape=(6, 5, 5)), plan_thick_slices(volume.grid, slice_factor=3))
 
 
 @pytest.mark.parametrize("thickness", [3.0, 1.5, 4.5, 0.01])

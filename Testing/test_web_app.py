@@ -707,6 +707,109 @@ def test_no_failed_request_or_console_error(result_tab):
     assert failures == []
 
 
+# -- a thick-slice scan onto a finer grid (issue 21 item 3) ------------------------------------
+
+@pytest.fixture(scope="module")
+def thick_file(tmp_path_factory) -> Path:
+    """A thick-slice head: 4 axial slices 6 mm apart, 2 x 2 mm in plane (the tiny model takes 4)."""
+    i, j, k = np.meshgrid(np.linspace(-1, 1, 24), np.linspace(-1, 1, 24), np.linspace(-0.6, 0.6, 4), indexing="ij")
+    r = np.sqrt(i**2 + j**2 + k**2)
+    rng = np.random.default_rng(3)
+    array = np.where(r < 0.85, 90 + 50 * np.cos(4 * r) + 25 * i + 30 * k, 4) + rng.normal(0, 2, r.shape)
+    volume = Volume.from_array(array.astype(np.float32), (2.0, 2.0, 6.0), (5.0, -2.0, 1.0))
+    return write_volume(volume, tmp_path_factory.mktemp("thick") / "thick.nii.gz")
+
+
+def test_a_thick_slice_scan_goes_onto_a_finer_grid_in_one_click(browser, app_url, thick_file, tiny_model, tmp_path):
+    """Issue 21 item 3: one click after opening a thick-slice scan runs the library's thick-slice
+    workflow in the worker; the comparison lies on the finer grid: the acquired slices as acquired
+    beside the result, their positions as lines in the other planes, no difference map (and why),
+    the slabs checked; the export is the library's result, marked inside as the others are."""
+    from XDiffusionLib.sampling.thick_slices import reconstruct_thick_slices
+    from XDiffusionLib.settings import DEFAULTS
+
+    page = open_tab(browser, app_url)
+    failures = []
+    page.on("response", lambda r: r.status >= 400 and failures.append(f"{r.status} {r.request.method} {r.url}"))
+    page.on("console", lambda m: m.type == "error" and failures.append(f"console: {m.text}"))
+    page.set_input_files("#xd-upload", str(thick_file))
+    page.wait_for_selector("#xd-volume")
+    # The offer, in the library's words on hover; the panel still fits the screen.
+    offer = page.locator("#xd-thick-run")
+    assert offer.inner_text().strip() == "All 4 acquired slices onto 2 mm"
+    title = offer.get_attribute("title")
+    assert "all 4 acquired axial slices (6 mm apart, 6 mm thick) onto 2 mm slices (24x24x10 voxels)" in title.lower()
+    assert inside_viewport(page, "#xd-reconstruct") and inside_viewport(page, "#xd-thick-run")
+    page.wait_for_selector("#xd-worker-ready", timeout=SLOW)
+    offer.click()  # the one click: no slice picked, the panel's default settings
+    page.wait_for_selector("#xd-metrics", timeout=SLOW)
+    assert "reconstruction finished" in page.inner_text("#xd-info")
+
+    # The comparison on the finer grid: acquired | generated | uncertainty, no difference map and why.
+    real = "XDiffusionReal"
+    assert page.inner_text(f"#xd-title-{real}").strip() == "Acquired (6 mm slices)"
+    assert page.locator("#xd-view-XDiffusionDifference").count() == 0
+    assert page.locator("#xd-view-XDiffusionUncertainty").is_visible()
+    note = page.locator("#xd-result-note")
+    assert "no difference map" in note.inner_text()
+    assert "nothing was measured between the 4 acquired slices" in note.get_attribute("title")
+    metrics = page.inner_text("#xd-metrics")
+    assert "slabs max |diff|" in metrics and float(re.search(r"(\d+\.\d+) %", metrics).group(1)) < 0.05
+    # It opens on the first acquired slice, badged; the next one lies 3 fine slices on.
+    assert shown_index(page, real) == 0 and page.locator(f"#xd-badge-{real}").is_visible()
+    page.click("#xd-next-input")
+    wait_until(lambda: all(shown_index(page, tag) == 3 for tag in (real, "XDiffusionGenerated", "XDiffusionUncertainty")),
+               what="the next acquired slice, on the fine grid")
+    # Between acquired slices the acquired view shows the nearest acquired slice as it was (nothing
+    # interpolated: fine slice 2 looks like fine slice 3), the generated view a slice of its own.
+    time.sleep(1.5)  # the streamed views' last frames
+    at_acquired = view_pixels(page, real), view_pixels(page, "XDiffusionGenerated")
+    box = page.locator(f"#xd-view-{real}").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    target = 2
+    while shown_index(page, real) != target:
+        before = shown_index(page, real)
+        page.mouse.wheel(0, 120 if before > target else -120)
+        wait_until(lambda: shown_index(page, real) != before, what="the wheel to change the slice")
+    wait_until(lambda: shown_index(page, "XDiffusionGenerated") == target, what="the views on one slice")
+    time.sleep(1.5)
+    between = view_pixels(page, real), view_pixels(page, "XDiffusionGenerated")
+    assert np.abs(between[0] - at_acquired[0]).mean() < 1.0
+    assert np.abs(between[1] - at_acquired[1]).mean() > 1.0
+    assert page.locator(f"#xd-badge-{real}").count() == 0
+    # The acquired slices' positions: lines in the other planes.
+    page.click("#xd-plane-coronal")
+    for tag in (real, "XDiffusionGenerated"):
+        wait_until(lambda: page.locator(f"#xd-lines-{tag} line").count() == 4, what=f"4 acquired slices in {tag}")
+    rows = sorted(page.evaluate("[...document.querySelectorAll('#xd-lines-XDiffusionReal line')]"
+                                ".map(l => l.y1.baseVal.value)"))
+    steps = np.diff(rows)
+    assert steps.min() > 5 and np.ptp(steps) < 1.5  # evenly spaced, 6 mm apart on screen
+
+    # The export is the fine result, the library's own (same settings), marked inside.
+    import SimpleITK as sitk
+
+    page.click(".xd-export-format .v-field")
+    page.get_by_text("NRRD (.nrrd)").click()
+    with page.expect_download() as download:
+        page.click("#xd-export")
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    exported = read_volume(saved)
+    assert exported.shape == (24, 24, 10) and exported.spacing == pytest.approx((2.0, 2.0, 2.0))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(saved))
+    reader.ReadImageInformation()
+    assert "not for diagnosis" in reader.GetMetaData("XDiffusion_notice")
+    options = {key: getattr(DEFAULTS, key) for key in ("views", "steps", "sampler", "guidance", "seed", "samples")}
+    library = reconstruct_thick_slices(read_volume(thick_file), model_dir=tiny_model, **options)
+    np.testing.assert_allclose(exported.array, library.volume.array, atol=1e-3 * np.ptp(library.volume.array))
+    assert failures == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-app-thick-slices.png"))
+    page.close()
+
+
 # -- uploads, tabs, runs ----------------------------------------------------------------------
 
 def test_bad_uploads_show_an_error_and_the_app_keeps_serving(browser, app_url, head_file, tmp_path):

@@ -177,6 +177,17 @@ def place_acquired(volume: Volume, plan: ThickSlicePlan) -> Volume:
     return Volume(fine, plan.grid)
 
 
+def as_acquired(volume: Volume, plan: ThickSlicePlan) -> Volume:
+    """The acquired ``volume`` on ``plan.grid`` as it was acquired: every fine slice shows the acquired
+    slice whose centre is nearest (halfway: the later one), nothing interpolated between slices. What a
+    viewer shows beside a fine-grid result, on the same slices (a staircase along the slice axis)."""
+    if not volume.grid.same_geometry(plan.source, tol=1e-4):
+        raise ValueError("the volume is not on the plan's acquired grid")
+    nearest = np.floor(np.arange(plan.grid.shape[plan.axis]) / plan.factor + 0.5).astype(np.intp)
+    nearest = np.clip(nearest, 0, plan.acquired - 1)
+    return Volume(np.take(np.asarray(volume.array, dtype=np.float32), nearest, axis=plan.axis), plan.grid)
+
+
 def slab_matrix(plan: ThickSlicePlan) -> np.ndarray:
     """(acquired, fine) float64: row i = each fine slice's share of acquired slice i's slab (sums to 1).
 
@@ -230,5 +241,5 @@ def enforce_slab_averages(array: np.ndarray, acquired: np.ndarray, plan: ThickSl
     return np.moveaxis(moved + residual @ spread.T, -1, plan.axis)
 
 
-__all__ = ["MAX_VOXELS", "ThickSlicePlan", "acquisition_plane", "enforce_slab_averages", "hat_matrix",
-           "is_thick_slice", "place_acquired", "plan_thick_slices", "slab_average", "slab_matrix", "slice_axis"]
+__all__ = ["MAX_VOXELS", "ThickSlicePlan", "acquisition_plane", "as_acquired", "enforce_slab_averages",
+           "hat_matrix", "is_thick_slice", "place_acquired", "plan_thick_slices", "slab_average", "slab_matrix", "slice_axis"]

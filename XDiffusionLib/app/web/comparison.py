@@ -6,6 +6,11 @@
 slice, zoom and pan in step (one field of view for all: the real and the generated head are drawn
 at the same size), switches the plane, jumps between input slices and shows or hides the
 segmentation overlays (hidden at first: the anatomy comes first).
+
+Slice indices, positions and the fit are those of the result's own grid (``grid``): the input's
+grid for picked input slices, a finer one for a thick-slice scan's acquired slices, where the real
+view shows the acquired slices on that finer grid (``show``'s ``acquired``) and there is no
+difference view.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ class Comparison:
         self.result = None  # slicer.reconstruction.ResultNodes
         self.layout = None  # slicer.layout.ComparisonLayout, with the uncertainty view added
         self.indices: tuple[int, ...] = ()
+        self.grid: Grid | None = None  # the result's grid: every index and position of the comparison
+        self.acquired = None  # a thick-slice run's acquired slices on the result's grid (a node of ours)
         for spec in views.COMPARE_VIEWS:
             views.on_modified(view_manager.get_view(spec.name), self.sync.follow)
 
@@ -36,14 +43,22 @@ class Comparison:
     def has_overlay(self) -> bool:
         return self.layout is not None and any(spec.segmentation for spec in self.layout.views)
 
-    def show(self, result, plane: str, indices, grid: Grid) -> None:
-        """Show ``result`` in the comparison views, in ``plane``, on its first input slice."""
+    def show(self, result, plane: str, indices, acquired=None, acquired_title: str = "") -> None:
+        """Show ``result`` in the comparison views, in ``plane``, on its first input slice
+        (``indices``: canonical indices of ``plane`` on the result's grid). ``acquired``: a volume
+        node on the result's grid that the real view shows instead of the input (titled
+        ``acquired_title``); it goes with the result."""
         from ...slicer.layout import apply_to_scene
+        from ...slicer.nodes import grid_from_node
 
         specs = list(result.layout.views)
         if result.difference is not None and result.uncertainty is not None:
             specs.append(dataclasses.replace(views.UNCERTAINTY_VIEW, background=result.uncertainty.GetID()))
-        self.result, self.indices = result, tuple(indices)
+        if acquired is not None:
+            specs = [dataclasses.replace(spec, background=acquired.GetID(), title=acquired_title or spec.title)
+                     if spec.role == "real" else spec for spec in specs]
+        self.result, self.indices, self.acquired = result, tuple(indices), acquired
+        self.grid = grid_from_node(result.reconstruction)
         self.layout = dataclasses.replace(result.layout, views=tuple(specs), plane=plane)
         self.layout_manager.register_layout(views.COMPARE_LAYOUT, views.compare_layout([v.name for v in specs], plane))
         apply_to_scene(self.scene, self.layout)
@@ -55,16 +70,28 @@ class Comparison:
         self.sync.set_views([self.view_manager.get_view(spec.name) for spec in specs])
         self.set_overlay_visible(False)
         self.layout_manager.set_layout(views.COMPARE_LAYOUT)
-        self._fit(grid)
+        self._fit()
 
-    def set_plane(self, plane: str, grid: Grid) -> None:
+    @property
+    def titles(self) -> dict[str, str]:
+        """Each comparison view's title (tag -> title)."""
+        return {} if self.layout is None else {spec.name: spec.title for spec in self.layout.views}
+
+    def grey_nodes(self) -> list:
+        """The volumes shown in grey (the real or acquired and the generated): one window/level."""
+        if self.result is None:
+            return []
+        real = self.scene.GetNodeByID(self.layout.view("real").background) if self.layout is not None else None
+        return [node for node in (real, self.result.reconstruction) if node is not None]
+
+    def set_plane(self, plane: str) -> None:
         from ...slicer.layout import ORIENTATION, apply_to_scene
 
         if self.layout is None or plane not in ORIENTATION or plane == self.layout.plane:
             return
         self.layout = dataclasses.replace(self.layout, plane=plane)
         apply_to_scene(self.scene, self.layout)
-        self._fit(grid)
+        self._fit()
 
     def set_overlay_visible(self, visible: bool) -> None:
         for node in self._segmentations():
@@ -79,11 +106,12 @@ class Comparison:
             return
         from ...slicer.nodes import remove_node
 
+        shown = result is self.result
         for node in (result.reconstruction, result.uncertainty, result.difference,
-                     result.segmentation_real, result.segmentation_generated):
+                     result.segmentation_real, result.segmentation_generated, self.acquired if shown else None):
             remove_node(self.scene, node)  # with its display nodes, which hold its image
-        if result is self.result:
-            self.result = self.layout = None
+        if shown:
+            self.result = self.layout = self.grid = self.acquired = None
             self.sync.set_views([])
 
     def _segmentations(self) -> list:
@@ -102,32 +130,32 @@ class Comparison:
     def views(self) -> list:
         return [] if self.layout is None else [self.view_manager.get_view(spec.name) for spec in self.layout.views]
 
-    def go_to_slice(self, grid: Grid, index: int) -> None:
+    def go_to_slice(self, index: int) -> None:
         """Show canonical slice ``index`` of the plane shown in every comparison view."""
         from ...slicer.slices import canonical_depth, ras_point_of_slice
 
-        plane = self.layout.plane
+        plane, grid = self.layout.plane, self.grid
         point = ras_point_of_slice(grid, plane, min(max(int(index), 0), canonical_depth(grid, plane) - 1))
         shown = self.views()
         if shown:  # one view moves, the others follow it (SliceSync)
             shown[0].get_view_node().JumpSliceByOffsetting(*point)
             self.sync.follow(shown[0])
 
-    def fit(self, grid: Grid) -> None:
+    def fit(self) -> None:
         """One zoom for all: the scale that shows the whole slice in the smallest view, given to
         the first view and from it, with its pan and slice, to the others."""
         shown = self.views()
         if not shown:
             return
-        views.fit(shown[0], grid, max(views.fit_scale(view, grid) for view in shown))
+        views.fit(shown[0], self.grid, max(views.fit_scale(view, self.grid) for view in shown))
         self.sync.follow(shown[0])
 
-    def _fit(self, grid: Grid) -> None:
+    def _fit(self) -> None:
         """Fit the views and open on the first input slice when the plane is the inputs' (a
         radiologist checks there first that the input came through), else the middle slice."""
         from ...slicer.slices import canonical_depth
 
         inputs = self.plane_indices
-        index = inputs[0] if inputs else canonical_depth(grid, self.layout.plane) // 2
-        self.fit(grid)
-        self.go_to_slice(grid, index)
+        index = inputs[0] if inputs else canonical_depth(self.grid, self.layout.plane) // 2
+        self.fit()
+        self.go_to_slice(index)

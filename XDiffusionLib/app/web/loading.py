@@ -127,7 +127,7 @@ class Loading:
         ``shown``: (server path, what the page calls it) pairs replaced in an error message, in order."""
         from ...inputs import check_intensity_volume
         from ...io import read_volume
-        from ...io.readers import MultiVolumeError, volume_suffix
+        from ...io.readers import MultiVolumeError, header_slice_thickness, volume_suffix
 
         app = self.app
         if app.state.xd_running:
@@ -141,6 +141,8 @@ class Loading:
             limit = app.transfers.max_voxels if upload is not None else None
             volume = await asyncio.to_thread(read_volume, path, volume_index, within=within, max_voxels=limit)
             check_intensity_volume(volume, str(path))  # refused as it opens, in the library's words
+            # A DICOM series states its slices' thickness: a thick-slice run models that slab.
+            thickness = await asyncio.to_thread(header_slice_thickness, path)
         except MultiVolumeError as error:
             # The page's own choice instead of the command line's --volume.
             self._pending = _Pending4D(Path(path), display, shown, within, upload)
@@ -161,13 +163,15 @@ class Loading:
         stem = path.name[: -len(suffix)] if suffix else path.name
         if volume_index is not None:
             stem = f"{stem}_volume{volume_index}"
-        self.set_volume(volume, stem or "volume")
+        self.set_volume(volume, stem or "volume", thickness)
         app.push(xd_busy="", xd_info=f"loaded {display}" + (f", volume {volume_index}" if volume_index is not None
                                                              else ""))
         return False
 
-    def set_volume(self, volume, name: str) -> None:
-        """Show ``volume`` in the input views; everything of the previous volume is removed."""
+    def set_volume(self, volume, name: str, thickness: float | None = None) -> None:
+        """Show ``volume`` in the input views; everything of the previous volume is removed. A
+        thick-slice scan (``thickness``: its slices' thickness from the header, if stated) is offered
+        all its acquired slices onto a finer grid (``thick_slices``)."""
         from ...slicer.nodes import add_volume_node
         from .views import fit
 
@@ -187,6 +191,7 @@ class Loading:
                  xd_picks=[], xd_pick_plane="", xd_layout="input")
         for tag in INPUT_VIEWS:
             app.picking.on_view_modified(app.view_manager.get_view(tag))
+        app.thick_slices.offer(volume, thickness)
 
     def clear_scene(self) -> None:
         from ...slicer.nodes import remove_nodes_added_since
@@ -197,6 +202,7 @@ class Loading:
         app.viewing.remove_result()
         remove_nodes_added_since(app.scene, app.baseline)
         app.volume = app.input_node = None
+        app.thick_slices.forget()
 
     def close(self) -> None:
         if self._pending is not None and self._pending.upload is not None:

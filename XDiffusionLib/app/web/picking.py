@@ -73,22 +73,29 @@ class Picking:
             return comparison.layout.plane
         return None
 
-    def current_index(self, view) -> int:
+    def view_grid(self, view):
+        """The grid whose indices ``view`` shows: the input's in the input views, the result's in the
+        comparison (a finer one after a thick-slice run)."""
         from ...slicer.nodes import grid_from_node
+
+        comparison = self.app.comparison
+        if view.get_singleton_tag() not in VIEW_PLANE and comparison.grid is not None:
+            return comparison.grid
+        return grid_from_node(self.app.input_node)
+
+    def current_index(self, view) -> int:
         from ...slicer.slices import slice_index_from_view
 
-        return slice_index_from_view(grid_from_node(self.app.input_node), self.view_plane(view), slice_to_ras(view))
+        return slice_index_from_view(self.view_grid(view), self.view_plane(view), slice_to_ras(view))
 
     def on_view_modified(self, view) -> None:
         """Refresh the view's index, position and input badge in the page (when they changed)."""
-        from ...slicer.nodes import grid_from_node
-
         app = self.app
         tag = view.get_singleton_tag()
         plane = self.view_plane(view)
         index, label, note, is_input, lines = None, "", "", False, []
         if app.input_node is not None and plane is not None:
-            grid = grid_from_node(app.input_node)
+            grid = self.view_grid(view)
             try:
                 index = self.current_index(view)
                 label, note = position_label(grid, plane, index), position_note(grid, plane, index)

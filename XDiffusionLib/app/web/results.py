@@ -18,6 +18,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ...errors import XDiffusionError
 from ...io.volume import Volume
 from ...uncertainty.intervals import UncertaintyInfo
@@ -70,6 +72,24 @@ def compute_metrics(reference: Volume, reconstruction: Volume, plane: str, indic
     scores = score(gt, pred, plane, indices)
     return [MetricRow(key, title, float(scores[key]), unit, f"{title}: {note}", short)
             for key, title, short, unit, note in METRIC_ROWS]
+
+
+def slab_metrics(acquired: Volume, reconstruction: Volume, plan) -> list[MetricRow]:
+    """What a thick-slice result can be checked against: the acquired slices. The result averaged
+    over each acquired slab (``transforms.thick_slices.slab_average``, the slice profile of the run)
+    against the acquired slice, the largest difference relative to the acquired range."""
+    from ...transforms.thick_slices import slab_average
+
+    if reconstruction.shape != plan.grid.shape:
+        raise XDiffusionError(f"the reconstruction is {reconstruction.shape} voxels, not the finer grid's "
+                              f"{plan.grid.shape}: cannot compare")
+    real = np.asarray(acquired.array, dtype=np.float64)
+    error = np.abs(slab_average(reconstruction.array, plan) - real)
+    span = max(float(real.max() - real.min()), 1e-12)
+    return [MetricRow("slab_error", "acquired slabs, largest difference", 100.0 * float(error.max()) / span, "%",
+                      f"the result averaged over each {plan.thickness:g} mm slab against that acquired slice: the "
+                      "largest difference over all voxels, in % of the acquired intensity range (0: every "
+                      "acquired slice given back)", "slabs max |diff|")]
 
 
 def export_result(volume: Volume, fmt: str, folder: Path, stem: str, provenance=None, what: str = "reconstruction",

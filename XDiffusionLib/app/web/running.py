@@ -88,7 +88,9 @@ class Running:
             return app.model_dir
         return str(app.data_roots.resolve_model(text))
 
-    def reconstruct(self, fields=None, confirmed: bool = False) -> None:
+    def reconstruct(self, fields=None, confirmed: bool = False, thick: bool = False) -> None:
+        """Start a run from the picked input slices, or (``thick``) from every acquired slice of a
+        thick-slice scan onto a finer grid (``thick_slices``); a long run asks the page first."""
         from trame_server.utils.asynchronous import create_task
 
         from ...slicer.reconstruction import AUTOMATIC, SceneReconstruction
@@ -102,21 +104,25 @@ class Running:
         if app.input_node is None:
             app.report_error("load a volume first")
             return
-        if not app.state.xd_picks:
+        if not thick and not app.state.xd_picks:
             app.report_error("pick at least one input slice: scroll a view to a slice and press 'Use this slice'")
             return
         try:
             options = options_from_page(app.state)
             cost = model_evaluations(options["views"], options["steps"], options["samples"], options["guidance"])
             if cost > LONG_RUN_EVALUATIONS and not confirmed:  # ask first: this run takes long
-                app.push(xd_confirm=(f"{cost} model evaluations per slice group (views x steps x samples"
+                app.push(xd_confirm_thick=bool(thick),
+                         xd_confirm=(f"{cost} model evaluations per slice group (views x steps x samples"
                                      f"{' x 2 for guidance' if options['guidance'] != 1 else ''}): this run may "
                                      "take many minutes. Start it?"))
                 return
-            settings = JobSettings(app.state.xd_pick_plane, tuple(app.state.xd_picks), self.model_dir(), options)
-            run = SceneReconstruction(app.scene, app.input_node, settings,
-                                      reference_node=app.input_node if app.state.xd_compare else None,
-                                      overlay=AUTOMATIC, launcher=app.launcher)
+            if thick:  # the plane and the slices are the plan's
+                run = app.thick_slices.scene_run(JobSettings(model_dir=self.model_dir(), options=options))
+            else:
+                settings = JobSettings(app.state.xd_pick_plane, tuple(app.state.xd_picks), self.model_dir(), options)
+                run = SceneReconstruction(app.scene, app.input_node, settings,
+                                          reference_node=app.input_node if app.state.xd_compare else None,
+                                          overlay=AUTOMATIC, launcher=app.launcher)
             run.start()
         except XDiffusionError as error:
             app.report_error(str(error))
@@ -126,6 +132,10 @@ class Running:
                  xd_elapsed=clock(0), xd_remaining="", xd_stale=bool(app.state.xd_has_result),
                  xd_error="", xd_info="", xd_worker_warm=False)
         self._task = create_task(self._follow(run))
+
+    def reconstruct_thick(self, fields=None, confirmed: bool = False) -> None:
+        """Every acquired slice of the thick-slice scan onto a finer grid (the panel's one-click offer)."""
+        self.reconstruct(fields, confirmed, thick=True)
 
     async def _follow(self, run) -> None:
         from ...worker.launcher import CANCELLED, DONE, RUNNING

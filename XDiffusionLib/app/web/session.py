@@ -75,6 +75,7 @@ class XDiffusionSession:
         from .running import Running
         from .server_paths import DataRoots
         from .state import initial_state
+        from .thick_slices import ThickSlices
         from .transfer import Transfers
         from .viewing import Viewing
         from .warm_worker import WarmLauncher
@@ -118,6 +119,7 @@ class XDiffusionSession:
         self.picking = Picking(self)
         self.loading = Loading(self)
         self.running = Running(self)
+        self.thick_slices = ThickSlices(self)
         self.viewing = Viewing(self)
         self.exporting = Exporting(self)
 
@@ -158,6 +160,7 @@ class XDiffusionSession:
             "xd_clear_picks": self.picking.clear,
             "xd_quick_pick": self.picking.quick_pick,
             "xd_reconstruct": self.running.reconstruct,
+            "xd_reconstruct_thick": self.running.reconstruct_thick,
             "xd_cancel": self.running.cancel,
             "xd_previous_input": lambda: self.viewing.step_input_slice(-1),
             "xd_next_input": lambda: self.viewing.step_input_slice(+1),

@@ -80,6 +80,7 @@ def initial_state(*, max_upload_bytes: int, allow_server_paths: bool, model_show
         "xd_view_label": {},
         "xd_view_is_input": {},
         "xd_confirm": "",  # a long run waits for the page's yes
+        "xd_confirm_thick": False,  # ... and is the thick-slice run
         "xd_quick_open": False,  # the quick picks' menu
         "xd_quick_how": "spread",  # quick picks: "all", "every" (n-th) or "spread" (K over the head)
         "xd_quick_n": 5,
@@ -87,6 +88,10 @@ def initial_state(*, max_upload_bytes: int, allow_server_paths: bool, model_show
         "xd_view_lines": {},  # the input slices crossing each view: [{x1, y1, x2, y2, index}] in pixels
         "xd_pick_plane": "",
         "xd_picks": [],
+        # a thick-slice scan: all acquired slices onto a finer grid in one click (``thick_slices``)
+        "xd_thick_button": "",  # the button's words ("" : not offered)
+        "xd_thick_offer": "",  # what it does (the plan, in the library's words)
+        "xd_thick_note": "",  # why a thick-slice scan is not offered it (the model's limit ...)
         # 3. model and sampling (defaults and limits: XDiffusionLib.settings)
         "xd_model_dir": model_shown,
         "xd_samplers": list(SAMPLERS),
@@ -108,9 +113,11 @@ def initial_state(*, max_upload_bytes: int, allow_server_paths: bool, model_show
         "xd_show_overlay": False,  # off: the anatomy first, the classes on request
         "xd_has_overlay": False,
         "xd_input_slices": [],  # input slices of the plane the comparison shows
+        "xd_view_titles": {},  # comparison view tag -> its title (a thick-slice run's real view: "Acquired")
         "xd_colorbars": {},  # view tag -> {gradient, low, high, label}
         "xd_metrics": [],
         "xd_metrics_note": "",
+        "xd_result_note": "",  # shown beside the metrics: why a view or score is missing (a thick-slice run)
         "xd_export_what": "reconstruction",
         "xd_export_whats": [],
         "xd_export_format": "nifti",

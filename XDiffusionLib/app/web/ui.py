@@ -84,8 +84,9 @@ def _volume_card() -> None:
     with v.VCard(variant="tonal"):
         v.VCardTitle("1. Volume")
         with v.VCardText():
-            html.Div("Upload NIfTI, NRRD, MHA, or a .zip of a DICOM series (up to {{ xd_max_upload_mb }} MB)",
-                     classes="text-caption", title=".nii, .nii.gz, .nrrd, .mha, .zip")
+            html.Div("Upload NIfTI, NRRD, MHA or a DICOM series .zip, up to {{ xd_max_upload_mb }} MB",
+                     classes="text-caption", title=".nii, .nii.gz, .nrrd, .mha, or a .zip of one DICOM series folder",
+                     style="white-space: nowrap; overflow: hidden; text-overflow: ellipsis;")
             html.Input(type="file", id="xd-upload", accept=".nii,.gz,.nrrd,.mha,.zip",
                        change="window.xdiffusionUpload($event.target, xd_max_upload_bytes)",
                        disabled=(_RUNNING,), style="width: 100%; margin: 2px 0 6px 0;")
@@ -124,6 +125,7 @@ def _slices_card() -> None:
             v.VSpacer()
             _quick_picks()
         with v.VCardText():
+            _thick_slices_offer()
             html.Div("Scroll a view to a slice and press 'Use this slice' (one plane per reconstruction).",
                      v_if="!xd_picks.length", classes="text-caption")
             # Many picks scroll inside a short box: Reconstruct and the progress stay in view.
@@ -134,6 +136,18 @@ def _slices_card() -> None:
                         click_close="trigger('xd_unpick', [i])", disabled=(_RUNNING,))
                 v.VBtn("Clear", size="x-small", variant="text", click="trigger('xd_clear_picks')",
                        disabled=(_RUNNING,))
+
+
+def _thick_slices_offer() -> None:
+    """A thick-slice scan: every acquired slice onto a finer grid, in one click (``thick_slices``)."""
+    v.VBtn("{{ xd_thick_button }}", v_if="xd_thick_button", size="small", color="primary", variant="tonal",
+           block=True, prepend_icon="mdi-view-sequential", id="xd-thick-run", classes="mb-1 text-none xd-thick-run",
+           title=("xd_thick_offer",), disabled=(_RUNNING,),
+           click=f"trigger('xd_reconstruct_thick', [{_fields(RECONSTRUCT_FIELDS)}])")
+    # One line; the whole reason on hover.
+    html.Div("{{ xd_thick_note }}", v_if="xd_thick_note", classes="text-caption text-medium-emphasis",
+             id="xd-thick-note", title=("xd_thick_note",),
+             style="white-space: nowrap; overflow: hidden; text-overflow: ellipsis;")
 
 
 def _quick_picks() -> None:
@@ -215,7 +229,8 @@ def _run_card() -> None:
                         v.VSpacer()
                         v.VBtn("Not now", click="xd_confirm = ''", id="xd-confirm-no")
                         v.VBtn("Start", color="primary", id="xd-confirm-yes",
-                               click=f"xd_confirm = ''; trigger('xd_reconstruct', [{_fields(RECONSTRUCT_FIELDS)}, true])")
+                               click=(f"xd_confirm = ''; trigger('xd_reconstruct', [{_fields(RECONSTRUCT_FIELDS)},"
+                                      " true, xd_confirm_thick])"))
             with html.Div(v_show="xd_running || xd_progress > 0", classes="mt-2", id="xd-progress"):
                 v.VProgressLinear(model_value=("xd_progress",), height=12, color="primary", rounded=True)
                 html.Div("{{ Math.round(xd_progress) }}% {{ xd_progress_message }}", classes="text-caption",
@@ -257,6 +272,10 @@ def _result_bar() -> None:
                         " border-top: 1px solid #333;"):
         html.Div("previous run", v_if="xd_stale", classes="text-caption text-warning")
         html.Div("{{ xd_metrics_note }}", v_if="!xd_metrics.length", classes="text-caption", id="xd-metrics-note")
+        # Why a view or a score is missing, in one line (the whole reason on hover).
+        html.Div("{{ xd_result_note }}", v_if="xd_result_note && xd_metrics.length", id="xd-result-note",
+                 classes="text-caption text-medium-emphasis", title=("xd_metrics_note",),
+                 style="flex: 1 1 200px; min-width: 0; white-space: nowrap; overflow: hidden; text-overflow: ellipsis;")
         with v.VTable(density="compact", v_if="xd_metrics.length", id="xd-metrics", classes="xd-metrics",
                       title=("xd_metrics_note",)):
             with html.Thead():
@@ -301,7 +320,8 @@ def view_overlay(server, view) -> None:
         if tag in VIEW_PLANE:
             html.Span(VIEW_PLANE[tag].capitalize(), id=f"xd-title-{tag}")
         else:
-            html.Span(COMPARE_TITLES.get(tag, tag), id=f"xd-title-{tag}")
+            html.Span("{{ xd_view_titles['" + tag + "'] || '" + COMPARE_TITLES.get(tag, tag) + "' }}",
+                      id=f"xd-title-{tag}")
             if role == "generated":
                 v.VChip("AI-generated", size="x-small", variant="flat", color=GENERATED_MARK,
                         id=f"xd-generated-badge-{tag}", title="made by the model, not acquired: not for diagnosis")

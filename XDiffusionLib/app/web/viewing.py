@@ -100,7 +100,7 @@ class Viewing:
         if self.app.input_node is None:
             return
         if view in comparison.views():
-            comparison.fit(self._grid())  # one field of view for all comparison views
+            comparison.fit()  # one field of view for all comparison views
         else:
             views.fit(view, self._grid())
 
@@ -111,12 +111,10 @@ class Viewing:
         if display is None:
             return
         targets = [display]
-        result = self.app.comparison.result
-        if result is not None:  # real and generated: one grey scale
-            greys = [self.app.input_node, result.reconstruction]
-            nodes = [n for n in greys if n is not None]
-            if display in [n.GetDisplayNode() for n in nodes]:
-                targets = [n.GetDisplayNode() for n in nodes if n.GetDisplayNode() is not None]
+        # real (or acquired) and generated: one grey scale
+        nodes = [n for n in [self.app.input_node, *self.app.comparison.grey_nodes()] if n is not None]
+        if display in [n.GetDisplayNode() for n in nodes]:
+            targets = [n.GetDisplayNode() for n in nodes if n.GetDisplayNode() is not None]
         for target in targets:
             target.AutoWindowLevelOff()
             target.SetWindowLevel(window, level)
@@ -134,7 +132,9 @@ class Viewing:
             input_display.AutoWindowLevelOn()
         result = app.comparison.result
         if result is not None:
-            display.show_like(result.reconstruction, app.input_node)
+            for node in app.comparison.grey_nodes():
+                if node is not app.input_node:
+                    display.show_like(node, app.input_node)
             # The run's own meaning (recorded on the node) and no Slicer legend: the page draws the bars.
             if result.difference is not None:
                 display.show_difference(result.difference, app.scene, legend=False)
@@ -143,7 +143,7 @@ class Viewing:
         for tag in views.VIEW_PLANE:
             views.fit(app.view_manager.get_view(tag), self._grid())
         if app.comparison.shown:
-            app.comparison.fit(self._grid())
+            app.comparison.fit()
         self.update_colorbars()
 
     # -- colour bars ---------------------------------------------------------------------------
@@ -176,19 +176,37 @@ class Viewing:
         app = self.app
         plane = run.settings.plane
         self._uncertainty_label = uncertainty_label(result.uncertainty)
-        app.comparison.show(result, plane, run.settings.indices, self._grid())
+        acquired, title = self._acquired_on_result_grid(run, result)
+        app.comparison.show(result, plane, run.settings.indices, acquired, title)
         whats = [{"title": EXPORT_WHAT_TITLES["reconstruction"], "value": "reconstruction"}]
         if result.uncertainty is not None:
             whats.append({"title": EXPORT_WHAT_TITLES["uncertainty"], "value": "uncertainty"})
         if result.difference is not None:
             whats.append({"title": EXPORT_WHAT_TITLES["difference"], "value": "difference"})
         app.push(xd_has_result=True, xd_has_overlay=app.comparison.has_overlay, xd_export_whats=whats,
-                 xd_export_what="reconstruction", xd_metrics=[], xd_metrics_note="", xd_layout="compare",
-                 xd_result_plane=plane, xd_show_overlay=False,
+                 xd_export_what="reconstruction", xd_metrics=[], xd_metrics_note="", xd_result_note="",
+                 xd_layout="compare",
+                 xd_result_plane=plane, xd_show_overlay=False, xd_view_titles=app.comparison.titles,
                  xd_input_slices=list(app.comparison.plane_indices))
         app.exporting.refresh_formats()
         self.update_colorbars()
         self.refresh_comparison_labels()
+
+    def _acquired_on_result_grid(self, run, result):
+        """A thick-slice run: the acquired slices as acquired on the result's finer grid (a node shown
+        like the input) and the real view's title for it; otherwise (None, "")."""
+        from ...slicer import display
+        from ...slicer.nodes import add_volume_node
+        from ...transforms.thick_slices import as_acquired
+        from .thick_slices import ACQUIRED_TITLE
+
+        app, plan = self.app, getattr(run, "plan", None)
+        if plan is None or app.volume is None:
+            return None, ""
+        node = add_volume_node(app.scene, as_acquired(app.volume, plan), f"{app.input_node.GetName()} as acquired",
+                               like=app.input_node)
+        display.show_like(node, app.input_node)
+        return node, ACQUIRED_TITLE.format(spacing=plan.slice_spacing)
 
     def refresh_comparison_labels(self) -> None:
         for view in self.app.comparison.views():
@@ -197,23 +215,32 @@ class Viewing:
     async def compute_metrics(self, run, result) -> None:
         """Fill the metrics table (in a thread: SSIM over every slice of a large volume takes a while)."""
         from ...slicer.nodes import volume_from_node
-        from .results import compute_metrics
+        from .results import compute_metrics, slab_metrics
 
         app = self.app
-        if result.difference is None:
+        plan = getattr(run, "plan", None)
+        if result.difference is None and plan is None:
             app.push(xd_metrics_note="no reference: the loaded volume was not used as ground truth")
             return
         app.push(xd_metrics_note="computing metrics")
         reconstruction = volume_from_node(result.reconstruction)
         try:
-            rows = await asyncio.to_thread(compute_metrics, app.volume, reconstruction, run.settings.plane,
-                                           run.settings.indices)
+            if plan is not None:  # nothing was measured between thick slices: the slabs are what can be checked
+                rows = await asyncio.to_thread(slab_metrics, app.volume, reconstruction, plan)
+                note = (f"no difference map, PSNR or SSIM: nothing was measured between the {plan.acquired} "
+                        f"acquired slices, {plan.slice_spacing:g} mm apart; the result averaged over each "
+                        f"{plan.thickness:g} mm slab gives back that slice. The uncertainty was calibrated "
+                        "with thin input slices: between thick ones it is a guide")
+            else:
+                rows = await asyncio.to_thread(compute_metrics, app.volume, reconstruction, run.settings.plane,
+                                               run.settings.indices)
+                note = "against the loaded volume as the reference (the evaluation protocol's scores)"
         except XDiffusionError as error:
             app.push(xd_metrics_note=f"metrics not available: {error}")
             return
         if app.comparison.result is result:
-            app.push(xd_metrics=[row.to_dict() for row in rows],
-                     xd_metrics_note="against the loaded volume as the reference (the evaluation protocol's scores)")
+            short = "no difference map or PSNR/SSIM: no truth between the acquired slices" if plan else ""
+            app.push(xd_metrics=[row.to_dict() for row in rows], xd_metrics_note=note, xd_result_note=short)
 
     def remove_result(self, result=None) -> None:
         """Remove a result's nodes (default: the one shown); back to the input views if it was shown."""
@@ -221,8 +248,9 @@ class Viewing:
         shown = result is None or result is app.comparison.result
         app.comparison.remove(result)
         if shown:
-            app.push(xd_has_result=False, xd_has_overlay=False, xd_metrics=[], xd_metrics_note="",
-                     xd_layout="input", xd_download_name="", xd_colorbars={}, xd_input_slices=[], xd_stale=False)
+            app.push(xd_has_result=False, xd_has_overlay=False, xd_metrics=[], xd_metrics_note="", xd_result_note="",
+                     xd_layout="input", xd_download_name="", xd_colorbars={}, xd_input_slices=[], xd_stale=False,
+                     xd_view_titles={})
 
     # -- navigation ----------------------------------------------------------------------------
 
@@ -243,7 +271,7 @@ class Viewing:
             target = later[0] if later else inputs[0]
         else:
             target = earlier[-1] if earlier else inputs[-1]
-        comparison.go_to_slice(self._grid(), target)
+        comparison.go_to_slice(target)
 
     # -- state changes -------------------------------------------------------------------------
 
@@ -260,7 +288,7 @@ class Viewing:
     def _on_result_plane_changed(self, xd_result_plane, **_) -> None:
         app = self.app
         if app.comparison.shown and app.input_node is not None:
-            app.comparison.set_plane(xd_result_plane, self._grid())
+            app.comparison.set_plane(xd_result_plane)
             app.push(xd_input_slices=list(app.comparison.plane_indices))
             self.refresh_comparison_labels()
 
