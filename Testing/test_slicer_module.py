@@ -323,6 +323,55 @@ def test_resources_where_slicer_expects_them():
         assert needle in top
 
 
+def test_importing_the_module_runs_no_code(xd):
+    """Issue 22 item 12 (what Index reviewers ask): Slicer imports every module's file at startup, so
+    the file only defines things. It no longer edits sys.path (an extension build installs
+    XDiffusionLib beside XDiffusion.py, whose folder Slicer's scripted-module factory appends to
+    sys.path itself: Base/QTGUI/qSlicerScriptedLoadableModuleFactory.cxx, ctkFactoryScriptedItem::load;
+    a source checkout installs the library into Slicer's Python, docs/slicer.md), and importing the
+    worker launcher registers no atexit handler (only a started worker process does)."""
+    import ast
+
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    for statement in tree.body:
+        assert not isinstance(statement, ast.Expr) or isinstance(statement.value, ast.Constant), (
+            f"line {statement.lineno}: a call at import time")
+    assert not [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "path"
+                and isinstance(node.value, ast.Name) and node.value.id == "sys"]
+
+    code = ("import atexit, sys\n"
+            "import XDiffusionLib.io, XDiffusionLib.io.volume, XDiffusionLib.sampling.result, XDiffusionLib.worker.messages\n"
+            "before = atexit._ncallbacks()\n"
+            "import XDiffusionLib.worker.launcher as launcher\n"
+            "import XDiffusionLib.slicer.reconstruction\n"
+            "print(atexit._ncallbacks() - before)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0"]
+
+
+def test_a_started_worker_is_ended_when_the_host_exits(tmp_path):
+    """The atexit handler comes with the first worker process (issue 22 item 12): a host that exits
+    while a run goes on leaves no worker computing for nobody."""
+    code = ("import atexit, sys, time\n"
+            "import numpy as np\n"
+            "from XDiffusionLib.io.volume import Volume\n"
+            "from XDiffusionLib.worker import launcher\n"
+            "from XDiffusionLib.worker.messages import JobSettings\n"
+            "before = atexit._ncallbacks()\n"
+            "job = launcher.WorkerLauncher('subprocess').start(Volume.from_array(np.ones((8, 8, 8), 'float32')),\n"
+            "    JobSettings('axial', (3,), sys.argv[1], {'views': 1, 'steps': 1, 'device': 'cpu'}))\n"
+            "print(atexit._ncallbacks() - before, job.process.pid, flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "no-model")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    registered, pid = done.stdout.split()
+    assert registered == "1"
+    import psutil
+
+    assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
+
+
 def test_panel_checks_find_the_shipped_model_without_torch():
     # The panel checks run before torch is installed: the model folder's names come from the
     # torch-free model/files.py, the same names the checkpoint code writes.

@@ -11,10 +11,8 @@ The panel still opens there and says so instead of starting a run.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import sys
 import unittest
 from pathlib import Path
 from typing import Annotated, Optional, Union
@@ -37,22 +35,19 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 
-def _findXDiffusionLib() -> None:
-    """Make ``XDiffusionLib`` importable: installed next to this file (extension build), or one folder
-    up (a source checkout added through "Additional module paths"), or already on sys.path (pip)."""
-    if importlib.util.find_spec("XDiffusionLib") is not None:
-        return
-    here = Path(__file__).resolve().parent
-    for folder in (here, here.parent):
-        if (folder / "XDiffusionLib" / "__init__.py").is_file():
-            sys.path.insert(0, str(folder))
-            return
-
-
-_findXDiffusionLib()
-
-from XDiffusionLib.inputs import PLANE_AXIS  # noqa: E402 - needs _findXDiffusionLib first
-from XDiffusionLib.settings import DEFAULTS, DEVICES as SETTING_DEVICES, MAX_SAMPLES, MAX_STEPS, MAX_VIEWS, SAMPLERS  # noqa: E402,E501 - torch-free
+try:
+    # An extension build installs XDiffusionLib beside this file, and Slicer puts this file's folder on
+    # sys.path; a source checkout installs it into Slicer's Python (docs/slicer.md). Nothing is done here.
+    from XDiffusionLib.inputs import PLANE_AXIS
+    from XDiffusionLib.settings import DEFAULTS, DEVICES as SETTING_DEVICES, MAX_SAMPLES, MAX_STEPS, MAX_VIEWS, SAMPLERS
+except ModuleNotFoundError as error:
+    if error.name != "XDiffusionLib":
+        raise
+    raise ModuleNotFoundError(
+        "XDiffusion: the XDiffusionLib package is not importable. An extension build installs it next to "
+        "XDiffusion.py; with a source checkout, install it into Slicer's Python once (Python console: "
+        "slicer.util.pip_install(['--no-deps', '-e', '/path/to/checkout'])) and restart Slicer",
+        name="XDiffusionLib") from error
 
 PLANES = list(PLANE_AXIS)
 DEVICES = list(SETTING_DEVICES)

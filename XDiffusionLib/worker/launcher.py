@@ -23,7 +23,8 @@ process group (``os.setsid`` in ``__main__``), so signalling the launcher's grou
 process is started in a session of its own, and its descendants and every process whose command
 line names the job's request file (found even after the launcher is gone) are signalled with
 their process groups (Windows: ``taskkill /T``). Jobs still running when the host process exits are
-ended the same way (``atexit``).
+ended the same way (``atexit``, registered by the first worker process, not on import: 3D Slicer
+imports its modules at startup).
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ class _ProcessJob(WorkerJob):
     def __init__(self, workdir: Path, settings: JobSettings, process: subprocess.Popen):
         super().__init__(workdir, settings)
         self.process = process
-        _LIVE_JOBS.add(self)
+        _track(self)
         self._reader = threading.Thread(target=self._read, name="xdiffusion-worker-reader", daemon=True)
         self._reader.start()
 
@@ -350,9 +351,15 @@ def _alive(pids: set[int], process: subprocess.Popen) -> set[int]:
 # Jobs whose process may still run: ended when the host process exits (Slicer quitting, a console
 # closing), so no worker keeps computing, or keeps its folder, for nobody.
 _LIVE_JOBS: "weakref.WeakSet[_ProcessJob]" = weakref.WeakSet()
+_AT_EXIT: list = []  # the handler, once registered
 
 
-@atexit.register
+def _track(job: "_ProcessJob") -> None:
+    _LIVE_JOBS.add(job)
+    if not _AT_EXIT:
+        _AT_EXIT.append(atexit.register(_end_live_jobs))
+
+
 def _end_live_jobs() -> None:
     for job in list(_LIVE_JOBS):
         if job.process.poll() is None:
