@@ -810,6 +810,52 @@ def test_a_thick_slice_scan_goes_onto_a_finer_grid_in_one_click(browser, app_url
     page.close()
 
 
+def test_a_thick_dicom_series_is_refined_with_its_own_slice_thickness(browser, app_url, thick_file, tiny_model,
+                                                                      tmp_path):
+    """Issue 21 item 3: the slab each acquired slice averages is the DICOM header's SliceThickness
+    (4 mm slices 6 mm apart: a gap), in the offer's words and in the worker's run."""
+    import pydicom
+    from test_io import write_dicom_series
+
+    from XDiffusionLib.sampling.thick_slices import reconstruct_thick_slices
+    from XDiffusionLib.settings import DEFAULTS
+
+    volume = read_volume(thick_file)
+    volume = volume.with_array(np.rint(volume.array).astype(np.int16))
+    folder = tmp_path / "series"
+    write_dicom_series(volume, folder, "1.2.826.0.1.3680043.2.1125.21")
+    for file in folder.glob("*.dcm"):
+        dataset = pydicom.dcmread(file)
+        dataset.SliceThickness = "4.0"
+        dataset.save_as(file)
+    archive = tmp_path / "thick-dicom.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for file in sorted(folder.glob("*.dcm")):
+            bundle.write(file, f"series/{file.name}")
+
+    page = open_tab(browser, app_url)
+    page.set_input_files("#xd-upload", str(archive))
+    page.wait_for_selector("#xd-volume")
+    assert "(6 mm apart, 4 mm thick)" in page.get_attribute("#xd-thick-run", "title")
+    page.wait_for_selector("#xd-worker-ready", timeout=SLOW)
+    page.click("#xd-thick-run")
+    page.wait_for_selector("#xd-metrics", timeout=SLOW)
+    assert "each 4 mm slab" in page.get_attribute("#xd-result-note", "title")
+    with page.expect_download() as download:
+        page.click("#xd-export")
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    exported = read_volume(saved).array
+    options = {key: getattr(DEFAULTS, key) for key in ("views", "steps", "sampler", "guidance", "seed", "samples")}
+    acquired = read_volume(folder)
+    four, six = (reconstruct_thick_slices(acquired, model_dir=tiny_model, thickness=t, **options).volume.array
+                 for t in (4.0, None))
+    tolerance = 1e-3 * np.ptp(four)
+    assert np.abs(four - six).max() > 20 * tolerance  # the thickness matters ...
+    np.testing.assert_allclose(exported, four, atol=tolerance)  # ... and the run used the header's
+    page.close()
+
+
 # -- uploads, tabs, runs ----------------------------------------------------------------------
 
 def test_bad_uploads_show_an_error_and_the_app_keeps_serving(browser, app_url, head_file, tmp_path):
