@@ -2,8 +2,8 @@
 """Score candidate models (and the anchor alone) on synthetic validation subjects: model selection.
 
 Models are selected on synthetic validation only, never on the held-out MRI. For each candidate
-(``anchor``, or a model folder with optional sampling settings) and each K in 1 3 5 10 31 (axial
-inputs by the evaluation protocol) this prints mean PSNR (paper convention), mean non-input PSNR
+(a baseline such as ``anchor`` or ``template``, or a model folder with optional sampling settings)
+and each K in 1 3 5 10 31 (axial inputs by the evaluation protocol) this prints mean PSNR (paper convention), mean non-input PSNR
 and mean SSIM over the subjects, and writes every score to ``--out`` as JSON.
 
     python scripts/synthetic_validation.py --data synth-val3 --candidate anchor \\
@@ -26,11 +26,12 @@ from XDiffusionLib.methods import get_method
 from XDiffusionLib.training.data import find_volume_sources
 
 KS = (1, 3, 5, 10, 31)
+BASELINES = ("anchor", "template", "nearest", "linear", "cubic")
 
 
 def build(candidate: str):
-    if candidate == "anchor":
-        return get_method("anchor")
+    if candidate in BASELINES:
+        return get_method(candidate)
     folder, _, options = candidate.partition(":")
     settings = {}
     for item in filter(None, options.split(",")):
@@ -43,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="synthetic validation volumes (file or folder)")
     parser.add_argument("--candidate", action="append", required=True,
-                        help="'anchor' or MODEL_DIR[:views=N,steps=N,samples=N,sampler=S,strength=F]")
+                        help="a baseline (anchor, template, nearest, linear, cubic) or MODEL_DIR[:views=N,steps=N,samples=N,sampler=S,strength=F]")
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
     parser.add_argument("--plane", default="axial")
     parser.add_argument("--out", help="JSON file for every score")

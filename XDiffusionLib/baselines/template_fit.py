@@ -7,8 +7,10 @@ only what a method may see (grid geometry and input slices):
    10%), with the template's foreground box centred on the inputs' foreground box in the two
    in-plane axes and on the grid through-plane.
 2. Through-plane shift: the one whose template slices at the input positions correlate best with
-   the input slices (normalised cross-correlation), searched over the grid. This tells a slice
-   through the eyes from one through the vertex, which centring alone cannot.
+   the input slices (normalised cross-correlation), searched over the grid, among the shifts that
+   keep the template's brain mostly (80%) inside the grid along the slice axis. This tells a slice
+   through the eyes from one through the vertex, which centring alone cannot; the brain rule keeps
+   one slice through the ventricles from matching the template's neck.
 3. Refinement: joint isotropic rescale (within ~16%) and 3D shift (within 40 mm) maximising the
    same correlation (Powell). Only K thin slices are sampled per try, so this costs well under a
    second even at 256^3.
@@ -32,6 +34,7 @@ _SAMPLED_SIDE = 64  # in-plane samples per side when scoring a fit
 _MAX_SHIFT_MM = 40.0  # refinement moves the template at most this far
 _MAX_EVALUATIONS = 400
 _SCALE_BOUND = 0.15  # log scale: the refinement may resize the template by at most ~16%
+_MIN_OVERLAP = 0.8  # of the placed template's brain with the grid, along the slice axis
 
 
 @dataclass
@@ -52,8 +55,9 @@ class SliceSampler:
     """Template values at the input slices' voxels (strided in-plane) for a candidate fit: cheap enough
     to evaluate hundreds of fits, because only K thin slices are sampled, never the whole volume."""
 
-    def __init__(self, template, template_spacing, target_spacing, inputs: SliceInput, background: float) -> None:
-        self.template, self.background = template, background
+    def __init__(self, template, template_spacing, target_spacing, inputs: SliceInput, background: float,
+                 order: int = 1) -> None:
+        self.template, self.background, self.order = template, background, order
         self.template_spacing, self.target_spacing = template_spacing, target_spacing
         axis = inputs.axis
         in_plane = [a for a in range(3) if a != axis]
@@ -71,7 +75,7 @@ class SliceSampler:
     def __call__(self, fit: AxisFit) -> np.ndarray:
         coordinates = np.stack([(self.target_mm[a] - fit.shift[a]) / (fit.scale[a] * self.template_spacing[a])
                                 for a in range(3)])
-        return map_coordinates(self.template, coordinates, order=1, mode="constant", cval=self.background,
+        return map_coordinates(self.template, coordinates, order=self.order, mode="constant", cval=self.background,
                                prefilter=False)
 
     def score(self, fit: AxisFit) -> float:
@@ -106,14 +110,30 @@ def _initial_fit(template, template_spacing, target_spacing, inputs: SliceInput)
     return AxisFit(np.ones(3), shift)
 
 
-def _search_through_plane(fit: AxisFit, sampler: SliceSampler, inputs: SliceInput) -> AxisFit:
-    """Step 2: the through-plane shift whose template slices correlate best with the inputs."""
+def _overlap_fraction(fit: AxisFit, axis: int, brain_mm: tuple[float, float], grid_mm: float) -> float:
+    """How much of the placed template brain and the grid [0, grid_mm] overlap along ``axis``, as a
+    fraction of the shorter of the two (a thin slab through a brain counts as fully overlapping)."""
+    low, high = (fit.shift[axis] + fit.scale[axis] * value for value in brain_mm)
+    overlap = min(high, grid_mm) - max(low, 0.0)
+    return max(0.0, overlap) / max(min(high - low, grid_mm), 1e-6)
+
+
+def _search_through_plane(fit: AxisFit, sampler: SliceSampler, inputs: SliceInput,
+                          brain_mm: tuple[float, float] | None = None) -> AxisFit:
+    """Step 2: the through-plane shift whose template slices correlate best with the inputs, among the
+    shifts that keep the template's brain (``brain_mm``, its box along the slice axis in template mm)
+    mostly inside the grid. A brain scan's field of view holds the brain: one slice through the
+    ventricles otherwise correlates about as well with the template's neck, which puts the whole
+    template above the scan."""
     axis = inputs.axis
+    grid_mm = (inputs.grid.shape[axis] - 1) * inputs.grid.spacing[axis]
     half_range = inputs.grid.shape[axis] * inputs.grid.spacing[axis] / 2.0
     centred = fit.shift[axis]
     best = (sampler.score(fit), centred)  # centred first, so ties (blank inputs) keep it
     for candidate in centred + np.linspace(-half_range, half_range, _SEARCH_STEPS):
         fit.shift[axis] = candidate
+        if brain_mm is not None and _overlap_fraction(fit, axis, brain_mm, grid_mm) < _MIN_OVERLAP:
+            continue
         score = sampler.score(fit)
         if score > best[0]:
             best = (score, candidate)
@@ -136,15 +156,23 @@ def _refine(fit: AxisFit, sampler: SliceSampler, centre_mm: np.ndarray) -> AxisF
     return refined if sampler.score(refined) >= sampler.score(fit) else fit
 
 
-def fit_axes(template: np.ndarray, template_spacing, inputs: SliceInput) -> tuple[AxisFit, float]:
+def fit_axes(template: np.ndarray, template_spacing, inputs: SliceInput, start: AxisFit | None = None,
+             brain: np.ndarray | None = None) -> tuple[AxisFit, float]:
     """Steps 1-3 (module docstring): the axis-aligned placement of ``template`` and its correlation
-    with the input slices (the higher, the better the template explains them)."""
+    with the input slices (the higher, the better the template explains them). ``start``: a placement
+    to begin steps 2-3 from instead of step 1 (they only move away from it to a higher correlation).
+    ``brain``: the template's brain voxels, kept mostly inside the grid by step 2 (default: its foreground)."""
     target_spacing = np.asarray(inputs.grid.spacing, dtype=np.float64)
     template_spacing = np.asarray(template_spacing, dtype=np.float64)
     background = float(np.percentile(template[::2, ::2, ::2], 1.0))
     sampler = SliceSampler(template, template_spacing, target_spacing, inputs, background)
-    fit = _initial_fit(template, template_spacing, target_spacing, inputs)
-    fit = _search_through_plane(fit, sampler, inputs)
+    if start is not None:
+        fit = AxisFit(np.array(start.scale, dtype=np.float64), np.array(start.shift, dtype=np.float64))
+    else:
+        fit = _initial_fit(template, template_spacing, target_spacing, inputs)
+    box = bounding_box(template > foreground_threshold(template) if brain is None else brain, inputs.axis)
+    brain_mm = None if box is None else (box[0] * template_spacing[inputs.axis], box[1] * template_spacing[inputs.axis])
+    fit = _search_through_plane(fit, sampler, inputs, brain_mm)
     centre_mm = (np.asarray(inputs.grid.shape) - 1) / 2.0 * target_spacing
     fit = _refine(fit, sampler, centre_mm)
     return fit, sampler.score(fit)
