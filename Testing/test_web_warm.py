@@ -67,3 +67,40 @@ def test_a_waiting_warm_worker_ends_with_its_session(tiny_model):
     assert process.wait(timeout=30) == 0
     launcher.close()
     assert not launcher._folder.exists()
+
+
+def _progress_words(job, timeout: float = 240.0) -> list[str]:
+    """Every progress message of ``job``, in order, until it ends."""
+    words, deadline = [], time.monotonic() + timeout
+    while True:
+        words += [m["message"] for m in job.poll() if m.get("type") == "progress"]
+        if job.finished:
+            return words + [m["message"] for m in job.poll() if m.get("type") == "progress"]
+        assert time.monotonic() < deadline, "the run did not end"
+        time.sleep(0.05)
+
+
+def test_a_warm_run_says_what_it_does_before_the_sampling(tiny_model):
+    """Issue 22 item 5: after "model loaded, ready" a run showed "loading PyTorch and the model" for
+    the seconds that its own first step took (the anchor's head template, fitted to the input slices):
+    a warm worker loads only the model's files, and the run says when it prepares the slices."""
+    from XDiffusionLib.app.web.warm_worker import WarmLauncher
+
+    settings = JobSettings("axial", (5,), str(tiny_model), {"views": 1, "steps": 2})
+    launcher = WarmLauncher(str(tiny_model))
+    try:
+        launcher.warm()
+        _wait_warm(launcher)
+        job = launcher.start(_head(), settings)
+        assert launcher.used_warm
+        words = _progress_words(job)
+        assert job.state == DONE, job.error
+        assert not any("PyTorch" in w for w in words), words
+        first_step = next(i for i, w in enumerate(words) if "step 1/2" in w)
+        assert words[first_step - 1] == "preparing the input slices for the model", words  # this tiny model's target
+        assert "loading the model" in words[:first_step]
+        cold = launcher.start(_head(), settings)  # nothing warm: a new process imports PyTorch, and says so
+        assert not launcher.used_warm
+        assert "loading PyTorch and the model" in _progress_words(cold)
+    finally:
+        launcher.close()

@@ -127,8 +127,9 @@ class XDiffusionReconstructor:
     ``model_dir`` is a folder from ``save_pretrained`` (default: the shipped weights). A ready
     ``model`` and ``config`` can be passed instead (training evaluation, tests). ``settings`` are
     the fields of ``ReconstructionSettings`` (checked here, once). ``progress`` (fraction, message)
-    is called every denoising step of ``reconstruct`` (a run's own, given to
-    ``reconstruct_with_uncertainty``, takes its place); raising from it cancels the run.
+    is called every denoising step of ``reconstruct`` and as the steps around them begin (the
+    anchor, the interval) (a run's own, given to ``reconstruct_with_uncertainty``, takes its
+    place); raising from it cancels the run.
     """
 
     name = "xdiffusion"
@@ -235,15 +236,19 @@ class XDiffusionReconstructor:
 
     def reconstruct_with_uncertainty(self, inputs: SliceInput, progress: Progress | None = None) -> ReconstructionResult:
         """The reconstruction of ``inputs``, its uncertainty and what that means (module docstring, steps 1-5)."""
+        progress = progress if progress is not None else self.progress
         # 1. checks, then the interval table and the model: a missing or broken one fails before any work
         self.validate(inputs)
         residual = self.config.target == "residual"
         calibration = self.calibration if residual else None
         pipeline = self.pipeline
         # 2. into model space: the target's normaliser, prior and condition, from the input slices only
+        # (the anchor's head template takes seconds: the run says so rather than sit on its last words)
+        _stage(progress, 0.0, "fitting the anchor (a head template) to the input slices" if residual
+               else "preparing the input slices for the model")
         target = _ResidualTarget(inputs, self.config) if residual else _VolumeTarget(inputs, self.config)
         # 3. views x samples of the cube
-        out = pipeline(target.sparse, self.settings, progress if progress is not None else self.progress)
+        out = pipeline(target.sparse, self.settings, progress)
         # 4. back on the input grid; the input slices pasted in unchanged, where the spread is 0
         volume, spread = target.to_grid(out)
         known = SliceInput(inputs.grid, inputs.plane, inputs.indices, np.zeros_like(inputs.slices))
@@ -252,6 +257,7 @@ class XDiffusionReconstructor:
         # 5. the calibrated interval in place of the spread, where there is a table
         if not residual or (calibration is None and not self.keep_features):
             return result
+        _stage(progress, 1.0, "computing the uncertainty interval")
         return self._with_interval(result, inputs, target, calibration)
 
     def _with_interval(self, result: ReconstructionResult, inputs: SliceInput, target: _ResidualTarget,
@@ -282,6 +288,12 @@ class XDiffusionReconstructor:
         known[list(inputs.indices)] = True
         return interval_features(len(inputs.indices), inputs.axis, slice_distance_mm(inputs), known, spread,
                                  estimate.interpolation, estimate.template, estimate.volume.array, scale)
+
+
+def _stage(progress: Progress | None, fraction: float, message: str) -> None:
+    """Tell ``progress`` what the run does now, outside the denoising steps (raising from it cancels)."""
+    if progress is not None:
+        progress(fraction, message)
 
 
 def reconstructor_for(reconstructor: XDiffusionReconstructor | None, model_dir: str | os.PathLike | None = None,

@@ -7,6 +7,7 @@ mode, so both behave the same. ``emit`` receives protocol messages (see ``messag
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,7 +51,8 @@ def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = 
         volume = read_volume(request.input_path)
     except MultiVolumeError as error:  # the worker has no --volume to choose with
         raise error.without_option() from None
-    report(0.01, "loading PyTorch and the model")
+    # A warm worker (the web app's) imported PyTorch before the request came: only the model's files load now.
+    report(0.01, "loading the model" if "torch" in sys.modules else "loading PyTorch and the model")
     from ..sampling.reconstructor import reconstruct_volume
     from ..sampling.result import write_result
 

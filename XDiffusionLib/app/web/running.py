@@ -21,7 +21,8 @@ from ...settings import LONG_RUN_EVALUATIONS, ReconstructionSettings, model_eval
 from .state import RECONSTRUCT_FIELDS, SAMPLING_FIELDS
 
 PROGRESS_PERIOD_S = 0.25
-# Share of the progress bar before the sampling starts (worker.run reports 0.05 once loaded).
+# Share of the progress bar before the sampling starts (worker.run reports 0.05 once loaded, and while
+# the anchor is fitted).
 _SAMPLING_START = 0.05
 
 
@@ -146,7 +147,7 @@ class Running:
             if not self._cancelling:
                 run.poll()
             now = time.monotonic()
-            if reference is None and run.fraction >= _SAMPLING_START:
+            if reference is None and run.fraction > _SAMPLING_START:  # the first step (not the anchor's start)
                 reference = (now, run.fraction)
             left = remaining_seconds(run.fraction, reference, now)
             app.push(xd_progress=round(100.0 * run.fraction, 1), xd_progress_message=run.message,
