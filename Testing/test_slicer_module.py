@@ -1364,6 +1364,130 @@ def test_export_name_typed_without_extension(xd, scene, tmp_path):
     assert logic.export(p, str(tmp_path / "kept.nii.gz")) == str(tmp_path / "kept.nii.gz")
 
 
+def exported_result(scene, monkeypatch, provenance=True):
+    """A reconstruction and its uncertainty node in the scene as a run leaves them (calibrated 90%)."""
+    from XDiffusionLib.slicer import display
+    from XDiffusionLib.slicer.export import Provenance
+    from XDiffusionLib.uncertainty.intervals import calibrated_info
+
+    source = add_volume(scene, "T1")
+    output = add_volume(scene, "T1 XDiffusion")
+    for key, value in Provenance("axial", (2, 5), "default (shipped compact model)", {"steps": 2}, "T1").to_attributes().items():
+        output.SetAttribute(key, value)
+    uncertainty = add_volume(scene, "T1 uncertainty")
+    display.show_uncertainty(uncertainty, scene, calibrated_info(0.9, scan_folds=2))
+    return source, output, uncertainty
+
+
+def panel_with_dialogs(xd, monkeypatch, save_name=None, folder=None):
+    """The panel with Qt's file dialogs answering ``save_name`` / ``folder``, and the application's
+    wait cursor (slicer.util.tryWithErrorDisplay, the real one, sets it)."""
+    asked = []
+    qt = types.ModuleType("qt")
+    qt.Qt = types.SimpleNamespace(WaitCursor="wait")
+    qt.QFileDialog = types.SimpleNamespace(
+        getSaveFileName=lambda parent, caption, name, filters: asked.append((caption, name, filters)) or save_name,
+        getExistingDirectory=lambda parent, caption: asked.append((caption,)) or folder)
+    monkeypatch.setattr(xd, "qt", qt)
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    shown = []
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(setOverrideCursor=lambda cursor: None,
+                                                           restoreOverrideCursor=lambda: None,
+                                                           testingEnabled=lambda: False), raising=False)
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kwargs: shown.append(text))
+    widget = xd.XDiffusionWidget.__new__(xd.XDiffusionWidget)
+    widget.ui, widget.logic = fake_ui(), xd.XDiffusionLogic()
+    widget._parameterNode = widget.logic.getParameterNode()
+    return widget, asked, shown
+
+
+def test_the_panel_exports_the_uncertainty(xd, scene, monkeypatch, tmp_path):
+    """Issue 22 item 12: the uncertainty export was in the logic only (logic.export(..., uncertainty=True));
+    the panel's Results now has "Export uncertainty...", in the chosen format, with what the volume
+    means (level, calibration, units) in the file's header."""
+    _, output, uncertainty = exported_result(scene, monkeypatch)
+    widget, asked, shown = panel_with_dialogs(xd, monkeypatch, save_name=str(tmp_path / "T1_uncertainty"))
+    p = widget._parameterNode
+    p.outputVolume, p.uncertaintyVolume, p.exportFormat = output, uncertainty, "NRRD (.nrrd)"
+    widget.onExportUncertainty()
+    assert shown == [] and asked[0][1] == "T1_uncertainty.nrrd"  # the dialog proposes the uncertainty's name
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(tmp_path / "T1_uncertainty.nrrd"))
+    reader.ReadImageInformation()
+    assert reader.GetMetaData("XDiffusion_uncertainty_level") == "0.9"
+    assert reader.GetMetaData("XDiffusion_uncertainty_calibration").startswith("calibrated on this scan")
+    widget.onExport()  # the reconstruction itself, as before
+    assert (tmp_path / "T1_uncertainty.nrrd").exists() and len(asked) == 2 and asked[1][1] == "T1_XDiffusion.nrrd"
+
+
+class DicomUtils:
+    """DICOMLib.DICOMUtils.importDicom (Modules/Scripted/DICOMLib/DICOMUtils.py): indexes a folder into
+    the database with ctkDICOMIndexer, copying the files into the database's own folder when
+    ``copyFiles``; True when it worked."""
+
+    def __init__(self, database_folder: Path, works: bool = True):
+        self.folder, self.works, self.calls = database_folder, works, []
+
+    def importDicom(self, dicomDataDir, dicomDatabase=None, copyFiles=False):
+        import shutil
+
+        import pydicom
+
+        self.calls.append((dicomDataDir, copyFiles))
+        if not self.works:
+            return False
+        for path in Path(dicomDataDir).iterdir():  # the database files instances by their UIDs
+            shutil.copy(path, self.folder / pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        return True
+
+
+def test_dicom_export_into_slicers_dicom_database(xd, scene, monkeypatch, tmp_path):
+    """Issue 22 item 12: the DICOM export goes into Slicer's DICOM database too (where a radiologist's
+    series live, in the input's study), through DICOMUtils.importDicom with copyFiles, so the series
+    stays after the temporary folder it was written to is gone; a closed database or a failed import
+    is one line."""
+    import pydicom
+
+    from XDiffusionLib.errors import XDiffusionError
+
+    (tmp_path / "db").mkdir()
+    utils = DicomUtils(tmp_path / "db")
+    monkeypatch.setitem(sys.modules, "DICOMLib", types.SimpleNamespace(DICOMUtils=utils))
+    monkeypatch.setitem(sys.modules, "DICOMLib.DICOMUtils", utils)
+    source, output, uncertainty = exported_result(scene, monkeypatch)
+    study = pydicom.uid.generate_uid()
+    files = dicom_slices(tmp_path / "input", 1, "2.0")
+    first = next(iter(files.values()))
+    dataset = pydicom.dcmread(first)
+    dataset.StudyInstanceUID, dataset.PatientID = study, "P123"
+    dataset.save_as(first)
+    source.SetAttribute("DICOM.instanceUIDs", " ".join(files))
+    database = DicomDatabase(files)
+    monkeypatch.setattr(slicer, "dicomDatabase", database, raising=False)
+    logic = xd.XDiffusionLogic()
+    p = logic.getParameterNode()
+    p.inputVolume, p.outputVolume, p.uncertaintyVolume = source, output, uncertainty
+    p.exportFormat = "DICOM database (Slicer)"
+    assert logic.export(p, None) == "Slicer's DICOM database (8 files)"
+    ((folder, copied),) = utils.calls
+    assert copied and not Path(folder).exists()  # copied into the database, the temporary removed
+    series = sorted((tmp_path / "db").iterdir())
+    first = pydicom.dcmread(series[0])
+    assert len(series) == 8 and first.StudyInstanceUID == study and first.PatientID == "P123"
+    assert "not for diagnosis" in first.SeriesDescription
+    assert logic.export(p, None, uncertainty=True) == "Slicer's DICOM database (8 files)"
+    assert len(list((tmp_path / "db").iterdir())) == 16
+
+    utils.works = False
+    with pytest.raises(XDiffusionError, match="importing the series into Slicer's DICOM database failed"):
+        logic.export(p, None)
+    database.isOpen = False
+    with pytest.raises(XDiffusionError, match="Slicer's DICOM database is not open: open the DICOM module"):
+        logic.export(p, None)
+
+
 def test_cancel_on_windows_opens_no_console(monkeypatch):
     """Item 11: Slicer hides the console only of what it starts itself (Base/Python/slicer/util.py,
     launchConsoleProcess: STARTUPINFO with SW_HIDE); taskkill needs CREATE_NO_WINDOW."""

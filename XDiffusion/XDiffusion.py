@@ -52,7 +52,8 @@ except ModuleNotFoundError as error:
 PLANES = list(PLANE_AXIS)
 DEVICES = list(SETTING_DEVICES)
 OVERLAYS = ["none", "automatic", "selected"]
-EXPORT_FORMATS = {"NIfTI (.nii.gz)": ".nii.gz", "NRRD (.nrrd)": ".nrrd", "DICOM series (folder)": "dicom"}
+EXPORT_FORMATS = {"NIfTI (.nii.gz)": ".nii.gz", "NRRD (.nrrd)": ".nrrd", "DICOM series (folder)": "dicom",
+                  "DICOM database (Slicer)": "dicomdb"}
 # The extension's category in the Extensions Index (CMakeLists.txt), also the module's menu.
 CATEGORY = "Image Synthesis"
 
@@ -171,6 +172,7 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.showComparisonButton.connect("clicked(bool)", self.onShowComparison)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.exportUncertaintyButton.connect("clicked(bool)", self.onExportUncertainty)
 
         self.ui.progressBar.setVisible(False)
         self.ui.cancelButton.setEnabled(False)
@@ -249,6 +251,7 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not running:
             self.ui.statusLabel.text = message or self.logic.readyText(p)
         self.ui.exportButton.setEnabled(p.outputVolume is not None and not running)
+        self.ui.exportUncertaintyButton.setEnabled(p.uncertaintyVolume is not None and not running)
         self.ui.showComparisonButton.setEnabled(p.outputVolume is not None and not running)
 
     # Slices ----------------------------------------------------------------------------------
@@ -338,23 +341,32 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return f"; uncertainty = {uncertainty_info_of(node).label}"
 
     def onExport(self) -> None:
+        self.exportVolume(uncertainty=False)
+
+    def onExportUncertainty(self) -> None:
+        self.exportVolume(uncertainty=True)
+
+    def exportVolume(self, uncertainty: bool) -> None:
+        """Ask where (a file, a new folder for a DICOM series; nothing for Slicer's DICOM database) and export."""
         p = self._parameterNode
         kind = EXPORT_FORMATS[p.exportFormat]
-        name = p.outputVolume.GetName()
+        name = (p.uncertaintyVolume if uncertainty else p.outputVolume).GetName()
+        target = None
         if kind == "dicom":
             # The series goes into a new sub-folder named after the volume.
             folder = qt.QFileDialog.getExistingDirectory(None, "Choose where to create the DICOM series folder")
             if not folder:
                 return
             target = str(Path(folder) / _safeFileName(name))
-        else:
+        elif kind != "dicomdb":
             label = p.exportFormat.split(" (")[0]
-            target = qt.QFileDialog.getSaveFileName(None, "Export reconstruction", _safeFileName(name) + kind,
+            caption = "Export uncertainty" if uncertainty else "Export reconstruction"
+            target = qt.QFileDialog.getSaveFileName(None, caption, _safeFileName(name) + kind,
                                                     f"{label} (*{kind});;All files (*)")
             if not target:
                 return
         with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
-            written = self.logic.export(p, target)
+            written = self.logic.export(p, target, uncertainty=uncertainty)
             self.ui.statusLabel.text = f"Exported to {written}"
 
 
@@ -632,10 +644,10 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         apply_to_scene(slicer.mrmlScene, layout)
         slicer.util.resetSliceViews()
 
-    def export(self, p: XDiffusionParameterNode, target: str, uncertainty: bool = False) -> str:
+    def export(self, p: XDiffusionParameterNode, target: Optional[str], uncertainty: bool = False) -> str:
         """Write the reconstruction (or, with ``uncertainty``, its uncertainty volume, labelled with
-        its meaning and level in the header): .nii.gz/.nrrd file, or a DICOM series into the new
-        folder ``target``."""
+        its meaning and level in the header): .nii.gz/.nrrd file, a DICOM series into the new
+        folder ``target``, or a DICOM series into Slicer's DICOM database (``target`` unused)."""
         from XDiffusionLib.errors import XDiffusionError
         from XDiffusionLib.slicer.display import uncertainty_info_of
         from XDiffusionLib.slicer.export import Provenance, export_dicom_series, export_target, export_volume
@@ -650,12 +662,35 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
                 raise XDiffusionError("this reconstruction has no uncertainty volume to export")
             info = uncertainty_info_of(p.uncertaintyVolume)
         volume = volume_from_node(p.uncertaintyVolume if uncertainty else node)
-        if EXPORT_FORMATS[p.exportFormat] != "dicom":
+        if EXPORT_FORMATS[p.exportFormat] not in ("dicom", "dicomdb"):
             return str(export_volume(volume, export_target(target, EXPORT_FORMATS[p.exportFormat]), uncertainty=info))
         provenance = Provenance.from_attributes(node.GetAttribute)
-        files = export_dicom_series(volume, target, provenance, source=self.dicomSource(p.inputVolume),
-                                    uncertainty=info)
+        source = self.dicomSource(p.inputVolume)
+        if EXPORT_FORMATS[p.exportFormat] == "dicomdb":
+            return self.exportToDicomDatabase(volume, provenance, source, info)
+        files = export_dicom_series(volume, target, provenance, source=source, uncertainty=info)
         return f"{target} ({len(files)} files)"
+
+    @staticmethod
+    def exportToDicomDatabase(volume, provenance, source, info) -> str:
+        """The DICOM series imported into Slicer's DICOM database (copied in: the temporary folder it
+        is written to goes), in the input's study when the input came from that database."""
+        import tempfile
+
+        from XDiffusionLib.errors import XDiffusionError
+        from XDiffusionLib.slicer.export import export_dicom_series
+
+        database = getattr(slicer, "dicomDatabase", None)
+        if database is None or not database.isOpen:
+            raise XDiffusionError("Slicer's DICOM database is not open: open the DICOM module once (it creates the "
+                                  "database), then export again")
+        from DICOMLib import DICOMUtils  # Slicer's DICOM module, loaded only for this export
+
+        with tempfile.TemporaryDirectory(prefix="XDiffusion-dicom-") as folder:
+            files = export_dicom_series(volume, Path(folder) / "series", provenance, source=source, uncertainty=info)
+            if not DICOMUtils.importDicom(str(Path(folder) / "series"), database, copyFiles=True):
+                raise XDiffusionError("importing the series into Slicer's DICOM database failed: see the Python console")
+        return f"Slicer's DICOM database ({len(files)} files)"
 
     @staticmethod
     def dicomSource(volumeNode) -> Optional[str]:
