@@ -1310,6 +1310,8 @@ def test_comparison_layout_is_registered_at_startup(xd, scene, monkeypatch):
     assert [signal for signal, _ in connections] == ["startupCompleted()"]
     layout_node = manager.layoutLogic().GetLayoutNode()
     assert not layout_node.IsLayoutDescription(7481)
+    monkeypatch.setitem(sys.modules, "SampleData", sample_data_module())
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(), raising=False)
     for _, slot in connections:
         slot()  # the application emits startupCompleted()
     assert layout_node.IsLayoutDescription(7481)
@@ -1317,6 +1319,58 @@ def test_comparison_layout_is_registered_at_startup(xd, scene, monkeypatch):
     assert all(scene.GetNodeByID(f"vtkMRMLSliceNode{name}") is not None
                for name in ("XDiffusionReal", "XDiffusionGenerated", "XDiffusionDifference"))
     manager.close()
+
+
+def sample_data_module():
+    """Slicer's SampleData module as far as registering goes (Modules/Scripted/SampleData/SampleData.py:
+    SampleDataLogic.registerCustomSampleDataSource keeps the sources per category in
+    slicer.modules.sampleDataSources; the real one wraps the arguments in a SampleDataSource)."""
+    def registerCustomSampleDataSource(category="Custom", sampleName=None, uris=None, fileNames=None, nodeNames=None,
+                                       customDownloader=None, thumbnailFileName=None, loadFileTypes=None,
+                                       loadFiles=None, loadFileProperties={}, checksums=None, loadFileType=None):
+        sources = getattr(slicer.modules, "sampleDataSources", {})
+        slicer.modules.sampleDataSources = sources
+        sources.setdefault(category, []).append(dict(sampleName=sampleName, uris=uris, fileNames=fileNames,
+                                                     nodeNames=nodeNames, thumbnailFileName=thumbnailFileName,
+                                                     loadFileTypes=loadFileTypes))
+
+    logic = types.SimpleNamespace(registerCustomSampleDataSource=registerCustomSampleDataSource)
+    return types.SimpleNamespace(SampleDataLogic=logic)
+
+
+def test_the_shipped_heads_are_in_the_sample_data_module(xd, scene, monkeypatch, tmp_path):
+    """Issue 22 item 12: the shipped held-out heads are registered with the Sample Data module when
+    Slicer has started (as Slicer's module template does: Utilities/Templates/Modules/Scripted/
+    TemplateKey.py, registerSampleData on startupCompleted), each with a thumbnail, and load without
+    network: Sample Data fetches a source's URI into its cache with urllib's urlretrieve
+    (SampleData.py, SampleDataLogic.downloadFile), which copies a file: URI."""
+    import urllib.request
+
+    from PIL import Image
+
+    from XDiffusionLib import __version__
+    from XDiffusionLib.data.samples import SAMPLES
+    from XDiffusionLib.io import read_volume
+
+    connections = []
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(connect=lambda signal, slot: connections.append(slot),
+                                                           layoutManager=lambda: LayoutManager(scene)), raising=False)
+    monkeypatch.setitem(sys.modules, "SampleData", sample_data_module())
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(), raising=False)
+    xd.XDiffusion(types.SimpleNamespace())
+    assert not hasattr(slicer.modules, "sampleDataSources")  # nothing before startup has completed
+    (slot,) = connections
+    slot()
+    sources = slicer.modules.sampleDataSources["XDiffusion"]
+    assert [s["sampleName"] for s in sources] == ["T1 head (2x2x3 mm)", "Mean T1 head", "MNI152 T1 (2 mm)"]
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    for source, name in zip(sources, ("kmeans_t1", "pydeface_mean", "mni152_nlin6")):
+        assert Image.open(source["thumbnailFileName"]).size == (128, 128)
+        assert f"Resources/Icons/{Path(source['thumbnailFileName']).name}" in cmake  # installed with the module
+        assert source["fileNames"] == f"XDiffusion-{__version__}-{SAMPLES[name].filename}"
+        cached = tmp_path / source["fileNames"]
+        urllib.request.urlretrieve(source["uris"], cached)  # what Sample Data does with the URI
+        assert read_volume(cached).shape == read_volume(SAMPLES[name].path).shape
 
 
 def test_show_side_by_side_shows_the_runs_inputs(xd, scene, tiny_model):

@@ -83,11 +83,16 @@ class XDiffusion(ScriptedLoadableModule):
             "Cross-Sectional Diffusion Models'. Sample MRI data: ICBM152 (nilearn), ITK examples, "
             "MNI152 (nimare), pydeface; see the licences shipped with XDiffusionLib."
         )
-        # A saved scene keeps only the comparison layout's number: its description must exist before
-        # such a scene is opened, so it is registered once the application has started.
+        # Once the application has started: the comparison layout (a saved scene keeps only its number,
+        # so its description must exist before such a scene is opened) and the sample heads.
         app = getattr(slicer, "app", None)
         if app is not None:
-            app.connect("startupCompleted()", registerComparisonLayout)
+            app.connect("startupCompleted()", onStartupCompleted)
+
+
+def onStartupCompleted() -> None:
+    registerComparisonLayout()
+    registerSampleData()
 
 
 def registerComparisonLayout() -> None:
@@ -95,6 +100,18 @@ def registerComparisonLayout() -> None:
     from XDiffusionLib.slicer.layout import register_layout
 
     register_layout(slicer.app.layoutManager().layoutLogic().GetLayoutNode())
+
+
+def registerSampleData() -> None:
+    """The shipped held-out heads in the Sample Data module (category XDiffusion), loaded from the
+    installed package without network (``XDiffusionLib.slicer.sample_data``)."""
+    import SampleData  # Slicer's Sample Data module
+
+    from XDiffusionLib.slicer.sample_data import sample_data_sources
+
+    icons = Path(__file__).resolve().parent / "Resources" / "Icons"
+    for source in sample_data_sources(icons):
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(**source)
 
 
 #
