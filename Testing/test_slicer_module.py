@@ -1240,6 +1240,43 @@ def test_extension_reaches_preview_and_both_stable_releases(tmp_path):
                           for branch in ("main", "5.12", "5.10")]
 
 
+def test_help_links_to_the_documentation_and_contributors_agree(xd, tmp_path):
+    """Issue 22 item 12: the module's help text links to its documentation (as the module template's
+    does: Utilities/Templates/Modules/Scripted/TemplateKey.py, "See more information in <a href=...>
+    module documentation</a>"), a page of this repository that exists; the module's contributors are
+    the extension's (CMakeLists.txt EXTENSION_CONTRIBUTORS). Names with affiliations ("Firstname
+    Lastname (Organization)", the template's form) only the maintainers can give: until they are,
+    the check lists them among the things to do by hand before submitting."""
+    import shutil
+
+    index = load_script("check_extension_index")
+    parent = types.SimpleNamespace()
+    xd.XDiffusion(parent)
+    assert f'<a href="{xd.DOCUMENTATION_URL}">' in parent.helpText
+    assert xd.DOCUMENTATION_URL == "https://github.com/xdiffusion/SlicerXDiffusion/blob/main/docs/slicer.md"
+    assert parent.contributors == xd.CONTRIBUTORS
+    assert index.check(REPO) == []
+    todo = index.by_hand(REPO)
+    assert any(line.startswith("contributors: name each with an affiliation") for line in todo)
+    assert any("3d-slicer-extension" in line for line in todo)
+
+    for name in ("CMakeLists.txt", "LICENSE", "docs/extensions-index.md", "docs/slicer.md", "XDiffusion/XDiffusion.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, tmp_path / name)
+    module = tmp_path / "XDiffusion" / "XDiffusion.py"
+    module.write_text(module.read_text().replace("blob/main/docs/slicer.md", "blob/main/docs/gone.md"))
+    assert ("XDiffusion.py: DOCUMENTATION_URL 'https://github.com/xdiffusion/SlicerXDiffusion/blob/main/docs/gone.md': "
+            "docs/gone.md is not in the repository") in index.check(tmp_path)
+    module.write_text((REPO / "XDiffusion" / "XDiffusion.py").read_text().replace(
+        'CONTRIBUTORS = ["XDiffusion contributors"]', 'CONTRIBUTORS = ["Jane Doe (Example University)"]'))
+    assert ("XDiffusion.py: CONTRIBUTORS 'Jane Doe (Example University)' differ from CMakeLists.txt's "
+            "EXTENSION_CONTRIBUTORS 'XDiffusion contributors'") in index.check(tmp_path)
+    cmake = tmp_path / "CMakeLists.txt"
+    cmake.write_text(cmake.read_text().replace('"XDiffusion contributors"', '"Jane Doe (Example University)"'))
+    assert not [p for p in index.check(tmp_path) if "CONTRIBUTORS" in p]
+    assert not [line for line in index.by_hand(tmp_path) if line.startswith("contributors")]
+
+
 def test_repository_size_counts_each_object_once(tmp_path):
     """A clone's size is its files plus one pack of its objects; copies a local .git keeps (loose
     objects beside a pack, older packs) are not sent by a clone. Counting them failed CI once at 123 MB

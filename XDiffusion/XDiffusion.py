@@ -56,6 +56,10 @@ EXPORT_FORMATS = {"NIfTI (.nii.gz)": ".nii.gz", "NRRD (.nrrd)": ".nrrd", "DICOM 
                   "DICOM database (Slicer)": "dicomdb"}
 # The extension's category in the Extensions Index (CMakeLists.txt), also the module's menu.
 CATEGORY = "Image Synthesis"
+# The module's documentation, in the repository the Extensions Index builds (EXTENSION_HOMEPAGE).
+DOCUMENTATION_URL = "https://github.com/xdiffusion/SlicerXDiffusion/blob/main/docs/slicer.md"
+# The same as EXTENSION_CONTRIBUTORS in CMakeLists.txt (scripts/check_extension_index.py checks it).
+CONTRIBUTORS = ["XDiffusion contributors"]
 
 
 #
@@ -69,14 +73,14 @@ class XDiffusion(ScriptedLoadableModule):
         self.parent.title = "XDiffusion"
         self.parent.categories = [CATEGORY]
         self.parent.dependencies = []
-        self.parent.contributors = ["XDiffusion contributors"]
+        self.parent.contributors = list(CONTRIBUTORS)
         self.parent.helpText = (
             "Reconstructs a full 3D MRI volume from one or a few 2D slices with a cross-sectional diffusion "
             "model (X-Diffusion). Pick an input volume, a plane and the input slices (or all acquired slices of "
             "a thick-slice scan, onto a finer grid), run Reconstruct, then compare real, generated and "
             "difference side by side. The result is an AI-generated pseudo-MRI, for research only and not "
             "for diagnosis. Needs 3D Slicer 5.10 or newer. "
-            "See the project's README (section 'Use in 3D Slicer') for details."
+            f'See the <a href="{DOCUMENTATION_URL}">module documentation</a>.'
         )
         self.parent.acknowledgementText = (
             "Based on 'X-Diffusion: Generating Detailed 3D MRI Volumes From a Single Image Using "

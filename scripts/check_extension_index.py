@@ -4,14 +4,17 @@
 
 The catalog entry is the ```json block of docs/extensions-index.md, and the Index branches it goes
 into (``main`` for Preview, one per stable release) are the table under "Where it is listed"
-there; the extension's metadata is the top-level CMakeLists.txt. Without network: image URLs are checked by mapping them to files of this
-checkout (raw.githubusercontent.com/<owner>/<repo>/<branch>/<path> -> <path>), which must then be
-committed and pushed. The GitHub topic "3d-slicer-extension" cannot be checked here. Prints one line
-per problem and exits 1, or prints "ok".
+there; the extension's metadata is the top-level CMakeLists.txt, the module's (its documentation
+link, its contributors) XDiffusion/XDiffusion.py. Without network: image and documentation URLs are
+checked by mapping them to files of this checkout (raw.githubusercontent.com/<owner>/<repo>/<branch>/
+<path> -> <path>), which must then be committed and pushed. Prints one line per problem and exits 1, or prints "ok"; then lists what only
+the maintainers can do before submitting (the GitHub topic "3d-slicer-extension", contributors'
+names and affiliations), which does not fail the check.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -20,6 +23,9 @@ import urllib.parse
 from pathlib import Path
 
 EXTENSION_NAME = "XDiffusion"
+MODULE_FILE = Path("XDiffusion") / "XDiffusion.py"
+# "Firstname Lastname (Organization)", the form of Slicer's module template.
+CONTRIBUTOR = re.compile(r"^[^()]+ \([^()]+\)$")
 SCHEMA = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#"
 SCHEMA_KEYS = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
                "build_subdirectory", "enabled", "tier"}
@@ -203,6 +209,9 @@ def check(repo: Path) -> list[str]:
     # the Index branches: Preview and each stable release (dependencies are checked per branch there)
     problems += check_branches(repo, cmake, entry)
 
+    # the module's documentation link and contributors
+    problems += check_module(repo, cmake, owner_repo, str(entry.get("scm_revision", "main")))
+
     # license and size
     if not any((repo / name).is_file() for name in LICENSE_NAMES):
         problems.append(f"no license file at the repository root ({', '.join(LICENSE_NAMES[:3])}, ...)")
@@ -210,6 +219,53 @@ def check(repo: Path) -> list[str]:
     if size_mb > SIZE_LIMIT_MB:
         problems.append(f"repository is {size_mb:.0f} MB checked out; the Index allows {SIZE_LIMIT_MB} MB")
     return problems
+
+
+def module_constants(repo: Path) -> dict:
+    """The module file's top-level constants (names in capitals assigned a literal)."""
+    if not (repo / MODULE_FILE).is_file():
+        return {}
+    tree = ast.parse((repo / MODULE_FILE).read_text(encoding="utf-8"))
+    constants = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                constants[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return constants
+
+
+def check_module(repo: Path, cmake: str, owner_repo: str, revision: str) -> list[str]:
+    """The help text's documentation link is a page of this repository; the module's contributors
+    are the extension's."""
+    if not (repo / MODULE_FILE).is_file():
+        return [f"no module file {MODULE_FILE}"]
+    constants = module_constants(repo)
+    problems = []
+    url = constants.get("DOCUMENTATION_URL")
+    prefix = f"https://github.com/{owner_repo}/blob/{revision}/"
+    if not url:
+        problems.append(f"{MODULE_FILE.name}: no DOCUMENTATION_URL for the help text's documentation link")
+    elif not url.startswith(prefix):
+        problems.append(f"{MODULE_FILE.name}: DOCUMENTATION_URL {url!r} is not a page of {owner_repo} at {revision}")
+    elif not (repo / urllib.parse.unquote(url[len(prefix):].split("#")[0])).is_file():
+        problems.append(f"{MODULE_FILE.name}: DOCUMENTATION_URL {url!r}: {url[len(prefix):]} is not in the repository")
+    contributors = ", ".join(constants.get("CONTRIBUTORS") or [])
+    if contributors != (cmake_value(cmake, "EXTENSION_CONTRIBUTORS") or ""):
+        problems.append(f"{MODULE_FILE.name}: CONTRIBUTORS {contributors!r} differ from CMakeLists.txt's "
+                        f"EXTENSION_CONTRIBUTORS {cmake_value(cmake, 'EXTENSION_CONTRIBUTORS')!r}")
+    return problems
+
+
+def by_hand(repo: Path) -> list[str]:
+    """What the Index's reviewers ask that no file here can settle: to do by hand before submitting."""
+    todo = ["GitHub topic: give the repository the topic 3d-slicer-extension (its About settings)"]
+    unnamed = [c for c in module_constants(repo).get("CONTRIBUTORS") or [] if not CONTRIBUTOR.match(c)]
+    if unnamed:
+        todo.append("contributors: name each with an affiliation, 'Firstname Lastname (Organization)', in "
+                    f"CONTRIBUTORS ({MODULE_FILE}) and EXTENSION_CONTRIBUTORS (CMakeLists.txt); now {unnamed}")
+    return todo
 
 
 def _check_image_url(repo: Path, url: str, name: str, owner_repo: str, revision: str) -> list[str]:
@@ -262,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         print(problem)
     if not problems:
         print("ok")
+    for line in by_hand(repo):
+        print(f"by hand before submitting: {line}")
     return 1 if problems else 0
 
 
