@@ -204,11 +204,17 @@ def xd(scene, monkeypatch):
         setattr(scripted, cls.__name__, cls)
     wrapper = types.ModuleType("slicer.parameterNodeWrapper")
     wrapper.parameterNodeWrapper, wrapper.Choice, wrapper.WithinRange = parameterNodeWrapper, Choice, WithinRange
-    for name, module in {"qt": types.ModuleType("qt"), "ctk": types.ModuleType("ctk"),
+    # slicer.i18n (Base/Python/slicer/i18n.py): tr(text) looks the text up in the application's
+    # translations under a context named after the calling file; translate(context, text) under the
+    # given one. Without translations both return the text as it is.
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr, i18n.translate = (lambda text: text), (lambda context, text: text)
+    for name, module in {"qt": types.ModuleType("qt"), "ctk": types.ModuleType("ctk"), "slicer.i18n": i18n,
                          "slicer.ScriptedLoadableModule": scripted, "slicer.parameterNodeWrapper": wrapper}.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(slicer, "ScriptedLoadableModule", scripted, raising=False)
     monkeypatch.setattr(slicer, "parameterNodeWrapper", wrapper, raising=False)
+    monkeypatch.setattr(slicer, "i18n", i18n, raising=False)
     spec = importlib.util.spec_from_file_location("XDiffusion", MODULE_FILE)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "XDiffusion", module)
@@ -370,6 +376,57 @@ def test_a_started_worker_is_ended_when_the_host_exits(tmp_path):
     import psutil
 
     assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_modules_strings_are_translatable(xd):
+    """Issue 22 item 12: what the panel shows goes through Slicer's translation function, as in
+    Slicer's module template (Utilities/Templates/Modules/Scripted/TemplateKey.py: from slicer.i18n
+    import tr as _). Qt's lupdate reads only literal strings, so _() takes a literal and values come
+    in through .format() (no f-strings). Checked on what reaches the user: widget texts and tooltips,
+    the module's title, help and acknowledgement, error and file dialogs, the module's own error
+    lines, the status lines the logic returns. The library's one-line errors stay English (shared
+    with the command line and the web app)."""
+    import ast
+
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    attributes = {"text", "toolTip", "title", "helpText", "acknowledgementText"}
+    calls = {"tryWithErrorDisplay", "errorDisplay", "warningDisplay", "infoDisplay", "confirmOkCancelDisplay",
+             "getSaveFileName", "getExistingDirectory", "delayDisplay"}
+    returns = {"readyText", "uncertaintyText", "export", "exportToDicomDatabase"}
+    found = []
+
+    def visit(node):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("_", "translate"):
+            text = node.args[-1] if node.args else None
+            if not (isinstance(text, ast.Constant) and isinstance(text.value, str)):
+                found.append((node.lineno, f"{node.func.id}() of something other than a literal"))
+            return
+        if isinstance(node, ast.JoinedStr):
+            found.append((node.lineno, "an f-string"))
+            return
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.search("[A-Za-z]{2}", node.value):
+            found.append((node.lineno, node.value))
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    tests = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "XDiffusionTest")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(isinstance(target, ast.Attribute) and target.attr in attributes
+                                                for target in node.targets):
+            visit(node.value)
+        elif (isinstance(node, ast.Call) and not tests.lineno <= node.lineno <= tests.end_lineno  # its own stay
+              and (isinstance(node.func, ast.Attribute) and node.func.attr in calls
+                   or isinstance(node.func, ast.Name) and node.func.id == "XDiffusionError")):
+            for argument in [*node.args, *(k.value for k in node.keywords)]:
+                visit(argument)
+        elif isinstance(node, ast.FunctionDef) and node.name in returns:
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Return) and inner.value is not None:
+                    visit(inner.value)
+    assert found == []
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    assert "from slicer.i18n import tr as _" in source
 
 
 def test_panel_checks_find_the_shipped_model_without_torch():

@@ -20,6 +20,7 @@ from typing import Annotated, Optional, Union
 import qt
 import slicer
 import vtk
+from slicer.i18n import tr as _
 from slicer import (
     vtkMRMLLabelMapVolumeNode,
     vtkMRMLScalarVolumeNode,
@@ -70,19 +71,19 @@ CONTRIBUTORS = ["XDiffusion contributors"]
 class XDiffusion(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "XDiffusion"
+        self.parent.title = _("XDiffusion")
         self.parent.categories = [CATEGORY]
         self.parent.dependencies = []
         self.parent.contributors = list(CONTRIBUTORS)
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Reconstructs a full 3D MRI volume from one or a few 2D slices with a cross-sectional diffusion "
             "model (X-Diffusion). Pick an input volume, a plane and the input slices (or all acquired slices of "
             "a thick-slice scan, onto a finer grid), run Reconstruct, then compare real, generated and "
             "difference side by side. The result is an AI-generated pseudo-MRI, for research only and not "
             "for diagnosis. Needs 3D Slicer 5.10 or newer. "
-            f'See the <a href="{DOCUMENTATION_URL}">module documentation</a>.'
-        )
-        self.parent.acknowledgementText = (
+            'See the <a href="{url}">module documentation</a>.'
+        ).format(url=DOCUMENTATION_URL)
+        self.parent.acknowledgementText = _(
             "Based on 'X-Diffusion: Generating Detailed 3D MRI Volumes From a Single Image Using "
             "Cross-Sectional Diffusion Models'. Sample MRI data: ICBM152 (nilearn), ITK examples, "
             "MNI152 (nimare), pydeface; see the licences shipped with XDiffusionLib."
@@ -253,7 +254,7 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._sliceKey = key
         if changed:
             self.logic.removeSlices(p, list(p.sliceIndices))  # modifies p: this method runs again
-            self.ui.statusLabel.text = "The plane or the input volume changed: the slice list was cleared."
+            self.ui.statusLabel.text = _("The plane or the input volume changed: the slice list was cleared.")
             return
         self.ui.sliceListWidget.clear()
         for index in p.sliceIndices:
@@ -268,7 +269,7 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         running = self.logic.isRunning()
         message = self.logic.validate(p)
         self.ui.applyButton.setEnabled(message is None and not running)
-        self.ui.applyButton.toolTip = message or "Reconstruct the volume from the input slices"
+        self.ui.applyButton.toolTip = message or _("Reconstruct the volume from the input slices")
         if not running:
             self.ui.statusLabel.text = message or self.logic.readyText(p)
         self.ui.exportButton.setEnabled(p.outputVolume is not None and not running)
@@ -278,11 +279,11 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # Slices ----------------------------------------------------------------------------------
 
     def onAddCurrentSlice(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Could not add the current slice.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not add the current slice."), waitCursor=True):
             self.logic.addCurrentSlice(self._parameterNode)
 
     def onAddTypedSlices(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Could not add these slices.", waitCursor=False):
+        with slicer.util.tryWithErrorDisplay(_("Could not add these slices."), waitCursor=False):
             self.logic.addTypedSlices(self._parameterNode, self.ui.typedSlicesLineEdit.text)
             self.ui.typedSlicesLineEdit.text = ""
 
@@ -294,25 +295,25 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.removeSlices(self._parameterNode, list(self._parameterNode.sliceIndices))
 
     def onJumpToSlice(self, item) -> None:
-        with slicer.util.tryWithErrorDisplay("Could not show this slice.", waitCursor=False):
+        with slicer.util.tryWithErrorDisplay(_("Could not show this slice."), waitCursor=False):
             self.logic.jumpToSlice(self._parameterNode, int(item.text()))
 
     # Running ---------------------------------------------------------------------------------
 
     def onReconstruct(self) -> None:
         # Asked before the wait cursor: the install confirmations are dialogs the user must answer.
-        with slicer.util.tryWithErrorDisplay("Reconstruction could not start.", waitCursor=False):
+        with slicer.util.tryWithErrorDisplay(_("Reconstruction could not start."), waitCursor=False):
             ready = self.logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay)
         if not ready:
-            self.ui.statusLabel.text = "Reconstruction not started: required Python packages are missing."
+            self.ui.statusLabel.text = _("Reconstruction not started: required Python packages are missing.")
             return
-        with slicer.util.tryWithErrorDisplay("Reconstruction could not start.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Reconstruction could not start."), waitCursor=True):
             self.logic.startReconstruction(self._parameterNode)
             self.ui.progressBar.value = 0
             self.ui.progressBar.setVisible(True)
             self.ui.cancelButton.setEnabled(True)
             self.ui.applyButton.setEnabled(False)
-            self.ui.statusLabel.text = "Starting..."
+            self.ui.statusLabel.text = _("Starting...")
             self._timer.start()
 
     def onTimer(self) -> None:
@@ -327,21 +328,23 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             if state == "done":
                 self._lastResult = self.logic.finishReconstruction(self._parameterNode)
-                self.ui.statusLabel.text = "Done: " + self._lastResult.reconstruction.GetName() + self.uncertaintyText()
+                self.ui.statusLabel.text = _("Done: {name}{uncertainty}").format(
+                    name=self._lastResult.reconstruction.GetName(), uncertainty=self.uncertaintyText())
                 if self._parameterNode.showComparison:
                     self.logic.showComparison(self._lastResult.layout)
             elif state == "failed":
-                self.ui.statusLabel.text = "Failed: " + (self.logic.lastError() or "unknown error")
-                slicer.util.errorDisplay("Reconstruction failed: " + (self.logic.lastError() or "unknown error"))
+                reason = self.logic.lastError() or _("unknown error")
+                self.ui.statusLabel.text = _("Failed: {reason}").format(reason=reason)
+                slicer.util.errorDisplay(_("Reconstruction failed: {reason}").format(reason=reason))
             else:
-                self.ui.statusLabel.text = "Cancelled."
+                self.ui.statusLabel.text = _("Cancelled.")
         except Exception as error:  # noqa: BLE001 - shown to the user, logged with its traceback
             logging.exception("XDiffusion: adding the results failed")
-            slicer.util.errorDisplay(f"Adding the results failed: {error}")
+            slicer.util.errorDisplay(_("Adding the results failed: {error}").format(error=error))
         self.updateGUIFromParameterNode()
 
     def onCancel(self) -> None:
-        self.ui.statusLabel.text = "Cancelling..."
+        self.ui.statusLabel.text = _("Cancelling...")
         slicer.app.processEvents()
         self.logic.cancel()
         self.onTimer()
@@ -349,7 +352,7 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # Results ---------------------------------------------------------------------------------
 
     def onShowComparison(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Could not show the comparison.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not show the comparison."), waitCursor=True):
             self.logic.showComparison(self.logic.comparisonFromParameterNode(self._parameterNode))
 
     def uncertaintyText(self) -> str:
@@ -359,7 +362,7 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return ""
         from XDiffusionLib.slicer.display import uncertainty_info_of
 
-        return f"; uncertainty = {uncertainty_info_of(node).label}"
+        return _("; uncertainty = {label}").format(label=uncertainty_info_of(node).label)
 
     def onExport(self) -> None:
         self.exportVolume(uncertainty=False)
@@ -375,20 +378,21 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         target = None
         if kind == "dicom":
             # The series goes into a new sub-folder named after the volume.
-            folder = qt.QFileDialog.getExistingDirectory(None, "Choose where to create the DICOM series folder")
+            folder = qt.QFileDialog.getExistingDirectory(None, _("Choose where to create the DICOM series folder"))
             if not folder:
                 return
             target = str(Path(folder) / _safeFileName(name))
         elif kind != "dicomdb":
             label = p.exportFormat.split(" (")[0]
-            caption = "Export uncertainty" if uncertainty else "Export reconstruction"
+            caption = _("Export uncertainty") if uncertainty else _("Export reconstruction")
             target = qt.QFileDialog.getSaveFileName(None, caption, _safeFileName(name) + kind,
-                                                    f"{label} (*{kind});;All files (*)")
+                                                    _("{format} (*{suffix});;All files (*)").format(format=label,
+                                                                                                   suffix=kind))
             if not target:
                 return
-        with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
             written = self.logic.export(p, target, uncertainty=uncertainty)
-            self.ui.statusLabel.text = f"Exported to {written}"
+            self.ui.statusLabel.text = _("Exported to {target}").format(target=written)
 
 
 def _safeFileName(name: str) -> str:
@@ -476,7 +480,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         if p.overlay == "automatic":
             return AUTOMATIC
         if p.overlayNode is None:
-            raise XDiffusionError("no segmentation or labelmap selected for the overlay")
+            raise XDiffusionError(_("no segmentation or labelmap selected for the overlay"))
         return p.overlayNode
 
     def checkRequest(self, p: XDiffusionParameterNode):
@@ -512,7 +516,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
             plan = self.checkRequest(p)
         except XDiffusionError as error:
             return str(error)
-        return f"Ready: {plan.describe()}." if plan is not None else "Ready."
+        return _("Ready: {plan}.").format(plan=plan.describe()) if plan is not None else _("Ready.")
 
     # Slices -----------------------------------------------------------------------------------
 
@@ -526,7 +530,8 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         view = PLANE_VIEW[p.plane]
         sliceNode = slicer.mrmlScene.GetNodeByID(f"vtkMRMLSliceNode{view}")
         if sliceNode is None:
-            raise XDiffusionError(f"the {view} slice view is not in the scene: show a layout with the {view} view")
+            raise XDiffusionError(_("the {view} slice view is not in the scene: show a layout with the {view} view")
+                                 .format(view=view))
         index = slice_index_from_view(grid_from_node(p.inputVolume), p.plane,
                                       self._sliceToVolume(sliceNode, p.inputVolume))
         p.sliceIndices = sorted(set(p.sliceIndices) | {index})
@@ -541,7 +546,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
 
         indices = parse_indices(text)
         if not indices:
-            raise XDiffusionError("type slice indices such as 40, 64 or 30-34")
+            raise XDiffusionError(_("type slice indices such as 40, 64 or 30-34"))
         check_scalar_volume(p.inputVolume)
         check_slice_indices(indices, canonical_depth(grid_from_node(p.inputVolume), p.plane), p.plane)
         p.sliceIndices = sorted(set(p.sliceIndices) | set(indices))
@@ -574,10 +579,11 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
             warp = parent
             while warp.IsLinear() and warp.GetParentTransformNode() is not None:
                 warp = warp.GetParentTransformNode()
-            raise XDiffusionError(
-                f"the input volume {volumeNode.GetName()!r} is under the non-linear transform {warp.GetName()!r}: "
-                "a slice view does not show one of its slices. Harden the transform (Data module: right-click "
-                "the volume > Harden transform) or remove it, or type the slice indices")
+            raise XDiffusionError(_(
+                "the input volume '{volume}' is under the non-linear transform '{transform}': a slice view does not "
+                "show one of its slices. Harden the transform (Data module: right-click the volume > Harden "
+                "transform) or remove it, or type the slice indices").format(volume=volumeNode.GetName(),
+                                                                            transform=warp.GetName()))
         if parent is not None:
             parent.GetMatrixTransformToWorld(matrix)
         return matrix
@@ -601,7 +607,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         from XDiffusionLib.worker.launcher import WorkerLauncher
 
         if self.isRunning():
-            raise XDiffusionError("a reconstruction is already running: wait for it or cancel it")
+            raise XDiffusionError(_("a reconstruction is already running: wait for it or cancel it"))
         self.checkRequest(p)
         self.run = SceneReconstruction(slicer.mrmlScene, p.inputVolume, self.jobSettings(p), p.referenceVolume,
                                        self.overlaySource(p), WorkerLauncher(self.launcherMode),
@@ -642,7 +648,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         from XDiffusionLib.slicer.layout import comparison_from_node, comparison_layout
 
         if p.outputVolume is None:
-            raise XDiffusionError("no reconstruction yet: run Reconstruct first")
+            raise XDiffusionError(_("no reconstruction yet: run Reconstruct first"))
         remembered = comparison_from_node(p.outputVolume, p.plane)  # the run's own inputs and overlays
         if remembered is not None:
             return remembered
@@ -676,11 +682,11 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
 
         node = p.outputVolume
         if node is None:
-            raise XDiffusionError("no reconstruction to export: run Reconstruct first")
+            raise XDiffusionError(_("no reconstruction to export: run Reconstruct first"))
         info = None
         if uncertainty:
             if p.uncertaintyVolume is None:
-                raise XDiffusionError("this reconstruction has no uncertainty volume to export")
+                raise XDiffusionError(_("this reconstruction has no uncertainty volume to export"))
             info = uncertainty_info_of(p.uncertaintyVolume)
         volume = volume_from_node(p.uncertaintyVolume if uncertainty else node)
         if EXPORT_FORMATS[p.exportFormat] not in ("dicom", "dicomdb"):
@@ -690,7 +696,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         if EXPORT_FORMATS[p.exportFormat] == "dicomdb":
             return self.exportToDicomDatabase(volume, provenance, source, info)
         files = export_dicom_series(volume, target, provenance, source=source, uncertainty=info)
-        return f"{target} ({len(files)} files)"
+        return _("{folder} ({count} files)").format(folder=target, count=len(files))
 
     @staticmethod
     def exportToDicomDatabase(volume, provenance, source, info) -> str:
@@ -703,15 +709,16 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
 
         database = getattr(slicer, "dicomDatabase", None)
         if database is None or not database.isOpen:
-            raise XDiffusionError("Slicer's DICOM database is not open: open the DICOM module once (it creates the "
-                                  "database), then export again")
+            raise XDiffusionError(_("Slicer's DICOM database is not open: open the DICOM module once (it creates "
+                                    "the database), then export again"))
         from DICOMLib import DICOMUtils  # Slicer's DICOM module, loaded only for this export
 
         with tempfile.TemporaryDirectory(prefix="XDiffusion-dicom-") as folder:
             files = export_dicom_series(volume, Path(folder) / "series", provenance, source=source, uncertainty=info)
             if not DICOMUtils.importDicom(str(Path(folder) / "series"), database, copyFiles=True):
-                raise XDiffusionError("importing the series into Slicer's DICOM database failed: see the Python console")
-        return f"Slicer's DICOM database ({len(files)} files)"
+                raise XDiffusionError(_("importing the series into Slicer's DICOM database failed: see the Python "
+                                        "console"))
+        return _("Slicer's DICOM database ({count} files)").format(count=len(files))
 
     @staticmethod
     def dicomSource(volumeNode) -> Optional[str]:
