@@ -8,7 +8,10 @@ and numpy, so the same code runs inside Slicer, in trame-slicer and in tests on 
 - ``display``: diverging difference and sequential uncertainty colour maps;
 - ``segmentation``: overlays from labelmaps/segmentations or automatic tissue classes;
 - ``layout``: the real | generated | difference comparison as plain data, Slicer layout XML;
-- ``export``: NIfTI/NRRD files and DICOM pseudo-MRI series.
+- ``export``: NIfTI/NRRD files and DICOM pseudo-MRI series;
+- ``dependencies``: what the worker needs in Slicer's Python (PyTorch, numpy, pip packages), asked before installing;
+- ``thick_slices``: the panel's word for the thick-slice workflow (grid spacing, DICOM slice thickness);
+- ``sample_data``: the shipped held-out heads as Sample Data sources.
 
 Import the submodules directly; this package imports nothing on its own.
 """
