@@ -53,9 +53,11 @@ def lint_imports(config: Path, cwd: Path, pythonpath: Path | None = None):
     import sys
 
     command = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or "lint-imports"
-    environment = dict(os.environ, **({"PYTHONPATH": str(pythonpath)} if pythonpath else {}))
+    environment = dict(os.environ, PYTHONUTF8="1", **({"PYTHONPATH": str(pythonpath)} if pythonpath else {}))
+    # UTF-8 both ways whatever locale an earlier test left the process in (after the DICOM tests it
+    # was ASCII, and lint-imports' report failed to decode).
     return subprocess.run([command, "--config", str(config), "--no-cache"], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=120)
 
 
 def test_the_import_linter_contracts_hold_for_the_library():
