@@ -125,9 +125,23 @@ def browser():
 
 # -- page helpers --------------------------------------------------------------------------------
 
-def open_tab(browser_or_context, url: str):
+def watch_failures(page, failures: list) -> None:
+    """Record in ``failures`` every response >= 400 the page gets (the browser's own requests, such as
+    its icon, included: Playwright's response events leave those out) and every console error."""
+    network = page.context.new_cdp_session(page)
+    network.send("Network.enable")
+    network.on("Network.responseReceived", lambda event: event["response"]["status"] >= 400 and failures.append(
+        f"{event['response']['status']} {event['response']['url']}"))
+    page.on("console", lambda message: message.type == "error" and failures.append(f"console: {message.text}"))
+    page.xd_network = network  # kept as long as the page
+
+
+def open_tab(browser_or_context, url: str, failures: list | None = None):
+    """A new tab on the app; with ``failures``, watched from its first request (``watch_failures``)."""
     page = browser_or_context.new_page(**({"viewport": VIEWPORT} if hasattr(browser_or_context, "contexts") else {}))
     page.set_default_timeout(30_000)
+    if failures is not None:
+        watch_failures(page, failures)
     page.goto(url + "/", timeout=SLOW)
     page.wait_for_selector("#xd-upload", state="attached", timeout=SLOW)
     return page
@@ -205,10 +219,8 @@ COMPARE_TAGS = ("XDiffusionReal", "XDiffusionGenerated", "XDiffusionDifference",
 @pytest.fixture(scope="module")
 def result_tab(browser, app_url, app_log):
     """One tab at 1280x720 after a reconstruction of the shipped kmeans_t1 from two axial slices."""
-    page = open_tab(browser, app_url)
     failures = []
-    page.on("response", lambda r: r.status >= 400 and failures.append(f"{r.status} {r.request.method} {r.url}"))
-    page.on("console", lambda m: m.type == "error" and failures.append(f"console: {m.text}"))
+    page = open_tab(browser, app_url, failures)
     page.click("#xd-open-sample")
     page.wait_for_selector("#xd-volume", timeout=60_000)
     assert "128x128x62" in page.inner_text("#xd-volume")
@@ -701,8 +713,52 @@ def test_quick_picks_keep_reconstruct_in_view(result_tab):
     page.click("#xd-error .v-alert__close button")
 
 
+def test_tissue_overlay_has_a_legend_and_leaves_the_anatomy_readable(result_tab):
+    """Issue 22 item 6: the overlay's classes are named where they are drawn, and the image stays
+    readable under them: a fill (30%, or 12%) drew every class's whole area dark in the app's
+    server-side rendering, hiding the anatomy; now most of the head looks as without the overlay,
+    but for the classes' outlines."""
+    from XDiffusionLib.slicer.segmentation import TISSUE_CLASSES
+
+    page, picks, _ = result_tab
+    off_the_inputs(page, picks)
+    page.click("#xd-reset")
+    time.sleep(1.5)
+    tags = ("XDiffusionReal", "XDiffusionGenerated")
+    assert all(page.locator(f"#xd-legend-{tag}").count() == 0 for tag in tags)  # no legend while it is off
+    without = {tag: view_pixels(page, tag) for tag in tags}
+    page.click("#xd-overlay")
+    wait_until(lambda: red_minus_blue(view_pixels(page, "XDiffusionGenerated"))
+               > red_minus_blue(without["XDiffusionGenerated"]) + 1, what="the overlay to appear")
+    time.sleep(1.5)
+    for tag in tags:
+        legend = page.locator(f"#xd-legend-{tag}")
+        assert legend.is_visible(), tag
+        names = legend.locator(".xd-legend-name").all_inner_texts()
+        assert names == [name for name, _ in TISSUE_CLASSES.values()], names
+        swatches = legend.locator(".xd-legend-swatch").evaluate_all(
+            "items => items.map(item => getComputedStyle(item).backgroundColor)")
+        shown = np.array([[float(v) for v in re.findall(r"\d+", swatch)] for swatch in swatches])
+        expected = 255 * np.array([rgb for _, rgb in TISSUE_CLASSES.values()])
+        assert shown.shape == expected.shape and np.abs(shown - expected).max() <= 1.0, swatches
+        assert not overlaps(box_of(page, f"#xd-legend-{tag}"), box_of(page, f"#xd-titlebar-{tag}"))
+        # The anatomy under the classes: the head as bright as it was (a fill darkened it), most of it
+        # little changed but for the outlines.
+        top, bottom, left, right = head_box(without[tag])
+        before, after = (image[top:bottom + 1, left:right + 1].mean(axis=2)
+                         for image in (without[tag], view_pixels(page, tag)))
+        head = before > 40
+        assert after[head].mean() > 0.8 * before[head].mean(), tag
+        assert np.median(np.abs(after - before)[head]) < 30, tag  # a 30% fill: 58 (real), 94 (generated)
+    page.click("#xd-overlay")
+    wait_until(lambda: np.abs(view_pixels(page, "XDiffusionGenerated") - without["XDiffusionGenerated"]).mean() < 1.0,
+               what="the overlay to disappear")
+
+
 def test_no_failed_request_or_console_error(result_tab):
-    """Issue 11: trame's page asked ``POST .../paraview/`` and logged the 405 in the console."""
+    """Issue 11: trame's page asked ``POST .../paraview/`` and logged the 405 in the console.
+    Issue 22 item 6: the landing page named no icon, so the browser's ``/favicon.ico`` got a 404
+    (watched from the tab's first request on)."""
     _, _, failures = result_tab
     assert failures == []
 
@@ -728,10 +784,8 @@ def test_a_thick_slice_scan_goes_onto_a_finer_grid_in_one_click(browser, app_url
     from XDiffusionLib.sampling.thick_slices import reconstruct_thick_slices
     from XDiffusionLib.settings import DEFAULTS
 
-    page = open_tab(browser, app_url)
     failures = []
-    page.on("response", lambda r: r.status >= 400 and failures.append(f"{r.status} {r.request.method} {r.url}"))
-    page.on("console", lambda m: m.type == "error" and failures.append(f"console: {m.text}"))
+    page = open_tab(browser, app_url, failures)
     page.set_input_files("#xd-upload", str(thick_file))
     page.wait_for_selector("#xd-volume")
     # The offer, in the library's words on hover; the panel still fits the screen.
@@ -807,6 +861,52 @@ def test_a_thick_slice_scan_goes_onto_a_finer_grid_in_one_click(browser, app_url
     assert failures == []
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-app-thick-slices.png"))
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def many_slice_model(tmp_path_factory) -> Path:
+    """The tiny model's kind, taking up to 32 input slices (inside the app's data folders)."""
+    import torch
+
+    from XDiffusionLib.model.checkpoint import save_pretrained
+    from XDiffusionLib.model.config import XDiffusionConfig
+    from XDiffusionLib.model.factory import build_denoiser
+
+    torch.manual_seed(0)
+    config = XDiffusionConfig(side=16, block_out_channels=(8, 16), attention_levels=(1,), max_slices=32,
+                              depth_frequencies=4)
+    return save_pretrained(build_denoiser(config), config, tmp_path_factory.mktemp("models") / "many")
+
+
+def test_inf_and_na_scores_are_explained_and_the_steps_field_holds_its_limit(browser, app_url, head_file,
+                                                                             many_slice_model):
+    """Issue 22 item 6 (and issue 21: picking every acquired slice gave "PSNR inf dB" unexplained): a
+    score that reads "inf dB" or "n/a" says why beside the table and on hover; the steps field shows
+    its largest value whole."""
+    from XDiffusionLib.settings import MAX_STEPS
+
+    page = open_tab(browser, app_url)
+    page.set_input_files("#xd-upload", str(head_file))
+    page.wait_for_selector("#xd-volume")
+    page.fill("#xd-steps", str(MAX_STEPS))
+    width = page.evaluate("(() => { const e = document.querySelector('#xd-steps');"
+                          " return [e.scrollWidth, e.clientWidth]; })()")
+    assert width[0] <= width[1] + 1, width
+    page.fill("#xd-steps", "2")
+    page.fill("#xd-views-count", "2")
+    page.fill("#xd-model", str(many_slice_model))
+    quick_pick(page, "all acquired slices")  # all 20: the output is the input
+    wait_until(lambda: "axial (20)" in page.inner_text("#xd-picks-count"), what="all 20 acquired slices")
+    page.click("#xd-reconstruct")
+    page.wait_for_selector("#xd-metrics", timeout=SLOW)
+    cells = dict(zip(page.locator("#xd-metrics th").all_inner_texts(), page.locator("#xd-metrics td").all()))
+    assert cells["PSNR"].inner_text().strip() == "inf dB" and cells["PSNR non-input"].inner_text().strip() == "n/a"
+    assert "no difference at all" in cells["PSNR"].get_attribute("title")
+    assert "no other slice to score" in cells["PSNR non-input"].get_attribute("title")
+    note = page.locator("#xd-result-note")
+    assert note.is_visible() and note.inner_text().startswith("inf dB: no difference at all")
+    assert "n/a: every slice was an input slice" in note.get_attribute("title")
     page.close()
 
 

@@ -21,6 +21,12 @@ from ...io.volume import Grid
 from . import views
 
 
+# The tissue overlay: the classes' outlines, no fill. In the app's server-side rendering a segment's
+# fill is not blended with the image under it: at any opacity it drew the class's whole area dark,
+# hiding the anatomy (the page's legend names the outlines' colours).
+OVERLAY_OUTLINE = 1.0
+
+
 class Comparison:
     def __init__(self, scene, view_manager, layout_manager):
         self.scene = scene
@@ -32,6 +38,7 @@ class Comparison:
         self.indices: tuple[int, ...] = ()
         self.grid: Grid | None = None  # the result's grid: every index and position of the comparison
         self.acquired = None  # a thick-slice run's acquired slices on the result's grid (a node of ours)
+        self._registered: tuple[str, ...] = ()  # the views of the comparison layout the page has
         for spec in views.COMPARE_VIEWS:
             views.on_modified(view_manager.get_view(spec.name), self.sync.follow)
 
@@ -60,13 +67,16 @@ class Comparison:
         self.result, self.indices, self.acquired = result, tuple(indices), acquired
         self.grid = grid_from_node(result.reconstruction)
         self.layout = dataclasses.replace(result.layout, views=tuple(specs), plane=plane)
-        self.layout_manager.register_layout(views.COMPARE_LAYOUT, views.compare_layout([v.name for v in specs], plane))
+        names = tuple(spec.name for spec in specs)
+        if names != self._registered:  # a new layout rebuilds the page's view grid: only when its views change
+            self.layout_manager.register_layout(views.COMPARE_LAYOUT, views.compare_layout(list(names), plane))
+            self._registered = names
         apply_to_scene(self.scene, self.layout)
         for node in self._segmentations():
             display = node.GetDisplayNode()
-            if display is not None:  # see the image through the classes
-                display.SetOpacity2DFill(0.3)
-                display.SetOpacity2DOutline(1.0)
+            if display is not None:  # the image stays readable under the classes
+                display.SetVisibility2DFill(False)
+                display.SetOpacity2DOutline(OVERLAY_OUTLINE)
         self.sync.set_views([self.view_manager.get_view(spec.name) for spec in specs])
         self.set_overlay_visible(False)
         self.layout_manager.set_layout(views.COMPARE_LAYOUT)
@@ -113,6 +123,17 @@ class Comparison:
         if shown:
             self.result = self.layout = self.grid = self.acquired = None
             self.sync.set_views([])
+
+    def overlay_legend(self) -> list[dict]:
+        """The overlay's classes as drawn: ``[{"name", "color"}]`` (CSS colour) from the segments."""
+        legend = []
+        for node in self._segmentations()[:1]:  # the real and the generated overlay share their classes
+            segmentation = node.GetSegmentation()
+            for index in range(segmentation.GetNumberOfSegments()):
+                segment = segmentation.GetNthSegment(index)
+                r, g, b = (round(255 * c) for c in segment.GetColor())
+                legend.append({"name": segment.GetName(), "color": f"rgb({r}, {g}, {b})"})
+        return legend
 
     def _segmentations(self) -> list:
         if self.result is None:

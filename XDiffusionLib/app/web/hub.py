@@ -50,7 +50,7 @@ from ...errors import XDiffusionError
 from ...io.atomic import process_alive
 from .origins import (SESSION_KEY_ENV, SESSION_KEY_HEADER, changes_something, is_loopback, request_is_local,
                       same_site, short_path)
-from .session import READY_PREFIX
+from .session import FAVICON, READY_PREFIX
 from .transfer import megabytes
 
 log = logging.getLogger("xdiffusion.hub")
@@ -130,6 +130,9 @@ class Hub:
             web.get("/", self.landing),
             web.post("/session", self.new_session),
             web.get("/status", self.status),
+            # The landing page's icon (a browser asks /favicon.ico of any page that names none).
+            web.get("/favicon.svg", _favicon),
+            web.get("/favicon.ico", _favicon),
             web.route("*", "/s/{token}", self.add_slash),
             web.route("*", "/s/{token}/{tail:.*}", self.forward),
         ])
@@ -440,7 +443,8 @@ async def _pump_both(browser, upstream) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-_LANDING = """<!doctype html><html><head><meta charset='utf-8'><title>XDiffusion</title></head>
+_LANDING = """<!doctype html><html><head><meta charset='utf-8'><title>XDiffusion</title>
+<link rel='icon' type='image/svg+xml' href='/favicon.svg'></head>
 <body style='font-family: sans-serif; margin: 3em;'><h2 id='xd-hub-title'>XDiffusion</h2>
 <p id='xd-hub-message'>Starting a session for this tab&hellip;</p>
 <noscript><p>This app needs JavaScript.</p></noscript>
@@ -461,6 +465,11 @@ _LANDING = """<!doctype html><html><head><meta charset='utf-8'><title>XDiffusion
   }
 })();
 </script></body></html>"""
+
+
+async def _favicon(_request: web.Request) -> web.Response:
+    return web.Response(body=FAVICON.read_bytes(), content_type="image/svg+xml",
+                        headers={"Cache-Control": "max-age=86400"})
 
 
 def _refusal(status: int, title: str, message: str) -> web.Response:

@@ -192,6 +192,7 @@ class Loading:
         for tag in INPUT_VIEWS:
             app.picking.on_view_modified(app.view_manager.get_view(tag))
         app.thick_slices.offer(volume, thickness)
+        app.release_memory()  # the previous volume and its results
 
     def clear_scene(self) -> None:
         from ...slicer.nodes import remove_nodes_added_since

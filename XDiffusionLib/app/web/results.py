@@ -38,12 +38,32 @@ class MetricRow:
     short: str = ""
 
     def to_dict(self) -> dict:
+        """For the page: the value as shown, and ``why`` it shows "inf" or "n/a" (empty otherwise)."""
         if math.isinf(self.value) or math.isnan(self.value):
             shown = "inf" if math.isinf(self.value) else "n/a"
         else:
             shown = f"{self.value:.{2 if self.unit else 4}f}"
-        return {"key": self.key, "title": self.title, "short": self.short or self.title,
-                "value": shown + (f" {self.unit}" if self.unit else ""), "note": self.note}
+        unit = f" {self.unit}" if self.unit and not math.isnan(self.value) else ""  # "n/a", never "n/a dB"
+        return {"key": self.key, "title": self.title, "short": self.short or self.title, "value": shown + unit,
+                "note": self.note,
+                "why": not_a_number_reason(self.key, self.value)}
+
+
+def not_a_number_reason(key: str, value: float) -> str:
+    """Why a score is "inf" or "n/a", in the words the page shows beside it ("" for a number)."""
+    if math.isinf(value):
+        return ("inf dB: no difference at all from the loaded volume (the error is 0: every slice scored "
+                "was an input slice, copied unchanged)")
+    if math.isnan(value):
+        if key == "psnr_paper_noninput":
+            return "n/a: every slice was an input slice, so there is no other slice to score"
+        return "n/a: not defined for this volume (a slice without contrast)"
+    return ""
+
+
+def reasons_shown(rows: list[dict]) -> str:
+    """The reasons of the rows' "inf" and "n/a", each once, for the line beside the metrics."""
+    return "; ".join(dict.fromkeys(row["why"] for row in rows if row["why"]))
 
 
 # Each row of the table: the protocol's metric name, its title, a short title for the page's one

@@ -171,6 +171,7 @@ class Running:
             app.push(xd_running=False, xd_progress=100.0, xd_progress_message="finished",
                      xd_info=f"reconstruction finished in {app.state.xd_elapsed}: {titles}")
             await app.guarded(app.viewing.compute_metrics)(run, result)
+            app.release_memory()  # the replaced result and the metrics' copies
         elif run.state == CANCELLED:
             app.push(xd_running=False, xd_progress=0.0, xd_progress_message="")
             app.report_info("the reconstruction was cancelled")

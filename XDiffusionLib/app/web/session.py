@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import ctypes
 import logging
 import os
 import shutil
@@ -45,6 +46,7 @@ log = logging.getLogger("xdiffusion.web")
 
 READY_PREFIX = "XDIFFUSION_SESSION_PORT"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+FAVICON = STATIC_DIR / "favicon.svg"  # the tab's icon (the hub's landing page shows it too)
 _WARM_POLL_S = 1.0
 # A tab gone this long (no websocket) is closed: a reload reconnects well within it, and keeps its run.
 TAB_GONE_S = 10.0
@@ -277,6 +279,10 @@ class XDiffusionSession:
                 self.report_failure(error, getattr(function, "__name__", "action"))
         return run
 
+    def release_memory(self) -> None:
+        """Give what the session freed back to the system (after a result replaced the last one)."""
+        return_free_memory()
+
     def close(self) -> None:
         """Cancel a running reconstruction, end the warm worker and remove the session's files."""
         self.running.close()
@@ -284,6 +290,25 @@ class XDiffusionSession:
         if hasattr(self.launcher, "close"):
             self.launcher.close()
         self.transfers.close()
+
+
+def return_free_memory() -> bool:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``); False where there
+    is no such call (macOS, Windows, musl).
+
+    Every run replaces the result's volumes and images (hundreds of MB with the metrics' copies), and
+    glibc keeps what was freed in its heaps (one per thread that allocated: the metrics and the
+    file reading run in threads) for later use rather than returning it: the session's memory climbed
+    over its first runs and stayed up although what it used did not grow (bench/web_memory.py).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own C library
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
 
 
 class _TabSockets(LinkProtocol):

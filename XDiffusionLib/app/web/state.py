@@ -58,6 +58,7 @@ def initial_state(*, max_upload_bytes: int, allow_server_paths: bool, model_show
     """Every field of the page with its value before anything was loaded."""
     return {
         "trame__title": "XDiffusion",
+        "trame__favicon": "xdiffusion_static/favicon.svg",  # relative: under the hub's /s/<token>/ too
         # messages
         "xd_error": "",
         "xd_info": "",
@@ -112,6 +113,7 @@ def initial_state(*, max_upload_bytes: int, allow_server_paths: bool, model_show
         "xd_result_plane": "axial",
         "xd_show_overlay": False,  # off: the anatomy first, the classes on request
         "xd_has_overlay": False,
+        "xd_overlay_legend": [],  # the overlay's classes as drawn: [{name, color}]
         "xd_input_slices": [],  # input slices of the plane the comparison shows
         "xd_view_titles": {},  # comparison view tag -> its title (a thick-slice run's real view: "Acquired")
         "xd_colorbars": {},  # view tag -> {gradient, low, high, label}

@@ -182,7 +182,8 @@ def _model_card() -> None:
             # Views, steps, samples, seed in one row; sampler and guidance below: no label is cut off.
             order = ("views", "steps", "samples", "seed", "sampler", "guidance")
             by_key = {field.key: field for field in SAMPLING_FIELDS}
-            with html.Div(style="display: grid; grid-template-columns: 1fr 1fr 1.3fr 1fr; gap: 6px;",
+            # Each field holds its largest value whole (steps 1000; seeds are rarely longer).
+            with html.Div(style="display: grid; grid-template-columns: 0.95fr 1.25fr 1.15fr 0.95fr; gap: 6px;",
                           classes="xd-settings"):
                 for key in order:
                     _sampling_field(by_key[key])
@@ -272,10 +273,6 @@ def _result_bar() -> None:
                         " border-top: 1px solid #333;"):
         html.Div("previous run", v_if="xd_stale", classes="text-caption text-warning")
         html.Div("{{ xd_metrics_note }}", v_if="!xd_metrics.length", classes="text-caption", id="xd-metrics-note")
-        # Why a view or a score is missing, in one line (the whole reason on hover).
-        html.Div("{{ xd_result_note }}", v_if="xd_result_note && xd_metrics.length", id="xd-result-note",
-                 classes="text-caption text-medium-emphasis", title=("xd_metrics_note",),
-                 style="flex: 1 1 200px; min-width: 0; white-space: nowrap; overflow: hidden; text-overflow: ellipsis;")
         with v.VTable(density="compact", v_if="xd_metrics.length", id="xd-metrics", classes="xd-metrics",
                       title=("xd_metrics_note",)):
             with html.Thead():
@@ -283,7 +280,12 @@ def _result_bar() -> None:
                     html.Th("{{ row.short }}", v_for="row in xd_metrics", key="row.key", title=("row.note",))
             with html.Tbody():
                 with html.Tr():
-                    html.Td("{{ row.value }}", v_for="row in xd_metrics", key="row.key", title=("row.note",))
+                    html.Td("{{ row.value }}", v_for="row in xd_metrics", key="row.key",
+                            title=("row.why || row.note",))
+        # Why a view or a score is missing, or reads inf / n/a: one line beside the table (all of it on hover).
+        html.Div("{{ xd_result_note }}", v_if="xd_result_note && xd_metrics.length", id="xd-result-note",
+                 classes="text-caption text-medium-emphasis", title=("xd_result_note + '. ' + xd_metrics_note",),
+                 style="flex: 1 1 200px; min-width: 0; white-space: nowrap; overflow: hidden; text-overflow: ellipsis;")
         html.Div(style="flex: 1;")
         with html.Div(style="display: flex; gap: 6px; align-items: center;"):
             v.VSelect(v_model=("xd_export_what",), items=("xd_export_whats",), density="compact",
@@ -341,6 +343,14 @@ def view_overlay(server, view) -> None:
             v.VBtn("Use this slice", size="x-small", color="primary", click=f"trigger('xd_pick', ['{tag}'])",
                    disabled=("!xd_volume_name || xd_running",), id=f"xd-use-{tag}",
                    style="pointer-events: auto;")
+    if role in ("real", "generated"):  # the tissue overlay's classes, where its colours are drawn
+        with html.Div(v_if="xd_show_overlay && xd_overlay_legend.length", style=_COLORBAR_STYLE,
+                      id=f"xd-legend-{tag}", classes="xd-legend"):
+            with html.Span(v_for="item in xd_overlay_legend", key="item.name",
+                           style="display: inline-flex; align-items: center; gap: 3px; margin-right: 6px;"):
+                html.Span(style=("{ background: item.color, width: '10px', height: '10px', border: '1px solid #888',"
+                                 " display: 'inline-block' }",), classes="xd-legend-swatch")
+                html.Span("{{ item.name }}", classes="xd-legend-name")
     if tag not in VIEW_PLANE:
         bar = f"xd_colorbars['{tag}']"
         with html.Div(v_if=bar, style=_COLORBAR_STYLE, id=f"xd-colorbar-{tag}"):

@@ -187,6 +187,7 @@ class Viewing:
                  xd_export_what="reconstruction", xd_metrics=[], xd_metrics_note="", xd_result_note="",
                  xd_layout="compare",
                  xd_result_plane=plane, xd_show_overlay=False, xd_view_titles=app.comparison.titles,
+                 xd_overlay_legend=app.comparison.overlay_legend(),
                  xd_input_slices=list(app.comparison.plane_indices))
         app.exporting.refresh_formats()
         self.update_colorbars()
@@ -215,7 +216,7 @@ class Viewing:
     async def compute_metrics(self, run, result) -> None:
         """Fill the metrics table (in a thread: SSIM over every slice of a large volume takes a while)."""
         from ...slicer.nodes import volume_from_node
-        from .results import compute_metrics, slab_metrics
+        from .results import compute_metrics, reasons_shown, slab_metrics
 
         app = self.app
         plan = getattr(run, "plan", None)
@@ -239,8 +240,11 @@ class Viewing:
             app.push(xd_metrics_note=f"metrics not available: {error}")
             return
         if app.comparison.result is result:
-            short = "no difference map or PSNR/SSIM: no truth between the acquired slices" if plan else ""
-            app.push(xd_metrics=[row.to_dict() for row in rows], xd_metrics_note=note, xd_result_note=short)
+            shown = [row.to_dict() for row in rows]
+            # In words beside the table: why a view or score is missing, why a score reads inf or n/a.
+            short = ("no difference map or PSNR/SSIM: no truth between the acquired slices" if plan
+                     else reasons_shown(shown))
+            app.push(xd_metrics=shown, xd_metrics_note=note, xd_result_note=short)
 
     def remove_result(self, result=None) -> None:
         """Remove a result's nodes (default: the one shown); back to the input views if it was shown."""
