@@ -11,7 +11,6 @@ The run itself is a ``SceneReconstruction`` in a worker process, warmed in advan
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 from pathlib import Path
@@ -41,33 +40,19 @@ def remaining_seconds(fraction: float, reference: tuple[float, float] | None, no
 
 
 def options_from_page(state) -> dict:
-    """Sampling settings from the page as numbers; one line naming the field for a bad value, and
-    the settings' own checks (limits included: steps <= MAX_STEPS ...)."""
+    """Sampling settings from the page's fields as numbers (one line naming a field that is not
+    one), checked by the one check of sampling settings (``ReconstructionSettings.from_record``, what
+    ``JobSettings.check`` runs: limits included, steps <= MAX_STEPS ...)."""
     options = {}
     for field in SAMPLING_FIELDS:
         raw = state[field.name]
         text = str(raw).strip()
-        if field.kind == "int":
-            try:
-                value = int(text)
-            except ValueError:
-                raise XDiffusionError(f"{field.label} must be a whole number, got {raw!r}") from None
-        elif field.kind == "float":
-            try:
-                value = float(text)
-            except ValueError:
-                raise XDiffusionError(f"{field.label} must be a number, got {raw!r}") from None
-            if not math.isfinite(value):
-                raise XDiffusionError(f"{field.label} must be a finite number, got {raw!r}")
-        else:
-            value = text
-        shown = f"{value:g}" if isinstance(value, float) else value  # 500, not 500.0
-        if field.minimum is not None and value < field.minimum:
-            raise XDiffusionError(f"{field.label} must be at least {field.minimum:g}, got {shown}")
-        if field.maximum is not None and value > field.maximum:
-            raise XDiffusionError(f"{field.label} {shown} is above the limit of {field.maximum:g}")
-        options[field.key] = value
-    ReconstructionSettings.from_options(options)  # the shared checks
+        try:
+            options[field.key] = int(text) if field.kind == "int" else float(text) if field.kind == "float" else text
+        except ValueError:
+            kind = "a whole number" if field.kind == "int" else "a number"
+            raise XDiffusionError(f"{field.label} must be {kind}, got {raw!r}") from None
+    ReconstructionSettings.from_record(options)
     return options
 
 
