@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from XDiffusionLib.io.volume import Volume
 from XDiffusionLib.worker.launcher import DONE
@@ -148,3 +149,53 @@ def test_the_session_gives_freed_memory_back():
         assert given_back == "True" and float(megabytes) > 200, answer.stdout  # of the ~370 MB freed
     else:
         assert given_back == "False"
+
+
+LARGE_BLOCKS = r"""
+import sys
+
+import numpy as np
+
+from XDiffusionLib.app.web.session import map_large_blocks
+
+mapped = map_large_blocks() if sys.argv[1] == "map" else False
+
+
+def heap() -> int:
+    # bytes of the main C heap (the one that grows by brk; what is freed in it stays)
+    total = 0
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith("[heap]"):
+            low, high = line.split()[0].split("-")
+            total += int(high, 16) - int(low, 16)
+    return total
+
+
+freed = np.ones(1 << 19)  # a 4 MB block freed: glibc raises its mapping threshold to 4 MB
+del freed
+before = heap()
+blocks = [np.ones(1 << 17) for _ in range(50)]  # 50 MB in 1 MB blocks, as a run's slabs and images
+print(mapped, (heap() - before) / 2**20)
+"""
+
+
+def test_the_session_maps_large_blocks_so_they_go_back_when_freed():
+    """Issue 22 item 5: blocks of MB (volumes, rendered images) freed by a run went back into
+    glibc's heap (its mapping threshold rises to the largest block freed), where they fragmented:
+    trimmed or not, the session grew a few MB with every run. With a fixed threshold every large
+    block is a mapping of its own, returned the moment it is freed: the heap does not grow for them."""
+    import subprocess
+    import sys
+
+    def heap_growth(how: str) -> tuple[str, float]:
+        answer = subprocess.run([sys.executable, "-c", LARGE_BLOCKS, how], capture_output=True, text=True,
+                                timeout=120)
+        assert answer.returncode == 0, answer.stderr[-2000:]
+        mapped, grown = answer.stdout.split()
+        return mapped, float(grown)
+
+    if not sys.platform.startswith("linux"):
+        assert heap_growth("map")[0] == "False"
+        return
+    assert heap_growth("glibc's own") == ("False", pytest.approx(50, abs=5))  # what the session did before
+    assert heap_growth("map") == ("True", pytest.approx(0, abs=2))

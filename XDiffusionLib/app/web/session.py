@@ -292,6 +292,24 @@ class XDiffusionSession:
         self.transfers.close()
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+LARGE_BLOCK_BYTES = 256 << 10
+
+
+def map_large_blocks() -> bool:
+    """Have glibc give every block of ``LARGE_BLOCK_BYTES`` or more its own mapping, returned to the
+    system as soon as it is freed (a fixed threshold: glibc otherwise raises it to the size of the
+    largest block freed, up to 32 MB, and serves volumes and rendered images from its heaps, where
+    what they leave behind fragments). False where there is no such call."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES))
+
+
 def return_free_memory() -> bool:
     """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``); False where there
     is no such call (macOS, Windows, musl).
@@ -376,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     # The hub's secret for this session; taken out of the environment so the worker processes
     # started from here do not inherit it.
     session_key = os.environ.pop(SESSION_KEY_ENV, None) or None
+    map_large_blocks()  # before the volumes and images come
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s session %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
     # A terminated session still cleans up (atexit does not run on an unhandled SIGTERM).
