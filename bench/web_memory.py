@@ -11,8 +11,12 @@ that frees what it replaces stays flat after its first run.
     .venv/bin/python bench/web_memory.py                    # writes bench/results/web_memory.json
     .venv/bin/python bench/web_memory.py --runs 5 --steps 1
 
-Before the fix (result nodes removed without their display nodes, which hold the image) the
-issue measured 610 MB -> 1,041 MB over 5 runs.
+Before the first fix (result nodes removed without their display nodes, which hold the image) the
+issue measured 610 MB -> 1,041 MB over 5 runs; after it, 846 -> 1,053 MB over 10 runs (1018 ->
+1053 from run 3). What remained was the C heap's: the heap in use stayed ~270 MB while glibc kept
+the freed volumes and images (797 -> 993 MB on 2 busy cores). With the session's large blocks
+mapped on their own and its heaps trimmed after each run (``app/web/session.py``): 743 -> 752 MB
+over 10 runs (``results/web_memory.json``; ``--model`` a copy of the shipped weights).
 """
 
 from __future__ import annotations
