@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ...errors import XDiffusionError
 from ...io.volume import Volume
-from ...transforms.thick_slices import ThickSlicePlan, is_thick_slice
+from ...transforms.thick_slices import ThickSlicePlan, is_thick_slice, plan_thick_slices
 
 # The comparison's title for the acquired slices shown on the finer grid.
 ACQUIRED_TITLE = "Acquired ({spacing:g} mm slices)"
@@ -40,7 +40,6 @@ class ThickSlices:
     def plan(self, model_dir: str | None) -> ThickSlicePlan:
         """The finer grid for the loaded volume and the model in ``model_dir`` (one-line errors)."""
         from ...slicer.request_checks import check_model_dir, model_max_slices
-        from ...transforms.thick_slices import plan_thick_slices
 
         volume = self.app.volume
         if volume is None:
@@ -50,17 +49,25 @@ class ThickSlices:
 
     def offer(self, volume: Volume, thickness: float | None) -> None:
         """Offer the run for a thick-slice scan (or say why not); nothing for any other volume."""
+        from ...slicer.request_checks import check_model_dir, model_max_slices
+
         self.thickness = thickness
         button = offer = note = ""
         if is_thick_slice(volume.grid):
             try:
-                plan = self.plan(self.app.running.model_dir())
+                plan = plan_thick_slices(volume.grid, thickness=thickness)  # the scan's own plan
+                limit = model_max_slices(check_model_dir(self.app.running.model_dir()))
             except XDiffusionError as error:
-                note = f"Thick slices, all onto a finer grid: not possible here ({error})"
+                note = f"All acquired slices onto a finer grid: not offered ({error})"
             else:
-                button = offer_words(plan)
-                offer = (f"{plan.describe()[0].upper()}{plan.describe()[1:]}: starts the reconstruction now "
-                         "with the model settings below")
+                if limit is not None and plan.acquired > limit:  # the common reason, in few words
+                    note = (f"All {plan.acquired} acquired {plan.plane} slices onto a finer grid: not offered, "
+                            f"this model takes at most {limit}")
+                else:
+                    button = offer_words(plan)
+                    described = plan.describe()
+                    offer = (f"{described[0].upper()}{described[1:]}: starts the reconstruction now with the "
+                             "model settings below")
         self.app.push(xd_thick_button=button, xd_thick_offer=offer, xd_thick_note=note)
 
     def forget(self) -> None:

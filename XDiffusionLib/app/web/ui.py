@@ -84,7 +84,7 @@ def _volume_card() -> None:
     with v.VCard(variant="tonal"):
         v.VCardTitle("1. Volume")
         with v.VCardText():
-            html.Div("Upload NIfTI, NRRD, MHA or a DICOM series .zip, up to {{ xd_max_upload_mb }} MB",
+            html.Div("Upload NIfTI, NRRD, MHA or DICOM .zip, max {{ xd_max_upload_mb }} MB",
                      classes="text-caption", title=".nii, .nii.gz, .nrrd, .mha, or a .zip of one DICOM series folder",
                      style="white-space: nowrap; overflow: hidden; text-overflow: ellipsis;")
             html.Input(type="file", id="xd-upload", accept=".nii,.gz,.nrrd,.mha,.zip",
@@ -144,10 +144,9 @@ def _thick_slices_offer() -> None:
            block=True, prepend_icon="mdi-view-sequential", id="xd-thick-run", classes="mb-1 text-none xd-thick-run",
            title=("xd_thick_offer",), disabled=(_RUNNING,),
            click=f"trigger('xd_reconstruct_thick', [{_fields(RECONSTRUCT_FIELDS)}])")
-    # One line; the whole reason on hover.
-    html.Div("{{ xd_thick_note }}", v_if="xd_thick_note", classes="text-caption text-medium-emphasis",
-             id="xd-thick-note", title=("xd_thick_note",),
-             style="white-space: nowrap; overflow: hidden; text-overflow: ellipsis;")
+    # Two lines at most; the whole reason on hover.
+    html.Div("{{ xd_thick_note }}", v_if="xd_thick_note", classes="text-caption text-medium-emphasis xd-clamp",
+             id="xd-thick-note", title=("xd_thick_note",))
 
 
 def _quick_picks() -> None:
@@ -188,7 +187,9 @@ def _model_card() -> None:
                 for key in order:
                     _sampling_field(by_key[key])
             v.VCheckbox(v_model=("xd_compare",), density="compact", hide_details=True, id="xd-compare",
-                        disabled=(_RUNNING,), label="The loaded volume is complete: compare with it")
+                        disabled=(_RUNNING,), label="Compare with the loaded volume",
+                        title=("The loaded volume is complete: the difference view and the metrics compare the "
+                               "result with it. Only the chosen slices go to the model either way."))
 
 
 def _sampling_field(field) -> None:
