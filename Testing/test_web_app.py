@@ -701,6 +701,17 @@ def test_quick_picks_keep_reconstruct_in_view(result_tab):
                                                           "offered, this model takes at most 4")
     quick_pick(page, "all acquired slices")
     wait_until(lambda: f"axial ({len(acquired)})" in page.inner_text("#xd-picks-count"), what="all acquired slices")
+    # So many input slices cross the coronal view as short ticks at its edges, not lines over the anatomy.
+    from XDiffusionLib.app.web.picking import TICK_PX
+
+    page.click("#xd-layout-input")
+    wait_until(lambda: page.locator("#xd-lines-Green line").count() == 2 * len(acquired), what="a tick per side")
+    ticks = page.evaluate("[...document.querySelectorAll('#xd-lines-Green line')].map(l => [l.x1.baseVal.value,"
+                          " l.y1.baseVal.value, l.x2.baseVal.value, l.y2.baseVal.value])")
+    assert all(np.hypot(x2 - x1, y2 - y1) <= TICK_PX + 0.5 for x1, y1, x2, y2 in ticks)
+    page.click("#xd-layout-compare")
+    page.wait_for_selector("#xd-view-XDiffusionReal")
+    time.sleep(1.0)  # the views' layout settles before the next menu opens
     for selector in ("#xd-reconstruct", "#xd-progress", "#xd-elapsed", "#xd-quick-open"):
         assert inside_viewport(page, selector), selector
     assert page.evaluate("[...document.querySelectorAll('.v-navigation-drawer__content')]"

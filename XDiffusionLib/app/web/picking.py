@@ -58,6 +58,25 @@ def input_lines(view, grid, plane: str, indices) -> list[dict]:
     return lines
 
 
+# More input slices than this crossing a view are drawn as ticks at the view's edges, not lines
+# across it: 30 acquired slices of a thick-slice scan drew a line every few pixels over the anatomy.
+MAX_FULL_LINES = 6
+TICK_PX = 12.0
+
+
+def edge_ticks(lines: list[dict], length: float = TICK_PX) -> list[dict]:
+    """Each of ``lines`` (full-width segments, as ``input_lines`` gives them) as two short ticks, one
+    at either end (the view's edges), pointing inwards; keys ``index`` become ``"<index>a"``/``"<index>b"``."""
+    ticks = []
+    for line in lines:
+        x1, y1, x2, y2 = line["x1"], line["y1"], line["x2"], line["y2"]
+        span = max(((x2 - x1) ** 2 + (y2 - y1) ** 2) ** 0.5, 1e-9)
+        dx, dy = (x2 - x1) / span * min(length, span / 2), (y2 - y1) / span * min(length, span / 2)
+        ticks.append({"x1": x1, "y1": y1, "x2": round(x1 + dx, 1), "y2": round(y1 + dy, 1), "index": f"{line['index']}a"})
+        ticks.append({"x1": round(x2 - dx, 1), "y1": round(y2 - dy, 1), "x2": x2, "y2": y2, "index": f"{line['index']}b"})
+    return ticks
+
+
 class Picking:
     def __init__(self, app):
         self.app = app
@@ -105,6 +124,8 @@ class Picking:
             inputs_plane, inputs = self.input_slices_for(tag)
             if inputs and inputs_plane != plane:
                 lines = input_lines(view, grid, inputs_plane, inputs)
+                if len(lines) > MAX_FULL_LINES:  # many: ticks at the edges, the anatomy left clear
+                    lines = edge_ticks(lines)
         if index is not None:
             if tag in VIEW_PLANE:
                 is_input = plane == app.state.xd_pick_plane and index in app.state.xd_picks
