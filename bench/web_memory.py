@@ -24,47 +24,22 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from run_benchmarks import RESULTS, machine, write_json  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from app_process import start_app  # noqa: E402
+
 CHROMIUM = "/usr/bin/chromium"
 SESSION_MODULE = "XDiffusionLib.app.web.session"
 SLOW_MS = 300_000
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_app(model: str | None, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "XDiffusionLib.app.cli", "app", "--port", str(port)]
-    if model:
-        command += ["--model", model]
-    process = subprocess.Popen(command, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, cwd=ROOT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url + "/status", timeout=10).read()
-            return process, url
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise SystemExit(f"the app did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
 
 
 def tab_session(app_pid: int):

@@ -25,16 +25,15 @@ import argparse
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
+from app_process import start_app  # noqa: E402  (beside this script)
 
 DEFAULT_OUT = REPO / "Resources" / "Screenshots" / "web-app.png"
 THICK_OUT = REPO / "Resources" / "Screenshots" / "web-app-thick-slices.png"
@@ -87,28 +86,6 @@ def thick_scan(folder: Path) -> Path:
     return write_volume(Volume(slabs, grid), folder / f"{THICK_SAMPLE}_{spacing[2]:g}mm_slices.nii.gz")
 
 
-def start_app(model: str | None, log_path: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "XDiffusionLib.app.cli", "app", "--port", str(port), "--no-server-paths"]
-    if model:
-        command += ["--model", model]
-    log = open(log_path, "w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url + "/status", timeout=10).read()
-            return process, url
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the app did not start:\n{log_path.read_text()[-2000:]}")
-            time.sleep(0.5)
-
-
 def shown_index(page, tag: str) -> int:
     return int(re.search(r"\d+", page.inner_text(f"#xd-index-{tag}")).group(0))
 
@@ -136,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="xdiffusion-screenshot-"))
     log_path = folder / "app.log"
     scan = thick_scan(folder) if args.thick_slices else None
-    process, url = start_app(args.model, log_path)
+    process, url = start_app(args.model, log_path, ("--no-server-paths",))
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
