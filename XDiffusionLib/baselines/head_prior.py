@@ -359,9 +359,9 @@ def _contrast_matched_placement(template: HeadTemplate, fit: AxisFit, inputs: Sl
     from ``fit``. A T2, FLAIR or PD slice resembles a T1 template mostly by its outline; at its own
     contrast the template's ventricles, sulci and skull line up with the slice's."""
     spacing = np.asarray(inputs.grid.spacing, dtype=np.float64)
-    take = lambda order, array: SliceSampler(array, template.spacing, spacing, inputs, 0.0, order)(fit)  # noqa: E731
-    t1, tissues = take(1, template.t1), take(0, template.tissues).astype(np.uint8)
-    values = SliceSampler(template.t1, template.spacing, spacing, inputs, 0.0).inputs
+    sampler = SliceSampler(template.t1, template.spacing, spacing, inputs, 0.0)
+    t1, values = sampler(fit), sampler.inputs
+    tissues = SliceSampler(template.tissues, template.spacing, spacing, inputs, 0.0, order=0)(fit).astype(np.uint8)
     contrast = fit_contrast(t1.astype(np.float64).ravel(), tissues.ravel(), values.astype(np.float64).ravel(), centres)
     return fit_axes(contrast(template.t1, template.tissues), template.spacing, inputs, start=fit,
                     brain=brain_voxels(template.tissues))
