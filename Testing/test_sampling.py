@@ -455,3 +455,26 @@ def test_pipeline_uses_the_denoisers_hooks():
     XDiffusionPipeline(Hooked(), config, device="cpu")(
         sparse_cube(), ReconstructionSettings(views=1, steps=1, guidance=2.0))
     assert calls and calls[0] == config.side
+
+
+def test_thick_slice_uncertainty_is_not_zero_at_the_acquired_slices_centres(tmp_path):
+    """Issue 22/21: a thick slice fixes only its slab's average, so the uncertainty at its centre is
+    that of the fine slices beside it (it was 0 there, a band of zeros every slice spacing)."""
+    from XDiffusionLib.sampling.thick_slices import reconstruct_thick_slices
+
+    torch.manual_seed(0)
+    config = XDiffusionConfig(side=16, block_out_channels=(8, 16), attention_levels=(1,), max_slices=4,
+                              depth_frequencies=4)
+    model_dir = save_pretrained(build_denoiser(config), config, tmp_path / "tiny")
+    i, j, k = np.meshgrid(*[np.linspace(0, 1, n) for n in (14, 12, 4)], indexing="ij")
+    array = (200 + 150 * np.sin(3 * i) * np.cos(2 * j) + 80 * np.cos(2 * k)).astype(np.float32)
+    volume = Volume.from_array(array, spacing=(1.0, 1.0, 3.0))
+    result = reconstruct_thick_slices(volume, slice_factor=3, model_dir=model_dir, views=3, steps=2, device="cpu")
+    spread = result.uncertainty.array
+    centres = result.plan.fine_indices
+    between = [i for i in range(spread.shape[2]) if i not in centres]
+    assert spread[:, :, between].max() > 0  # the model's views disagree between the acquired slices
+    for centre in centres:
+        assert spread[:, :, centre].max() > 0, f"acquired slice at fine index {centre} has uncertainty 0"
+    inner = centres[1]
+    np.testing.assert_allclose(spread[:, :, inner], (spread[:, :, inner - 1] + spread[:, :, inner + 1]) / 2, rtol=1e-5)

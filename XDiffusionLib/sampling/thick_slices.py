@@ -13,15 +13,19 @@
    over each acquired slab equals the acquired slice, so a thick slice is treated as the slab
    average it is, not pasted in as one thin slice.
 
-The uncertainty is the reconstructor's on the same fine grid (0 on the acquired slices' centres).
-Its calibration was made with thin input slices: between thick slices it is a guide, not a
-calibrated interval.
+The uncertainty is the reconstructor's on the same fine grid. The reconstructor takes the acquired
+slices as known thin slices (0 there); a thick slice only fixes its slab's average, so at each
+acquired slice's centre the uncertainty is that of the fine slices beside it
+(``uncertainty_at_slab_centres``). Its calibration was made with thin input slices: between thick
+slices it is a guide, not a calibrated interval.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..inputs import check_intensity_volume
 from ..io.volume import Volume
@@ -74,7 +78,25 @@ def reconstruct_thick_slices(
     fine = place_acquired(volume, plan)
     result = reconstruct_volume(fine, plan.plane, plan.indices, progress=progress, reconstructor=reconstructor)
     consistent = enforce_slab_averages(result.volume.array, volume.array, plan)
-    return ThickSliceResult(Volume(consistent, plan.grid), result.uncertainty, info=result.info, plan=plan)
+    uncertainty = Volume(uncertainty_at_slab_centres(result.uncertainty.array, plan), plan.grid)
+    return ThickSliceResult(Volume(consistent, plan.grid), uncertainty, info=result.info, plan=plan)
 
 
-__all__ = ["ThickSliceResult", "plan_for", "reconstruct_thick_slices"]
+def uncertainty_at_slab_centres(uncertainty: np.ndarray, plan: ThickSlicePlan) -> np.ndarray:
+    """``uncertainty`` (on ``plan.grid``) with each acquired slice's centre given the mean of the
+    fine slices on either side of it along the slice axis. The reconstructor sets 0 there, as on any
+    input slice, but a thick slice is the average of its slab: the value at its centre is not known
+    exactly, and a band of zeros every slice spacing is not what the scan holds."""
+    filled = np.array(uncertainty, dtype=np.float32, copy=True)
+    depth = filled.shape[plan.axis]
+    for centre in plan.fine_indices:
+        beside = [i for i in (centre - 1, centre + 1) if 0 <= i < depth and i not in plan.fine_indices]
+        if beside:
+            value = np.mean([np.take(filled, i, axis=plan.axis) for i in beside], axis=0)
+            index = [slice(None)] * filled.ndim
+            index[plan.axis] = centre
+            filled[tuple(index)] = value
+    return filled
+
+
+__all__ = ["ThickSliceResult", "plan_for", "reconstruct_thick_slices", "uncertainty_at_slab_centres"]
