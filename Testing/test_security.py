@@ -126,10 +126,10 @@ def _hub_requests(requests: list[tuple[str, str, dict]]) -> tuple[list[int], int
     async def fake_start():
         started.append(1)
         session = Session(f"t{len(started)}", _FakeProcess())
-        hub.sessions[session.token] = session
+        hub.pool.sessions[session.token] = session
         return session
 
-    hub.start_session = fake_start
+    hub.pool.start_session = fake_start
 
     async def scenario():
         statuses = []
@@ -141,7 +141,7 @@ def _hub_requests(requests: list[tuple[str, str, dict]]) -> tuple[list[int], int
                 headers = {k: v.replace("{token}", token) for k, v in headers.items()}
                 answer = await client.request(method, path, headers=headers, allow_redirects=False)
                 statuses.append(answer.status)
-            for session in hub.sessions.values():
+            for session in hub.pool.sessions.values():
                 session.process.returncode = 0  # "ended": the hub's shutdown has nothing to stop
         return statuses
 
@@ -175,11 +175,11 @@ def test_start_tokens_are_signed_and_expire():
     from XDiffusionLib.app.web.hub import Hub, HubSettings
 
     hub, other = Hub(HubSettings()), Hub(HubSettings())
-    token = hub.start_token(now=1000.0)
-    assert hub.token_valid(token, now=1100.0)
-    assert not hub.token_valid(token, now=1000.0 + 3600)  # an hour later
-    assert not other.token_valid(token, now=1100.0)  # another hub (or a restarted one)
-    assert not hub.token_valid("1000." + "0" * 64, now=1100.0)
+    token = hub.tokens.issue(now=1000.0)
+    assert hub.tokens.valid(token, now=1100.0)
+    assert not hub.tokens.valid(token, now=1000.0 + 3600)  # an hour later
+    assert not other.tokens.valid(token, now=1100.0)  # another hub (or a restarted one)
+    assert not hub.tokens.valid("1000." + "0" * 64, now=1100.0)
 
 
 # -- 3. server paths only inside the data folders -------------------------------------------------
