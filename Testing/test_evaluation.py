@@ -390,3 +390,30 @@ def test_extra_metric_lpips_with_local_weights_fills_every_plane(tmp_path):
         values = [float(r[f"lpips_{plane}"]) for r in cases]
         assert all(v > 0 for v in values)  # nearest-slice copies differ from the truth
         assert float(summary[0][f"lpips_{plane}_mean"]) == pytest.approx(np.mean(values), abs=1e-3)
+
+
+def test_thick_slice_evaluation_skips_a_label_map_in_its_folder(tmp_path, capsys):
+    """``evaluate --thick-slice --data FOLDER`` leaves a label map found in the folder out, as every
+    evaluation does (the shipped samples hold one: the README's command died on it after scoring it
+    as a scan); a label map named on the command line is one line."""
+    from XDiffusionLib.app.cli import main
+    from XDiffusionLib.io.writers import write_volume
+
+    i, j, k = np.meshgrid(*[np.linspace(0, 1, n) for n in (16, 16, 13)], indexing="ij")
+    array = (100 + 80 * np.sin(4 * i) * np.cos(3 * j) + 40 * k).astype(np.float32)
+    write_volume(Volume.from_array(array, (1.0, 1.0, 1.0)), tmp_path / "data" / "head.nii.gz")
+    labels = write_volume(Volume.from_array((array > 120).astype(np.float32) * 2, (1.0, 1.0, 1.0)),
+                          tmp_path / "data" / "labels.nii.gz")
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--thick-slice", "--data", str(tmp_path / "data"), "--out", str(out),
+                 "--method", "cubic", "pchip"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "skipping labels: a label map" in captured.err
+    cases = {row["case"] for row in csv.DictReader(open(out / "thick_slice.csv", encoding="utf-8"))}
+    assert cases == {"head"}
+    code = main(["evaluate", "--thick-slice", "--data", str(labels), "--out", str(tmp_path / "eval2"),
+                 "--method", "cubic"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "labels.nii.gz" in err and "label map" in err
+    assert not (tmp_path / "eval2").exists()

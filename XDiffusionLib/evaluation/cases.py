@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data.samples import samples_with_role
 from ..errors import XDiffusionError
+from ..inputs import label_map_reason
 from ..io.formats import volume_suffix
 
 SAMPLES_KEYWORD = "samples"
@@ -90,3 +91,12 @@ def _unique_names(cases: list[CaseSource]) -> list[CaseSource]:
             n += 1
         out.append(CaseSource(candidate, case.path, case.volume_index, case.explicit))
     return out
+
+
+def skip_reason(source: CaseSource, array) -> str | None:
+    """Why a case's volume is left out of an evaluation (a label map found in a folder), or None. A
+    label map the user named (``source.explicit``) is an error: the one rule of every evaluation."""
+    reason = label_map_reason(array)
+    if reason is not None and source.explicit:
+        raise XDiffusionError(f"--data {source.path}: {reason}")
+    return reason

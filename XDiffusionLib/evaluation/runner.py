@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..errors import XDiffusionError
 from ..io.volume import Volume
-from ..inputs import PLANE_AXIS, Reconstructor, SliceInput, label_map_reason, plane_axis
+from ..inputs import PLANE_AXIS, Reconstructor, SliceInput, plane_axis
 from ..methods import get_method
 from ..metrics.slice_errors import error_by_distance
 from ..baselines.foreground import head_mask
@@ -27,7 +27,7 @@ from ..metrics.coverage import result_coverage, scored_mask
 from ..uncertainty.intervals import DEFAULT_LEVEL
 from ..io.atomic import write_atomic
 from . import protocol
-from .cases import CaseSource, find_cases
+from .cases import CaseSource, find_cases, skip_reason
 from .coverage_report import format_coverage_markdown, write_coverage
 from .extra_metrics import (case_columns, check_extra_metrics, format_extra_markdown, format_random_pair_markdown,
                             random_pair_floor, score_extra, summarise_extra, summary_columns)
@@ -157,10 +157,8 @@ def prepare(settings: EvaluationSettings, note: Callable[[str], None] = print) -
     dropped: list[str] = []
     for source in sources:
         volume = _read_canonical(source)
-        reason = label_map_reason(volume.array)
+        reason = skip_reason(source, volume.array)
         if reason is not None:
-            if source.explicit:
-                raise XDiffusionError(f"--data {source.path}: {reason}")
             skipped.append({"case": source.name, "path": str(source.path), "reason": reason})
             continue
         if settings.ks is None and settings.indices is None:

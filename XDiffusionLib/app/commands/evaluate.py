@@ -223,7 +223,7 @@ def _run_cohort(plan, rank, progress: bool, fresh: bool, note, overwrite: bool =
 def _run_thick_slice(args: argparse.Namespace) -> int:
     """``--thick-slice``: both thick-slice protocols (``evaluation.thick_slice``), one process."""
     from ...errors import XDiffusionError
-    from ...evaluation.cases import find_cases
+    from ...evaluation.cases import find_cases, skip_reason
     from ...evaluation.protocol import canonical_case
     from ...evaluation.thick_slice import METHODS, run_thick_slice
     from ...inputs import plane_axis
@@ -245,8 +245,16 @@ def _run_thick_slice(args: argparse.Namespace) -> int:
         options = {k: getattr(args, k) for k in ("views", "steps", "sampler", "guidance", "samples", "seed", "device")
                    if getattr(args, k) is not None}
         reconstructor = XDiffusionReconstructor(model_dir=args.model, **options)
-    volumes = {case.name: canonical_case(read_volume(case.path, args.volume))
-               for case in find_cases(args.data, args.volume)}
+    volumes = {}
+    for case in find_cases(args.data, args.volume):
+        volume = canonical_case(read_volume(case.path, args.volume))
+        reason = skip_reason(case, volume.array)
+        if reason is None:
+            volumes[case.name] = volume
+        elif not args.no_progress:
+            print(f"skipping {case.name}: {reason}", file=sys.stderr)
+    if not volumes:
+        raise XDiffusionError("no cases left to evaluate: every volume found was skipped")
     out = Path(args.out)
     from ...baselines.through_plane_sr import SmoreSettings
 
