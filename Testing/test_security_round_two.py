@@ -722,6 +722,28 @@ def _patch_zip(path: Path, *, flags: int | None = None, method: int | None = Non
     path.write_bytes(bytes(data))
 
 
+def _page_and_reports():
+    """The page's typed state as a session holds it (a trame state of its own, no server), and the
+    session's reports of it, each error shown also kept in ``errors``."""
+    from trame_server.state import State
+    from trame_server.utils.typed_state import TypedState
+
+    from XDiffusionLib.app.web.reports import Reports
+    from XDiffusionLib.app.web.state import PageState
+
+    class Recorded(Reports):
+        def __init__(self, page):
+            super().__init__(page)
+            self.errors = []
+
+        def error(self, message, shown=()):
+            super().error(message, shown)
+            self.errors.append(self.messages.error)
+
+    page = TypedState(State(), PageState)
+    return page, Recorded(page)
+
+
 @pytest.mark.parametrize("kind, words", [("deep", "3000 folders deep"), ("encrypted", "is encrypted"),
                                          ("method", "uses compression method 99")])
 def test_upload_zips_nested_deep_encrypted_or_of_unknown_compression_are_one_line_on_the_page(tmp_path, kind,
@@ -747,20 +769,11 @@ def test_upload_zips_nested_deep_encrypted_or_of_unknown_compression_are_one_lin
     assert str(refused.value).startswith("scan.zip: ") and "\n" not in str(refused.value)
     assert not (upload.parent / "unzipped").exists()  # refused before anything is unpacked
 
-    class Page:  # the session as the loader sees it: what it pushes to the page
-        def __init__(self):
-            self.transfers, self.errors = transfers, []
-
-        def push(self, **state):
-            pass
-
-        def report_error(self, message):
-            self.errors.append(message)
-
-    page = Page()
+    page, reports = _page_and_reports()
     transfers._uploads["token"] = upload
-    asyncio.run(Loading(page).load_upload("token", "scan.zip"))
-    assert len(page.errors) == 1 and words in page.errors[0], page.errors
+    loading = Loading(page, reports, workspace=None, transfers=transfers, data_roots=None, allow_server_paths=False)
+    asyncio.run(loading.load_upload("token", "scan.zip"))
+    assert len(reports.errors) == 1 and words in reports.errors[0], reports.errors
     assert not upload.parent.exists()  # the refused upload is removed
 
 
@@ -858,7 +871,6 @@ def test_a_failed_export_says_why_by_the_download_name_and_leaves_nothing(tmp_pa
     from types import SimpleNamespace
 
     from XDiffusionLib.app.web.exporting import Exporting
-    from XDiffusionLib.app.web.session import XDiffusionSession
     from XDiffusionLib.app.web.transfer import Transfers
     from XDiffusionLib.slicer.export import Provenance
 
@@ -871,30 +883,17 @@ def test_a_failed_export_says_why_by_the_download_name_and_leaves_nothing(tmp_pa
 
         monkeypatch.setattr("XDiffusionLib.slicer.export._save", full_disk)
 
-    class Session:  # the session as the export sees it, with its real way of showing errors
-        report_error = XDiffusionSession.report_error
-        report_failure = XDiffusionSession.report_failure
-
-        def __init__(self):
-            self.transfers = Transfers(tmp_path / "session", max_upload_bytes=1 << 20)
-            self.state = SimpleNamespace(xd_export_what="reconstruction", xd_export_format=export_format)
-            self.comparison = SimpleNamespace(result=SimpleNamespace(reconstruction="node", uncertainty=None,
-                                                                     difference=None))
-            self.running = SimpleNamespace(run=SimpleNamespace(settings=SimpleNamespace(model_dir="model"),
-                                                               provenance=lambda: Provenance("axial", (3,), "m")))
-            self.input_node, self.shown = None, []
-
-        def take(self, fields, names):
-            pass
-
-        def push(self, **changes):
-            self.shown.append(changes)
-
-    session = Session()
-    exporting = object.__new__(Exporting)
-    exporting.app = session
+    # The session as the export sees it, with its real way of showing errors: a result shown (the
+    # reconstruction only) and the run that made it.
+    page, reports = _page_and_reports()
+    result = SimpleNamespace(reconstruction="node", uncertainty=None, difference=None)
+    workspace = SimpleNamespace(comparison=SimpleNamespace(result=result), input_node=None)
+    exporting = Exporting(page, reports, workspace, Transfers(tmp_path / "session", max_upload_bytes=1 << 20))
+    run = SimpleNamespace(settings=SimpleNamespace(model_dir="model"), provenance=lambda: Provenance("axial", (3,), "m"))
+    exporting.on_result_shown(run, result)
+    page.data.exporting.format = export_format
     assert asyncio.run(exporting.export()) is None
-    [error] = [changes["xd_error"] for changes in session.shown if changes.get("xd_error")]
+    [error] = reports.errors
     assert error == ("volume_XDiffusion.nii.gz: writing failed (no space left on device); nothing was written "
                      "under this name" if export_format == "nifti" else
                      "export failed: no space left on device"), error
@@ -1067,13 +1066,15 @@ def test_upload_limits_of_the_running_app_hold_and_leave_nothing(upload_app, bro
         assert len(set(tokens)) == 5
         kept = sorted(p.name for p in _left_behind(hub) if p.is_file())
         assert kept == ["pending3.nii.gz", "pending4.nii.gz"], kept
-        # Loading the oldest says it is gone, in one line.
-        page.evaluate(f"() => window.trame.trigger('xd_load_upload', ['{tokens[0]}', 'pending0.nii.gz'])")
+        # Loading the oldest says it is gone, in one line (the page's load trigger, as its upload
+        # script finds it on the file input).
+        load = page.get_attribute("#xd-upload", "data-trigger-load")
+        page.evaluate(f"() => window.trame.trigger('{load}', ['{tokens[0]}', 'pending0.nii.gz'])")
         message = error_text(page).strip()
         assert "\n" not in message and "no longer available" in message and "upload it again" in message, message
         # Loading one that is kept reads it (not an image: one line) and removes it.
         page.click("#xd-error .v-alert__close button")
-        page.evaluate(f"() => window.trame.trigger('xd_load_upload', ['{tokens[4]}', 'pending4.nii.gz'])")
+        page.evaluate(f"() => window.trame.trigger('{load}', ['{tokens[4]}', 'pending4.nii.gz'])")
         message = error_text(page).strip()
         assert "\n" not in message and message.startswith("pending4.nii.gz"), message
         assert sorted(p.name for p in _left_behind(hub) if p.is_file()) == ["pending3.nii.gz"]

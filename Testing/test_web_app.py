@@ -1388,20 +1388,32 @@ def test_the_page_settings_are_checked_by_the_one_check_of_sampling_settings():
     """Issue 22 (D): the page parses its fields, and the sampling settings' own check
     (``ReconstructionSettings.from_record``, what ``JobSettings.check`` runs) judges the values, in
     its words; the page had its own limit checks beside it ("views must be at least 1")."""
+    from trame_server.state import State
+    from trame_server.utils.typed_state import TypedState
+
     from XDiffusionLib.app.web.running import options_from_page
+    from XDiffusionLib.app.web.state import PageState
     from XDiffusionLib.errors import XDiffusionError
     from XDiffusionLib.settings import ReconstructionSettings
 
-    page = {"xd_views": "4", "xd_steps": "4", "xd_sampler": "dpmpp", "xd_guidance": "1", "xd_seed": "0",
-            "xd_samples": "1"}
-    assert options_from_page(page) == {"views": 4, "steps": 4, "sampler": "dpmpp", "guidance": 1.0, "seed": 0,
-                                       "samples": 1}
+    typed = TypedState(State(), PageState)
+
+    def page(**texts):
+        """The sampling fields as the session reads them: the page's text through the typed state."""
+        fields = {"views": "4", "steps": "4", "sampler": "dpmpp", "guidance": "1", "seed": "0", "samples": "1",
+                  **texts}
+        for key, text in fields.items():
+            typed.state[getattr(typed.name.sampling, key)] = text
+        return TypedState.as_dataclass(typed.data.sampling)
+
+    assert options_from_page(page()) == {"views": 4, "steps": 4, "sampler": "dpmpp", "guidance": 1.0, "seed": 0,
+                                         "samples": 1}
     for key, text, value in (("views", "0", 0), ("steps", "100000", 100000), ("guidance", "-1", -1.0),
                              ("guidance", "inf", float("inf")), ("samples", "17", 17), ("sampler", "euler", "euler")):
         with pytest.raises(XDiffusionError) as library:
-            ReconstructionSettings.from_record({**options_from_page(page), key: value})
+            ReconstructionSettings.from_record({**options_from_page(page()), key: value})
         with pytest.raises(XDiffusionError) as shown:
-            options_from_page({**page, f"xd_{key}": text})
+            options_from_page(page(**{key: text}))
         assert str(shown.value) == str(library.value), key
     with pytest.raises(XDiffusionError, match=r"steps must be a whole number, got '2\.5'"):
-        options_from_page({**page, "xd_steps": "2.5"})
+        options_from_page(page(steps="2.5"))

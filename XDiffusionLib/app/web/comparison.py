@@ -151,6 +151,12 @@ class Comparison:
     def views(self) -> list:
         return [] if self.layout is None else [self.view_manager.get_view(spec.name) for spec in self.layout.views]
 
+    def current_index(self) -> int:
+        """The canonical index of the slice the comparison shows (its first view's, the others follow)."""
+        from ...slicer.slices import slice_index_from_view
+
+        return slice_index_from_view(self.grid, self.layout.plane, views.slice_to_ras(self.views()[0]))
+
     def go_to_slice(self, index: int) -> None:
         """Show canonical slice ``index`` of the plane shown in every comparison view."""
         from ...slicer.slices import canonical_depth, ras_point_of_slice

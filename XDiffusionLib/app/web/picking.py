@@ -78,8 +78,17 @@ def edge_ticks(lines: list[dict], length: float = TICK_PX) -> list[dict]:
 
 
 class Picking:
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, page, reports, workspace):
+        self.state, self.page = page.state, page.data
+        self.mine = page.data.picking
+        self.reports, self.workspace = reports, workspace
+
+    def connect_views(self) -> None:
+        """Follow every view (input and comparison) as it moves (called once the views exist)."""
+        from .views import COMPARE_VIEWS, on_modified
+
+        for tag in [*VIEW_PLANE, *(spec.name for spec in COMPARE_VIEWS)]:
+            on_modified(self.workspace.view(tag), self.on_view_modified)
 
     # -- what each view shows ------------------------------------------------------------------
 
@@ -87,7 +96,7 @@ class Picking:
         tag = view.get_singleton_tag()
         if tag in VIEW_PLANE:
             return VIEW_PLANE[tag]
-        comparison = self.app.comparison
+        comparison = self.workspace.comparison
         if comparison.layout is not None and tag in {spec.name for spec in comparison.layout.views}:
             return comparison.layout.plane
         return None
@@ -97,10 +106,10 @@ class Picking:
         comparison (a finer one after a thick-slice run)."""
         from ...slicer.nodes import grid_from_node
 
-        comparison = self.app.comparison
+        comparison = self.workspace.comparison
         if view.get_singleton_tag() not in VIEW_PLANE and comparison.grid is not None:
             return comparison.grid
-        return grid_from_node(self.app.input_node)
+        return grid_from_node(self.workspace.input_node)
 
     def current_index(self, view) -> int:
         from ...slicer.slices import slice_index_from_view
@@ -109,11 +118,11 @@ class Picking:
 
     def on_view_modified(self, view) -> None:
         """Refresh the view's index, position and input badge in the page (when they changed)."""
-        app = self.app
+        mine = self.mine
         tag = view.get_singleton_tag()
         plane = self.view_plane(view)
         index, label, note, is_input, lines = None, "", "", False, []
-        if app.input_node is not None and plane is not None:
+        if self.workspace.input_node is not None and plane is not None:
             grid = self.view_grid(view)
             try:
                 index = self.current_index(view)
@@ -128,31 +137,38 @@ class Picking:
                     lines = edge_ticks(lines)
         if index is not None:
             if tag in VIEW_PLANE:
-                is_input = plane == app.state.xd_pick_plane and index in app.state.xd_picks
+                is_input = plane == mine.pick_plane and index in mine.picks
             else:
-                is_input = index in app.comparison.plane_indices
-        changes = {}
-        for key, value in (("xd_view_index", index), ("xd_view_label", label), ("xd_view_is_input", is_input),
-                           ("xd_view_position_note", note), ("xd_view_lines", lines)):
-            current = app.state[key] or {}
-            if current.get(tag) != value:
-                changes[key] = {**current, tag: value}
-        if changes:
-            app.push(**changes)
+                is_input = index in self.workspace.comparison.plane_indices
+        with self.state:
+            for key, value in (("view_index", index), ("view_label", label), ("view_is_input", is_input),
+                               ("view_position_note", note), ("view_lines", lines)):
+                current = getattr(mine, key) or {}
+                if current.get(tag) != value:
+                    setattr(mine, key, {**current, tag: value})
 
     def input_slices_for(self, tag: str) -> tuple[str, list[int]]:
         """The input slices a view marks: the picks in the input views, the run's in the comparison."""
-        app = self.app
         if tag in VIEW_PLANE:
-            return str(app.state.xd_pick_plane or ""), list(app.state.xd_picks or [])
-        result = app.comparison.result
-        if result is None:
+            return str(self.mine.pick_plane or ""), list(self.mine.picks or [])
+        comparison = self.workspace.comparison
+        if comparison.result is None:
             return "", []
-        return result.layout.plane, list(app.comparison.indices)
+        return comparison.result.layout.plane, list(comparison.indices)
 
     def refresh_input_views(self) -> None:
         for tag in VIEW_PLANE:
-            self.on_view_modified(self.app.view_manager.get_view(tag))
+            self.on_view_modified(self.workspace.view(tag))
+
+    def refresh_comparison_views(self) -> None:
+        for view in self.workspace.comparison.views():
+            self.on_view_modified(view)
+
+    def on_volume_loaded(self, _volume, _thickness=None) -> None:
+        """A new volume: no picks yet, every input view on its own slices."""
+        with self.state:
+            self.mine.picks, self.mine.pick_plane = [], ""
+        self.refresh_input_views()
 
     # -- input slices --------------------------------------------------------------------------
 
@@ -161,51 +177,55 @@ class Picking:
         from ...inputs import plane_axis
         from ...transforms.orientation import Reorientation
 
-        volume = self.app.volume
+        volume = self.workspace.volume
         axis, original = Reorientation.for_grid(volume.grid).original_index(plane_axis(plane), index)
         return np.take(np.asarray(volume.array), original, axis=axis)
 
     def _can_pick(self) -> bool:
         """Picks need a loaded volume and no run under way; otherwise one line says why."""
-        app = self.app
-        if app.input_node is None:
-            app.report_error("load a volume first, then pick its slices")
+        if self.workspace.input_node is None:
+            self.reports.error("load a volume first, then pick its slices")
             return False
-        if app.state.xd_running:
-            app.report_error("a reconstruction is running: the input slices are locked until it ends")
+        if self.page.running.running:
+            self.reports.error("a reconstruction is running: the input slices are locked until it ends")
             return False
         return True
 
+    def _set_picks(self, picks: list[int], plane: str, info: str | None = None) -> None:
+        with self.state:
+            self.mine.picks, self.mine.pick_plane = picks, plane
+            if info is not None:
+                self.page.messages.error, self.page.messages.info = "", info
+        self.refresh_input_views()
+
     def pick(self, tag: str) -> None:
         """Add the slice that view ``tag`` shows to the input slices."""
-        app = self.app
+        reports = self.reports
         if not self._can_pick():
             return
         plane = VIEW_PLANE.get(tag)
         if plane is None:
-            app.report_error(f"view {tag!r} is not an input view")
+            reports.error(f"view {tag!r} is not an input view")
             return
-        picks, current = list(app.state.xd_picks), app.state.xd_pick_plane
+        picks, current = list(self.mine.picks), self.mine.pick_plane
         if picks and current != plane:
-            app.report_error(f"the input slices so far are {current}: one reconstruction uses one plane; "
-                             f"remove them to pick {plane} slices")
+            reports.error(f"the input slices so far are {current}: one reconstruction uses one plane; "
+                          f"remove them to pick {plane} slices")
             return
         try:
-            index = self.current_index(app.view_manager.get_view(tag))
+            index = self.current_index(self.workspace.view(tag))
         except XDiffusionError as error:
-            app.report_error(str(error))
+            reports.error(str(error))
             return
         values = self._slice_values(plane, index)
         if values.size and float(values.max()) == float(values.min()):
-            app.report_error(f"{plane} slice {index} is empty (every voxel is {float(values.min()):g}): "
-                             "pick a slice through the head")
+            reports.error(f"{plane} slice {index} is empty (every voxel is {float(values.min()):g}): "
+                          "pick a slice through the head")
             return
         if index in picks:
-            app.report_info(f"{plane} slice {index} is already an input slice")
+            reports.info(f"{plane} slice {index} is already an input slice")
             return
-        app.push(xd_picks=sorted(picks + [index]), xd_pick_plane=plane, xd_error="",
-                 xd_info=f"added {plane} slice {index}")
-        self.refresh_input_views()
+        self._set_picks(sorted(picks + [index]), plane, f"added {plane} slice {index}")
 
     def quick_pick(self, how: str, n=1, plane: str | None = None) -> None:
         """Replace the input slices by a quick pick (``slicer.slices.quick_picks``) in ``plane``:
@@ -214,34 +234,29 @@ class Picking:
         from ...transforms.orientation import to_canonical
         from ...transforms.thick_slices import acquisition_plane
 
-        app = self.app
         if not self._can_pick():
             return
         try:
             count = int(n)
         except (TypeError, ValueError):
-            app.report_error(f"{'K' if how == 'spread' else 'n'} must be a whole number, got {n!r}")
+            self.reports.error(f"{'K' if how == 'spread' else 'n'} must be a whole number, got {n!r}")
             return
-        plane = plane or app.state.xd_pick_plane or acquisition_plane(app.volume.grid)
+        volume = self.workspace.volume
+        plane = plane or self.mine.pick_plane or acquisition_plane(volume.grid)
         try:
-            picks = quick_picks(to_canonical(app.volume)[0].array, plane, str(how), count)
+            picks = quick_picks(to_canonical(volume)[0].array, plane, str(how), count)
         except XDiffusionError as error:
-            app.report_error(str(error))
+            self.reports.error(str(error))
             return
-        app.push(xd_picks=picks, xd_pick_plane=plane, xd_error="",
-                 xd_info=f"{len(picks)} {plane} input slices: {picks[0]} to {picks[-1]}")
-        self.refresh_input_views()
+        self._set_picks(picks, plane, f"{len(picks)} {plane} input slices: {picks[0]} to {picks[-1]}")
 
     def unpick(self, index: int) -> None:
-        app = self.app
-        if app.state.xd_running:
+        if self.page.running.running:
             return
-        picks = [i for i in app.state.xd_picks if i != int(index)]
-        app.push(xd_picks=picks, xd_pick_plane=app.state.xd_pick_plane if picks else "")
-        self.refresh_input_views()
+        picks = [i for i in self.mine.picks if i != int(index)]
+        self._set_picks(picks, self.mine.pick_plane if picks else "")
 
     def clear(self) -> None:
-        if self.app.state.xd_running:
+        if self.page.running.running:
             return
-        self.app.push(xd_picks=[], xd_pick_plane="")
-        self.refresh_input_views()
+        self._set_picks([], "")

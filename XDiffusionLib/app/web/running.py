@@ -11,13 +11,12 @@ The run itself is a ``SceneReconstruction`` in a worker process, warmed in advan
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from pathlib import Path
 
 from ...errors import XDiffusionError
 from ...settings import LONG_RUN_EVALUATIONS, ReconstructionSettings, model_evaluations
-from .state import RECONSTRUCT_FIELDS, SAMPLING_FIELDS
+from .signals import Signal
+from .state import SAMPLING_FIELDS, SamplingState, reconstruct_fields, take_form
 
 PROGRESS_PERIOD_S = 0.25
 # Share of the progress bar before the sampling starts (worker.run reports 0.05 once loaded, and while
@@ -39,13 +38,13 @@ def remaining_seconds(fraction: float, reference: tuple[float, float] | None, no
     return (now - reference[0]) / (fraction - reference[1]) * (1.0 - fraction)
 
 
-def options_from_page(state) -> dict:
+def options_from_page(sampling: SamplingState) -> dict:
     """Sampling settings from the page's fields as numbers (one line naming a field that is not
     one), checked by the one check of sampling settings (``ReconstructionSettings.from_record``, what
     ``JobSettings.check`` runs: limits included, steps <= MAX_STEPS ...)."""
     options = {}
     for field in SAMPLING_FIELDS:
-        raw = state[field.name]
+        raw = getattr(sampling, field.key)
         text = str(raw).strip()
         try:
             options[field.key] = int(text) if field.kind == "int" else float(text) if field.kind == "float" else text
@@ -57,66 +56,81 @@ def options_from_page(state) -> dict:
 
 
 class Running:
-    def __init__(self, app):
-        self.app = app
+    """One run at a time. Its result goes to ``show_result(run)`` (which returns it) and
+    ``measure_result(run, result)``; a thick-slice run is made by ``thick_run(settings)``.
+    ``worker_done(run)``: the run's worker process has ended (the next one may be warmed);
+    ``result_ready(run)``: its result is shown and measured."""
+
+    def __init__(self, page, reports, workspace, models, launcher, *, show_result, measure_result, thick_run):
+        self.state, self.page, self.names = page.state, page.data, page.name
+        self.mine = page.data.running
+        self.reports, self.workspace, self.models, self.launcher = reports, workspace, models, launcher
+        self._show_result, self._measure_result, self._thick_run = show_result, measure_result, thick_run
+        self.worker_done = Signal()
+        self.result_ready = Signal()
         self.run = None  # SceneReconstruction of the running or last run
         self._task = None
         self._cancelling = False
 
     def model_dir(self) -> str | None:
-        """The model folder for a run: the app's own (``--model`` or the shipped one), or with
-        server paths one the page names inside the data folders (``server_paths``)."""
-        app = self.app
-        text = str(app.state.xd_model_dir or "").strip()
-        if not app.allow_server_paths or not text:
-            return app.model_dir  # without server paths the page cannot choose (whatever it sends)
-        if app.model_dir and os.path.realpath(Path(text).expanduser()) == os.path.realpath(app.model_dir):
-            return app.model_dir
-        return str(app.data_roots.resolve_model(text))
+        """The model folder for a run (``server_paths.ModelFolders``)."""
+        return self.models.for_run(self.page.settings.model_dir)
+
+    def _send(self, messages: dict | None = None, **changes) -> None:
+        """Set fields of the run's section (and ``messages``: of the status lines) and send them to
+        the page now, together."""
+        with self.state:
+            for section, values in ((self.mine, changes), (self.page.messages, messages or {})):
+                for key, value in values.items():
+                    if not hasattr(type(section), key):  # a field of the typed state, not a new attribute
+                        raise AttributeError(f"{type(section).__name__} has no field {key!r}")
+                    setattr(section, key, value)
 
     def reconstruct(self, fields=None, confirmed: bool = False, thick: bool = False) -> None:
         """Start a run from the picked input slices, or (``thick``) from every acquired slice of a
         thick-slice scan onto a finer grid (``thick_slices``); a long run asks the page first."""
         from trame_server.utils.asynchronous import create_task
+        from trame_server.utils.typed_state import TypedState
 
         from ...slicer.reconstruction import AUTOMATIC, SceneReconstruction
         from ...worker.messages import JobSettings
 
-        app = self.app
-        app.take(fields, RECONSTRUCT_FIELDS)
-        if app.state.xd_running:
-            app.report_error("a reconstruction is already running in this tab: wait for it or cancel it")
+        page, reports, workspace = self.page, self.reports, self.workspace
+        take_form(self.state, fields, reconstruct_fields(self.names))
+        if self.mine.running:
+            reports.error("a reconstruction is already running in this tab: wait for it or cancel it")
             return
-        if app.input_node is None:
-            app.report_error("load a volume first")
+        if workspace.input_node is None:
+            reports.error("load a volume first")
             return
-        if not thick and not app.state.xd_picks:
-            app.report_error("pick at least one input slice: scroll a view to a slice and press 'Use this slice'")
+        if not thick and not page.picking.picks:
+            reports.error("pick at least one input slice: scroll a view to a slice and press 'Use this slice'")
             return
         try:
-            options = options_from_page(app.state)
+            options = options_from_page(TypedState.as_dataclass(page.sampling))
             cost = model_evaluations(options["views"], options["steps"], options["samples"], options["guidance"])
             if cost > LONG_RUN_EVALUATIONS and not confirmed:  # ask first: this run takes long
-                app.push(xd_confirm_thick=bool(thick),
-                         xd_confirm=(f"{cost} model evaluations per slice group (views x steps x samples"
-                                     f"{' x 2 for guidance' if options['guidance'] != 1 else ''}): this run may "
-                                     "take many minutes. Start it?"))
+                self._send(confirm_thick=bool(thick),
+                           confirm=(f"{cost} model evaluations per slice group (views x steps x samples"
+                                    f"{' x 2 for guidance' if options['guidance'] != 1 else ''}): this run may "
+                                    "take many minutes. Start it?"))
                 return
             if thick:  # the plane and the slices are the plan's
-                run = app.thick_slices.scene_run(JobSettings(model_dir=self.model_dir(), options=options))
+                run = self._thick_run(JobSettings(model_dir=self.model_dir(), options=options))
             else:
-                settings = JobSettings(app.state.xd_pick_plane, tuple(app.state.xd_picks), self.model_dir(), options)
-                run = SceneReconstruction(app.scene, app.input_node, settings,
-                                          reference_node=app.input_node if app.state.xd_compare else None,
-                                          overlay=AUTOMATIC, launcher=app.launcher)
+                settings = JobSettings(page.picking.pick_plane, tuple(page.picking.picks), self.model_dir(), options)
+                input_node = workspace.input_node
+                run = SceneReconstruction(workspace.scene, input_node, settings,
+                                          reference_node=input_node if page.settings.compare else None,
+                                          overlay=AUTOMATIC, launcher=self.launcher)
             run.start()
         except XDiffusionError as error:
-            app.report_error(str(error))
+            reports.error(str(error))
             return
         self.run = run
-        app.push(xd_confirm="", xd_running=True, xd_progress=0.0, xd_progress_message="starting the reconstruction process",
-                 xd_elapsed=clock(0), xd_remaining="", xd_stale=bool(app.state.xd_has_result),
-                 xd_error="", xd_info="", xd_worker_warm=False)
+        self._send(confirm="", running=True, progress=0.0, progress_message="starting the reconstruction process",
+                   elapsed=clock(0), remaining="", stale=bool(page.viewing.has_result), worker_warm=False,
+                   messages={"error": "", "info": ""})
         self._task = create_task(self._follow(run))
 
     def reconstruct_thick(self, fields=None, confirmed: bool = False) -> None:
@@ -126,7 +140,7 @@ class Running:
     async def _follow(self, run) -> None:
         from ...worker.launcher import CANCELLED, DONE, RUNNING
 
-        app = self.app
+        reports = self.reports
         started, reference = time.monotonic(), None
         while True:
             if not self._cancelling:
@@ -135,47 +149,46 @@ class Running:
             if reference is None and run.fraction > _SAMPLING_START:  # the first step (not the anchor's start)
                 reference = (now, run.fraction)
             left = remaining_seconds(run.fraction, reference, now)
-            app.push(xd_progress=round(100.0 * run.fraction, 1), xd_progress_message=run.message,
-                     xd_elapsed=clock(now - started), xd_remaining="" if left is None else clock(left))
+            self._send(progress=round(100.0 * run.fraction, 1), progress_message=run.message,
+                       elapsed=clock(now - started), remaining="" if left is None else clock(left))
             if run.state != RUNNING:
                 break
             await asyncio.sleep(PROGRESS_PERIOD_S)
-        self.rewarm()
+        self.worker_done.emit(run)
         if run is not self.run:
             return
-        app.push(xd_remaining="", xd_stale=False)
+        self._send(remaining="", stale=False)
         if run.state == DONE:
-            app.push(xd_progress_message="adding the results")
+            self._send(progress_message="adding the results")
             try:
-                result = app.viewing.replace_result(run)
+                result = self._show_result(run)
             except Exception as error:  # noqa: BLE001 - the page must leave the running state
-                app.push(xd_running=False)
-                app.report_failure(error, "showing the result")
+                self._send(running=False)
+                reports.failure(error, "showing the result")
                 return
-            titles = " | ".join(spec.title for spec in app.comparison.layout.views)
-            app.push(xd_running=False, xd_progress=100.0, xd_progress_message="finished",
-                     xd_info=f"reconstruction finished in {app.state.xd_elapsed}: {titles}")
-            await app.guarded(app.viewing.compute_metrics)(run, result)
-            app.release_memory()  # the replaced result and the metrics' copies
+            titles = " | ".join(spec.title for spec in self.workspace.comparison.layout.views)
+            self._send(running=False, progress=100.0, progress_message="finished",
+                       messages={"info": f"reconstruction finished in {self.mine.elapsed}: {titles}"})
+            await reports.guarded(self._measure_result)(run, result)
+            self.result_ready.emit(run)  # the replaced result and the metrics' copies can go
         elif run.state == CANCELLED:
-            app.push(xd_running=False, xd_progress=0.0, xd_progress_message="")
-            app.report_info("the reconstruction was cancelled")
+            self._send(running=False, progress=0.0, progress_message="")
+            reports.info("the reconstruction was cancelled")
         else:
-            app.push(xd_running=False, xd_progress_message="failed")
-            app.report_error(run.error or "the reconstruction failed")
+            self._send(running=False, progress_message="failed")
+            reports.error(run.error or "the reconstruction failed")
 
-    def rewarm(self) -> None:
-        """Warm the next worker (a run took the last one); a few seconds later the page says so."""
-        launcher = self.app.launcher
-        if hasattr(launcher, "warm") and getattr(self.app, "tab_open", True):  # no worker for a closed tab
-            launcher.warm()
+    def show_worker_warm(self, warm: bool) -> None:
+        """Whether a worker waits with the model loaded (the page says "model loaded, ready")."""
+        if bool(warm) != bool(self.mine.worker_warm) and not self.mine.running:
+            self._send(worker_warm=bool(warm))
 
     async def cancel(self) -> None:
         run = self.run
-        if run is None or not self.app.state.xd_running:
+        if run is None or not self.mine.running:
             return
         self._cancelling = True
-        self.app.push(xd_progress_message="cancelling")
+        self._send(progress_message="cancelling")
         try:
             await asyncio.to_thread(run.cancel)
         finally:

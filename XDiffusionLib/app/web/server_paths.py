@@ -62,3 +62,22 @@ class DataRoots:
             if os.path.lexists(file) and self.root_of(file) is None:
                 raise self.refusal(text)
         return folder
+
+
+class ModelFolders:
+    """The model folder a run uses: the app's own (``default``: ``--model`` or the shipped one), or
+    with server paths one the page names inside the data folders."""
+
+    def __init__(self, default: str | None, data_roots: DataRoots, allow_server_paths: bool):
+        self.default = default
+        self.data_roots = data_roots
+        self.allow_server_paths = bool(allow_server_paths)
+
+    def for_run(self, text) -> str | None:
+        """The folder for a run, from the page's model field ``text``."""
+        text = str(text or "").strip()
+        if not self.allow_server_paths or not text:
+            return self.default  # without server paths the page cannot choose (whatever it sends)
+        if self.default and os.path.realpath(Path(text).expanduser()) == os.path.realpath(self.default):
+            return self.default
+        return str(self.data_roots.resolve_model(text))

@@ -4,11 +4,14 @@ The hub (``hub.py``) starts one of these processes per tab, so tabs never share 
 keeps one state per server and mirrors it to every connected client, which would otherwise let a
 second tab overwrite the first one's volume, slices and results.
 
-This module only wires (the trame-slicer way): the page's state names and defaults are in
-``state.py``, each feature in its own module (``loading``, ``picking``, ``running``,
-``viewing``, ``exporting``; metrics and export formats in ``results``), the page in ``ui.py``.
-``XDiffusionSession`` creates the Slicer app and views, the feature objects, and binds the page's
-triggers to them; the features reach each other through it.
+This module only wires (the trame-slicer way): the page's state is typed (``state.PageState``,
+through trame-server's ``TypedState``), each feature in its own module (``loading``, ``picking``,
+``thick_slices``, ``running``, ``viewing``, ``exporting``; metrics and export formats in
+``results``), the page in ``ui.py``. ``XDiffusionSession`` creates the Slicer app and views, the
+feature objects, connects their signals (what one does that concerns another) and registers the
+functions the page calls under the names trame gives them (``ctrl.trigger_name``). The features
+share the page's state, the ``Reports`` of its status lines and the ``Workspace`` (scene, views,
+loaded volume, comparison), never each other.
 
 ``python -m XDiffusionLib.app.web.session --port 0 ...`` prints ``XDIFFUSION_SESSION_PORT <port>``
 on stdout once it serves. (Started alone, without the hub, it serves every tab that connects, and
@@ -40,8 +43,6 @@ from pathlib import Path
 
 from wslink.websocket import LinkProtocol
 
-from ...errors import XDiffusionError, describe_system_error
-
 log = logging.getLogger("xdiffusion.web")
 
 READY_PREFIX = "XDIFFUSION_SESSION_PORT"
@@ -60,6 +61,7 @@ class XDiffusionSession:
                  workdir: Path, worker_mode: str = "subprocess", data_roots: tuple[str, ...] = (),
                  session_key: str | None = None, local_only: bool = True):
         from trame_rca.encoders import RcaImageEncoder
+        from trame_server.utils.typed_state import TypedState
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
@@ -70,17 +72,13 @@ class XDiffusionSession:
         from ...worker.launcher import WorkerLauncher
         from . import ui, views
         from .comparison import Comparison
-        from .exporting import Exporting
-        from .loading import Loading
-        from .picking import Picking
         from .results import EXPORT_FORMAT_TITLES
-        from .running import Running
-        from .server_paths import DataRoots
-        from .state import initial_state
-        from .thick_slices import ThickSlices
+        from .reports import Reports
+        from .server_paths import DataRoots, ModelFolders
+        from .state import FAVICON, TITLE, PageState, initial_state
         from .transfer import Transfers
-        from .viewing import Viewing
         from .warm_worker import WarmLauncher
+        from .workspace import Workspace
 
         self.server = server
         self.state = server.state
@@ -91,6 +89,7 @@ class XDiffusionSession:
         if model_dir is None and (default_model_dir() / "config.json").is_file():
             model_dir = str(default_model_dir())
         self.model_dir = model_dir
+        self.models = ModelFolders(model_dir, self.data_roots, self.allow_server_paths)
         # A worker warmed in advance: a first run does not wait for PyTorch and the model.
         self.launcher = WarmLauncher(model_dir) if worker_mode == "subprocess" else WorkerLauncher(worker_mode)
 
@@ -108,33 +107,32 @@ class XDiffusionSession:
                                rca_encoder=RcaImageEncoder.JPEG, blur_fps=10.0)
         self.layout_manager = LayoutManager(self.scene, self.view_manager, server)
 
-        self.volume = None  # the loaded Volume (also the reference when "compare" is on)
-        self.input_node = None
-
-        # Without server paths the page shows the model's name, not where it lies on the server.
+        # The page's state, typed (``state.PageState``); without server paths the page shows the
+        # model's name, not where it lies on the server.
+        self.page = TypedState(self.state, PageState)
         shown = (model_dir if self.allow_server_paths else Path(model_dir).name) if model_dir else ""
-        self.state.update(initial_state(
+        self.state.update({"trame__title": TITLE, "trame__favicon": FAVICON})
+        self.page.set_dataclass(initial_state(
             max_upload_bytes=self.transfers.max_upload_bytes, allow_server_paths=self.allow_server_paths,
             model_shown=shown, export_format_titles=EXPORT_FORMAT_TITLES,
             sample_choices=[{"title": f"{s.name}: {s.description}", "value": s.name}
                             for s in samples_with_role("heldout")]))
-        self.picking = Picking(self)
-        self.loading = Loading(self)
-        self.running = Running(self)
-        self.thick_slices = ThickSlices(self)
-        self.viewing = Viewing(self)
-        self.exporting = Exporting(self)
+        self.reports = Reports(self.page)
+        self.workspace = Workspace(self.scene, self.view_manager, self.layout_manager)
+        self._make_features()
+        # The views' overlays are made as their layouts register: they need the triggers.
+        self.triggers = self._register_triggers()
 
         self.layout_manager.register_layout(views.INPUT_LAYOUT, views.input_layout())
         self.layout_manager.register_layout(views.COMPARE_LAYOUT,
                                             views.compare_layout([v.name for v in views.COMPARE_VIEWS]))
         # Every view exists now; whatever is added later belongs to a loaded volume or a result.
-        self.baseline = node_ids(self.scene)
-        self.comparison = Comparison(self.scene, self.view_manager, self.layout_manager)
+        self.workspace.baseline = node_ids(self.scene)
+        self.workspace.comparison = Comparison(self.scene, self.view_manager, self.layout_manager)
+        self.picking.connect_views()
         self.viewing.connect_views()
 
-        self._register_triggers()
-        self.page = ui.build_page(self.server, self.layout_manager)
+        self.ui = ui.build_page(self.server, self.layout_manager, self.page.name, self.triggers)
         self.layout_manager.set_layout(views.INPUT_LAYOUT)
         # A spare session holds no worker (PyTorch and the model, >1 GB): it warms one when a tab
         # takes it; a closed tab cancels its run and warms nothing more. The tab's websocket says
@@ -147,30 +145,71 @@ class XDiffusionSession:
 
     # -- wiring ----------------------------------------------------------------------------------
 
-    def _register_triggers(self) -> None:
-        ctrl = self.server.controller
-        triggers = {
-            "xd_upload_started": self.loading.on_upload_started,
-            "xd_upload_progress": self.loading.on_upload_progress,
-            "xd_upload_failed": self.report_error,
-            "xd_load_upload": self.loading.load_upload,
-            "xd_load_path": self.loading.load_server_path,
-            "xd_load_sample": self.loading.load_sample,
-            "xd_load_volume_pick": self.loading.load_picked_volume,
-            "xd_pick": self.picking.pick,
-            "xd_unpick": self.picking.unpick,
-            "xd_clear_picks": self.picking.clear,
-            "xd_quick_pick": self.picking.quick_pick,
-            "xd_reconstruct": self.running.reconstruct,
-            "xd_reconstruct_thick": self.running.reconstruct_thick,
-            "xd_cancel": self.running.cancel,
-            "xd_previous_input": lambda: self.viewing.step_input_slice(-1),
-            "xd_next_input": lambda: self.viewing.step_input_slice(+1),
-            "xd_reset_views": self.viewing.reset_views,
-            "xd_export": self.exporting.export,
-        }
-        for name, function in triggers.items():
-            ctrl.trigger(name)(self.guarded(function))
+    def _make_features(self) -> None:
+        """The features, each with the page's typed state and what it needs; they never hold each
+        other: what one does that concerns another is a signal, connected here."""
+        from .exporting import Exporting
+        from .loading import Loading
+        from .picking import Picking
+        from .running import Running
+        from .thick_slices import ThickSlices
+        from .viewing import Viewing
+
+        page, reports, workspace = self.page, self.reports, self.workspace
+        self.picking = Picking(page, reports, workspace)
+        self.loading = Loading(page, reports, workspace, self.transfers, self.data_roots, self.allow_server_paths)
+        self.thick_slices = ThickSlices(page, workspace, self.models, self.launcher)
+        self.viewing = Viewing(page, reports, workspace)
+        self.exporting = Exporting(page, reports, workspace, self.transfers)
+        self.running = Running(page, reports, workspace, self.models, self.launcher,
+                               show_result=self.viewing.replace_result, measure_result=self.viewing.compute_metrics,
+                               thick_run=self.thick_slices.scene_run)
+
+        # A volume goes: its result and its thick-slice offer with it.
+        self.loading.volume_closing.connect(self.viewing.remove_result)
+        self.loading.volume_closing.connect(self.thick_slices.forget)
+        # A volume comes: no picks, its input views, the offer for a thick-slice scan, the last one's memory freed.
+        self.loading.volume_loaded.connect(self.picking.on_volume_loaded)
+        self.loading.volume_loaded.connect(self.viewing.on_volume_loaded)
+        self.loading.volume_loaded.connect(self.thick_slices.offer)
+        self.loading.volume_loaded.connect(lambda *_: self.release_memory())
+        # The result's export choices and the comparison views' labels.
+        self.viewing.result_shown.connect(self.exporting.on_result_shown)
+        self.viewing.result_removed.connect(self.exporting.on_result_removed)
+        self.viewing.comparison_moved.connect(self.picking.refresh_comparison_views)
+        # A run took the warm worker: warm the next; its result replaced the last one: free that.
+        self.running.worker_done.connect(lambda _run: self.rewarm())
+        self.running.result_ready.connect(lambda _run: self.release_memory())
+
+    def _register_triggers(self):
+        """Every function the page calls, registered under the name trame gives it (``ctrl.trigger_name``)
+        and reporting its failures in the page."""
+        from .ui import Triggers
+
+        def name(function) -> str:
+            return self.server.controller.trigger_name(self.reports.guarded(function))
+
+        loading, picking, running, viewing = self.loading, self.picking, self.running, self.viewing
+        return Triggers(
+            upload_started=name(loading.on_upload_started),
+            upload_progress=name(loading.on_upload_progress),
+            upload_failed=name(self.reports.error),
+            load_upload=name(loading.load_upload),
+            load_path=name(loading.load_server_path),
+            load_sample=name(loading.load_sample),
+            load_volume_pick=name(loading.load_picked_volume),
+            pick=name(picking.pick),
+            unpick=name(picking.unpick),
+            clear_picks=name(picking.clear),
+            quick_pick=name(picking.quick_pick),
+            reconstruct=name(running.reconstruct),
+            reconstruct_thick=name(running.reconstruct_thick),
+            cancel=name(running.cancel),
+            previous_input=name(viewing.previous_input_slice),
+            next_input=name(viewing.next_input_slice),
+            reset_views=name(viewing.reset_views),
+            export=name(self.exporting.export),
+        )
 
     def _bind_routes(self, wslink_server) -> None:
         from aiohttp import web
@@ -189,24 +228,28 @@ class XDiffusionSession:
     def _populate_view(self, server, view_id, view) -> None:
         from . import ui
 
-        ui.view_overlay(server, view)
+        ui.view_overlay(server, view, self.page.name, self.triggers)
+
+    @property
+    def running_now(self) -> bool:
+        return bool(self.page.data.running.running)
 
     def on_tab_connected(self) -> None:
         self.tab_open = True
-        if hasattr(self.launcher, "warm") and not self.state.xd_running:
+        if hasattr(self.launcher, "warm") and not self.running_now:
             self.launcher.warm()  # a no-op while one is alive (a reload)
 
     def on_tab_gone(self) -> None:
         from trame_server.utils.asynchronous import create_task
 
         self.tab_open = False
-        if self.state.xd_running:
+        if self.running_now:
             create_task(self._cancel_when_closed())
 
     async def _cancel_when_closed(self) -> None:
         """Cancel the run unless the tab comes back (a reload) within ``TAB_GONE_S``."""
         await asyncio.sleep(TAB_GONE_S)
-        if not self.tab_open and self.state.xd_running:
+        if not self.tab_open and self.running_now:
             log.info("the tab closed: cancelling its reconstruction")
             await self.running.cancel()
 
@@ -215,69 +258,15 @@ class XDiffusionSession:
 
         async def watch():
             while True:
-                warm = bool(self.launcher.is_warm)
-                if warm != bool(self.state.xd_worker_warm) and not self.state.xd_running:
-                    self.push(xd_worker_warm=warm)
+                self.running.show_worker_warm(bool(self.launcher.is_warm))
                 await asyncio.sleep(_WARM_POLL_S)
 
         create_task(watch())
 
-    # -- what every feature uses -----------------------------------------------------------------
-
-    def push(self, **changes) -> None:
-        """Set state and send it to the page now (also from inside async handlers)."""
-        with self.state:
-            self.state.update(changes)
-
-    def take(self, fields, names: tuple[str, ...]) -> None:
-        """Bring the form values a trigger sent along into the state first: a value typed just
-        before a click may otherwise reach the server after the click."""
-        if isinstance(fields, dict):
-            self.push(**{name: fields[name] for name in names if name in fields})
-
-    def report_error(self, message: str, shown: tuple[tuple[str, str], ...] = ()) -> None:
-        """Show ``message`` in the page. ``shown``: (server path, what the page calls it) pairs,
-        replaced in order: the page knows its files by their own names, and the server's folders
-        stay private."""
-        message = str(message)
-        for server, page_name in shown:
-            message = message.replace(server, page_name)
-        log.info("error shown: %s", message)
-        self.push(xd_error=message, xd_info="", xd_busy="", xd_upload_percent=-1)
-
-    def report_info(self, message: str) -> None:
-        self.push(xd_info=str(message), xd_error="")
-
-    def report_failure(self, error: Exception, what: str, shown: tuple[tuple[str, str], ...] = ()) -> None:
-        """Show a failure in the page: our own errors and the machine's (a full disk, no memory) in
-        one line (``shown`` as for ``report_error``), anything else as an internal error."""
-        if isinstance(error, XDiffusionError):
-            self.report_error(str(error), shown)
-            return
-        if isinstance(error, (OSError, MemoryError)):
-            self.report_error(f"{what} failed: {describe_system_error(error)}", shown)
-            return
-        log.error("%s failed", what, exc_info=error)
-        self.report_error(f"internal error in {what} ({type(error).__name__}: {error}); "
-                          "the details are in the server's log")
-
-    def guarded(self, function):
-        """``function`` reporting any failure in the page (a trigger's exception would otherwise
-        only reach the server log, leaving the page waiting)."""
-        if asyncio.iscoroutinefunction(function):
-            async def run_async(*args, **kwargs):
-                try:
-                    return await function(*args, **kwargs)
-                except Exception as error:  # noqa: BLE001 - shown in the page
-                    self.report_failure(error, function.__name__)
-            return run_async
-
-        def run(*args, **kwargs):
-            try:
-                return function(*args, **kwargs)
-            except Exception as error:  # noqa: BLE001 - shown in the page
-                self.report_failure(error, getattr(function, "__name__", "action"))
-        return run
+    def rewarm(self) -> None:
+        """Warm the next worker (a run took the last one); a few seconds later the page says so."""
+        if hasattr(self.launcher, "warm") and self.tab_open:  # no worker for a closed tab
+            self.launcher.warm()
 
     def release_memory(self) -> None:
         """Give what the session freed back to the system (after a result replaced the last one)."""

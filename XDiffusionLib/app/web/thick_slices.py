@@ -33,15 +33,19 @@ def offer_words(plan: ThickSlicePlan) -> str:
 
 
 class ThickSlices:
-    def __init__(self, app):
-        self.app = app
+    """Offers the run when a volume is loaded (``offer``, ``forget``); ``scene_run`` makes it."""
+
+    def __init__(self, page, workspace, models, launcher):
+        self.state, self.page = page.state, page.data
+        self.mine = page.data.thick_slices
+        self.workspace, self.models, self.launcher = workspace, models, launcher
         self.thickness: float | None = None  # the loaded file's header thickness (DICOM), if any
 
     def plan(self, model_dir: str | None) -> ThickSlicePlan:
         """The finer grid for the loaded volume and the model in ``model_dir`` (one-line errors)."""
         from ...slicer.request_checks import check_model_dir, model_max_slices
 
-        volume = self.app.volume
+        volume = self.workspace.volume
         if volume is None:
             raise XDiffusionError("load a volume first")
         return plan_thick_slices(volume.grid, thickness=self.thickness,
@@ -56,7 +60,7 @@ class ThickSlices:
         if is_thick_slice(volume.grid):
             try:
                 plan = plan_thick_slices(volume.grid, thickness=thickness)  # the scan's own plan
-                limit = model_max_slices(check_model_dir(self.app.running.model_dir()))
+                limit = model_max_slices(check_model_dir(self.models.for_run(self.page.settings.model_dir)))
             except XDiffusionError as error:
                 note = f"All acquired slices onto a finer grid: not offered ({error})"
             else:
@@ -68,18 +72,22 @@ class ThickSlices:
                     described = plan.describe()
                     offer = (f"{described[0].upper()}{described[1:]}: starts the reconstruction now with the "
                              "model settings below")
-        self.app.push(xd_thick_button=button, xd_thick_offer=offer, xd_thick_note=note)
+        self._show(button, offer, note)
 
     def forget(self) -> None:
         self.thickness = None
-        self.app.push(xd_thick_button="", xd_thick_offer="", xd_thick_note="")
+        self._show("", "", "")
+
+    def _show(self, button: str, offer: str, note: str) -> None:
+        with self.state:
+            self.mine.button, self.mine.offer, self.mine.note = button, offer, note
 
     def scene_run(self, settings):
         """The ``SceneReconstruction`` of every acquired slice onto the finer grid (not started)."""
         from ...slicer.reconstruction import AUTOMATIC, SceneReconstruction
 
-        app = self.app
         plan = self.plan(settings.model_dir)
         # No reference: the real volume lies on another grid, so there is no difference to show.
-        return SceneReconstruction(app.scene, app.input_node, settings, reference_node=None, overlay=AUTOMATIC,
-                                   launcher=app.launcher, grid_spacing=plan.spacing, thickness=plan.thickness)
+        return SceneReconstruction(self.workspace.scene, self.workspace.input_node, settings, reference_node=None,
+                                   overlay=AUTOMATIC, launcher=self.launcher, grid_spacing=plan.spacing,
+                                   thickness=plan.thickness)

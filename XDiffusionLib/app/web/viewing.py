@@ -9,6 +9,9 @@
   the run recorded on its node: its level, and calibrated on this scan or on synthetic data only),
   read from the display nodes' colour tables and windows.
 - The result's metrics (``results.compute_metrics``: the evaluation protocol's scores).
+
+The labels of each view (index, position, badge) are ``picking``'s, the export choices
+``exporting``'s: they follow ``comparison_moved``, ``result_shown`` and ``result_removed``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import asyncio
 from ...errors import XDiffusionError
 from ...maps import DIFFERENCE_UNITS
 from . import views
-from .state import EXPORT_WHAT_TITLES
+from .signals import Signal
 
 _COLORBAR_STOPS = 17  # every quarter of the window, where the colour anchors sit
 
@@ -70,39 +73,51 @@ class WindowLevelDrag:
 
 
 class Viewing:
-    def __init__(self, app):
-        self.app = app
-        state = app.state
-        state.change("xd_layout")(self._on_layout_changed)
-        state.change("xd_show_overlay")(self._on_overlay_toggled)
-        state.change("xd_result_plane")(self._on_result_plane_changed)
+    """The layouts, gestures, colour bars and the result. ``result_shown(run, result)``: a run's
+    result is in the comparison; ``result_removed`` (no arguments): the result shown is gone;
+    ``comparison_moved`` (no arguments): the comparison views show other slices (a result, a plane)."""
+
+    def __init__(self, page, reports, workspace):
+        self.state, self.page = page.state, page.data
+        self.mine = page.data.viewing
+        self.reports, self.workspace = reports, workspace
+        self.result_shown = Signal()
+        self.result_removed = Signal()
+        self.comparison_moved = Signal()
+        viewing = page.get_sub_state(page.name.viewing)
+        viewing.bind_changes({viewing.name.layout: self._on_layout_changed,
+                              viewing.name.show_overlay: self._on_overlay_toggled,
+                              viewing.name.result_plane: self._on_result_plane_changed})
         self._drags = []
         self._uncertainty_label = ""
 
     def connect_views(self) -> None:
-        """Gestures and labels on every view (called once the views exist)."""
-        app = self.app
+        """Gestures and fits on every view (called once the views exist)."""
         for tag in [*views.VIEW_PLANE, *(spec.name for spec in views.COMPARE_VIEWS)]:
-            view = app.view_manager.get_view(tag)
-            views.on_modified(view, app.picking.on_view_modified)
+            view = self.workspace.view(tag)
             views.on_resized(view, self._refit)
             self._drags.append(WindowLevelDrag(view, self.set_window_level))
 
     def _grid(self):
         from ...slicer.nodes import grid_from_node
 
-        return grid_from_node(self.app.input_node)
+        return grid_from_node(self.workspace.input_node)
 
     def _refit(self, view) -> None:
         """A view got a new size: fit its content again (a view is first fitted before the page
         has shown it at its real size)."""
-        comparison = self.app.comparison
-        if self.app.input_node is None:
+        comparison = self.workspace.comparison
+        if self.workspace.input_node is None:
             return
         if view in comparison.views():
             comparison.fit()  # one field of view for all comparison views
         else:
             views.fit(view, self._grid())
+
+    def on_volume_loaded(self, _volume, _thickness=None) -> None:
+        """A new volume: its input views."""
+        with self.state:
+            self.mine.layout = "input"
 
     # -- window/level, reset -------------------------------------------------------------------
 
@@ -112,7 +127,8 @@ class Viewing:
             return
         targets = [display]
         # real (or acquired) and generated: one grey scale
-        nodes = [n for n in [self.app.input_node, *self.app.comparison.grey_nodes()] if n is not None]
+        workspace = self.workspace
+        nodes = [n for n in [workspace.input_node, *workspace.comparison.grey_nodes()] if n is not None]
         if display in [n.GetDisplayNode() for n in nodes]:
             targets = [n.GetDisplayNode() for n in nodes if n.GetDisplayNode() is not None]
         for target in targets:
@@ -124,74 +140,72 @@ class Viewing:
         """Back to the first look: fitted views, automatic window/level, the result's own colours."""
         from ...slicer import display
 
-        app = self.app
-        if app.input_node is None:
+        workspace = self.workspace
+        input_node, comparison = workspace.input_node, workspace.comparison
+        if input_node is None:
             return
-        input_display = app.input_node.GetDisplayNode()
+        input_display = input_node.GetDisplayNode()
         if input_display is not None:
             input_display.AutoWindowLevelOn()
-        result = app.comparison.result
+        result = comparison.result
         if result is not None:
-            for node in app.comparison.grey_nodes():
-                if node is not app.input_node:
-                    display.show_like(node, app.input_node)
+            for node in comparison.grey_nodes():
+                if node is not input_node:
+                    display.show_like(node, input_node)
             # The run's own meaning (recorded on the node) and no Slicer legend: the page draws the bars.
             if result.difference is not None:
-                display.show_difference(result.difference, app.scene, legend=False)
+                display.show_difference(result.difference, workspace.scene, legend=False)
             if result.uncertainty is not None:
-                display.show_uncertainty(result.uncertainty, app.scene, legend=False)
+                display.show_uncertainty(result.uncertainty, workspace.scene, legend=False)
         for tag in views.VIEW_PLANE:
-            views.fit(app.view_manager.get_view(tag), self._grid())
-        if app.comparison.shown:
-            app.comparison.fit()
+            views.fit(workspace.view(tag), self._grid())
+        if comparison.shown:
+            comparison.fit()
         self.update_colorbars()
 
     # -- colour bars ---------------------------------------------------------------------------
 
     def update_colorbars(self) -> None:
-        result = self.app.comparison.result
+        comparison = self.workspace.comparison
+        result = comparison.result
         bars = {}
         if result is not None:
-            for spec in self.app.comparison.layout.views:
+            for spec in comparison.layout.views:
                 label = {"difference": DIFFERENCE_UNITS, "uncertainty": self._uncertainty_label}.get(spec.role)
-                node = self.app.scene.GetNodeByID(spec.background) if spec.background else None
+                node = self.workspace.scene.GetNodeByID(spec.background) if spec.background else None
                 if label is None or node is None or node.GetDisplayNode() is None:
                     continue
                 bars[spec.name] = colorbar(node.GetDisplayNode(), label)
-        if bars != self.app.state.xd_colorbars:
-            self.app.push(xd_colorbars=bars)
+        if bars != self.mine.colorbars:
+            with self.state:
+                self.mine.colorbars = bars
 
     # -- result --------------------------------------------------------------------------------
 
     def replace_result(self, run):
         """Add ``run``'s result nodes, remove the previous result's, and show the comparison."""
-        comparison = self.app.comparison
-        previous = comparison.result
+        previous = self.workspace.comparison.result
         result = run.finish()
         self.remove_result(previous)
         self.show_result(run, result)
         return result
 
     def show_result(self, run, result) -> None:
-        app = self.app
+        comparison = self.workspace.comparison
         plane = run.settings.plane
         self._uncertainty_label = uncertainty_label(result.uncertainty)
         acquired, title = self._acquired_on_result_grid(run, result)
-        app.comparison.show(result, plane, run.settings.indices, acquired, title)
-        whats = [{"title": EXPORT_WHAT_TITLES["reconstruction"], "value": "reconstruction"}]
-        if result.uncertainty is not None:
-            whats.append({"title": EXPORT_WHAT_TITLES["uncertainty"], "value": "uncertainty"})
-        if result.difference is not None:
-            whats.append({"title": EXPORT_WHAT_TITLES["difference"], "value": "difference"})
-        app.push(xd_has_result=True, xd_has_overlay=app.comparison.has_overlay, xd_export_whats=whats,
-                 xd_export_what="reconstruction", xd_metrics=[], xd_metrics_note="", xd_result_note="",
-                 xd_layout="compare",
-                 xd_result_plane=plane, xd_show_overlay=False, xd_view_titles=app.comparison.titles,
-                 xd_overlay_legend=app.comparison.overlay_legend(),
-                 xd_input_slices=list(app.comparison.plane_indices))
-        app.exporting.refresh_formats()
+        comparison.show(result, plane, run.settings.indices, acquired, title)
+        with self.state:
+            mine = self.mine
+            mine.has_result, mine.has_overlay = True, comparison.has_overlay
+            mine.metrics, mine.metrics_note, mine.result_note = [], "", ""
+            mine.layout, mine.result_plane, mine.show_overlay = "compare", plane, False
+            mine.view_titles, mine.overlay_legend = comparison.titles, comparison.overlay_legend()
+            mine.input_slices = list(comparison.plane_indices)
+        self.result_shown.emit(run, result)
         self.update_colorbars()
-        self.refresh_comparison_labels()
+        self.comparison_moved.emit()
 
     def _acquired_on_result_grid(self, run, result):
         """A thick-slice run: the acquired slices as acquired on the result's finer grid (a node shown
@@ -201,74 +215,83 @@ class Viewing:
         from ...transforms.thick_slices import as_acquired
         from .thick_slices import ACQUIRED_TITLE
 
-        app, plan = self.app, getattr(run, "plan", None)
-        if plan is None or app.volume is None:
+        workspace, plan = self.workspace, getattr(run, "plan", None)
+        if plan is None or workspace.volume is None:
             return None, ""
-        node = add_volume_node(app.scene, as_acquired(app.volume, plan), f"{app.input_node.GetName()} as acquired",
-                               like=app.input_node)
-        display.show_like(node, app.input_node)
+        input_node = workspace.input_node
+        node = add_volume_node(workspace.scene, as_acquired(workspace.volume, plan), f"{input_node.GetName()} as acquired",
+                               like=input_node)
+        display.show_like(node, input_node)
         return node, ACQUIRED_TITLE.format(spacing=plan.slice_spacing)
-
-    def refresh_comparison_labels(self) -> None:
-        for view in self.app.comparison.views():
-            self.app.picking.on_view_modified(view)
 
     async def compute_metrics(self, run, result) -> None:
         """Fill the metrics table (in a thread: SSIM over every slice of a large volume takes a while)."""
         from ...slicer.nodes import volume_from_node
         from .results import compute_metrics, reasons_shown, slab_metrics
 
-        app = self.app
+        mine = self.mine
         plan = getattr(run, "plan", None)
         if result.difference is None and plan is None:
-            app.push(xd_metrics_note="no reference: the loaded volume was not used as ground truth")
+            with self.state:
+                mine.metrics_note = "no reference: the loaded volume was not used as ground truth"
             return
-        app.push(xd_metrics_note="computing metrics")
+        with self.state:
+            mine.metrics_note = "computing metrics"
         reconstruction = volume_from_node(result.reconstruction)
+        volume = self.workspace.volume
         try:
             if plan is not None:  # nothing was measured between thick slices: the slabs are what can be checked
-                rows = await asyncio.to_thread(slab_metrics, app.volume, reconstruction, plan)
+                rows = await asyncio.to_thread(slab_metrics, volume, reconstruction, plan)
                 note = (f"no difference map, PSNR or SSIM: nothing was measured between the {plan.acquired} "
                         f"acquired slices, {plan.slice_spacing:g} mm apart; the result averaged over each "
                         f"{plan.thickness:g} mm slab gives back that slice. The uncertainty was calibrated "
                         "with thin input slices: between thick ones it is a guide")
             else:
-                rows = await asyncio.to_thread(compute_metrics, app.volume, reconstruction, run.settings.plane,
+                rows = await asyncio.to_thread(compute_metrics, volume, reconstruction, run.settings.plane,
                                                run.settings.indices)
                 note = "against the loaded volume as the reference (the evaluation protocol's scores)"
         except XDiffusionError as error:
-            app.push(xd_metrics_note=f"metrics not available: {error}")
+            with self.state:
+                mine.metrics_note = f"metrics not available: {error}"
             return
-        if app.comparison.result is result:
+        if self.workspace.comparison.result is result:
             shown = [row.to_dict() for row in rows]
             # In words beside the table: why a view or score is missing, why a score reads inf or n/a.
             short = ("no difference map or PSNR/SSIM: no truth between the acquired slices" if plan
                      else reasons_shown(shown))
-            app.push(xd_metrics=shown, xd_metrics_note=note, xd_result_note=short)
+            with self.state:
+                mine.metrics, mine.metrics_note, mine.result_note = shown, note, short
 
     def remove_result(self, result=None) -> None:
         """Remove a result's nodes (default: the one shown); back to the input views if it was shown."""
-        app = self.app
-        shown = result is None or result is app.comparison.result
-        app.comparison.remove(result)
+        comparison = self.workspace.comparison
+        shown = result is None or result is comparison.result
+        comparison.remove(result)
         if shown:
-            app.push(xd_has_result=False, xd_has_overlay=False, xd_metrics=[], xd_metrics_note="", xd_result_note="",
-                     xd_layout="input", xd_download_name="", xd_colorbars={}, xd_input_slices=[], xd_stale=False,
-                     xd_view_titles={})
+            with self.state:
+                mine = self.mine
+                mine.has_result, mine.has_overlay = False, False
+                mine.metrics, mine.metrics_note, mine.result_note = [], "", ""
+                mine.layout, mine.colorbars, mine.input_slices, mine.view_titles = "input", {}, [], {}
+            self.result_removed.emit()
 
     # -- navigation ----------------------------------------------------------------------------
 
-    def step_input_slice(self, direction: int) -> None:
+    def previous_input_slice(self) -> None:
+        self._step_input_slice(-1)
+
+    def next_input_slice(self) -> None:
+        self._step_input_slice(+1)
+
+    def _step_input_slice(self, direction: int) -> None:
         """Show the previous (-1) or next (+1) input slice in the comparison."""
-        app = self.app
-        comparison = app.comparison
+        comparison = self.workspace.comparison
         inputs = comparison.plane_indices
-        shown = comparison.views()
-        if not inputs or not shown:
-            app.report_info("the comparison shows another plane than the input slices': switch to "
-                            f"{comparison.result.layout.plane if comparison.result else 'their plane'} first")
+        if not inputs or not comparison.views():
+            self.reports.info("the comparison shows another plane than the input slices': switch to "
+                              f"{comparison.result.layout.plane if comparison.result else 'their plane'} first")
             return
-        current = app.picking.current_index(shown[0])
+        current = comparison.current_index()
         later = [i for i in inputs if i > current]
         earlier = [i for i in inputs if i < current]
         if direction > 0:
@@ -279,22 +302,24 @@ class Viewing:
 
     # -- state changes -------------------------------------------------------------------------
 
-    def _on_layout_changed(self, xd_layout, **_) -> None:
-        app = self.app
-        if xd_layout == "compare" and not app.comparison.shown:
-            app.push(xd_layout="input")
+    def _on_layout_changed(self, layout: str) -> None:
+        workspace = self.workspace
+        if layout == "compare" and not workspace.comparison.shown:
+            with self.state:
+                self.mine.layout = "input"
             return
-        app.layout_manager.set_layout(views.COMPARE_LAYOUT if xd_layout == "compare" else views.INPUT_LAYOUT)
+        workspace.layout_manager.set_layout(views.COMPARE_LAYOUT if layout == "compare" else views.INPUT_LAYOUT)
 
-    def _on_overlay_toggled(self, xd_show_overlay, **_) -> None:
-        self.app.comparison.set_overlay_visible(bool(xd_show_overlay))
+    def _on_overlay_toggled(self, show_overlay: bool) -> None:
+        self.workspace.comparison.set_overlay_visible(bool(show_overlay))
 
-    def _on_result_plane_changed(self, xd_result_plane, **_) -> None:
-        app = self.app
-        if app.comparison.shown and app.input_node is not None:
-            app.comparison.set_plane(xd_result_plane)
-            app.push(xd_input_slices=list(app.comparison.plane_indices))
-            self.refresh_comparison_labels()
+    def _on_result_plane_changed(self, result_plane: str) -> None:
+        workspace = self.workspace
+        if workspace.comparison.shown and workspace.input_node is not None:
+            workspace.comparison.set_plane(result_plane)
+            with self.state:
+                self.mine.input_slices = list(workspace.comparison.plane_indices)
+            self.comparison_moved.emit()
 
 
 def uncertainty_label(node) -> str:

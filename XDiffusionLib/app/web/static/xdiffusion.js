@@ -1,6 +1,7 @@
 // XDiffusion web app: send a chosen file to the session over HTTP (not the websocket), showing the
 // percentage sent, then ask the session to load it. Files over the limit are refused here without
-// sending a byte; the server checks the limit again while it receives.
+// sending a byte; the server checks the limit again while it receives. The session's triggers are
+// named on the file input (data-trigger-started, -progress, -failed, -load: the names trame gave them).
 function xdiffusionPost(url, file, onProgress) {
   return new Promise((resolve) => {
     const request = new XMLHttpRequest();
@@ -31,16 +32,17 @@ window.xdiffusionUpload = async function xdiffusionUpload(input, maxBytes) {
     return;
   }
   input.value = "";
+  const triggers = input.dataset;
   const limitMB = Math.round(maxBytes / 1048576);
   if (file.size > maxBytes) {
     const sizeMB = (file.size / 1048576).toFixed(1);
-    await window.trame.trigger("xd_upload_failed", [
+    await window.trame.trigger(triggers.triggerFailed, [
       `${file.name}: the file is larger than the upload limit of ${limitMB} MB (${sizeMB} MB); ` +
         "start the app with a larger --max-upload-mb, or load it from a path on the server",
     ]);
     return;
   }
-  await window.trame.trigger("xd_upload_started", [file.name, file.size]);
+  await window.trame.trigger(triggers.triggerStarted, [file.name, file.size]);
   // At most a few progress messages a second reach the server.
   let last = -1;
   let sentAt = 0;
@@ -49,13 +51,13 @@ window.xdiffusionUpload = async function xdiffusionUpload(input, maxBytes) {
     if (percent !== last && (now - sentAt > 200 || percent === 100)) {
       last = percent;
       sentAt = now;
-      window.trame.trigger("xd_upload_progress", [percent]);
+      window.trame.trigger(triggers.triggerProgress, [percent]);
     }
   });
   if (answer.ok) {
-    await window.trame.trigger("xd_load_upload", [answer.token, answer.name]);
+    await window.trame.trigger(triggers.triggerLoad, [answer.token, answer.name]);
   } else {
-    await window.trame.trigger("xd_upload_failed", [answer.error]);
+    await window.trame.trigger(triggers.triggerFailed, [answer.error]);
   }
 };
 
