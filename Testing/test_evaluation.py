@@ -412,6 +412,7 @@ def test_thick_slice_evaluation_skips_a_label_map_in_its_folder(tmp_path, capsys
     assert "skipping labels: a label map" in captured.err
     cases = {row["case"] for row in csv.DictReader(open(out / "thick_slice.csv", encoding="utf-8"))}
     assert cases == {"head"}
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["thick_slice_head.png"]  # the views across the slabs
     code = main(["evaluate", "--thick-slice", "--data", str(labels), "--out", str(tmp_path / "eval2"),
                  "--method", "cubic"])
     err = capsys.readouterr().err.strip()

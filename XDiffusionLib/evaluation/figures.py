@@ -1,6 +1,10 @@
 """Evaluation figures (matplotlib, Agg, no display): one panel per case/method/K, PSNR against K,
 and the interval calibration plot (expected against observed coverage, one panel per K).
 
+Thick-slice figure (``evaluate --thick-slice``, simulated protocol): per case, the two planes across
+the acquired slices (mid-cuts), one row per panel: the truth, the thick slices as acquired (each fine
+slice shows its nearest slab: the staircase), then each method on the fine grid; one grey window.
+
 Error-by-distance figure (paper Fig. XV): per case, the PSNR of the non-input slices inside the head
 (peak = the volume's maximum), grouped by their distance in mm to the nearest input slice, one line
 per method and one panel per K.
@@ -207,4 +211,30 @@ def calibration_figure(rows: list[dict], levels: list[float], path: Path) -> Pat
     axes[0].set_ylabel("observed coverage\n(non-input voxels in the head)")
     axes[-1].legend(fontsize=7, loc="lower right")
     figure.suptitle("Calibrated interval: observed against stated coverage (dashed: perfect; grey bar at 90%: the 85-95% target)", fontsize=10)
+    return _save(figure, path)
+
+
+def thick_slice_figure(rows: dict[str, np.ndarray], spacing, acquisition_plane: str, title: str, path: Path) -> Path:
+    """The thick-slice figure (module docstring): ``rows`` {label: canonical fine-grid array}, the
+    first one the truth (its foreground places the cuts and sets the grey window)."""
+    from matplotlib.figure import Figure
+
+    labels = list(rows)
+    truth = np.asarray(rows[labels[0]], dtype=np.float32)
+    low, high = np.percentile(truth[::2, ::2, ::2], [0.5, 99.5])
+    high = high if high > low else low + 1.0
+    planes = [plane for plane in _PLANES if plane != acquisition_plane]
+    figure = Figure(figsize=(3.2 * len(planes), 2.6 * len(labels)), layout="constrained")
+    figure.suptitle(title, fontsize=10)
+    axes = figure.subplots(len(labels), len(planes), squeeze=False)
+    for col, plane in enumerate(planes):
+        axis = PLANE_AXIS[plane]
+        position = sum(foreground_extent(truth, axis)) // 2
+        for row, label in enumerate(labels):
+            ax = axes[row, col]
+            ax.imshow(_cut(np.asarray(rows[label], dtype=np.float32), plane, position), cmap="gray", vmin=low,
+                      vmax=high, aspect=_aspect(spacing, plane), interpolation="nearest")
+            ax.set_title(f"{label} ({plane} {position})", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
     return _save(figure, path)

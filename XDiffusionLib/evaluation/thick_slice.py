@@ -30,7 +30,8 @@ from ..io.atomic import write_text_atomic
 from ..io.volume import Grid, Volume
 from ..metrics.psnr import psnr_paper
 from ..metrics.ssim import ssim_per_plane, ssim_slices
-from ..transforms.thick_slices import plan_thick_slices, slab_average
+from ..transforms.thick_slices import as_acquired, plan_thick_slices, slab_average
+from .figures import thick_slice_figure
 
 METHODS = ("xdiffusion", "cubic", "pchip", "smore")
 COLUMNS = ("case", "protocol", "method", "factor", "thickness_mm", "gap_mm", "psnr", "ssim", "seconds")
@@ -101,23 +102,30 @@ def leave_out_case(volume: Volume, axis: int, max_slices: int):
 def run_thick_slice(volumes: dict[str, Volume], out: Path, plane: str = "axial", methods=METHODS,
                     thickness_voxels: int = 3, gap_voxels: int = 1, reconstructor=None,
                     smore: SmoreSettings = SmoreSettings(), note=print) -> list[dict]:
-    """Both protocols on canonical ``volumes`` {name: Volume}; writes ``out/thick_slice.csv`` and
-    ``out/thick_slice_summary.md``; returns the rows."""
+    """Both protocols on canonical ``volumes`` {name: Volume}; writes ``out/thick_slice.csv``,
+    ``out/thick_slice_summary.md`` and a figure per case (``out/figures/thick_slice_<case>.png``,
+    simulated protocol: ``figures.thick_slice_figure``); returns the rows."""
     axis = plane_axis(plane)
     max_slices = reconstructor.config.max_slices if reconstructor is not None else 32
     rows: list[dict] = []
+    (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, volume in volumes.items():
         thick, plan, truth = simulated_case(volume, axis, thickness_voxels, gap_voxels, max_slices)
         low, high = float(truth.min()), float(truth.max())
+        shown = {"truth": truth, f"as acquired ({plan.thickness:g} mm slabs)": as_acquired(thick, plan).array}
         for method in methods:
             start = time.perf_counter()
             fine = _predict(method, thick, plan.factor, plan.thickness, axis, reconstructor, smore)
             seconds = time.perf_counter() - start
+            shown[method] = fine
             ssim = ssim_per_plane(truth, fine, data_range=high - low)
             rows.append(dict(case=name, protocol="simulated", method=method, factor=plan.factor,
                              thickness_mm=plan.thickness, gap_mm=plan.gap, psnr=psnr_paper(truth, fine),
                              ssim=float(np.mean(list(ssim.values()))), seconds=seconds))
             note(f"{name} simulated {method}: {rows[-1]['psnr']:.2f} dB, SSIM {rows[-1]['ssim']:.3f}, {seconds:.1f} s")
+        thick_slice_figure(shown, plan.grid.spacing, plane, f"{name}: simulated thick {plane} slices, factor "
+                           f"{plan.factor}", out / "figures" / f"thick_slice_{name}.png")
+        del shown
         kept, left_out, plan = leave_out_case(volume, axis, max_slices)
         for method in methods:
             start = time.perf_counter()
