@@ -1639,12 +1639,12 @@ def test_dicom_export_into_slicers_dicom_database(xd, scene, monkeypatch, tmp_pa
 def test_cancel_on_windows_opens_no_console(monkeypatch):
     """Item 11: Slicer hides the console only of what it starts itself (Base/Python/slicer/util.py,
     launchConsoleProcess: STARTUPINFO with SW_HIDE); taskkill needs CREATE_NO_WINDOW."""
-    from XDiffusionLib.worker import launcher
+    from XDiffusionLib.worker import launcher, processes
 
     calls = []
-    monkeypatch.setattr(launcher, "os", types.SimpleNamespace(name="nt"))  # only the launcher sees Windows
+    monkeypatch.setattr(processes, "os", types.SimpleNamespace(name="nt"))  # only the process ending sees Windows
     monkeypatch.setattr(subprocess, "CREATE_NO_WINDOW", 0x08000000, raising=False)
-    monkeypatch.setattr(launcher.subprocess, "run", lambda args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.setattr(processes.subprocess, "run", lambda args, **kwargs: calls.append((args, kwargs)))
     launcher.kill_process_tree(types.SimpleNamespace(pid=4242, poll=lambda: None, wait=lambda timeout=None: 0))
     assert calls[0][0][:1] == ["taskkill"] and calls[0][1]["creationflags"] == 0x08000000
 
