@@ -15,8 +15,14 @@ from typing import Callable
 import numpy as np
 
 from .. import maps
+from ..data.samples import SAMPLES, sample_path
 from ..errors import XDiffusionError
+from ..inputs import SliceInput
+from ..io.outputs import OutputLedger, check_outputs
 from ..io.volume import Volume
+from ..methods import get_method
+from ..sampling.result import ReconstructionResult, write_result
+from ..uncertainty.marking import file_metadata
 
 DEMO_SAMPLE = "kmeans_t1"
 BASELINE_NAMES = ("nearest", "linear", "cubic", "template")
@@ -42,17 +48,14 @@ def run_demo(
 ) -> DemoResult:
     """Reconstruct ``sample`` from ``k`` slices with the model and every baseline; write outputs and figure.
     An existing output is replaced only if an earlier demo wrote it (unchanged since) or ``overwrite``."""
-    from ..data.samples import SAMPLES, sample_path
+    # scipy, SimpleITK, torch: loaded when the demo runs, not with the command line's --help.
     from ..evaluation.figures import case_figure
     from ..evaluation.protocol import choose_indices, score
     from ..evaluation.runner import check_out_dir
-    from ..io import read_volume, write_volume
-    from ..io.outputs import OutputLedger, check_outputs
-    from ..inputs import SliceInput
-    from ..methods import get_method
+    from ..io.readers import read_volume
+    from ..io.writers import write_volume
     from ..sampling.reconstructor import XDiffusionReconstructor
     from ..transforms.orientation import to_canonical
-    from ..uncertainty.marking import file_metadata
 
     out_dir = check_out_dir(Path(out_dir))
     path = sample_path(sample)
@@ -91,10 +94,9 @@ def run_demo(
     def on_input_grid(array: np.ndarray) -> Volume:
         return reorientation.invert(Volume(np.asarray(array, dtype=np.float32), canonical.grid))
 
-    write_volume(on_input_grid(result.volume.array), outputs["reconstruction"],
-                 metadata=file_metadata("reconstruction"))
-    write_volume(on_input_grid(result.uncertainty.array), outputs["uncertainty"],
-                 metadata=file_metadata("uncertainty", result.info))
+    # The reconstruction and its uncertainty on the input's grid, written together by the one writer.
+    write_result(ReconstructionResult(on_input_grid(result.volume.array), on_input_grid(result.uncertainty.array),
+                                      info=result.info), outputs["reconstruction"], outputs["uncertainty"])
     write_volume(on_input_grid(maps.difference(canonical.array, result.volume.array)), outputs["difference"],
                  metadata=file_metadata("difference"))
     model_row = rows[0]

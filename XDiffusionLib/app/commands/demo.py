@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+
+from ..demo import format_demo_table, format_verdict, run_demo
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,12 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-    import time
-
-    from tqdm import tqdm
-
-    from ..demo import format_demo_table, format_verdict, run_demo
+    from tqdm import tqdm  # the progress bar's library loads when the demo runs, not with --help
 
     start = time.perf_counter()
     settings = {"seed": args.seed, "device": args.device}
