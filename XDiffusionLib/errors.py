@@ -1,5 +1,7 @@
 """One exception type for every user-facing error: the CLI prints its message on one line."""
 
+import errno
+
 
 class XDiffusionError(Exception):
     """A problem with the user's input or settings. The message names the file or value and the problem."""
@@ -9,8 +11,6 @@ def describe_system_error(error: BaseException) -> str:
     """One line for an error of the machine rather than of the input (a full disk, a file that
     cannot be opened, no memory left), naming the file where the error has one. The command line
     and the worker both report these this way."""
-    import errno
-
     if isinstance(error, MemoryError):
         return "the computer ran out of memory: use a smaller volume, fewer views or samples, or a larger machine"
     if isinstance(error, OSError):

@@ -20,7 +20,7 @@ def _xdiffusion(**options) -> Reconstructor:
 
 
 def _registry() -> dict[str, Callable[..., Reconstructor]]:
-    from .baselines import BASELINES
+    from .baselines import BASELINES  # scipy: loaded when a method is built, not with the command line
 
     return {**BASELINES, "xdiffusion": _xdiffusion}
 

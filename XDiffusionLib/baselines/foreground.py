@@ -8,6 +8,7 @@ move the threshold; 10% sits well below any tissue in T1/T2/FLAIR and above scan
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 FOREGROUND_FRACTION = 0.1
 _LOW_PERCENTILE, _HIGH_PERCENTILE = 1.0, 99.0
@@ -34,8 +35,6 @@ def head_mask(values: np.ndarray, threshold: float | None = None) -> np.ndarray:
     sulcal CSF are dark but inside the head). Scores of uncertainty intervals count these voxels
     (``metrics.coverage``): on the empty background nearly every method is exact. A 2D slice works
     too; ``threshold``: the foreground threshold of the whole scan (default: of ``values``)."""
-    from scipy import ndimage
-
     values = np.asarray(values)
     mask = values > (foreground_threshold(values) if threshold is None else float(threshold))
     if not mask.any():

@@ -67,7 +67,7 @@ class TemplateBaseline:
             elif isinstance(self._atlas, Volume):
                 self._loaded = HeadTemplate.from_volume(self._atlas)
             else:
-                from ..io import read_volume
+                from ..io.readers import read_volume  # SimpleITK: only when an atlas file is read
 
                 self._loaded = HeadTemplate.from_volume(read_volume(str(self._atlas)))
         return self._loaded

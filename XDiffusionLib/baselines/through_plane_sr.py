@@ -54,7 +54,7 @@ def cubic_along(array: np.ndarray, axis: int, positions: np.ndarray, targets: np
 
 
 def _network(settings: SmoreSettings):
-    import torch
+    import torch  # torch: only when this baseline runs (the other baselines need none)
 
     layers = []
     channels = 1
@@ -72,7 +72,7 @@ def through_plane_sr(array: np.ndarray, axis: int, pixel: float, spacing: float,
     """The SMORE-style estimate of ``array`` (acquired slices ``spacing`` mm apart along ``axis``,
     each ``thickness`` thick, in-plane pixels ``pixel`` mm) at ``targets_mm`` along ``axis``
     (mm from the first acquired slice); returns the array with ``len(targets_mm)`` slices there."""
-    import torch
+    import torch  # as in _network
 
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)

@@ -29,6 +29,8 @@ import numpy as np
 from .. import maps
 from ..io.atomic import write_atomic
 from ..inputs import PLANE_AXIS, SliceInput
+from ..metrics.psnr import psnr_from_mse
+from ..metrics.slice_errors import mean_error_by_distance
 from .protocol import foreground_extent
 
 _PLANES = ("axial", "coronal", "sagittal")
@@ -74,6 +76,7 @@ def case_figure(ground_truth, prediction: np.ndarray, inputs: SliceInput, title:
     """The case panel (module docstring) written atomically to ``path``; with ``uncertainty``, a fifth
     column shows it, titled and its colour bar labelled with ``uncertainty_label`` (what it is: the
     calibrated interval half-width at its level, or the view spread; ``UncertaintyInfo.label``)."""
+    # matplotlib: loaded when a figure is drawn (no pyplot: no global state, no display needed)
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
 
@@ -132,7 +135,7 @@ def case_figure(ground_truth, prediction: np.ndarray, inputs: SliceInput, title:
 
 def psnr_vs_k_figure(summary: list[dict], path: Path, n_cases: int) -> Path:
     """Mean ``psnr_paper`` (error bars: std over cases) against K, one line per method."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib, as in case_figure
 
     figure = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = figure.subplots()
@@ -154,10 +157,7 @@ def psnr_vs_k_figure(summary: list[dict], path: Path, n_cases: int) -> Path:
 
 def error_by_distance_figure(rows: list[dict], case: str, plane: str, spacing_mm: float, path: Path) -> Path:
     """``rows``: ``metrics.error_by_distance`` rows tagged with ``method`` and ``k``; one panel per K."""
-    from matplotlib.figure import Figure
-
-    from ..metrics.slice_errors import mean_error_by_distance
-    from ..metrics.psnr import psnr_from_mse
+    from matplotlib.figure import Figure  # matplotlib, as in case_figure
 
     ks = sorted({int(r["k"]) for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -187,7 +187,7 @@ def calibration_figure(rows: list[dict], levels: list[float], path: Path) -> Pat
     """Expected against observed coverage of the calibrated interval, one panel per K: one thin
     line per case, the mean over cases thick, the diagonal = perfect calibration; ``rows`` hold
     ``coverage_<level>`` keys (``metrics.coverage.interval_coverage``)."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib, as in case_figure
 
     ks = sorted({int(r["k"]) for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -217,7 +217,7 @@ def calibration_figure(rows: list[dict], levels: list[float], path: Path) -> Pat
 def thick_slice_figure(rows: dict[str, np.ndarray], spacing, acquisition_plane: str, title: str, path: Path) -> Path:
     """The thick-slice figure (module docstring): ``rows`` {label: canonical fine-grid array}, the
     first one the truth (its foreground places the cuts and sets the grey window)."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib, as in case_figure
 
     labels = list(rows)
     truth = np.asarray(rows[labels[0]], dtype=np.float32)

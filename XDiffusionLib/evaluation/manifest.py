@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
+import SimpleITK as sitk
 
 from ..errors import XDiffusionError
 from ..inputs import PLANE_AXIS
@@ -246,8 +247,6 @@ def canonical_shape(path: Path, volume_index: int | None = None) -> tuple[int, i
 
 def header_grid(path: Path, volume_index: int | None = None):
     """The voxel grid (``io.volume.Grid``) of a volume file from its header alone; None for DICOM."""
-    import SimpleITK as sitk  # heavy import: only when a header is read
-
     suffix = volume_suffix(path)
     if path.is_dir() or suffix == ".dcm":
         return None

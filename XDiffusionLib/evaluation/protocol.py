@@ -63,6 +63,7 @@ import numpy as np
 from ..baselines.foreground import bounding_box, foreground_mask, head_mask
 from ..errors import XDiffusionError
 from ..io.volume import Volume
+from ..metrics import psnr_all, psnr_paper, sharpness_ratio, ssim_per_plane
 from ..inputs import LABEL_MAP_MAX_VALUES, label_value_count, plane_axis  # noqa: F401  (the rule of step 1 lives in inputs)
 
 PROTOCOL_VERSION = 2  # 2: head SSIM per plane and through-plane sharpness
@@ -84,7 +85,7 @@ METRIC_COLUMNS = (
 
 def canonical_case(volume: Volume) -> Volume:
     """Step 1: the case in canonical RAS+ voxel order."""
-    from ..transforms.orientation import to_canonical
+    from ..transforms.orientation import to_canonical  # SimpleITK: loaded when a case is read
 
     canonical, _ = to_canonical(volume)
     return canonical
@@ -132,8 +133,6 @@ def score(ground_truth: np.ndarray, prediction: np.ndarray, plane: str, indices,
     ``head``: the ground truth's ``head_mask`` when the caller already has it (it depends on the
     truth alone, so one per case serves every method and K); computed here otherwise.
     """
-    from ..metrics import psnr_all, psnr_paper, sharpness_ratio, ssim_per_plane
-
     # The metrics work in float64: convert once here rather than once per metric.
     gt = np.asarray(ground_truth, dtype=np.float64)
     pred = np.asarray(prediction, dtype=np.float64)

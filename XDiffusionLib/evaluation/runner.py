@@ -17,7 +17,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import __version__
 from ..errors import XDiffusionError
+from ..io.names import safe_file_name
 from ..io.volume import Volume
 from ..inputs import PLANE_AXIS, Reconstructor, SliceInput, plane_axis
 from ..methods import get_method
@@ -29,6 +31,7 @@ from ..io.atomic import write_atomic
 from . import protocol
 from .cases import CaseSource, find_cases, skip_reason
 from .coverage_report import format_coverage_markdown, write_coverage
+from .figures import PAPER_CONVENTION, case_figure, error_by_distance_figure, psnr_vs_k_figure
 from .extra_metrics import (case_columns, check_extra_metrics, format_extra_markdown, format_random_pair_markdown,
                             random_pair_floor, score_extra, summarise_extra, summary_columns)
 from .report import CASE_COLUMNS, SUMMARY_COLUMNS, format_markdown, format_table, summarise, write_csv, write_json
@@ -79,7 +82,7 @@ class Plan:
 
 
 def _read_canonical(source: CaseSource) -> Volume:
-    from ..io import read_volume
+    from ..io.readers import read_volume  # SimpleITK: loaded when a case is read, not with the evaluation package
 
     return protocol.canonical_case(read_volume(source.path, source.volume_index))
 
@@ -196,8 +199,6 @@ class EvaluationResult:
 
 
 def _versions(methods) -> dict[str, str]:
-    from .. import __version__
-
     versions = {"xdiffusion": __version__, "python": platform.python_version(), "platform": platform.platform()}
     packages = ["numpy", "scipy", "SimpleITK", "matplotlib"]
     if "xdiffusion" in methods:
@@ -262,10 +263,7 @@ def run(plan: Plan, progress: bool = True) -> EvaluationResult:
 def run_cases(plan: Plan, progress: bool = True) -> tuple[list[dict], list[Path]]:
     """Reconstruct and score every case of ``plan`` and write its figures; returns the rows and
     the figures (``evaluation.cohort`` runs this one case at a time, on many ranks)."""
-    from tqdm import tqdm
-
-    from ..io.names import safe_file_name
-    from .figures import PAPER_CONVENTION, case_figure, error_by_distance_figure
+    from tqdm import tqdm  # the progress bar's library: loaded when cases run
 
     settings = plan.settings
     plan.out.mkdir(parents=True, exist_ok=True)
@@ -332,7 +330,6 @@ def run_cases(plan: Plan, progress: bool = True) -> tuple[list[dict], list[Path]
 
 def write_tables(plan: Plan, rows: list[dict], written: list[Path]) -> EvaluationResult:
     """Write the tables (and the PSNR-vs-K figure) of every case's ``rows``; ``written`` gains their paths."""
-    from .figures import psnr_vs_k_figure
 
     settings = plan.settings
     written = list(written)

@@ -29,7 +29,7 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
     if a.size < 2:
         return float("nan")
-    from scipy.stats import rankdata
+    from scipy.stats import rankdata  # scipy.stats is slow to import: only where a rank correlation is asked for
 
     ra, rb = rankdata(a), rankdata(b)
     if ra.std() == 0 or rb.std() == 0:

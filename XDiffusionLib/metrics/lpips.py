@@ -33,6 +33,7 @@ def lpips_per_plane(
     """
     if not backbone_weights:
         raise XDiffusionError(NO_WEIGHTS_MESSAGE)
+    # torch: only when LPIPS is asked for (every other metric is numpy)
     import torch
 
     from .lpips_net import MIN_SIDE, load_lpips

@@ -20,6 +20,7 @@ import os
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from ..errors import XDiffusionError
 
@@ -116,8 +117,6 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
         raise XDiffusionError(f"LPIPS weights file {path} does not exist")
     try:
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

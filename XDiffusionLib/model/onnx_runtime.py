@@ -30,9 +30,11 @@ import torch
 from torch import nn
 
 from ..errors import XDiffusionError
-from ..io.atomic import atomic_file
+from ..io.atomic import atomic_file, write_text_atomic
+from .checkpoint import load_pretrained
 from .conditioning import Condition
 from .denoiser import Denoiser
+from .files import CONFIG_NAME, WEIGHTS_NAME, default_model_dir
 
 OPSET = 17
 GRAPH_VERSION = 2  # bump when the exported graph changes (2: dynamic section size)
@@ -41,7 +43,7 @@ EXPORT_BATCH = 2  # any batch runs: the batch axis is dynamic
 
 def onnxruntime_available() -> bool:
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401  (optional: the check is whether it is installed)
     except ImportError:
         return False
     return True
@@ -115,8 +117,6 @@ def _record_path(graph: Path) -> Path:
 
 def _export_to_cache(model: nn.Module, graph: Path) -> bytes:
     """Export to the cache and record the graph's SHA-256 beside it; returns the graph's bytes."""
-    from ..io.atomic import write_text_atomic
-
     export_unet(model, graph)
     data = graph.read_bytes()
     write_text_atomic(_record_path(graph), hashlib.sha256(data).hexdigest() + "\n")
@@ -139,7 +139,7 @@ class OnnxCompactDenoiser(Denoiser):
     ``data``: the graph's bytes, already verified (loaded from them rather than from ``graph``)."""
 
     def __init__(self, model: nn.Module, graph: Path, threads: int | None = None, data: bytes | None = None) -> None:
-        import onnxruntime
+        import onnxruntime  # optional: only where the ONNX runtime is used
 
         super().__init__()
         self.config = model.config
@@ -188,8 +188,6 @@ def on_onnx_runtime(model: nn.Module, runtime: str, model_dir: Path | None = Non
         if model_dir is None:
             with tempfile.TemporaryDirectory(prefix="xdiffusion-onnx-") as folder:
                 return OnnxCompactDenoiser(model, export_unet(model, Path(folder) / "unet.onnx"))  # loaded, then gone
-        from .files import CONFIG_NAME, WEIGHTS_NAME
-
         folder = cache_dir()
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         graph = folder / f"compact-unet-{graph_key(model_dir / WEIGHTS_NAME, model_dir / CONFIG_NAME)}.onnx"
@@ -218,9 +216,6 @@ def on_onnx_runtime(model: nn.Module, runtime: str, model_dir: Path | None = Non
 def warm_cache(model_dir: Path | None = None) -> Path | None:
     """Export the shipped (or ``model_dir``'s) U-Net graph now, so the first reconstruction does not
     wait for it (``scripts/setup.sh`` calls this); returns the graph, or None where it cannot run."""
-    from .checkpoint import load_pretrained
-    from .files import default_model_dir
-
     directory = Path(model_dir) if model_dir is not None else default_model_dir()
     model, _ = load_pretrained(directory)
     fast = on_onnx_runtime(model, "auto", directory)

@@ -157,6 +157,7 @@ class PaperDenoiser(Denoiser):
 
     def __init__(self, config: XDiffusionConfig) -> None:
         super().__init__()
+        # diffusers and transformers: slow to import, only when a paper-profile network is built
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 

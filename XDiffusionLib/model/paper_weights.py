@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from ..errors import XDiffusionError
 from .config import XDiffusionConfig
@@ -80,7 +81,7 @@ def _single(value: Any, path: Path, key: str) -> int:
 
 def paper_config_from_base(folder: str | os.PathLike, **changes: Any) -> XDiffusionConfig:
     """A paper config whose U-Net, VAE and CLIP sizes are those of the base folder (``changes`` on top)."""
-    from transformers import CLIPVisionConfig
+    from transformers import CLIPVisionConfig  # transformers: slow to import, only for the paper profile
 
     path = check_base_folder(folder)
     unet_path, vae_path = path / "unet" / "config.json", path / "vae" / "config.json"
@@ -169,8 +170,6 @@ def _copy_state(target: torch.nn.Module, source: dict[str, torch.Tensor], where:
 
 
 def _load_projection(model: PaperDenoiser, folder: Path) -> list[str]:
-    from safetensors.torch import load_file
-
     file = _projection_file(folder)
     try:
         state = load_file(str(file)) if file.suffix == ".safetensors" else torch.load(file, map_location="cpu", weights_only=True)
@@ -202,6 +201,7 @@ def _load_projection(model: PaperDenoiser, folder: Path) -> list[str]:
 
 def load_base_weights(model: PaperDenoiser, folder: str | os.PathLike) -> list[str]:
     """Load a local base folder into ``model`` in place; returns notes on what was adapted."""
+    # diffusers and transformers: slow to import, only when base weights are loaded
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPVisionModelWithProjection
 

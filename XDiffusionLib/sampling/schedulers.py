@@ -19,7 +19,7 @@ from ..settings import SAMPLERS  # noqa: F401  (re-exported: the names, and thei
 def make_scheduler(name: str, config: XDiffusionConfig):
     """A fresh diffusers scheduler ``name`` (one of ``SAMPLERS``, checked by ``ReconstructionSettings``)
     for ``config``'s noise schedule and prediction type."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler  # diffusers: slow to import, only when sampling
 
     common = dict(
         num_train_timesteps=config.num_train_timesteps,

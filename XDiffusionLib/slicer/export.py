@@ -140,7 +140,7 @@ def uncertainty_series_description(info: UncertaintyInfo) -> str:
 
 def read_source_dataset(source) -> "Any":
     """A pydicom Dataset from a Dataset, a .dcm file or a folder holding DICOM files (header only)."""
-    import pydicom
+    import pydicom  # pydicom: loaded only when DICOM is exported (the panel imports this module)
 
     if source is None or isinstance(source, pydicom.Dataset):
         return source
@@ -166,7 +166,7 @@ def export_dicom_series(volume: Volume, folder: str | os.PathLike, provenance: P
     ``uncertainty``: the volume is the reconstruction's uncertainty, described by this (its
     SeriesDescription, and ImageComments/DerivationDescription starting with its meaning and level).
     """
-    from pydicom.uid import generate_uid
+    from pydicom.uid import generate_uid  # pydicom, as in read_source_dataset
 
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
@@ -250,7 +250,7 @@ def _describe_uncertainty(dataset, info: UncertaintyInfo, provenance: Provenance
 def _save(dataset, path: Path) -> None:
     """Write a conformant DICOM file (preamble, file meta) with pydicom 3 or 2.4 (Slicer 5.4-5.10
     bundle 2.4, whose ``save_as`` has no ``enforce_file_format``)."""
-    import pydicom
+    import pydicom  # as in read_source_dataset
 
     if int(pydicom.__version__.split(".")[0]) >= 3:
         dataset.save_as(path, enforce_file_format=True)
@@ -260,6 +260,7 @@ def _save(dataset, path: Path) -> None:
 
 def _slice_dataset(shared: dict, series_uid: str, series_number: int, k: int, now: datetime.datetime,
                    provenance: Provenance):
+    # pydicom, as in read_source_dataset
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 

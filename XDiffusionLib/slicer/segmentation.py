@@ -12,6 +12,7 @@ Two sources:
 
 from __future__ import annotations
 
+import colorsys
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -211,6 +212,4 @@ def _temporary_nodes(scene, keep=None):
 def _fallback_colour(value: int) -> tuple[float, float, float]:
     # Golden-ratio hue steps: neighbouring labels get clearly different colours.
     hue = (value * 0.618033988749895) % 1.0
-    import colorsys
-
     return colorsys.hsv_to_rgb(hue, 0.65, 0.95)

@@ -129,7 +129,7 @@ def quick_picks(canonical: np.ndarray, plane: str, how: str, n: int = 1) -> list
     """Input slices of ``plane`` chosen in one go from the volume's canonical (RAS+) voxels:
     ``all`` acquired slices that are not empty, ``every`` n-th of them, or ``n`` ``spread`` over the
     head (the evaluation protocol's choice: bin centres of the head's extent)."""
-    from ..evaluation.protocol import choose_indices
+    from ..evaluation.protocol import choose_indices  # scipy (the evaluation package): only when picking
 
     if how not in QUICK_PICKS:
         raise XDiffusionError(f"unknown quick pick {how!r}: one of {', '.join(QUICK_PICKS)}")

@@ -32,7 +32,9 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import XDiffusionError
+from ..inputs import SliceInput
 from ..io.atomic import atomic_file
+from ..io.volume import Grid
 
 BANK_FILE = "anchor_bank.npz"
 ANISOTROPY_PROBABILITY = 0.35
@@ -102,7 +104,7 @@ def _pad_or_crop(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _thick_slices(array: np.ndarray, spacing: np.ndarray, rng: np.random.Generator):
     """One axis resampled to a coarser spacing (with the blur a thick slice has)."""
-    from scipy.ndimage import gaussian_filter1d, zoom
+    from scipy.ndimage import gaussian_filter1d, zoom  # scipy: loaded when a bank is built, not with BANK_FILE
 
     axis = int(rng.integers(0, 3))
     factor = float(rng.uniform(1.5, 3.5))
@@ -124,7 +126,7 @@ def input_positions(extent: tuple[int, int], rng: np.random.Generator, k_max: in
         span = int(rng.integers((high - low) // 3, high - low + 1))
         low = int(rng.integers(low, high - span + 1))
         high = low + span
-    from ..evaluation.protocol import bin_centres
+    from ..evaluation.protocol import bin_centres  # scipy (the evaluation package), as in _thick_slices
 
     length = high - low + 1
     k = min(k, length)
@@ -136,7 +138,7 @@ def input_positions(extent: tuple[int, int], rng: np.random.Generator, k_max: in
 
 def _warp(cube: np.ndarray, rng: np.random.Generator, amplitude: float) -> np.ndarray:
     """A smooth random displacement (up to ``amplitude`` voxels) of a cube."""
-    from scipy.ndimage import map_coordinates, zoom
+    from scipy.ndimage import map_coordinates, zoom  # scipy, as in _thick_slices
 
     side = cube.shape[0]
     coarse = rng.normal(0.0, amplitude / 2.0, size=(3, 4, 4, 4))
@@ -147,10 +149,9 @@ def _warp(cube: np.ndarray, rng: np.random.Generator, amplitude: float) -> np.nd
 
 def make_entry(volume, config, rng: np.random.Generator, template=None):
     """One (cube, anchor, axis, positions, points) entry from a canonical ``Volume``."""
-    from ..baselines.anchor import anchor_estimate
+    # scipy and SimpleITK: loaded when a bank is built; the command line reads this module's names.
+    from ..baselines.anchor import anchor_estimate, blend
     from ..baselines.foreground import bounding_box, foreground_mask
-    from ..io.volume import Grid
-    from ..inputs import SliceInput
     from ..transforms.intensity import IntensityNormalizer
     from ..transforms.model_space import ModelSpace
 
@@ -180,8 +181,6 @@ def make_entry(volume, config, rng: np.random.Generator, template=None):
         fitted = _warp(fitted, rng, amplitude=float(rng.uniform(0.5, 2.5)))
     if rng.random() < 0.5:
         fitted = np.clip(fitted, 0.0, None) ** np.float32(math.exp(rng.normal(0.0, 0.15)))
-    from ..baselines.anchor import blend
-
     anchor = blend(inputs, parts.interpolation, fitted, parts.weight, parts.coverage)
     coords = np.argwhere(mask)
     if len(coords) > _POINTS:
@@ -198,6 +197,7 @@ def build_bank(sources: Sequence[Path], config, per_volume: int, seed: int, prog
 
     ``volumes``: only these source indices (a shard; ``merge_banks`` joins shards in order).
     """
+    # scipy and SimpleITK, as in make_entry
     from ..baselines.template import TemplateBaseline
     from ..io.readers import read_volume
     from ..transforms.orientation import to_canonical
@@ -209,7 +209,7 @@ def build_bank(sources: Sequence[Path], config, per_volume: int, seed: int, prog
     chosen = range(len(sources)) if volumes is None else volumes
     iterator = [(i, sources[i]) for i in chosen]
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # only with a progress bar
 
         iterator = tqdm(iterator, desc="anchor bank", unit="vol")
     for i, source in iterator:

@@ -21,16 +21,17 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
+import safetensors.torch
 
 from ..errors import XDiffusionError
 from ..io.atomic import atomic_file, replace_directory
-
-if TYPE_CHECKING:
-    from ..model.config import XDiffusionConfig
+from ..model.checkpoint import check_model_folder, save_pretrained
+from ..model.config import XDiffusionConfig
+from ..model.factory import build_denoiser
 
 CHECKPOINTS = "checkpoints"
 STATE_JSON = "training_state.json"
@@ -108,12 +109,10 @@ def read_training_state(folder: Path) -> dict[str, Any]:
     return data
 
 
-def check_checkpoint_weights(folder: Path) -> "XDiffusionConfig":
+def check_checkpoint_weights(folder: Path) -> XDiffusionConfig:
     """The checkpoint's model config, once its weights and EMA weights are known to fit it (and
     to match the checksums recorded at save time): a config.json from another model is one line
     here, not a size-mismatch traceback when the trainer loads the weights."""
-    from ..model.checkpoint import check_model_folder
-
     return check_model_folder(Path(folder), extra_weights=(EMA_FILE,))
 
 
@@ -141,20 +140,16 @@ def write_checkpoint(run_dir: Path, step: int, fill: Callable[[Path], None], kee
 
 
 def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
     with atomic_file(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        safetensors.torch.save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise XDiffusionError(f"checkpoint file missing: {path}")
     try:
-        return load_file(str(path))
+        return safetensors.torch.load_file(str(path))
     except Exception as error:  # a truncated or foreign file
         raise XDiffusionError(f"cannot read {path}: {error}") from None
 
@@ -252,10 +247,6 @@ def export_ema_model(checkpoint: Path, out_dir: Path) -> Path:
 
     For evaluating intermediate checkpoints with ``xdiffusion evaluate --model`` / ``reconstruct --model``.
     """
-    from ..model.checkpoint import save_pretrained
-    from ..model.config import XDiffusionConfig
-    from ..model.factory import build_denoiser
-
     checkpoint = Path(checkpoint)
     config = XDiffusionConfig.load_json(checkpoint / "config.json")
     model = build_denoiser(config)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..errors import XDiffusionError
+from ..model.config import XDiffusionConfig
 from ..records import unknown_fields
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -120,11 +121,9 @@ def train_profile(name: str) -> TrainConfig:
 
 def model_profile(name: str, side: int | None = None, overrides: dict[str, Any] | None = None):
     """The model config a profile trains: ``XDiffusionConfig(profile=name)`` plus ``side`` and overrides."""
-    from ..model.config import XDiffusionConfig
-
     train_profile(name)  # same names, same error for an unknown one
     if name == "paper":
-        from ..model.paper import paper_config
+        from ..model.paper import paper_config  # torch: only for the paper profile
 
         base = paper_config()
     else:

@@ -31,6 +31,10 @@ import numpy as np
 import torch
 
 from ..errors import XDiffusionError
+from ..geometry.rotation import random_rotations, rotation_about_axis, section_rotations_at
+from ..geometry.sections import cross_section
+from ..model.conditioning import Condition, SparseCube, build_condition, to_network
+from ..transforms.intensity import IntensityNormalizer
 from .data import VolumeDataset
 
 K1_FRACTION = 0.25
@@ -60,8 +64,6 @@ def draw_slice_counts(generator: torch.Generator, n: int, k_max: int, k1_fractio
 
 def draw_rotations(generator: torch.Generator, n: int, so3_fraction: float) -> torch.Tensor:
     """(n, 3, 3): uniform SO(3) with probability ``so3_fraction``, else azimuth about canonical axis 2."""
-    from ..geometry.rotation import random_rotations, rotation_about_axis
-
     use_so3 = _uniform(generator, n) < so3_fraction
     so3 = random_rotations(n, generator, dtype=torch.float32)
     angles = _uniform(generator, n) * (2.0 * math.pi)
@@ -131,10 +133,6 @@ def draw_examples(dataset: VolumeDataset, batch_size: int, generator: torch.Gene
 
 def build_examples(dataset: VolumeDataset, draws: ExampleDraws, config, device: torch.device | str = "cpu"):
     """Steps 3 and 6: normalise each cube on its input slices, cut targets (one batched call) and conditions."""
-    from ..geometry.sections import cross_section
-    from ..model.conditioning import Condition, SparseCube, build_condition, to_network
-    from ..transforms.intensity import IntensityNormalizer
-
     cubes = []
     for v, axis, pos in zip(draws.volume_index, draws.axes, draws.positions):
         cube = dataset.cubes[v]
@@ -183,10 +181,6 @@ def sample_residual_batch(bank, batch_size: int, generator: torch.Generator, con
     section is drawn: a rotation of the inference family (``section_rotations_at``: sections that
     contain the input normal, at a uniform angle) and a depth as in ``draw_depths``.
     """
-    from ..geometry.rotation import section_rotations_at
-    from ..geometry.sections import cross_section
-    from ..model.conditioning import Condition, SparseCube, build_condition
-
     if len(bank) == 0:
         raise XDiffusionError("the training set holds no volumes")
     if bank.side != config.side:

@@ -19,9 +19,16 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import XDiffusionError
+from ..evaluation.protocol import choose_indices, noninput_mask
 from ..io.atomic import atomic_file
+from ..io.readers import read_volume
 from ..io.volume import Volume
 from ..inputs import SliceInput, plane_axis
+from ..metrics.psnr import psnr_paper
+from ..sampling.reconstructor import XDiffusionReconstructor
+from ..synth.subject import subject_rng, synthesize_subject
+from ..transforms.orientation import to_canonical
+from .data import find_volume_sources
 from .csv_log import append_row, truncate_after
 
 VALIDATION_CSV = "validation.csv"
@@ -32,15 +39,8 @@ VALIDATION_SEED = 90_001  # synthetic validation subjects when no --val-data is 
 
 def load_validation_volumes(paths: Sequence[str], train_config) -> list[tuple[str, Volume]]:
     """(name, canonical volume) pairs: the files under ``paths``, or synthetic subjects made in memory."""
-    from ..transforms.orientation import to_canonical
-
     if paths:
-        from ..io.readers import read_volume
-        from .data import find_volume_sources
-
         return [(Path(p).name, to_canonical(read_volume(p))[0]) for p in find_volume_sources(paths)]
-    from ..synth.subject import subject_rng, synthesize_subject
-
     volumes = []
     for index in range(int(train_config.val_subjects)):
         subject = synthesize_subject(subject_rng(VALIDATION_SEED, index), spacing=2.0)
@@ -68,9 +68,6 @@ class Validator:
         truncate_after(self.csv_path, step)
 
     def run(self, model, config, step: int) -> list[dict]:
-        from ..evaluation.protocol import choose_indices, noninput_mask
-        from ..metrics.psnr import psnr_paper
-        from ..sampling.reconstructor import XDiffusionReconstructor
         reconstructor = XDiffusionReconstructor(
             model=model, config=config, views=self.tc.val_views, steps=self.tc.val_steps, sampler="dpmpp",
             seed=0, device="auto",
@@ -101,7 +98,7 @@ class Validator:
 
     def plot(self) -> None:
         """``validation.png``: mean validation PSNR (paper convention) against step, one line per K."""
-        import matplotlib
+        import matplotlib  # matplotlib: only when the plot is drawn; Agg before pyplot loads
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

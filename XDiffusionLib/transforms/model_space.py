@@ -202,7 +202,7 @@ class ModelSpace:
         return _AxisSampler.build(coords, first, last, order)
 
     def _blur(self, array: np.ndarray, axes) -> np.ndarray:
-        from scipy.ndimage import gaussian_filter
+        from scipy.ndimage import gaussian_filter  # scipy: only where a blur is needed (Slicer loads this module)
 
         sigma = [0.0] * array.ndim
         tail = array.ndim - len(list(axes))

@@ -386,7 +386,7 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
 
 def fit_coefficients(design: np.ndarray, abs_error: np.ndarray) -> np.ndarray:
     """c >= 0 minimising ||design c - |error| ||^2 (scipy's NNLS); the intercept at least ``MIN_SCALE``."""
-    from scipy.optimize import nnls
+    from scipy.optimize import nnls  # scipy: only when a table is fitted (this module loads inside Slicer at startup)
 
     design = np.asarray(design, dtype=np.float64)
     target = np.asarray(abs_error, dtype=np.float64)

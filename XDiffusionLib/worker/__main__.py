@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         emit(error_message(USAGE.splitlines()[0]))
         return 2
+    # Imported after stdout was redirected: nothing an import prints can reach the protocol stream.
     from ..errors import XDiffusionError
     from .messages import read_request
     from .run import describe_failure, run_request

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import XDiffusionError, describe_system_error
+from ..io.data_files import volume_files
+from ..io.outputs import check_outputs
+from ..sampling.result import write_result
 from .messages import OUTPUT_NAMES, Request, done_message, progress_message
 
 Emit = Callable[[dict[str, Any]], None]
@@ -27,15 +30,12 @@ class Cancelled(Exception):
 
 def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = lambda: False) -> dict[str, str]:
     """Run ``request``; returns the written outputs {name: path} after emitting ``done``."""
-    from ..io import read_volume
-    from ..io.readers import MultiVolumeError
+    # SimpleITK: loaded when a request runs (the launcher imports this module inside Slicer at startup).
+    from ..io.readers import MultiVolumeError, read_volume
 
     settings = request.settings.check()  # the sampling settings' types and values too (settings.py)
     # The command line's output checks, before any work: the worker never replaces its input nor
     # any existing file (callers give it a fresh folder), and an unwritable folder fails now.
-    from ..io.outputs import check_outputs
-    from ..io.readers import volume_files
-
     output_dir = Path(request.output_dir)
     targets = [output_dir / OUTPUT_NAMES["reconstruction"], output_dir / OUTPUT_NAMES["uncertainty"]]
     check_outputs(targets, inputs=volume_files(request.input_path),
@@ -53,14 +53,13 @@ def run_request(request: Request, emit: Emit, should_stop: Callable[[], bool] = 
         raise error.without_option() from None
     # A warm worker (the web app's) imported PyTorch before the request came: only the model's files load now.
     report(0.01, "loading the model" if "torch" in sys.modules else "loading PyTorch and the model")
-    from ..sampling.reconstructor import reconstruct_volume
-    from ..sampling.result import write_result
+    from ..sampling.reconstructor import reconstruct_volume  # torch: only now, after the input was read
 
     def sampling_progress(fraction: float, message: str = "") -> None:
         report(_LOADED + (_SAMPLED - _LOADED) * min(max(float(fraction), 0.0), 1.0), message or "sampling")
 
     if settings.thick_slices is not None:  # all acquired slices onto a finer grid: the library's one workflow
-        from ..sampling.thick_slices import reconstruct_thick_slices
+        from ..sampling.thick_slices import reconstruct_thick_slices  # as reconstruct_volume
 
         result = reconstruct_thick_slices(volume, settings.thick_slices["factor"],
                                           thickness=settings.thick_slices.get("thickness"),

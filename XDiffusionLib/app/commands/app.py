@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ...errors import XDiffusionError
+from ..web.server_paths import default_data_roots
 
 
 def register(subparsers) -> None:
@@ -39,6 +40,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # SimpleITK, Slicer's core and aiohttp: loaded when the app starts, not with the command line's --help.
     from ...slicer.request_checks import check_model_dir
     from ..web.hub import HubSettings, is_loopback, serve
 
@@ -75,8 +77,6 @@ def run(args: argparse.Namespace) -> int:
 def data_roots(given: list[str] | None) -> list[Path]:
     """The folders the page may open server paths in: ``--data-root`` folders (each must be an
     existing folder), by default the shipped samples and the current folder."""
-    from ..web.server_paths import default_data_roots
-
     if not given:
         return default_data_roots()
     roots = []

@@ -13,8 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from ... import __version__
+from ...errors import XDiffusionError
+from ...inputs import plane_axis
+from ...io.data_files import volume_files
+from ...io.outputs import OutputLedger
+from ...model.files import default_model_dir
 from ...settings import DEVICES, SAMPLERS
 
 
@@ -77,7 +84,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...errors import XDiffusionError
+    # scipy (the evaluation package) and, through the methods, SimpleITK and torch: loaded when an
+    # evaluation runs, not with the command line's --help.
     from ...evaluation import DEFAULT_METHODS, EvaluationSettings, prepare
     from ...evaluation.cohort import current_rank, rank_device
 
@@ -134,10 +142,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _case_key(plan, case) -> str:
     """Everything that changes this case's rows and figures (not the device, not the rank)."""
-    from ... import __version__
-    from ...evaluation import protocol
+    from ...evaluation import protocol  # scipy, as in run
     from ...evaluation.cohort import digest, file_identity
-    from ...io.readers import volume_files
 
     settings = plan.settings
     options = {name: {k: str(v) for k, v in settings.method_options.get(name, {}).items() if k != "device"}
@@ -146,8 +152,6 @@ def _case_key(plan, case) -> str:
     if "xdiffusion" in plan.methods:
         directory = settings.method_options.get("xdiffusion", {}).get("model_dir")
         if directory is None:
-            from ...model.checkpoint import default_model_dir
-
             directory = default_model_dir()
         models["xdiffusion"] = file_identity([Path(directory) / "config.json", Path(directory) / "model.safetensors"],
                                              content=True)
@@ -172,8 +176,6 @@ _OWN_KINDS = (".csv", ".json", ".md", ".png")
 def _check_own_files(out: Path, ours: set[str], overwrite: bool) -> None:
     """Before any work: refuse a folder holding tables or figures an earlier evaluate did not write
     (evaluate's names are its cases' and methods', so any such file may be replaced)."""
-    from ...errors import XDiffusionError
-
     if overwrite or not out.is_dir():
         return
     candidates = [p for p in out.iterdir() if p.suffix.lower() in _OWN_KINDS]
@@ -189,11 +191,7 @@ def _check_own_files(out: Path, ours: set[str], overwrite: bool) -> None:
 
 def _run_cohort(plan, rank, progress: bool, fresh: bool, note, overwrite: bool = False):
     """Run this rank's cases (one at a time, each saved when done); rank 0 writes the tables."""
-    from dataclasses import replace
-
-    from ...io.outputs import OutputLedger
-
-    from ...evaluation.cohort import Case, Cohort, unique_file_names
+    from ...evaluation.cohort import Case, Cohort, unique_file_names  # scipy, as in run
     from ...evaluation.runner import run_cases, write_tables
 
     names = unique_file_names([c.source.name for c in plan.cases])
@@ -222,11 +220,11 @@ def _run_cohort(plan, rank, progress: bool, fresh: bool, note, overwrite: bool =
 
 def _run_thick_slice(args: argparse.Namespace) -> int:
     """``--thick-slice``: both thick-slice protocols (``evaluation.thick_slice``), one process."""
-    from ...errors import XDiffusionError
+    # scipy, SimpleITK and (for the SMORE-style baseline and the model) torch, as in run
+    from ...baselines.through_plane_sr import SmoreSettings
     from ...evaluation.cases import find_cases, skip_reason
     from ...evaluation.protocol import canonical_case
-    from ...evaluation.thick_slice import METHODS, run_thick_slice
-    from ...inputs import plane_axis
+    from ...evaluation.thick_slice import METHODS, run_thick_slice, summary_table
     from ...io.readers import read_volume
 
     methods = args.method or list(METHODS)
@@ -240,7 +238,7 @@ def _run_thick_slice(args: argparse.Namespace) -> int:
     plane_axis(args.plane)
     reconstructor = None
     if "xdiffusion" in methods:
-        from ...sampling.reconstructor import XDiffusionReconstructor
+        from ...sampling.reconstructor import XDiffusionReconstructor  # torch: only when the model is scored
 
         options = {k: getattr(args, k) for k in ("views", "steps", "sampler", "guidance", "samples", "seed", "device")
                    if getattr(args, k) is not None}
@@ -256,12 +254,8 @@ def _run_thick_slice(args: argparse.Namespace) -> int:
     if not volumes:
         raise XDiffusionError("no cases left to evaluate: every volume found was skipped")
     out = Path(args.out)
-    from ...baselines.through_plane_sr import SmoreSettings
-
     rows = run_thick_slice(volumes, out, args.plane, methods, args.thickness_voxels, args.gap_voxels, reconstructor,
                            SmoreSettings(steps=max(1, args.smore_steps)), note=lambda text: None if args.no_progress else print(text, file=sys.stderr))
-    from ...evaluation.thick_slice import summary_table
-
     print(summary_table(rows), end="")
     print(f"wrote {out / 'thick_slice.csv'} and {out / 'thick_slice_summary.md'}")
     return 0

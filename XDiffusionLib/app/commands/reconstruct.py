@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 from pathlib import Path
 
 from ...errors import XDiffusionError
 from ..termination import sigterm_as_interrupt
 from ...inputs import PLANE_AXIS
+from ...io.data_files import volume_files
+from ...io.formats import WRITE_SUFFIXES, volume_suffix
+from ...io.outputs import check_outputs
+from ...io.text_files import read_user_text
+from ...sampling.result import write_result
 from ...settings import AGGREGATES, DEFAULTS, DEVICES, RUNTIMES, SAMPLERS
 
 
@@ -83,8 +89,6 @@ def register(subparsers) -> None:
 
 def uncertainty_path(output: Path) -> Path:
     """OUT with ``_uncertainty`` before its (possibly double) suffix."""
-    from ...io.readers import volume_suffix
-
     suffix = volume_suffix(output) or output.suffix
     return output.with_name(output.name[: len(output.name) - len(suffix)] + "_uncertainty" + suffix)
 
@@ -96,8 +100,6 @@ def read_indices_file(path: str) -> list[int]:
         raise XDiffusionError(f"{file} is a folder: give a text file of slice indices")
     if not file.is_file():
         raise XDiffusionError(f"{file}: indices file not found")
-    from ...io.text_files import read_user_text
-
     content = read_user_text(file, "a text file of slice indices")
     text = "\n".join(line.split("#", 1)[0] for line in content.splitlines())
     tokens = [t for t in re.split(r"[\s,;]+", text) if t]
@@ -112,9 +114,6 @@ def read_indices_file(path: str) -> list[int]:
 
 
 def _check_output_type(path: Path, what: str) -> None:
-    from ...io.readers import volume_suffix
-    from ...io.writers import WRITE_SUFFIXES
-
     if volume_suffix(path) not in WRITE_SUFFIXES:
         raise XDiffusionError(f"{path}: cannot write this {what} file type; use one of {', '.join(WRITE_SUFFIXES)}")
     if path.is_dir():
@@ -139,15 +138,12 @@ def check_thick_slice_options(args: argparse.Namespace) -> None:
 
 def thick_slice_thickness(args: argparse.Namespace, path) -> float | None:
     """--slice-thickness, else the header's (DICOM SliceThickness), else None (the slice spacing)."""
-    from ...io.readers import header_slice_thickness
+    from ...io.dicom import header_slice_thickness  # SimpleITK: only for --all-slices, not with --help
 
     return args.slice_thickness if args.slice_thickness is not None else header_slice_thickness(path)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...io.outputs import check_outputs
-    from ...io.readers import volume_files
-
     output = Path(args.output)
     uncertainty = Path(args.uncertainty) if args.uncertainty else uncertainty_path(output)
     _check_output_type(output, "output")
@@ -164,13 +160,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: Path) -> int:
-    import sys
-
+    # SimpleITK, torch and the progress bar's library: loaded when a reconstruction runs, not with --help.
     from tqdm import tqdm
 
     from ...io.readers import read_volume
     from ...sampling.reconstructor import XDiffusionReconstructor, reconstruct_volume
-    from ...sampling.result import write_result
     from ...sampling.thick_slices import plan_for, reconstruct_thick_slices
 
     settings = dict(

@@ -19,10 +19,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
+from ... import __version__
 from ...errors import XDiffusionError
+from ...io.data_files import volume_files
+from ...io.outputs import check_outputs, check_writable, same_file
+from ...model.files import default_model_dir
+from ...sampling.result import write_result
+from ...settings import ReconstructionSettings
 from ..termination import sigterm_as_interrupt
+from . import reconstruct
+from .reconstruct import check_thick_slice_options, thick_slice_thickness, uncertainty_path
 
 RESULTS_NAME = "results.csv"
 RESULT_COLUMNS = ("case", "input", "plane", "k", "indices", "output", "uncertainty", "seconds")
@@ -34,14 +43,8 @@ THICK_SLICE_OPTIONS = ("slice_factor", "spacing", "slice_thickness")
 
 
 def _reconstruct_actions() -> list[argparse.Action]:
-    from . import reconstruct
-
     subparsers = argparse.ArgumentParser(add_help=False).add_subparsers()
     reconstruct.register(subparsers)
-    from dataclasses import fields
-
-    from ...settings import ReconstructionSettings
-
     shared = {f.name for f in fields(ReconstructionSettings)} | set(PER_CASE_OPTIONS) | set(THICK_SLICE_OPTIONS)
     actions = [a for a in subparsers.choices["reconstruct"]._actions if a.dest in shared]
     missing = shared - {a.dest for a in actions}
@@ -82,19 +85,15 @@ def register(subparsers) -> None:
 
 def _settings(args) -> dict:
     """The sampling settings of every case: each field of ``ReconstructionSettings`` from its option."""
-    from dataclasses import fields
-
-    from ...settings import ReconstructionSettings
-
     return {f.name: getattr(args, f.name) for f in fields(ReconstructionSettings)}
 
 
 def run(args: argparse.Namespace) -> int:
+    # scipy (the evaluation package), SimpleITK, torch: loaded when the batch runs, not with --help.
     from ...evaluation.cohort import Case, Cohort, current_rank, rank_device, unique_file_names
     from ...evaluation.manifest import Defaults, case_name, folder_cases, read_manifest
+    from ...evaluation.report import write_csv
     from ...sampling.reconstructor import XDiffusionReconstructor
-
-    from .reconstruct import check_thick_slice_options
 
     rank = current_rank()
     if args.all_slices or any(getattr(args, name) is not None for name in THICK_SLICE_OPTIONS):
@@ -138,8 +137,6 @@ def run(args: argparse.Namespace) -> int:
         records = cohort.run(cases, work, note=note, fresh=args.fresh)
     if records is None:
         return 0
-    from ...evaluation.report import write_csv
-
     rows = [{"case": r["case"], **r["result"]} for r in records]
     write_csv(out / RESULTS_NAME, rows, RESULT_COLUMNS)
     print(f"wrote {len(rows)} reconstructions and {out / RESULTS_NAME}")
@@ -148,9 +145,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_thick_slice_plans(batch, args, reconstructor) -> None:
     """Every volume's finer grid from its header, before any work (a DICOM series: when it runs)."""
+    # scipy and SimpleITK, as in run
     from ...evaluation.manifest import header_grid
     from ...transforms.thick_slices import plan_thick_slices
-    from .reconstruct import thick_slice_thickness
 
     max_slices = reconstructor.config.max_slices
     for case in batch:
@@ -164,8 +161,6 @@ def _check_thick_slice_plans(batch, args, reconstructor) -> None:
 
 
 def _check_out(out: Path) -> Path:
-    from ...io.outputs import check_writable
-
     out = out.expanduser()
     if out.exists() and not out.is_dir():
         raise XDiffusionError(f"--out {out} is an existing file, not a folder")
@@ -174,17 +169,12 @@ def _check_out(out: Path) -> Path:
 
 
 def _outputs(out: Path, case) -> tuple[Path, Path]:
-    from .reconstruct import uncertainty_path
-
     output = out / case.output
     return output, uncertainty_path(output)
 
 
 def _check_outputs(out: Path, cases, by_name, cohort, overwrite: bool) -> None:
     """Before any work: no output is an input, and an existing output is ours or ``--overwrite`` was given."""
-    from ...io.outputs import check_outputs, same_file
-    from ...io.readers import volume_files
-
     ours = {p.resolve() for case in cases for p in cohort.recorded_files(case)}
     inputs = [f for b in by_name.values() for f in volume_files(b.path)]
     errors = []
@@ -203,10 +193,7 @@ def _check_outputs(out: Path, cases, by_name, cohort, overwrite: bool) -> None:
 
 
 def _key_base(args, reconstructor) -> dict:
-    from ... import __version__
-    from ...evaluation.cohort import file_identity
-
-    from ...model.checkpoint import default_model_dir
+    from ...evaluation.cohort import file_identity  # scipy, as in run
 
     directory = Path(args.model) if args.model else default_model_dir()
     settings = {k: v for k, v in reconstructor.settings.to_dict().items() if k not in ("device", "chunk_size")}
@@ -218,18 +205,17 @@ def _key_base(args, reconstructor) -> dict:
 
 
 def _case_key(base: dict, batch, volume_index) -> str:
-    from ...evaluation.cohort import digest, file_identity
-    from ...io.readers import volume_files
+    from ...evaluation.cohort import digest, file_identity  # scipy, as in run
 
     return digest({**base, "input": file_identity(volume_files(batch.path)), "volume_index": volume_index,
                    "plane": batch.plane, "slices": batch.slices, "k": batch.k, "output": batch.output})
 
 
 def _reconstruct_case(batch, out: Path, reconstructor, args, rank) -> tuple[dict, list[Path]]:
+    # scipy, SimpleITK, torch, as in run
     from ...evaluation import protocol
     from ...io.readers import read_volume
     from ...sampling.reconstructor import reconstruct_volume
-    from ...sampling.result import write_result
     from ...sampling.thick_slices import reconstruct_thick_slices
 
     output, uncertainty = _outputs(out, batch)
@@ -237,8 +223,6 @@ def _reconstruct_case(batch, out: Path, reconstructor, args, rank) -> tuple[dict
     try:
         volume = read_volume(batch.path, args.volume)  # a label map is refused by the library's door
         if args.all_slices:
-            from .reconstruct import thick_slice_thickness
-
             result = reconstruct_thick_slices(volume, args.slice_factor, args.spacing,
                                               thick_slice_thickness(args, batch.path), reconstructor=reconstructor)
             plane, indices = result.plan.plane, list(result.plan.indices)

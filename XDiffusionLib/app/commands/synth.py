@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise XDiffusionError(f"--seed {args.seed}: the seed must be 0 or more")
     if args.contrast not in CONTRAST_CHOICES:
         raise XDiffusionError(f"unknown contrast {args.contrast!r}: choose one of {', '.join(CONTRAST_CHOICES)}")
+    # torch, scipy and SimpleITK (the synthetic subjects): loaded when the command runs, not with --help.
     from ...synth.anatomy import PRESETS as ANATOMY_PRESETS
     from ...synth.artifacts import PRESETS as ARTEFACT_PRESETS
 
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.preview is not None and not args.preview.lower().endswith(".png"):
         raise XDiffusionError(f"preview {args.preview}: the file name must end in .png")
 
+    # the progress bar's library and the dataset writer, as above
     from tqdm import tqdm
 
     from ...synth.dataset import validate_dataset_settings, write_synthetic_dataset
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     with_lesion = sum(1 for s in result.manifest["subjects"] if s["labels"])
     print(f"wrote {args.n} subjects ({with_lesion} with lesions) and {result.folder / 'manifest.json'}")
     if args.preview:
-        from ...synth.figure import save_preview
+        from ...synth.figure import save_preview  # as above
 
         titles = [f"subject {i}: {s.params['contrast']}" for i, s in enumerate(result.preview_subjects)]
         path = save_preview(result.preview_subjects, args.preview, titles)

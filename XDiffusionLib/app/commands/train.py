@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from ...errors import XDiffusionError
+from ...model.config import XDiffusionConfig
+from ...training.anchor_bank import BANK_FILE
+from ...training.config import TrainConfig, model_profile, train_profile
 
 RESUMABLE_OVERRIDES = ("steps", "checkpoint_every", "validate_every")
 
@@ -72,11 +76,6 @@ def _parse_overrides(text: str | None) -> dict:
 
 
 def _split_overrides(data: dict) -> tuple[dict, dict]:
-    from dataclasses import fields
-
-    from ...model.config import XDiffusionConfig
-    from ...training.config import TrainConfig
-
     model_keys = {f.name for f in fields(XDiffusionConfig)}
     train_keys = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(data) - model_keys - train_keys)
@@ -100,8 +99,6 @@ def _cli_train_overrides(args) -> dict:
 def _check_out(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise XDiffusionError(f"--out {out} is an existing file: give a folder")
-    from ...training.anchor_bank import BANK_FILE
-
     # A folder holding only a cached anchor bank (a run stopped before its first checkpoint) is reused.
     if not resume and out.is_dir() and any(p.name != BANK_FILE for p in out.iterdir()):
         raise XDiffusionError(f"--out {out} already holds files: use --resume to continue it, or another folder")
@@ -109,8 +106,8 @@ def _check_out(out: Path, resume: bool) -> None:
 
 def prepare_run(args):
     """Check every argument and build the run's configs; nothing is written here."""
+    # torch (and the trainer's accelerate, diffusers): loaded when a run is prepared, not with --help.
     from ...training import checkpoints
-    from ...training.config import TrainConfig, model_profile, train_profile
     from ...training.trainer import RunSpec
 
     out = Path(args.out)
@@ -146,7 +143,7 @@ def prepare_run(args):
                        progress=not args.no_progress)
 
     if getattr(args, "init", None):
-        from ...model.checkpoint import check_model_folder
+        from ...model.checkpoint import check_model_folder  # torch, as above
 
         if not args.data:
             raise XDiffusionError("--data is required: volume files or folders to train on")
@@ -171,7 +168,7 @@ def prepare_run(args):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...training.trainer import train
+    from ...training.trainer import train  # torch: loaded when training runs, not with --help
 
     if args.stop_after is not None and args.stop_after <= 0:
         raise XDiffusionError(f"--stop-after must be a positive number of steps, got {args.stop_after}")
