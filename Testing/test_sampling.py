@@ -506,3 +506,25 @@ def test_thick_slices_lean_on_interpolation_where_the_scans_own_slices_say_so(tm
                                      device="cpu", cross_validate=False)
     assert alone.model_weight == 1.0
     assert np.abs(alone.volume.array - truth).mean() > 5 * np.abs(result.volume.array - truth).mean()
+
+
+def test_thick_slices_are_not_pasted_in_as_thin_slices(tmp_path):
+    """Issue 21: the acquired slab went in as a thin slice at its centre, blurrier than the generated
+    slices beside it: a stripe every slice spacing in coronal and sagittal views (the second
+    difference along the slice axis spiked at every acquired centre). Now the centres come from
+    their neighbours before the slab averages are restored."""
+    from XDiffusionLib.sampling.thick_slices import reconstruct_thick_slices
+    from XDiffusionLib.transforms.thick_slices import slab_average
+
+    model_dir = _tiny_model_dir(tmp_path)
+    i, j, k = np.meshgrid(*[np.linspace(0, 1, n) for n in (14, 12, 7)], indexing="ij")
+    volume = Volume.from_array((200 + 150 * np.sin(3 * i) * np.cos(2 * j) + 80 * np.cos(2 * k)).astype(np.float32),
+                               spacing=(1.0, 1.0, 4.0))
+    result = reconstruct_thick_slices(volume, slice_factor=4, thickness=4.0, model_dir=model_dir, views=2, steps=2,
+                                      device="cpu", cross_validate=False)
+    array = result.volume.array.astype(np.float64)
+    bend = np.abs(array[:, :, 2:] - 2 * array[:, :, 1:-1] + array[:, :, :-2]).mean(axis=(0, 1))  # at slices 1..n-2
+    centres = [c for c in result.plan.fine_indices if 0 < c < array.shape[2] - 1]
+    others = [c for c in range(1, array.shape[2] - 1) if c not in result.plan.fine_indices]
+    assert bend[[c - 1 for c in centres]].mean() < 1.5 * bend[[c - 1 for c in others]].mean()
+    np.testing.assert_allclose(slab_average(array, result.plan), volume.array, atol=1e-2)

@@ -18,9 +18,11 @@
    cross-validation on the scan itself, no other data involved; it costs one more reconstruction
    on half the slices. The weight is chosen at twice the spacing, where interpolation is worse, so
    it leans towards the model;
-4. data consistency (``enforce_slab_averages``): a smooth correction after which the output averaged
-   over each acquired slab equals the acquired slice, so a thick slice is treated as the slab
-   average it is, not pasted in as one thin slice.
+4. data consistency: the acquired slices' centres (where the reconstructor pasted the slabs in as
+   thin slices) are taken from the fine slices beside them (``from_neighbours_at_slab_centres``),
+   then a smooth correction (``enforce_slab_averages``) makes the output averaged over each acquired
+   slab equal the acquired slice, so a thick slice is treated as the slab average it is, not pasted
+   in as one thin slice.
 
 The uncertainty is the reconstructor's on the same fine grid. The reconstructor takes the acquired
 slices as known thin slices (0 there); a thick slice only fixes its slab's average, so at each
@@ -98,7 +100,11 @@ def reconstruct_thick_slices(
     weight = model_weight(volume, plan, reconstructor) if cross_validate else 1.0
     result = reconstruct_volume(place_acquired(volume, plan), plan.plane, plan.indices, progress=progress,
                                 reconstructor=reconstructor)
-    blended = weight * result.volume.array + (1.0 - weight) * interpolate_along(volume.array, plan)
+    # A thick slice is its slab's average, not the thin slice at its centre: pasted in there it was
+    # blurrier than the generated slices beside it, a stripe every slice spacing in coronal and
+    # sagittal views. Its centre is taken from its neighbours; step 4 then restores every slab's average.
+    generated = from_neighbours_at_slab_centres(result.volume.array, plan)
+    blended = weight * generated + (1.0 - weight) * interpolate_along(volume.array, plan)
     consistent = enforce_slab_averages(blended, volume.array, plan)
     uncertainty = Volume(uncertainty_at_slab_centres(result.uncertainty.array, plan), plan.grid)
     return ThickSliceResult(Volume(consistent, plan.grid), uncertainty, info=result.info, plan=plan,
@@ -148,7 +154,13 @@ def uncertainty_at_slab_centres(uncertainty: np.ndarray, plan: ThickSlicePlan) -
     fine slices on either side of it along the slice axis. The reconstructor sets 0 there, as on any
     input slice, but a thick slice is the average of its slab: the value at its centre is not known
     exactly, and a band of zeros every slice spacing is not what the scan holds."""
-    filled = np.array(uncertainty, dtype=np.float32, copy=True)
+    return from_neighbours_at_slab_centres(uncertainty, plan)
+
+
+def from_neighbours_at_slab_centres(array: np.ndarray, plan: ThickSlicePlan) -> np.ndarray:
+    """``array`` (on ``plan.grid``) with each acquired slice's centre replaced by the mean of the fine
+    slices on either side of it along the slice axis (those that are not centres themselves)."""
+    filled = np.array(array, dtype=np.float32, copy=True)
     depth = filled.shape[plan.axis]
     for centre in plan.fine_indices:
         beside = [i for i in (centre - 1, centre + 1) if 0 <= i < depth and i not in plan.fine_indices]
