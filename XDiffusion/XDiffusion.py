@@ -7,16 +7,23 @@ responsive and a run can be cancelled at any time.
 
 Needs 3D Slicer 5.10 or newer (``XDiffusionLib.slicer.dependencies``): older ones bundle Python 3.9.
 The panel still opens there and says so instead of starting a run.
+
+Slicer imports this file at startup, on every Slicer the module is installed in: only the light
+vocabulary (errors, planes, settings) is imported here, and the rest of ``XDiffusionLib`` (scene
+logic, the worker, exports, the dependency checks), Slicer's other modules and the self-test's
+packages where they are used.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import unittest
 from pathlib import Path
 from typing import Annotated, Optional, Union
 
+import numpy as np
 import qt
 import slicer
 import vtk
@@ -39,7 +46,8 @@ from slicer.util import VTKObservationMixin
 try:
     # An extension build installs XDiffusionLib beside this file, and Slicer puts this file's folder on
     # sys.path; a source checkout installs it into Slicer's Python (docs/slicer.md). Nothing is done here.
-    from XDiffusionLib.inputs import PLANE_AXIS
+    from XDiffusionLib.errors import XDiffusionError
+    from XDiffusionLib.inputs import PLANE_AXIS, check_slice_indices
     from XDiffusionLib.settings import DEFAULTS, DEVICES as SETTING_DEVICES, MAX_SAMPLES, MAX_STEPS, MAX_VIEWS, SAMPLERS
 except ModuleNotFoundError as error:
     if error.name != "XDiffusionLib":
@@ -102,6 +110,7 @@ def onStartupCompleted() -> None:
 
 def registerComparisonLayout() -> None:
     """Register the real | generated | difference layout with Slicer's layout node."""
+    # the library where it is used (module docstring)
     from XDiffusionLib.slicer.layout import register_layout
 
     register_layout(slicer.app.layoutManager().layoutLogic().GetLayoutNode())
@@ -360,6 +369,7 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._lastResult.uncertainty if self._lastResult is not None else None
         if node is None:
             return ""
+        # the library where it is used (module docstring)
         from XDiffusionLib.slicer.display import uncertainty_info_of
 
         return _("; uncertainty = {label}").format(label=uncertainty_info_of(node).label)
@@ -449,6 +459,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
 
     def jobSettings(self, p: XDiffusionParameterNode):
         """The worker's JobSettings from the parameter node."""
+        # the library where it is used (module docstring)
         from XDiffusionLib.worker.messages import JobSettings
 
         modelDir = None if p.useDefaultModel else str(p.modelPath)
@@ -465,6 +476,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
     def sliceThickness(self, p: XDiffusionParameterNode) -> Optional[float]:
         """With all acquired slices: the slice thickness in the input's DICOM header (Slicer's DICOM
         database), as the command line takes it; None: the slice spacing."""
+        # the library where it is used (module docstring)
         from XDiffusionLib.slicer.thick_slices import header_thickness
 
         if not p.allSlices:
@@ -472,7 +484,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         return header_thickness(p.inputVolume, getattr(slicer, "dicomDatabase", None))
 
     def overlaySource(self, p: XDiffusionParameterNode):
-        from XDiffusionLib.errors import XDiffusionError
+        # the library where it is used (module docstring)
         from XDiffusionLib.slicer.reconstruction import AUTOMATIC
 
         if p.overlay == "none":
@@ -486,6 +498,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
     def checkRequest(self, p: XDiffusionParameterNode):
         """Everything a run needs (raises XDiffusionError with the panel's line); with all acquired
         slices, returns the plan of the finer grid (``XDiffusionLib.slicer.thick_slices``), else None."""
+        # the library where it is used (module docstring)
         from XDiffusionLib.slicer.dependencies import check_host
         from XDiffusionLib.slicer.request_checks import check_request, plan_request
 
@@ -500,8 +513,6 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
 
     def validate(self, p: XDiffusionParameterNode) -> Optional[str]:
         """Why a reconstruction cannot start now (one line), or None. Creates and changes nothing."""
-        from XDiffusionLib.errors import XDiffusionError
-
         try:
             self.checkRequest(p)
         except XDiffusionError as error:
@@ -510,8 +521,6 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
 
     def readyText(self, p: XDiffusionParameterNode) -> str:
         """The status line when a run can start."""
-        from XDiffusionLib.errors import XDiffusionError
-
         try:
             plan = self.checkRequest(p)
         except XDiffusionError as error:
@@ -522,7 +531,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
 
     def addCurrentSlice(self, p: XDiffusionParameterNode) -> int:
         """Add the slice shown in the plane's view (Red axial, Green coronal, Yellow sagittal)."""
-        from XDiffusionLib.errors import XDiffusionError
+        # the library where it is used (module docstring)
         from XDiffusionLib.slicer.nodes import check_scalar_volume, grid_from_node
         from XDiffusionLib.slicer.slices import PLANE_VIEW, slice_index_from_view
 
@@ -539,9 +548,8 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
 
     def addTypedSlices(self, p: XDiffusionParameterNode, text: str) -> list[int]:
         """Add indices typed as "40, 64" or "30-34"; all are checked against the volume before any is added."""
-        from XDiffusionLib.errors import XDiffusionError
+        # the library where it is used (module docstring)
         from XDiffusionLib.slicer.nodes import check_scalar_volume, grid_from_node
-        from XDiffusionLib.inputs import check_slice_indices
         from XDiffusionLib.slicer.slices import canonical_depth, parse_indices
 
         indices = parse_indices(text)
@@ -557,6 +565,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
 
     def jumpToSlice(self, p: XDiffusionParameterNode, index: int) -> None:
         """Move the plane's slice view onto input slice ``index``."""
+        # the library where it is used (module docstring)
         from XDiffusionLib.slicer.nodes import grid_from_node
         from XDiffusionLib.slicer.slices import PLANE_VIEW, ras_point_of_slice
 
@@ -571,8 +580,6 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
     def _volumeToWorld(volumeNode) -> vtk.vtkMatrix4x4:
         """The volume's RAS to world; one clear line when a warp lies between them (a view's slice
         is then no slice of the volume, and GetMatrixTransformToWorld would return identity)."""
-        from XDiffusionLib.errors import XDiffusionError
-
         matrix = vtk.vtkMatrix4x4()
         parent = volumeNode.GetParentTransformNode()
         if parent is not None and not parent.IsTransformToWorldLinear():
@@ -589,8 +596,6 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         return matrix
 
     def _sliceToVolume(self, sliceNode, volumeNode):
-        import numpy as np
-
         toWorld = slicer.util.arrayFromVTKMatrix(self._volumeToWorld(volumeNode))
         sliceToRAS = slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
         return np.linalg.solve(toWorld, sliceToRAS)
@@ -602,7 +607,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
 
     def startReconstruction(self, p: XDiffusionParameterNode):
         """Check everything, then start the worker. Raises XDiffusionError with the panel's message."""
-        from XDiffusionLib.errors import XDiffusionError
+        # the library where it is used (module docstring)
         from XDiffusionLib.slicer.reconstruction import SceneReconstruction
         from XDiffusionLib.worker.launcher import WorkerLauncher
 
@@ -644,7 +649,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
 
     def comparisonFromParameterNode(self, p: XDiffusionParameterNode):
         """The comparison layout of the results remembered in the parameter node (after a scene reload too)."""
-        from XDiffusionLib.errors import XDiffusionError
+        # the library where it is used (module docstring)
         from XDiffusionLib.slicer.layout import comparison_from_node, comparison_layout
 
         if p.outputVolume is None:
@@ -662,6 +667,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
 
     def showComparison(self, layout) -> None:
         """Switch to the real | generated | difference layout (linked views) and fill it."""
+        # the library where it is used (module docstring)
         from XDiffusionLib.slicer.layout import apply_to_scene, register_layout
 
         layoutManager = slicer.app.layoutManager()
@@ -675,7 +681,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         """Write the reconstruction (or, with ``uncertainty``, its uncertainty volume, labelled with
         its meaning and level in the header): .nii.gz/.nrrd file, a DICOM series into the new
         folder ``target``, or a DICOM series into Slicer's DICOM database (``target`` unused)."""
-        from XDiffusionLib.errors import XDiffusionError
+        # the library where it is used (module docstring)
         from XDiffusionLib.slicer.display import uncertainty_info_of
         from XDiffusionLib.slicer.export import Provenance, export_dicom_series, export_target, export_volume
         from XDiffusionLib.slicer.nodes import volume_from_node
@@ -702,9 +708,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
     def exportToDicomDatabase(volume, provenance, source, info) -> str:
         """The DICOM series imported into Slicer's DICOM database (copied in: the temporary folder it
         is written to goes), in the input's study when the input came from that database."""
-        import tempfile
-
-        from XDiffusionLib.errors import XDiffusionError
+        # the library where it is used (module docstring)
         from XDiffusionLib.slicer.export import export_dicom_series
 
         database = getattr(slicer, "dicomDatabase", None)
@@ -737,6 +741,7 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def dependencyProblems() -> list[str]:
         """What the worker lacks in Slicer's Python, one line each ("torch>=2.1 (not installed)")."""
+        # the library where it is used (module docstring)
         from XDiffusionLib.slicer.dependencies import dependency_problems
 
         return dependency_problems()
@@ -746,11 +751,12 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         ``confirm(text)`` asks the user first. False when the user declined or chose to restart Slicer
         (numpy<2 on macOS); XDiffusionError when a requirement cannot be met
         (``XDiffusionLib.slicer.dependencies.ensure_dependencies``)."""
+        # the library where it is used (module docstring)
         from XDiffusionLib.slicer.dependencies import check_host, ensure_dependencies
 
         check_host(slicerVersion())
         try:
-            import PyTorchUtils
+            import PyTorchUtils  # the PyTorch extension's module, where that extension is installed
         except ImportError:
             PyTorchUtils = None
         return ensure_dependencies(confirm, PyTorchUtils, slicer.util.pip_install, restart=slicer.util.restart)
@@ -789,8 +795,7 @@ class XDiffusionTest(ScriptedLoadableModuleTest):
             logging.warning(f"XDiffusion self-test passed, reconstruction SKIPPED: {skipped}")
 
     def _volume(self, shape=(12, 10, 8), name="XDiffusionTest T1"):
-        import numpy as np
-
+        # the library where it is used (module docstring)
         from XDiffusionLib.io.volume import Volume
         from XDiffusionLib.slicer.nodes import add_volume_node
 
@@ -799,10 +804,7 @@ class XDiffusionTest(ScriptedLoadableModuleTest):
         return add_volume_node(slicer.mrmlScene, Volume.from_array(array, (0.9, 1.3, 2.0)), name)
 
     def test_validation_messages(self):
-        import tempfile
-
-        import numpy as np
-
+        # the library where it is used (module docstring)
         from XDiffusionLib.io.volume import Volume
         from XDiffusionLib.slicer.nodes import add_volume_node
 
@@ -826,9 +828,7 @@ class XDiffusionTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Validation messages: passed")
 
     def test_reconstruct_MRHead(self):
-        import tempfile
-
-        import numpy as np
+        # the self-test's packages and the library where they are used (module docstring)
         import pydicom
 
         from XDiffusionLib.slicer.export import SERIES_DESCRIPTION
@@ -846,7 +846,7 @@ class XDiffusionTest(ScriptedLoadableModuleTest):
             self.delayDisplay(f"SKIPPED: reconstruction of MRHead ({reason}). Press Reconstruct once to install them.")
             raise unittest.SkipTest(reason)
 
-        import SampleData
+        import SampleData  # Slicer's Sample Data module, as in registerSampleData
 
         self.delayDisplay("Reconstruction of MRHead with the shipped model (smallest settings)")
         head = SampleData.downloadSample("MRHead")

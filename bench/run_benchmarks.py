@@ -64,6 +64,7 @@ PAPER_SMALL = dict(
 
 
 def machine() -> dict:
+    # here, not at the top: each case's process runs this file and loads only what it needs (peak memory)
     import torch
 
     cpu = "unknown"
@@ -93,6 +94,7 @@ def machine() -> dict:
         "load_average_1min_at_start": round(os.getloadavg()[0], 2),
     }
     try:
+        # optional: their versions go in the machine description when installed
         import diffusers
         import transformers
 
@@ -107,6 +109,7 @@ def peak_rss_mb() -> float:
 
 
 def sample_volume():
+    # here, not at the top: each case's process runs this file and loads only what it needs (peak memory)
     from XDiffusionLib.data.samples import sample_path
     from XDiffusionLib.io.readers import read_volume
 
@@ -115,6 +118,7 @@ def sample_volume():
 
 def reconstruct_case(model, config, label: str) -> dict:
     """End-to-end seconds per volume (one axial input slice) on the shipped held-out MRI."""
+    # here, not at the top: each case's process runs this file and loads only what it needs (peak memory)
     import torch
 
     from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor, reconstruct_volume
@@ -150,6 +154,7 @@ def reconstruct_case(model, config, label: str) -> dict:
 
 
 def case_compact_cpu() -> dict:
+    # here, not at the top: each case's process runs this file and loads only what it needs (peak memory)
     import torch
 
     from XDiffusionLib.model.checkpoint import WEIGHTS_NAME, default_model_dir, load_pretrained
@@ -169,6 +174,7 @@ def case_compact_cpu() -> dict:
 
 
 def case_paper_small_cpu() -> dict:
+    # here, not at the top: each case's process runs this file and loads only what it needs (peak memory)
     import torch
 
     from XDiffusionLib.model.paper import PaperDenoiser, paper_config
@@ -185,6 +191,7 @@ def case_paper_small_cpu() -> dict:
 
 
 def case_paper_full_cpu_step() -> dict:
+    # here, not at the top: each case's process runs this file and loads only what it needs (peak memory)
     import torch
 
     from XDiffusionLib.geometry.rotation import azimuth_rotations
@@ -239,6 +246,7 @@ def case_paper_full_cpu_step() -> dict:
 
 
 def _gpu_model():
+    # here, not at the top: each case's process runs this file and loads only what it needs (peak memory)
     import torch
 
     from XDiffusionLib.model.conditioning import SparseCube
@@ -253,6 +261,7 @@ def _gpu_model():
 
 
 def case_paper_gpu_paper_setting() -> dict:
+    # here, not at the top: each case's process runs this file and loads only what it needs (peak memory)
     import torch
 
     from XDiffusionLib.geometry.rotation import azimuth_rotations
@@ -307,6 +316,7 @@ def case_paper_gpu_paper_setting() -> dict:
 
 
 def case_paper_gpu_fast() -> dict:
+    # here, not at the top: each case's process runs this file and loads only what it needs (peak memory)
     import torch
 
     from XDiffusionLib.sampling.pipeline import XDiffusionPipeline
@@ -341,6 +351,7 @@ def case_paper_gpu_fast() -> dict:
 def case_compact_gpu() -> dict:
     """The shipped model on the demo's case (kmeans_t1, 1 axial slice), default settings, on CUDA:
     fp32 and bf16 autocast, whole reconstructions after one warm-up, with their PSNR."""
+    # here, not at the top: each case's process runs this file and loads only what it needs (peak memory)
     import torch
 
     from XDiffusionLib.app.demo import DEMO_SAMPLE
@@ -426,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.run_case:  # child process: one case
+        # here, not at the top: each case's process runs this file and loads only what it needs (peak memory)
         import torch
 
         if args.threads:
@@ -435,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.result, result)
         return 0
 
+    # here, not at the top: each case's process runs this file and loads only what it needs (peak memory)
     import torch
 
     info = machine()
