@@ -40,12 +40,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..inputs import check_intensity_volume
-from ..io.volume import Volume
-from ..io.volume import Grid
+from ..io.volume import Grid, Volume
 from ..transforms.thick_slices import (ThickSlicePlan, enforce_slab_averages, place_acquired, plan_thick_slices,
                                        slab_average)
 from .result import ReconstructionResult
-
 
 _MIN_FOR_CHECK = 5  # acquired slices needed to leave every other one out (3 kept, 2 left out)
 
