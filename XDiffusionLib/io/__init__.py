@@ -3,6 +3,7 @@
 Modules, by idea: ``volume`` (the Volume and its Grid), ``formats`` (which files are volumes),
 ``data_files`` (every file a volume reads, and the containment check), ``images`` (SimpleITK images
 as Volumes), ``dicom`` (series), ``readers`` and ``writers`` (checked reading and atomic writing),
+``header_checks`` (what a header may declare, before any voxel is read), ``nifti`` (NIfTI as stored),
 ``atomic`` (whole files in one step), ``checksums``, ``names``, ``outputs``, ``text_files``.
 
 Imports are lazy (as in ``XDiffusionLib.model``), so the light modules of this package (``volume``,

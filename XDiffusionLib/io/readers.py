@@ -2,47 +2,34 @@
 
 Using ITK for every format keeps geometry in one convention (LPS, ``Grid`` docs) whatever the
 file stores (NIfTI's RAS qform/sform is converted by ITK). Every problem with the user's file is
-an ``XDiffusionError`` whose one-line message names the file and the problem.
+an ``XDiffusionError`` whose one-line message names the file and the problem. What a header may
+declare is checked before any voxel is read (``header_checks``); a NIfTI file's stored values and
+length are checked with nibabel (``nifti``), where ITK hides them.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import XDiffusionError
-from .data_files import check_self_contained, data_encoding, detached_data_files
+from .data_files import check_self_contained
 from .dicom import read_series, series_files
 from .formats import FORMATS, READ_SUFFIXES, volume_suffix
+from .header_checks import check_data_size, check_dimensions, check_spacing, check_voxel_count
 from .images import grid_from_image, image_to_array, itk_reason
+from .nifti import check_nifti_complete, nifti_stored_values
 from .volume import Volume
 
 # Moved to their own modules (issue 23); still importable from here for older callers.
+from .header_checks import MAX_VOXELS, SPACING_RANGE_MM, MultiVolumeError  # noqa: E402,F401  isort: skip
 from .data_files import detached_data_files, volume_files  # noqa: E402,F401  isort: skip
 from .dicom import header_slice_thickness  # noqa: E402,F401  isort: skip
 from .formats import is_volume_file  # noqa: E402,F401  isort: skip
 from .images import image_to_volume  # noqa: E402,F401  isort: skip
-
-
-class MultiVolumeError(XDiffusionError):
-    """A 4D or multi-component file read without choosing one of its volumes.
-
-    The message names the command line's choice (``--volume N``); callers without that option
-    (the browser app, the worker) show ``without_option()`` instead.
-    """
-
-    def __init__(self, label: str, what: str, count: int):
-        self.label, self.what, self.count = label, what, count
-        super().__init__(f"{label} {what}; pick one with volume_index / --volume N (0..{count - 1})")
-
-    def without_option(self) -> XDiffusionError:
-        return XDiffusionError(f"{self.label} {self.what}: a single 3D volume is needed; "
-                               f"save the one you want (0..{self.count - 1}) as a file of its own")
 
 
 def read_volume(path: str | os.PathLike, volume_index: int | None = None, *,
@@ -61,7 +48,7 @@ def read_volume(path: str | os.PathLike, volume_index: int | None = None, *,
     image, label = _read_3d_image(path, volume_index, within, max_voxels)
     array = image_to_array(image, np.float32)
     # ITK's NIfTI reader turns NaN voxels into 0 silently, so look at the stored values themselves.
-    stored = _nifti_stored_values(Path(path).expanduser(), volume_index) if volume_suffix(path) in (".nii", ".nii.gz") else array
+    stored = nifti_stored_values(Path(path).expanduser(), volume_index) if volume_suffix(path) in (".nii", ".nii.gz") else array
     if not np.isfinite(stored).all():
         n_nan = int(np.isnan(stored).sum())
         n_inf = int(np.isinf(stored).sum())
@@ -119,14 +106,14 @@ def _read_3d_image(path: str | os.PathLike, volume_index: int | None,
         reader.ReadImageInformation()
     except RuntimeError as error:
         raise XDiffusionError(f"{label} is not a readable {fmt} file ({itk_reason(error)})") from None
-    _check_dimensions(label, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), volume_index)
-    _check_voxel_count(label, reader.GetSize()[:3], max_voxels)
-    _check_spacing(label, reader.GetSpacing()[:3])
+    check_dimensions(label, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), volume_index)
+    check_voxel_count(label, reader.GetSize()[:3], max_voxels)
+    check_spacing(label, reader.GetSpacing()[:3])
     if fmt in ("NRRD", "MetaImage"):
-        _check_data_size(path, label, reader)
+        check_data_size(path, label, reader)
     if fmt == "NIfTI":
         # ITK fills a truncated NIfTI with zeros without complaint, so check the length ourselves.
-        _check_nifti_complete(path, label)
+        check_nifti_complete(path, label)
     if reader.GetDimension() == 4:
         # Read only the chosen volume of a 4D file (the 4th axis collapses away).
         reader.SetExtractSize([*reader.GetSize()[:3], 0])
@@ -140,92 +127,11 @@ def _read_3d_image(path: str | os.PathLike, volume_index: int | None,
     return _finish(image, label, volume_index), label
 
 
-# A 3D volume larger than this is refused before its voxels are read (a small compressed file can
-# declare gigabytes): 2x a 1024^3 head at float32 is 8 GB. Callers serving others pass less.
-MAX_VOXELS = 1 << 30
-
-
-def _check_voxel_count(label: str, size, max_voxels: int | None) -> None:
-    limit = MAX_VOXELS if max_voxels is None else int(max_voxels)
-    count = 1
-    for extent in size:
-        count *= int(extent)
-    if count > limit:
-        raise XDiffusionError(f"{label}: {'x'.join(str(int(e)) for e in size)} voxels ({count:,}) is more than "
-                              f"the {limit:,} voxels a volume may have here")
-
-
-# Most bytes one byte of a data file can become when decompressed (deflate's limit is 1032:1).
-_MAX_GZIP_RATIO = 1032
-
-
-def _check_data_size(path: Path, label: str, reader: sitk.ImageFileReader) -> None:
-    """Refuse an NRRD/MetaImage header declaring more voxel bytes than its data file(s) can hold,
-    before ITK allocates the image (a tiny file can declare gigabytes). bzip2 is not bounded here."""
-    encoding = data_encoding(path)
-    kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())
-    bits = re.search(r"(\d+)-bit", kind)
-    if encoding is None or bits is None:
-        return
-    voxels = reader.GetNumberOfComponents() * (2 if kind.startswith("complex") else 1)
-    for extent in reader.GetSize():
-        voxels *= int(extent)
-    needed = {"raw": voxels * int(bits.group(1)) // 8, "hex": voxels * int(bits.group(1)) // 4, "ascii": voxels,
-              "gzip": -(-voxels * int(bits.group(1)) // 8 // _MAX_GZIP_RATIO)}.get(encoding)
-    files = detached_data_files(path) or [path]
-    try:
-        available = sum(file.stat().st_size for file in files)
-    except OSError:
-        return  # a missing data file: reading it says so
-    if needed is not None and available < needed:
-        named = files[0] if len(files) == 1 else f"its {len(files)} data files"
-        raise XDiffusionError(f"{label}: its header declares {'x'.join(str(int(e)) for e in reader.GetSize())} "
-                              f"voxels ({encoding}), at least {needed:,} bytes, but {named} holds {available:,}: "
-                              "truncated or a wrong header")
-
-
-# Voxel spacing a scan may have, in mm: outside this a header is wrong (1e-30 or 1e30 mm), and the
-# geometry built from it would overflow or divide by nearly zero. The one home of this bound.
-SPACING_RANGE_MM = (1e-3, 1e3)
-
-
-def _check_spacing(label: str, spacing) -> None:
-    low, high = SPACING_RANGE_MM
-    values = [float(s) for s in spacing]
-    if not all(low <= s <= high for s in values):  # NaN fails too
-        raise XDiffusionError(f"{label}: voxel spacing {' x '.join(f'{s:g}' for s in values)} mm is outside "
-                              f"{low:g}..{high:g} mm: the header is wrong")
-
-
-def _check_dimensions(label: str, dimension: int, size, components: int, volume_index: int | None) -> None:
-    """Refuse 2D and >4D images and ambiguous 4D ones before reading any voxels."""
-    size = tuple(int(s) for s in size)
-    if dimension == 2:
-        raise XDiffusionError(f"{label} is a 2D image ({'x'.join(map(str, size))}): a 3D volume is needed")
-    if dimension not in (3, 4):
-        raise XDiffusionError(f"{label} has {dimension} dimensions: a 3D volume is needed")
-    n_volumes = (size[3] if dimension == 4 else 1) * components
-    if dimension == 4 and components > 1:
-        raise XDiffusionError(f"{label} is 4D with {components}-component voxels: not supported, save one 3D volume")
-    if volume_index is None:
-        if n_volumes > 1:
-            what = f"is 4D with {n_volumes} volumes" if dimension == 4 else f"has {n_volumes} values per voxel"
-            raise MultiVolumeError(label, what, n_volumes)
-    elif not 0 <= volume_index < n_volumes:
-        raise XDiffusionError(
-            f"{label}: volume index {volume_index} is out of range; it holds {n_volumes} volume"
-            f"{'s' if n_volumes != 1 else ''} (0..{n_volumes - 1})"
-        )
-    spatial = size[:3]
-    if min(spatial) < 2:
-        raise XDiffusionError(f"{label} is 2D (size {'x'.join(map(str, spatial))}): a 3D volume is needed")
-
-
 def _finish(image: sitk.Image, label: str, volume_index: int | None) -> sitk.Image:
     """Reduce a checked image to the chosen 3D scalar volume."""
     # Series readers have no information step, so check here too (cheap when already checked).
-    _check_dimensions(label, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(), volume_index)
-    _check_spacing(label, image.GetSpacing()[:3])
+    check_dimensions(label, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(), volume_index)
+    check_spacing(label, image.GetSpacing()[:3])
     index = volume_index or 0
     if image.GetNumberOfComponentsPerPixel() > 1:
         image = sitk.VectorIndexSelectionCast(image, index)
@@ -237,41 +143,3 @@ def _finish(image: sitk.Image, label: str, volume_index: int | None) -> sitk.Ima
         extractor.SetDirectionCollapseToStrategy(sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
         image = extractor.Execute(image)
     return image
-
-
-def _nifti_stored_values(path: Path, volume_index: int | None) -> np.ndarray:
-    """The NIfTI voxel values as stored (float types only; integers cannot hold NaN or Inf)."""
-    import nibabel  # heavy import, needed only when a NIfTI file is read
-
-    proxy = nibabel.load(str(path)).dataobj
-    if not np.issubdtype(np.dtype(proxy.dtype), np.floating):
-        return np.zeros(1, dtype=np.float32)
-    values = np.asanyarray(proxy)
-    if values.ndim == 4:
-        values = values[..., volume_index or 0]
-    return values
-
-
-def _check_nifti_complete(path: Path, label: str) -> None:
-    import nibabel  # heavy import, needed only when a NIfTI file is read
-
-    try:
-        proxy = nibabel.load(str(path)).dataobj
-        expected = int(proxy.offset) + int(np.prod(proxy.shape)) * np.dtype(proxy.dtype).itemsize
-    except Exception as error:  # nibabel raises many types for a bad header
-        raise XDiffusionError(f"{label} is not a readable NIfTI file ({type(error).__name__}: {error})") from None
-    if path.name.lower().endswith(".gz"):
-        # Stream through the whole gzip member: detects a cut-off stream and CRC errors too.
-        available = 0
-        try:
-            with gzip.open(path, "rb") as stream:
-                while chunk := stream.read(1 << 22):
-                    available += len(chunk)
-        except (EOFError, OSError, gzip.BadGzipFile) as error:
-            raise XDiffusionError(f"{label} is truncated or corrupt: {error}") from None
-    else:
-        available = path.stat().st_size
-    if available < expected:
-        raise XDiffusionError(f"{label} is truncated: {available} bytes of data where the header promises {expected}")
-
-
