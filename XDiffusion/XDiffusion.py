@@ -121,7 +121,7 @@ def registerSampleData() -> None:
     installed package without network (``XDiffusionLib.slicer.sample_data``)."""
     import SampleData  # Slicer's Sample Data module
 
-    from XDiffusionLib.slicer.sample_data import sample_data_sources
+    from XDiffusionLib.slicer.sample_data import sample_data_sources  # the library where it is used (module docstring)
 
     icons = Path(__file__).resolve().parent / "Resources" / "Icons"
     for source in sample_data_sources(icons):
