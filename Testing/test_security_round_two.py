@@ -459,7 +459,7 @@ def test_a_cached_graph_of_other_weights_or_flipped_bytes_is_exported_again(tiny
     served = onnx_runtime.on_onnx_runtime(model, "onnx", tiny_model)
     expected, got = _unet_numbers(model, served)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-    assert served.graph == graph and onnx_runtime._verified_graph(graph) is not None
+    assert served.graph == graph and onnx_runtime.verified_graph(graph) is not None
 
 
 def test_a_cache_other_users_can_write_is_not_used(tiny_model, private_onnx_cache):
@@ -603,12 +603,12 @@ def test_a_full_disk_during_reconstruct_batch_is_one_line(tiny_model, tmp_path, 
 def test_a_full_disk_during_train_is_one_line(tmp_path, monkeypatch, capsys):
     import safetensors.torch
 
-    from test_training import _blob, _train_args
+    from test_training import blob, train_args
 
     from XDiffusionLib.io import atomic
 
     for i in range(3):
-        write_volume(Volume.from_array(_blob((20, 18, 14), i), (1.0, 1.2, 1.5)), tmp_path / "data" / f"s{i}.nii.gz")
+        write_volume(Volume.from_array(blob((20, 18, 14), i), (1.0, 1.2, 1.5)), tmp_path / "data" / f"s{i}.nii.gz")
     real = safetensors.torch.save_file
 
     def save_short(tensors, name, *args, **kwargs):  # what a full disk leaves: the file cut short
@@ -618,7 +618,7 @@ def test_a_full_disk_during_train_is_one_line(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(safetensors.torch, "save_file", save_short)
     monkeypatch.setattr(atomic, "_free_bytes", lambda folder: 0)
-    code = main(_train_args(tmp_path / "data", tmp_path / "run", "--steps", "2"))
+    code = main(train_args(tmp_path / "data", tmp_path / "run", "--steps", "2"))
     err = one_line_error(capsys, "train")
     assert code != 0 and "no space left on device" in err and str(tmp_path / "run") in err
     assert not list((tmp_path / "run").rglob("*.safetensors"))  # nothing cut short under its name

@@ -162,7 +162,8 @@ TINY = {"block_out_channels": [8, 16], "attention_levels": [1], "max_slices": 8,
         "val_subjects": 1}
 
 
-def _blob(shape, seed: int) -> np.ndarray:
+def blob(shape, seed: int) -> np.ndarray:
+    """A smooth ellipsoidal head-like volume with noise (also used by test_security_round_two)."""
     rng = np.random.default_rng(seed)
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
     inside = (x / 0.8) ** 2 + (y / 0.7) ** 2 + (z / 0.75) ** 2 < 1
@@ -177,9 +178,9 @@ def tiny_data(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("volumes")
     for i in range(3):
-        volume = Volume.from_array(_blob((20, 18, 14), i), spacing=(1.0, 1.2, 1.5))
+        volume = Volume.from_array(blob((20, 18, 14), i), spacing=(1.0, 1.2, 1.5))
         write_volume(volume, folder / f"subject_{i:04d}.nii.gz")
-    write_volume(Volume.from_array((_blob((20, 18, 14), 9) > 50).astype(np.float32)), folder / "subject_0000_labels.nii.gz")
+    write_volume(Volume.from_array((blob((20, 18, 14), 9) > 50).astype(np.float32)), folder / "subject_0000_labels.nii.gz")
     (folder / "manifest.json").write_text("{}")
     return folder
 
@@ -268,7 +269,8 @@ def test_identity_section_at_an_input_slice_reproduces_that_slice(tiny_data):
     assert from_network(target).max() == pytest.approx(1.0)  # normalised on its own input slices: clipped at 1
 
 
-def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """``xdiffusion train`` arguments for the tiny model (also used by test_security_round_two)."""
     return ["train", "--data", str(data), "--profile", "compact", "--out", str(out), "--side", "16",
             "--batch-size", "3", "--checkpoint-every", "2", "--validate-every", "0", "--no-progress",
             "--config", json.dumps(TINY), *extra]
@@ -289,8 +291,8 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_resume_continues_exactly(tmp_path, tiny_data):
     # 6 steps straight == 3 steps, stop, --resume, 3 more: bitwise-equal weights, EMA, optimizer state.
-    assert _cli(_train_args(tiny_data, tmp_path / "straight", "--steps", "6")) == 0
-    assert _cli(_train_args(tiny_data, tmp_path / "split", "--steps", "6", "--stop-after", "3")) == 0
+    assert _cli(train_args(tiny_data, tmp_path / "straight", "--steps", "6")) == 0
+    assert _cli(train_args(tiny_data, tmp_path / "split", "--steps", "6", "--stop-after", "3")) == 0
     split = tmp_path / "split"
     assert not (split / "final").exists()
     assert [p.name for p in checkpoints.list_checkpoints(split)] == ["step-000002", "step-000003"]
@@ -319,7 +321,7 @@ def test_final_model_is_the_ema_and_reconstructs(tmp_path, tiny_data):
     from XDiffusionLib.training.validation import VALIDATION_FIELDS
 
     out = tmp_path / "run"
-    assert _cli(_train_args(tiny_data, out, "--steps", "4", "--validate-every", "2", "--val-data",
+    assert _cli(train_args(tiny_data, out, "--steps", "4", "--validate-every", "2", "--val-data",
                             str(tiny_data / "subject_0001.nii.gz"))) == 0
     model, config = load_pretrained(out / "final")
     final = _tensors(out / "final" / "model.safetensors")
@@ -354,7 +356,7 @@ def test_final_model_is_the_ema_and_reconstructs(tmp_path, tiny_data):
 )
 def test_bad_settings_fail_in_one_line_and_write_nothing(tmp_path, tiny_data, capsys, argv, message):
     out = tmp_path / "run"
-    args = _train_args(tiny_data, out, "--steps", "2")
+    args = train_args(tiny_data, out, "--steps", "2")
     for flag, value in zip(argv[::2], argv[1::2]):
         if flag in args:
             args[args.index(flag) + 1] = value
@@ -369,10 +371,10 @@ def test_bad_settings_fail_in_one_line_and_write_nothing(tmp_path, tiny_data, ca
 def test_bad_paths_fail_in_one_line_and_write_nothing(tmp_path, tiny_data, capsys):
     existing_file = tmp_path / "file.txt"
     existing_file.write_text("x")
-    assert _cli(_train_args(tiny_data, existing_file, "--steps", "2")) == 2
+    assert _cli(train_args(tiny_data, existing_file, "--steps", "2")) == 2
     assert "existing file" in capsys.readouterr().err and existing_file.read_text() == "x"
     (tmp_path / "empty").mkdir()
-    assert _cli(_train_args(tmp_path / "empty", tmp_path / "run", "--steps", "2")) == 2
+    assert _cli(train_args(tmp_path / "empty", tmp_path / "run", "--steps", "2")) == 2
     assert "no volumes" in capsys.readouterr().err and not (tmp_path / "run").exists()
     assert _cli(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2
     assert "no checkpoint" in capsys.readouterr().err and not (tmp_path / "run").exists()
@@ -391,7 +393,7 @@ def test_two_processes_train_data_parallel_with_identical_weights(tmp_path, tiny
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(port), "-m", "XDiffusionLib.app.cli",
-               *_train_args(tiny_data, out, "--steps", "2")]
+               *train_args(tiny_data, out, "--steps", "2")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -410,7 +412,7 @@ def test_checkpoint_ema_exports_as_a_loadable_model(tmp_path, tiny_data):
     from XDiffusionLib.model.checkpoint import load_pretrained
 
     out = tmp_path / "run"
-    assert _cli(_train_args(tiny_data, out, "--steps", "2")) == 0
+    assert _cli(train_args(tiny_data, out, "--steps", "2")) == 0
     exported = checkpoints.export_ema_model(out / "checkpoints" / "step-000002", tmp_path / "ema-model")
     model, config = load_pretrained(exported)
     assert config.side == 16
@@ -423,7 +425,7 @@ def test_init_starts_a_new_run_from_a_model_folders_weights(tmp_path, tiny_data)
     # Fine-tuning: --init takes a trained folder's weights and config (a --config key such as the
     # anchor's decays may change); the new run's first checkpoint moved away from them, not from noise.
     base = tmp_path / "base"
-    assert _cli(_train_args(tiny_data, base, "--steps", "2")) == 0
+    assert _cli(train_args(tiny_data, base, "--steps", "2")) == 0
     tuned = tmp_path / "tuned"
     argv = ["train", "--init", str(base / "final"), "--data", str(tiny_data), "--out", str(tuned), "--steps", "1",
             "--batch-size", "3", "--checkpoint-every", "1", "--validate-every", "0", "--no-progress",
@@ -438,7 +440,7 @@ def test_init_starts_a_new_run_from_a_model_folders_weights(tmp_path, tiny_data)
 
 def test_init_refuses_a_changed_network(tmp_path, tiny_data, capsys):
     base = tmp_path / "base"
-    assert _cli(_train_args(tiny_data, base, "--steps", "1")) == 0
+    assert _cli(train_args(tiny_data, base, "--steps", "1")) == 0
     argv = ["train", "--init", str(base / "final"), "--data", str(tiny_data), "--out", str(tmp_path / "x"),
             "--steps", "1", "--no-progress", "--config", json.dumps({"side": 32})]
     assert _cli(argv) != 0

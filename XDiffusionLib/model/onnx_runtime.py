@@ -123,7 +123,7 @@ def _export_to_cache(model: nn.Module, graph: Path) -> bytes:
     return data
 
 
-def _verified_graph(graph: Path) -> bytes | None:
+def verified_graph(graph: Path) -> bytes | None:
     """The cached graph's bytes if they match the SHA-256 recorded at export, else None. The bytes
     checked are the bytes loaded (no window to swap the file in between)."""
     try:
@@ -197,7 +197,7 @@ def on_onnx_runtime(model: nn.Module, runtime: str, model_dir: Path | None = Non
                           stacklevel=2)
             with tempfile.TemporaryDirectory(prefix="xdiffusion-onnx-") as private:
                 return OnnxCompactDenoiser(model, export_unet(model, Path(private) / "unet.onnx"))
-        data = _verified_graph(graph)
+        data = verified_graph(graph)
         if data is not None:
             try:
                 return OnnxCompactDenoiser(model, graph, data=data)
