@@ -253,7 +253,12 @@ class XDiffusionPipeline:
     def active_sections(self, cond: Condition) -> torch.Tensor:
         """(D,) bool: sections whose anchor shows the head (``in_head``); the rest keep a zero
         residual (no network evaluation spent on empty space). The anchor is read from the
-        condition, the very section the network sees, so this costs no resampling of its own."""
+        condition, the very section the network sees, so this costs no resampling of its own.
+
+        It is the reconstructor's head rule (one mask on the input grid, for the residual, the
+        spread and the interval) applied a second time, per section in model space. Deciding the
+        sections from the input-grid mask instead would change which sections reach the network,
+        hence every output number (the regression pins); kept until a model change moves them anyway."""
         anchor = from_network(cond.image[:, section_channel(self.config, "anchor")])
         return in_head(anchor.flatten(1).amax(dim=1))
 
