@@ -528,3 +528,35 @@ def test_thick_slices_are_not_pasted_in_as_thin_slices(tmp_path):
     others = [c for c in range(1, array.shape[2] - 1) if c not in result.plan.fine_indices]
     assert bend[[c - 1 for c in centres]].mean() < 1.5 * bend[[c - 1 for c in others]].mean()
     np.testing.assert_allclose(slab_average(array, result.plan), volume.array, atol=1e-2)
+
+
+def test_slab_windows_cover_every_acquired_slice_within_the_model_limit():
+    from XDiffusionLib.sampling.thick_slices import slab_windows
+
+    assert slab_windows(5, 32) == [(0, 5)]
+    for acquired, limit in ((9, 4), (60, 32), (33, 32), (100, 8)):
+        windows = slab_windows(acquired, limit)
+        assert windows[0][0] == 0 and windows[-1][1] == acquired
+        assert all(stop - start <= limit for start, stop in windows)
+        assert all(later[0] < earlier[1] for earlier, later in zip(windows, windows[1:]))  # neighbours overlap
+
+
+def test_thick_slice_scan_longer_than_the_model_takes_is_reconstructed_in_windows(tmp_path):
+    """Issue 21: a thick-slice series with more acquired slices than the model takes (a 3-5 mm
+    series over a whole head has 40-60) was refused; it now goes through in overlapping windows, and
+    the whole result still averages back to every acquired slab."""
+    from XDiffusionLib.sampling.thick_slices import reconstruct_thick_slices
+    from XDiffusionLib.transforms.thick_slices import slab_average
+
+    torch.manual_seed(0)
+    config = XDiffusionConfig(side=16, block_out_channels=(8, 16), attention_levels=(1,), max_slices=4,
+                              depth_frequencies=4)
+    model_dir = save_pretrained(build_denoiser(config), config, tmp_path / "tiny4")
+    i, j, k = np.meshgrid(*[np.linspace(0, 1, n) for n in (14, 12, 9)], indexing="ij")
+    volume = Volume.from_array((200 + 150 * np.sin(3 * i) * np.cos(2 * j) + 80 * np.cos(3 * k)).astype(np.float32),
+                               spacing=(1.0, 1.0, 3.0), origin=(2.0, -3.0, 4.0))
+    result = reconstruct_thick_slices(volume, slice_factor=3, model_dir=model_dir, views=2, steps=2, device="cpu")
+    assert result.volume.shape == (14, 12, 25) and result.volume.grid.same_geometry(result.plan.grid)
+    assert np.all(np.isfinite(result.volume.array)) and np.all(np.isfinite(result.uncertainty.array))
+    np.testing.assert_allclose(slab_average(result.volume.array, result.plan), volume.array, atol=1e-2)
+    assert 0.0 <= result.model_weight <= 1.0

@@ -46,6 +46,7 @@ from ..transforms.thick_slices import (ThickSlicePlan, enforce_slab_averages, pl
 from .result import ReconstructionResult
 
 _MIN_FOR_CHECK = 5  # acquired slices needed to leave every other one out (3 kept, 2 left out)
+_WINDOW_OVERLAP = 4  # acquired slices shared by neighbouring windows of a scan longer than the model takes
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,10 @@ class ThickSliceResult(ReconstructionResult):
 
 
 def plan_for(volume: Volume, slice_factor: int | None = None, spacing: float | None = None,
-             thickness: float | None = None, reconstructor=None) -> ThickSlicePlan:
-    """``plan_thick_slices`` with the reconstructor's model limit (config.json only, no weights loaded)."""
-    max_slices = None if reconstructor is None else reconstructor.config.max_slices
-    return plan_thick_slices(volume.grid, slice_factor, spacing, thickness, max_slices)
+             thickness: float | None = None) -> ThickSlicePlan:
+    """The finer grid for ``volume`` (``plan_thick_slices``), for any number of acquired slices: more
+    than the model takes are reconstructed in overlapping windows (``slab_windows``)."""
+    return plan_thick_slices(volume.grid, slice_factor, spacing, thickness)
 
 
 def reconstruct_thick_slices(
@@ -85,14 +86,90 @@ def reconstruct_thick_slices(
     the slice spacing). ``model_dir`` and ``settings`` build the reconstructor, or ``reconstructor``
     is one built before (not both); ``progress`` (fraction, message) follows this run.
     ``cross_validate``: step 3 (False: the generated volume alone, w = 1).
+    A scan with more acquired slices than the model takes goes through steps 2-3 in windows of at
+    most that many slices, neighbours sharing ``_WINDOW_OVERLAP`` slices and cross-faded over them;
+    step 4 then runs once on the whole. ``result.model_weight`` is the mean of the windows' weights.
     Every bad value raises one-line XDiffusionError before any model work; ``result.plan.describe()``
     is a line to show the user.
     """
-    from .reconstructor import reconstruct_volume, reconstructor_for
+    from .reconstructor import reconstructor_for
 
     reconstructor = reconstructor_for(reconstructor, model_dir, settings)
     check_intensity_volume(volume)  # before the plan, as reconstruct_volume does
-    plan = plan_for(volume, slice_factor, spacing, thickness, reconstructor)
+    plan = plan_for(volume, slice_factor, spacing, thickness)
+    limit = reconstructor.config.max_slices
+    windows = slab_windows(plan.acquired, limit)
+    ramp = (min(_WINDOW_OVERLAP, limit // 2) - 1) * plan.factor + 1  # the fine slices two windows share
+    depth = plan.grid.shape[plan.axis]
+    total, spread, coverage = np.zeros(plan.grid.shape), np.zeros(plan.grid.shape), np.zeros(depth)
+    weights, info = [], None
+    for number, (start, stop) in enumerate(windows):
+        part = _window(volume, plan, start, stop)
+        part_plan = plan_for(part, plan.factor, thickness=plan.thickness)
+        blended, uncertainty, info, weight = _reconstruct_part(
+            part, part_plan, reconstructor, cross_validate, _part_progress(progress, number, len(windows)))
+        fade = _fade(part_plan.grid.shape[plan.axis], start > 0, stop < plan.acquired, ramp)
+        along = [slice(None)] * 3
+        along[plan.axis] = slice(start * plan.factor, start * plan.factor + fade.size)
+        shape = [1, 1, 1]
+        shape[plan.axis] = -1
+        total[tuple(along)] += blended * fade.reshape(shape)
+        spread[tuple(along)] += uncertainty * fade.reshape(shape)
+        coverage[along[plan.axis]] += fade
+        weights.append(weight)
+    shape = [1, 1, 1]
+    shape[plan.axis] = -1
+    blended = (total / coverage.reshape(shape)).astype(np.float32)
+    uncertainty = Volume((spread / coverage.reshape(shape)).astype(np.float32), plan.grid)
+    consistent = enforce_slab_averages(blended, volume.array, plan)
+    return ThickSliceResult(Volume(consistent, plan.grid), uncertainty, info=info, plan=plan,
+                            model_weight=float(np.mean(weights)))
+
+
+def slab_windows(acquired: int, limit: int, overlap: int | None = None) -> list[tuple[int, int]]:
+    """[start, stop) ranges of acquired slices, each at most ``limit`` long, covering all of them,
+    neighbours sharing ``overlap`` slices (default ``_WINDOW_OVERLAP``, at most half a window)."""
+    if acquired <= limit:
+        return [(0, acquired)]
+    overlap = min(_WINDOW_OVERLAP if overlap is None else overlap, limit // 2)
+    starts = list(range(0, acquired - limit, limit - overlap)) + [acquired - limit]
+    return [(start, start + limit) for start in starts]
+
+
+def _window(volume: Volume, plan: ThickSlicePlan, start: int, stop: int) -> Volume:
+    """Acquired slices [start, stop) of ``volume`` on their own grid (the same frame, origin moved)."""
+    array = np.take(np.asarray(volume.array), np.arange(start, stop), axis=plan.axis)
+    grid = plan.source
+    origin = np.asarray(grid.origin) + grid.direction[:, plan.axis] * grid.spacing[plan.axis] * start
+    return Volume(array, Grid(array.shape, grid.spacing, tuple(origin), grid.direction))
+
+
+def _fade(depth: int, before: bool, after: bool, ramp: int) -> np.ndarray:
+    """(depth,) weights of one window's fine slices: 1, ramping down over the ``ramp`` slices it
+    shares with the window before and the one after (linear cross-fade, never 0)."""
+    position = np.arange(depth, dtype=np.float64)
+    fade = np.ones(depth)
+    if before:
+        fade = np.minimum(fade, (position + 1) / (ramp + 1))
+    if after:
+        fade = np.minimum(fade, (depth - position) / (ramp + 1))
+    return fade
+
+
+def _part_progress(progress, number: int, parts: int):
+    """``progress`` for one window: its share of the run, and which part it is when there are several."""
+    if progress is None:
+        return None
+    if parts == 1:
+        return progress
+    return lambda fraction, message: progress((number + fraction) / parts, f"part {number + 1} of {parts}: {message}")
+
+
+def _reconstruct_part(volume: Volume, plan: ThickSlicePlan, reconstructor, cross_validate: bool, progress):
+    """Steps 2-3 (and the slab centres of step 4) for acquired slices the model takes at once:
+    (blended fine array, uncertainty, its info, the weight w)."""
+    from .reconstructor import reconstruct_volume
+
     if cross_validate and progress is not None:
         progress(0.0, "checking the model on this scan's own slices (every other one left out)")
     weight = model_weight(volume, plan, reconstructor) if cross_validate else 1.0
@@ -103,10 +180,7 @@ def reconstruct_thick_slices(
     # sagittal views. Its centre is taken from its neighbours; step 4 then restores every slab's average.
     generated = from_neighbours_at_slab_centres(result.volume.array, plan)
     blended = weight * generated + (1.0 - weight) * interpolate_along(volume.array, plan)
-    consistent = enforce_slab_averages(blended, volume.array, plan)
-    uncertainty = Volume(uncertainty_at_slab_centres(result.uncertainty.array, plan), plan.grid)
-    return ThickSliceResult(Volume(consistent, plan.grid), uncertainty, info=result.info, plan=plan,
-                            model_weight=weight)
+    return blended, uncertainty_at_slab_centres(result.uncertainty.array, plan), result.info, weight
 
 
 def interpolate_along(acquired: np.ndarray, plan: ThickSlicePlan) -> np.ndarray:
@@ -171,4 +245,4 @@ def from_neighbours_at_slab_centres(array: np.ndarray, plan: ThickSlicePlan) -> 
 
 
 __all__ = ["ThickSliceResult", "interpolate_along", "model_weight", "plan_for", "reconstruct_thick_slices",
-           "uncertainty_at_slab_centres"]
+           "slab_windows", "uncertainty_at_slab_centres"]

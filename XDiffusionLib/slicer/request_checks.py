@@ -7,10 +7,8 @@ grid spacing that does not fit a thick-slice scan (``plan_request``).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Optional
 
 from ..errors import XDiffusionError
 from ..inputs import check_slice_indices
@@ -53,16 +51,6 @@ def check_same_grid(node, grid: Grid, role: str, input_name: str) -> None:
             "resample it onto the input first")
 
 
-def model_max_slices(model_dir: Path) -> Optional[int]:
-    """The most input slices the model in ``model_dir`` takes (its config.json), or None if unreadable
-    (the worker then reports what is wrong with the file)."""
-    try:
-        value = json.loads((Path(model_dir) / MODEL_FILES[0]).read_text(encoding="utf-8")).get("max_slices", 32)
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def check_request(input_node, settings: JobSettings, reference_node=None, segmentation_node=None) -> Grid:
     """Check a whole request before anything is created; returns the input's grid."""
     check_scalar_volume(input_node, "input volume")
@@ -84,8 +72,9 @@ def plan_request(input_node, settings: JobSettings, grid_spacing: float, referen
     the plan and ``settings`` with its plane and slices."""
     check_scalar_volume(input_node, "input volume")
     grid = grid_from_node(input_node)
-    plan = plan_all_slices(grid, grid_spacing, max_slices=model_max_slices(check_model_dir(settings.model_dir)),
-                           thickness=thickness)
+    check_model_dir(settings.model_dir)
+    # Any number of acquired slices: more than the model takes go through in windows (the library's).
+    plan = plan_all_slices(grid, grid_spacing, thickness=thickness)
     settings = job_settings(settings, plan)
     if reference_node is not None:
         raise XDiffusionError("a reference volume cannot be compared with a reconstruction from all acquired slices "

@@ -176,7 +176,7 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
     volume = read_volume(args.input, args.volume)  # a label map is refused by the library's door
     if args.all_slices:  # every bad value (isotropic input, factor, spacing) fails here, before any work
         thickness = thick_slice_thickness(args, args.input)
-        plan = plan_for(volume, args.slice_factor, args.spacing, thickness, reconstructor)
+        plan = plan_for(volume, args.slice_factor, args.spacing, thickness)
         if args.plane is not None and args.plane != plan.plane:
             raise XDiffusionError(f"--plane {args.plane}: the acquired slices of {args.input} are {plan.plane}")
 

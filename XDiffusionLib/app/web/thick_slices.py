@@ -43,35 +43,32 @@ class ThickSlices:
 
     def plan(self, model_dir: str | None) -> ThickSlicePlan:
         """The finer grid for the loaded volume and the model in ``model_dir`` (one-line errors)."""
-        from ...slicer.request_checks import check_model_dir, model_max_slices
+        from ...slicer.request_checks import check_model_dir
 
         volume = self.workspace.volume
         if volume is None:
             raise XDiffusionError("load a volume first")
-        return plan_thick_slices(volume.grid, thickness=self.thickness,
-                                 max_slices=model_max_slices(check_model_dir(model_dir)))
+        check_model_dir(model_dir)
+        # Any number of acquired slices: more than the model takes go through in windows (the library's).
+        return plan_thick_slices(volume.grid, thickness=self.thickness)
 
     def offer(self, volume: Volume, thickness: float | None) -> None:
         """Offer the run for a thick-slice scan (or say why not); nothing for any other volume."""
-        from ...slicer.request_checks import check_model_dir, model_max_slices
+        from ...slicer.request_checks import check_model_dir
 
         self.thickness = thickness
         button = offer = note = ""
         if is_thick_slice(volume.grid):
             try:
                 plan = plan_thick_slices(volume.grid, thickness=thickness)  # the scan's own plan
-                limit = model_max_slices(check_model_dir(self.models.for_run(self.page.settings.model_dir)))
+                check_model_dir(self.models.for_run(self.page.settings.model_dir))
             except XDiffusionError as error:
                 note = f"All acquired slices onto a finer grid: not offered ({error})"
-            else:
-                if limit is not None and plan.acquired > limit:  # the common reason, in few words
-                    note = (f"All {plan.acquired} acquired {plan.plane} slices onto a finer grid: not offered, "
-                            f"this model takes at most {limit}")
-                else:
-                    button = offer_words(plan)
-                    described = plan.describe()
-                    offer = (f"{described[0].upper()}{described[1:]}: starts the reconstruction now with the "
-                             "model settings below")
+            else:  # more acquired slices than the model takes go through in windows
+                button = offer_words(plan)
+                described = plan.describe()
+                offer = (f"{described[0].upper()}{described[1:]}: starts the reconstruction now with the "
+                         "model settings below")
         self._show(button, offer, note)
 
     def forget(self) -> None:
