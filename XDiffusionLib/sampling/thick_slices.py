@@ -103,6 +103,8 @@ def reconstruct_thick_slices(
     ramp = (min(_WINDOW_OVERLAP, limit // 2) - 1) * plan.factor + 1  # the fine slices two windows share
     depth = plan.grid.shape[plan.axis]
     total, spread, coverage = np.zeros(plan.grid.shape), np.zeros(plan.grid.shape), np.zeros(depth)
+    profile = [1, 1, 1]  # a (depth,) profile broadcast along the slice axis
+    profile[plan.axis] = -1
     weights, info = [], None
     for number, (start, stop) in enumerate(windows):
         part = _window(volume, plan, start, stop)
@@ -112,16 +114,12 @@ def reconstruct_thick_slices(
         fade = _fade(part_plan.grid.shape[plan.axis], start > 0, stop < plan.acquired, ramp)
         along = [slice(None)] * 3
         along[plan.axis] = slice(start * plan.factor, start * plan.factor + fade.size)
-        shape = [1, 1, 1]
-        shape[plan.axis] = -1
-        total[tuple(along)] += blended * fade.reshape(shape)
-        spread[tuple(along)] += uncertainty * fade.reshape(shape)
+        total[tuple(along)] += blended * fade.reshape(profile)
+        spread[tuple(along)] += uncertainty * fade.reshape(profile)
         coverage[along[plan.axis]] += fade
         weights.append(weight)
-    shape = [1, 1, 1]
-    shape[plan.axis] = -1
-    blended = (total / coverage.reshape(shape)).astype(np.float32)
-    uncertainty = Volume((spread / coverage.reshape(shape)).astype(np.float32), plan.grid)
+    blended = (total / coverage.reshape(profile)).astype(np.float32)
+    uncertainty = Volume((spread / coverage.reshape(profile)).astype(np.float32), plan.grid)
     consistent = enforce_slab_averages(blended, volume.array, plan)
     # The correction is piecewise linear between slab centres: beside a sharp edge (scalp against air)
     # it undershoots below anything the scan holds. No intensity below the scan's own floor (0 for a
