@@ -22,8 +22,7 @@
    thin slices) are taken from the fine slices beside them (``from_neighbours_at_slab_centres``),
    then a smooth correction (``enforce_slab_averages``) makes the output averaged over each acquired
    slab equal the acquired slice, so a thick slice is treated as the slab average it is, not pasted
-   in as one thin slice; nothing goes below the scan's own floor (the correction undershoots beside
-   sharp edges), where the slab average then holds only approximately.
+   in as one thin slice.
 
 The uncertainty is the reconstructor's on the same fine grid. The reconstructor takes the acquired
 slices as known thin slices (0 there); a thick slice only fixes its slab's average, so at each
@@ -121,11 +120,6 @@ def reconstruct_thick_slices(
     blended = (total / coverage.reshape(profile)).astype(np.float32)
     uncertainty = Volume((spread / coverage.reshape(profile)).astype(np.float32), plan.grid)
     consistent = enforce_slab_averages(blended, volume.array, plan)
-    # The correction is piecewise linear between slab centres: beside a sharp edge (scalp against air)
-    # it undershoots below anything the scan holds. No intensity below the scan's own floor (0 for a
-    # magnitude image); the slab averages hold everywhere else.
-    floor = min(0.0, float(np.min(volume.array)))
-    consistent = np.maximum(consistent, np.float32(floor))
     return ThickSliceResult(Volume(consistent, plan.grid), uncertainty, info=info, plan=plan,
                             model_weight=float(np.mean(weights)))
 
