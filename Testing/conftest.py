@@ -83,13 +83,6 @@ def private_onnx_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A tiny randomly initialised compact model folder (side 16), shared by the worker, web-app and demo tests."""
-    import torch
+    from model_helpers import save_tiny_model
 
-    from XDiffusionLib.model.checkpoint import save_pretrained
-    from XDiffusionLib.model.config import XDiffusionConfig
-    from XDiffusionLib.model.factory import build_denoiser
-
-    torch.manual_seed(0)
-    config = XDiffusionConfig(side=16, block_out_channels=(8, 16), attention_levels=(1,), max_slices=4,
-                              depth_frequencies=4)
-    return save_pretrained(build_denoiser(config), config, tmp_path_factory.mktemp("model") / "tiny")
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny")

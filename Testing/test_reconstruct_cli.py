@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from XDiffusionLib.app.cli import main
 from XDiffusionLib.app.commands.reconstruct import read_indices_file, uncertainty_path
@@ -20,18 +19,14 @@ from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.io.readers import read_volume
 from XDiffusionLib.io.volume import Volume
 from XDiffusionLib.io.writers import write_volume
-from XDiffusionLib.model.checkpoint import save_pretrained
-from XDiffusionLib.model.config import XDiffusionConfig
-from XDiffusionLib.model.factory import build_denoiser
+from model_helpers import save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    config = XDiffusionConfig(side=16, block_out_channels=(8, 16), attention_levels=(1,), max_slices=4, depth_frequencies=4)
-    return save_pretrained(build_denoiser(config), config, tmp_path_factory.mktemp("model") / "tiny")
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from XDiffusionLib.sampling.reconstructor import (
     reconstruct_volume,
 )
 from XDiffusionLib.sampling.schedulers import SAMPLERS, make_scheduler
+from model_helpers import save_tiny_model
 
 S = 16
 
@@ -478,10 +479,7 @@ def test_thick_slice_uncertainty_is_not_zero_at_the_acquired_slices_centres(tmp_
 
 
 def _tiny_model_dir(tmp_path):
-    torch.manual_seed(0)
-    config = XDiffusionConfig(side=16, block_out_channels=(8, 16), attention_levels=(1,), max_slices=16,
-                              depth_frequencies=4)
-    return save_pretrained(build_denoiser(config), config, tmp_path / "tiny")
+    return save_tiny_model(tmp_path / "tiny", max_slices=16)
 
 
 def test_thick_slices_lean_on_interpolation_where_the_scans_own_slices_say_so(tmp_path):
@@ -548,10 +546,7 @@ def test_thick_slice_scan_longer_than_the_model_takes_is_reconstructed_in_window
     from XDiffusionLib.sampling.thick_slices import reconstruct_thick_slices
     from XDiffusionLib.transforms.thick_slices import slab_average
 
-    torch.manual_seed(0)
-    config = XDiffusionConfig(side=16, block_out_channels=(8, 16), attention_levels=(1,), max_slices=4,
-                              depth_frequencies=4)
-    model_dir = save_pretrained(build_denoiser(config), config, tmp_path / "tiny4")
+    model_dir = save_tiny_model(tmp_path / "tiny4")
     i, j, k = np.meshgrid(*[np.linspace(0, 1, n) for n in (14, 12, 9)], indexing="ij")
     volume = Volume.from_array((200 + 150 * np.sin(3 * i) * np.cos(2 * j) + 80 * np.cos(3 * k)).astype(np.float32),
                                spacing=(1.0, 1.0, 3.0), origin=(2.0, -3.0, 4.0))

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from XDiffusionLib.app.cli import main
 from XDiffusionLib.errors import XDiffusionError
@@ -19,20 +18,14 @@ from XDiffusionLib.io.volume import Grid, Volume
 from XDiffusionLib.io.writers import write_volume
 from XDiffusionLib.transforms.thick_slices import (as_acquired, enforce_slab_averages, is_thick_slice,
                                                    place_acquired, plan_thick_slices, slab_average, slab_matrix)
+from model_helpers import save_tiny_model
 
 SETTINGS = dict(views=1, steps=2, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from XDiffusionLib.model.checkpoint import save_pretrained
-    from XDiffusionLib.model.config import XDiffusionConfig
-    from XDiffusionLib.model.factory import build_denoiser
-
-    torch.manual_seed(0)
-    config = XDiffusionConfig(side=16, block_out_channels=(8, 16), attention_levels=(1,), max_slices=4,
-                              depth_frequencies=4)
-    return save_pretrained(build_denoiser(config), config, tmp_path_factory.mktemp("model") / "tiny")
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
 
 
 def thick_volume(shape=(14, 12, 4), spacing=(1.0, 1.0, 3.0)) -> Volume:

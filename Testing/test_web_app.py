@@ -883,16 +883,9 @@ def test_a_thick_slice_scan_goes_onto_a_finer_grid_in_one_click(browser, app_url
 @pytest.fixture(scope="module")
 def many_slice_model(tmp_path_factory) -> Path:
     """The tiny model's kind, taking up to 32 input slices (inside the app's data folders)."""
-    import torch
+    from model_helpers import save_tiny_model
 
-    from XDiffusionLib.model.checkpoint import save_pretrained
-    from XDiffusionLib.model.config import XDiffusionConfig
-    from XDiffusionLib.model.factory import build_denoiser
-
-    torch.manual_seed(0)
-    config = XDiffusionConfig(side=16, block_out_channels=(8, 16), attention_levels=(1,), max_slices=32,
-                              depth_frequencies=4)
-    return save_pretrained(build_denoiser(config), config, tmp_path_factory.mktemp("models") / "many")
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "many", max_slices=32)
 
 
 def test_inf_and_na_scores_are_explained_and_the_steps_field_holds_its_limit(browser, app_url, head_file,
