@@ -231,9 +231,9 @@ def from_neighbours_at_slab_centres(array: np.ndarray, plan: ThickSlicePlan) -> 
     """``array`` (on ``plan.grid``) with each acquired slice's centre replaced by the mean of the fine
     slices on either side of it along the slice axis (those that are not centres themselves)."""
     filled = np.array(array, dtype=np.float32, copy=True)
-    depth = filled.shape[plan.axis]
-    for centre in plan.fine_indices:
-        beside = [i for i in (centre - 1, centre + 1) if 0 <= i < depth and i not in plan.fine_indices]
+    depth, centres = filled.shape[plan.axis], set(plan.fine_indices)
+    for centre in sorted(centres):
+        beside = [i for i in (centre - 1, centre + 1) if 0 <= i < depth and i not in centres]
         if beside:
             value = np.mean([np.take(filled, i, axis=plan.axis) for i in beside], axis=0)
             index = [slice(None)] * filled.ndim
