@@ -36,11 +36,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from XDiffusionLib.data.samples import samples_with_role  # noqa: E402
+from XDiffusionLib.evaluation.protocol import label_value_count  # noqa: E402
+from XDiffusionLib.io import read_volume  # noqa: E402
+from XDiffusionLib.io.atomic import write_json_atomic  # noqa: E402
+from XDiffusionLib.settings import DEFAULTS  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "cohort_cpu.json"
 CONFIGS = {"1x1": (1, 1), "1x2": (1, 2), "2x1": (2, 1)}  # name: (processes, threads per process)
 
 
 def machine() -> dict:
+    # torch only for its version in the record: this process times the cases, whose own processes load it
     import torch
 
     model = platform.processor() or platform.machine()
@@ -62,10 +69,6 @@ def machine() -> dict:
 
 
 def write_manifest(folder: Path, copies: int = 1) -> tuple[Path, list[str]]:
-    from XDiffusionLib.data.samples import samples_with_role
-    from XDiffusionLib.evaluation.protocol import label_value_count
-    from XDiffusionLib.io import read_volume
-
     # As `xdiffusion evaluate` does with the samples: label maps (the skull-stripped mask) are left out.
     samples = [s for s in samples_with_role("heldout") if label_value_count(read_volume(s.path).array) is None]
     manifest = folder / "cohort.csv"
@@ -121,8 +124,6 @@ def main() -> None:
                 result = run(config, manifest, Path(scratch) / f"{config}-{repeat}")
                 print(json.dumps(result), flush=True)
                 runs.append(result)
-    from XDiffusionLib.settings import DEFAULTS
-
     record = {
         "what": "xdiffusion reconstruct-batch over the shipped held-out MRI, K=1 axial, shipped model, default "
                 "settings; wall time from launch to exit (process start, torch import and model load included)",
@@ -132,8 +133,6 @@ def main() -> None:
         "machine": machine(),
         "runs": runs,
     }
-    from XDiffusionLib.io.atomic import write_json_atomic
-
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.output, record)
     print(f"wrote {args.output}")

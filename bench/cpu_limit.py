@@ -24,21 +24,36 @@ import copy
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from run_benchmarks import RESULTS, machine, write_json  # noqa: E402
 
+from XDiffusionLib.app.demo import DEMO_SAMPLE  # noqa: E402
+from XDiffusionLib.data.samples import sample_path  # noqa: E402
+from XDiffusionLib.evaluation.protocol import choose_indices, score  # noqa: E402
+from XDiffusionLib.geometry.rotation import section_rotations  # noqa: E402
+from XDiffusionLib.geometry.sections import depth_index_to_normalised  # noqa: E402
+from XDiffusionLib.inputs import SliceInput  # noqa: E402
+from XDiffusionLib.io import read_volume  # noqa: E402
+from XDiffusionLib.model.checkpoint import default_model_dir, load_pretrained  # noqa: E402
+from XDiffusionLib.model.conditioning import ConditionBuilder, SparseCube  # noqa: E402
+from XDiffusionLib.model.onnx_runtime import OnnxCompactDenoiser, export_unet, on_onnx_runtime  # noqa: E402
+from XDiffusionLib.sampling import pipeline as pipeline_module  # noqa: E402
+from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor  # noqa: E402
+from XDiffusionLib.transforms.orientation import to_canonical  # noqa: E402
+
 
 def dense_rates(threads: int, seconds: float = 3.0) -> dict:
     """GFLOP/s of a 2048^2 sgemm and a 3x3 conv at ``threads`` torch threads."""
-    import torch
-
     torch.set_num_threads(threads)
     a = torch.randn(2048, 2048)
     conv = torch.nn.Conv2d(128, 128, 3, padding=1).eval()
@@ -60,12 +75,6 @@ def dense_rates(threads: int, seconds: float = 3.0) -> dict:
 
 
 def section_batch(model, config, batch: int):
-    import torch
-
-    from XDiffusionLib.geometry.rotation import section_rotations
-    from XDiffusionLib.geometry.sections import depth_index_to_normalised
-    from XDiffusionLib.model.conditioning import ConditionBuilder, SparseCube
-
     side = config.side
     g = torch.Generator().manual_seed(0)
     cube = torch.rand(side, side, side, generator=g)
@@ -76,9 +85,6 @@ def section_batch(model, config, batch: int):
 
 
 def flops_per_section(model, config) -> float:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     x, t, cond = section_batch(model, config, 1)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(x, t, cond)
@@ -105,20 +111,6 @@ class CountingModel:
 def demo_reconstruction(variant: str) -> dict:
     """The demo's case with the default settings, the network (``variant``: torch_nchw,
     torch_channels_last or onnxruntime) wrapped to count its work."""
-    import torch
-
-    from XDiffusionLib.app.demo import DEMO_SAMPLE
-    from XDiffusionLib.data.samples import sample_path
-    from XDiffusionLib.evaluation.protocol import choose_indices, score
-    from XDiffusionLib.io import read_volume
-    from XDiffusionLib.inputs import SliceInput
-    from XDiffusionLib.model.checkpoint import default_model_dir, load_pretrained
-    from XDiffusionLib.sampling import pipeline as pipeline_module
-    from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
-    from XDiffusionLib.transforms.orientation import to_canonical
-
-    from XDiffusionLib.model.onnx_runtime import on_onnx_runtime
-
     model, config = load_pretrained(default_model_dir())
     if variant == "onnxruntime":
         model = on_onnx_runtime(model, "onnx", default_model_dir())
@@ -150,8 +142,6 @@ def demo_reconstruction(variant: str) -> dict:
 
 
 def option_timings(model, config, repeats: int, compile_model: bool) -> dict:
-    import torch
-
     x, t, cond = section_batch(model, config, 64)
     variants = {"eager_nchw": copy.deepcopy(model).to(memory_format=torch.contiguous_format),
                 "channels_last": copy.deepcopy(model).to(memory_format=torch.channels_last)}
@@ -163,10 +153,6 @@ def option_timings(model, config, repeats: int, compile_model: bool) -> dict:
             start = time.perf_counter()
             variants["torch_compile"](x, t, cond)
             compile_seconds = round(time.perf_counter() - start, 1)
-        import tempfile
-
-        from XDiffusionLib.model.onnx_runtime import OnnxCompactDenoiser, export_unet
-
         with tempfile.TemporaryDirectory() as folder:
             variants["onnxruntime"] = OnnxCompactDenoiser(model, export_unet(model, Path(folder) / "unet.onnx"))
         differences = {name: float((m(x, t, cond) - reference).abs().max()) for name, m in variants.items()}
@@ -187,10 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--out", type=Path, default=RESULTS / "cpu_limit.json")
     args = parser.parse_args(argv)
-    import torch
-
-    from XDiffusionLib.model.checkpoint import default_model_dir, load_pretrained
-
     default_threads = torch.get_num_threads()
     info = machine() | {"torch_threads_default": default_threads}
     model, config = load_pretrained(default_model_dir())

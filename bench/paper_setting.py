@@ -26,32 +26,39 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from run_benchmarks import RESULTS, machine, write_json  # noqa: E402
 
+from XDiffusionLib.app.demo import DEMO_SAMPLE  # noqa: E402
+from XDiffusionLib.data.samples import sample_path  # noqa: E402
+from XDiffusionLib.evaluation.protocol import choose_indices, score  # noqa: E402
+from XDiffusionLib.geometry.rotation import section_rotations  # noqa: E402
+from XDiffusionLib.geometry.sections import depth_index_to_normalised  # noqa: E402
+from XDiffusionLib.inputs import SliceInput  # noqa: E402
+from XDiffusionLib.io import read_volume  # noqa: E402
+from XDiffusionLib.model.checkpoint import default_model_dir, load_pretrained  # noqa: E402
+from XDiffusionLib.model.conditioning import ConditionBuilder  # noqa: E402
+from XDiffusionLib.sampling.pipeline import XDiffusionPipeline  # noqa: E402
+from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor  # noqa: E402
+from XDiffusionLib.sampling.schedulers import make_scheduler  # noqa: E402
+from XDiffusionLib.settings import DEFAULTS  # noqa: E402
+from XDiffusionLib.transforms.orientation import to_canonical  # noqa: E402
+
 PAPER_STEPS_SCHEDULE = 1000
 
 
 def demo_case():
-    from XDiffusionLib.app.demo import DEMO_SAMPLE
-    from XDiffusionLib.data.samples import sample_path
-    from XDiffusionLib.evaluation.protocol import choose_indices
-    from XDiffusionLib.io import read_volume
-    from XDiffusionLib.inputs import SliceInput
-    from XDiffusionLib.transforms.orientation import to_canonical
-
     canonical, _ = to_canonical(read_volume(sample_path(DEMO_SAMPLE)))
     indices = choose_indices(canonical.array, "axial", 1)
     return canonical, indices, SliceInput.from_volume(canonical, "axial", indices)
 
 
 def scored(canonical, indices, array) -> dict:
-    import numpy as np
-
-    from XDiffusionLib.evaluation.protocol import score
-
     s = score(canonical.array, array, "axial", indices)
     return {"psnr_paper": round(s["psnr_paper"], 3), "psnr_paper_noninput": round(s["psnr_paper_noninput"], 3),
             "ssim_mean": round(float(np.mean([s["ssim_axial"], s["ssim_coronal"], s["ssim_sagittal"]])), 4)}
@@ -59,8 +66,6 @@ def scored(canonical, indices, array) -> dict:
 
 def capture_sparse(model, config, inputs):
     """The SparseCube (slices + anchor) the reconstructor hands to its pipeline for ``inputs``."""
-    from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
-
     class Captured(Exception):
         pass
 
@@ -81,14 +86,6 @@ def capture_sparse(model, config, inputs):
 
 def paper_seconds_per_step(model, config, inputs, guidance: float, measured_steps: int) -> float:
     """Seconds of one DDPM step over all sections, one section (and its CFG pair) at a time."""
-    import torch
-
-    from XDiffusionLib.geometry.rotation import section_rotations
-    from XDiffusionLib.geometry.sections import depth_index_to_normalised
-    from XDiffusionLib.model.conditioning import ConditionBuilder
-    from XDiffusionLib.sampling.pipeline import XDiffusionPipeline
-    from XDiffusionLib.sampling.schedulers import make_scheduler
-
     sparse = capture_sparse(model, config, inputs)
     pipeline = XDiffusionPipeline(model, config, device="cpu", chunk_size=1)
     side = config.side
@@ -120,12 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-paper-output", action="store_true", help="time the paper setting only")
     parser.add_argument("--out", type=Path, default=RESULTS / "paper_vs_default_cpu.json")
     args = parser.parse_args(argv)
-    import torch
-
-    from XDiffusionLib.model.checkpoint import default_model_dir, load_pretrained
-    from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
-    from XDiffusionLib.settings import DEFAULTS
-
     info = machine() | {"torch_threads": torch.get_num_threads()}
     model, config = load_pretrained(default_model_dir())
     canonical, indices, inputs = demo_case()

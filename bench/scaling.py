@@ -24,6 +24,7 @@ the work costs, nearly independent of other jobs on a shared machine) beside its
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -33,10 +34,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from scipy.ndimage import zoom
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from run_benchmarks import RESULTS, machine, write_json  # noqa: E402
+
+from XDiffusionLib.app.demo import DEMO_SAMPLE  # noqa: E402
+from XDiffusionLib.data.samples import sample_path  # noqa: E402
+from XDiffusionLib.inputs import SliceInput  # noqa: E402
+from XDiffusionLib.io import read_volume  # noqa: E402
+from XDiffusionLib.io.volume import Grid, Volume  # noqa: E402
+from XDiffusionLib.model.checkpoint import default_model_dir, load_pretrained  # noqa: E402
+from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor  # noqa: E402
+from XDiffusionLib.settings import DEFAULTS  # noqa: E402
+from XDiffusionLib.transforms.orientation import to_canonical  # noqa: E402
 
 VIEWS = (1, 2, 4, 8)
 SIDES = (32, 48, 64, 96)
@@ -45,15 +60,6 @@ SHAPES = ((128, 128, 62), (192, 192, 124), (256, 256, 180), (384, 384, 240), (51
 
 def volume_of_shape(shape: tuple[int, int, int] | None):
     """The shipped sample, or the sample resampled to ``shape`` over the same field of view."""
-    import numpy as np
-    from scipy.ndimage import zoom
-
-    from XDiffusionLib.app.demo import DEMO_SAMPLE
-    from XDiffusionLib.data.samples import sample_path
-    from XDiffusionLib.io import read_volume
-    from XDiffusionLib.io.volume import Grid, Volume
-    from XDiffusionLib.transforms.orientation import to_canonical
-
     canonical, _ = to_canonical(read_volume(sample_path(DEMO_SAMPLE)))
     if shape is None:
         return canonical
@@ -64,14 +70,6 @@ def volume_of_shape(shape: tuple[int, int, int] | None):
 
 
 def run_point(views: int, side: int | None, shape: tuple[int, int, int] | None) -> dict:
-    import dataclasses
-
-    import torch
-
-    from XDiffusionLib.inputs import SliceInput
-    from XDiffusionLib.model.checkpoint import default_model_dir, load_pretrained
-    from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
-
     model, config = load_pretrained(default_model_dir())
     if side is not None:
         config = dataclasses.replace(config, side=side)
@@ -120,10 +118,11 @@ def table(title: str, points: list[dict], key: str, expected: str) -> list[str]:
 
 
 def plot(groups: dict[str, tuple[list[dict], str]], path: Path) -> None:
+    # here, not at the top: each point's process runs this file, and its peak memory is the measurement
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, (title, (points, key)) in zip(axes, groups.items()):
@@ -159,8 +158,6 @@ def main(argv: list[str] | None = None) -> int:
         shape = tuple(spec["shape"]) if spec["shape"] else None
         write_json(args.result, run_point(spec["views"], spec["side"], shape))
         return 0
-    from XDiffusionLib.settings import DEFAULTS
-
     info = machine()
     groups: dict[str, tuple[list[dict], str]] = {}
     groups["views"] = ([in_subprocess(v, None, None) for v in VIEWS], "views")

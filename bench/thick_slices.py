@@ -20,17 +20,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.ndimage import zoom
+
+from XDiffusionLib.data.samples import samples_with_role
+from XDiffusionLib.evaluation.protocol import canonical_case
+from XDiffusionLib.io.readers import read_volume
+from XDiffusionLib.io.volume import Volume
+from XDiffusionLib.sampling.thick_slices import reconstruct_thick_slices
 
 OUT = Path(__file__).resolve().parent / "results" / "thick_slices.json"
 
 
 def thick_scan():
-    from XDiffusionLib.data.samples import samples_with_role
-    from XDiffusionLib.evaluation.protocol import canonical_case
-    from XDiffusionLib.io.readers import read_volume
-    from XDiffusionLib.io.volume import Volume
-
     sample = next(s for s in samples_with_role("heldout") if s.name == "pydeface_mean")
     head = canonical_case(read_volume(sample.path))
     spacing = np.asarray(head.spacing)
@@ -44,10 +46,6 @@ def thick_scan():
 
 
 def main() -> int:
-    import torch
-
-    from XDiffusionLib.sampling.thick_slices import reconstruct_thick_slices
-
     scan = thick_scan()
     start = time.perf_counter()
     result = reconstruct_thick_slices(scan, slice_factor=8)

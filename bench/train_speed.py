@@ -21,6 +21,13 @@ from pathlib import Path
 
 import torch
 
+from XDiffusionLib.model.conditioning import drop_condition
+from XDiffusionLib.model.factory import build_denoiser
+from XDiffusionLib.training.config import model_profile
+from XDiffusionLib.training.data import VolumeDataset
+from XDiffusionLib.training.examples import sample_batch
+from XDiffusionLib.training.trainer import diffusion_loss, training_noise_scheduler
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,13 +39,6 @@ def main() -> None:
     parser.add_argument("--config", default=None, help="model config overrides (JSON object)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-
-    from XDiffusionLib.model.conditioning import drop_condition
-    from XDiffusionLib.model.factory import build_denoiser
-    from XDiffusionLib.training.config import model_profile
-    from XDiffusionLib.training.data import VolumeDataset
-    from XDiffusionLib.training.examples import sample_batch
-    from XDiffusionLib.training.trainer import diffusion_loss, training_noise_scheduler
 
     config = model_profile(args.profile, side=args.side, overrides=json.loads(args.config) if args.config else None)
     start = time.perf_counter()

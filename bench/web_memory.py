@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from run_benchmarks import RESULTS, machine, write_json  # noqa: E402
@@ -44,8 +46,6 @@ SLOW_MS = 300_000
 
 def tab_session(app_pid: int):
     """The tab's session process: a session under the app with a (warm or running) worker below it."""
-    import psutil
-
     sessions = [child for child in psutil.Process(app_pid).children(recursive=True)
                 if SESSION_MODULE in " ".join(child.cmdline())]
     with_worker = [session for session in sessions if session.children()]
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS / "web_memory.json"))
     args = parser.parse_args(argv)
 
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # the test extra's, not a dependency of the app
 
     log_path = Path(tempfile.mkdtemp(prefix="xdiffusion-bench-")) / "app.log"
     process, url = start_app(args.model, log_path)

@@ -41,6 +41,7 @@ from XDiffusionLib.model.calibration import save_calibration
 from XDiffusionLib.model.checkpoint import default_model_dir
 from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
 from XDiffusionLib.settings import ReconstructionSettings
+from XDiffusionLib.synth.dataset import write_synthetic_dataset
 from XDiffusionLib.uncertainty.intervals import (FEATURES, KNOTS_MM, LEVELS, MIN_SCALE, fit_calibration, fit_scale_coefficients,
                                                  k_range, profile_at)
 from XDiffusionLib.uncertainty.scan_scale import HeldOutFold, fit_scan_reference, fold_statistic, scan_scale
@@ -64,8 +65,6 @@ def subject_ks(i: int) -> tuple[int, ...]:
 
 
 def ensure_subjects(data: Path, n: int) -> list[dict]:
-    from XDiffusionLib.synth.dataset import write_synthetic_dataset
-
     manifest = data / "manifest.json"
     if not manifest.is_file():
         write_synthetic_dataset(data, n, seed=SEED, artefacts=ARTEFACTS)

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from XDiffusionLib.baselines.anchor import anchor_estimate
 from XDiffusionLib.baselines.foreground import head_mask
@@ -221,8 +222,6 @@ def markdown(summary: dict, rows: list[dict], free_rows: list[dict]) -> str:
 
 
 def figure(examples: dict, rows: list[dict], path: Path) -> None:
-    from matplotlib.figure import Figure
-
     shown = [s for s in examples if "through" in examples[s] and "none" in examples[s]][:3]
     figure = Figure(figsize=(10.5, 3.0 * len(shown) + 3.2), layout="constrained")
     grid = figure.add_gridspec(len(shown) + 1, 3)

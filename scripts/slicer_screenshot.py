@@ -23,12 +23,18 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from XDiffusionLib.errors import XDiffusionError  # noqa: E402 - needs the checkout on sys.path
+from XDiffusionLib.data.samples import SAMPLES, sample_path  # noqa: E402 - needs the checkout on sys.path
+from XDiffusionLib.errors import XDiffusionError  # noqa: E402
+from XDiffusionLib.io import read_volume  # noqa: E402
 from XDiffusionLib.settings import DEFAULTS  # noqa: E402
+from XDiffusionLib.slicer.layout import ORIENTATION, apply_to_scene  # noqa: E402
+from XDiffusionLib.worker.launcher import DONE, WorkerLauncher  # noqa: E402
+from XDiffusionLib.worker.messages import JobSettings  # noqa: E402
 
 DEFAULT_OUT = REPO / "Resources" / "Screenshots" / "comparison.png"
 # The panel's defaults: its parameter node (XDiffusion/XDiffusion.py) takes them from settings.DEFAULTS.
@@ -50,14 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def reconstruct(scene, args):
     """The module's run on ``scene``: input node, reference = input, no overlay; returns (input node, result)."""
-    from XDiffusionLib.data.samples import SAMPLES, sample_path
+    # Slicer's scene (vtk), SimpleITK and scipy: loaded for a screenshot, not when a test reads PANEL_DEFAULTS
     from XDiffusionLib.evaluation.protocol import choose_indices
-    from XDiffusionLib.io import read_volume
     from XDiffusionLib.slicer import nodes
     from XDiffusionLib.slicer.reconstruction import SceneReconstruction
     from XDiffusionLib.transforms.orientation import to_canonical
-    from XDiffusionLib.worker.launcher import DONE, WorkerLauncher
-    from XDiffusionLib.worker.messages import JobSettings
 
     if args.sample not in SAMPLES or SAMPLES[args.sample].role != "heldout":
         raise XDiffusionError(f"sample {args.sample!r} is not a held-out sample: the model may have seen it")
@@ -81,11 +84,11 @@ def reconstruct(scene, args):
 
 def render_views(app, result, node, indices, size: int) -> tuple[list[np.ndarray], int]:
     """Each view of the result's comparison layout as an RGB array, and the generated slice shown."""
+    # vtk, trame-slicer and SimpleITK, as in reconstruct
     import vtk
     from trame_slicer.views import ViewLayoutDefinition, ViewProps, ViewType
     from vtk.util.numpy_support import vtk_to_numpy
 
-    from XDiffusionLib.slicer.layout import ORIENTATION, apply_to_scene
     from XDiffusionLib.slicer.nodes import grid_from_node
     from XDiffusionLib.slicer.slices import canonical_depth, ras_point_of_slice
 
@@ -124,8 +127,6 @@ def render_views(app, result, node, indices, size: int) -> tuple[list[np.ndarray
 
 def compose(images: list[np.ndarray], layout, caption: list[str]):
     """The views side by side under their titles (in the views' colours), a caption below."""
-    from PIL import Image, ImageDraw, ImageFont
-
     size = images[0].shape[0]
     gap, header, line = 4, 30, 20
     font = ImageFont.load_default(size=17)
@@ -145,6 +146,7 @@ def compose(images: list[np.ndarray], layout, caption: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # trame-slicer, Slicer's scene and SimpleITK, as in reconstruct
     from trame_slicer.core import SlicerApp
     from trame_slicer.views import DirectViewFactory
 

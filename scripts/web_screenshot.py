@@ -31,9 +31,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 from app_process import start_app  # noqa: E402  (beside this script)
+
+from XDiffusionLib.data.samples import sample_path  # noqa: E402 - needs the checkout on sys.path
+from XDiffusionLib.evaluation.protocol import canonical_case, choose_indices  # noqa: E402
+from XDiffusionLib.io import read_volume, write_volume  # noqa: E402
+from XDiffusionLib.io.volume import Grid, Volume  # noqa: E402
+from XDiffusionLib.transforms.orientation import to_canonical  # noqa: E402
 
 DEFAULT_OUT = REPO / "Resources" / "Screenshots" / "web-app.png"
 THICK_OUT = REPO / "Resources" / "Screenshots" / "web-app-thick-slices.png"
@@ -59,22 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def input_slices() -> tuple[int, ...]:
-    from XDiffusionLib.data.samples import sample_path
-    from XDiffusionLib.evaluation.protocol import canonical_case, choose_indices
-    from XDiffusionLib.io import read_volume
-
     return choose_indices(canonical_case(read_volume(sample_path(SAMPLE))).array, PLANE, K)
 
 
 def thick_scan(folder: Path) -> Path:
     """The thick-slice scan of ``--thick-slices`` (module docstring), written into ``folder``."""
-    import numpy as np
-
-    from XDiffusionLib.data.samples import sample_path
-    from XDiffusionLib.io import read_volume, write_volume
-    from XDiffusionLib.io.volume import Grid, Volume
-    from XDiffusionLib.transforms.orientation import to_canonical
-
     thin = to_canonical(read_volume(sample_path(THICK_SAMPLE)))[0]
     depth = thin.shape[2] // THICK_SLAB
     slabs = np.asarray(thin.array[:, :, : depth * THICK_SLAB], dtype=np.float32)
@@ -107,7 +104,7 @@ def scroll_to(page, index: int, tag: str = TAG) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # the test extra's, not a dependency of the app
 
     out = Path(args.out or (THICK_OUT if args.thick_slices else DEFAULT_OUT))
     folder = Path(tempfile.mkdtemp(prefix="xdiffusion-screenshot-"))

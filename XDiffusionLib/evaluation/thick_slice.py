@@ -30,6 +30,7 @@ from ..io.atomic import write_text_atomic
 from ..io.volume import Grid, Volume
 from ..metrics.psnr import psnr_paper
 from ..metrics.ssim import ssim_per_plane, ssim_slices
+from ..sampling.thick_slices import reconstruct_thick_slices
 from ..transforms.thick_slices import as_acquired, plan_thick_slices, slab_average
 from .figures import thick_slice_figure
 
@@ -53,8 +54,6 @@ def _predict(method: str, thick: Volume, factor: int, thickness: float, axis: in
     positions = np.arange(thick.shape[axis]) * spacing
     targets = np.arange((thick.shape[axis] - 1) * factor + 1) * spacing / factor
     if method == "xdiffusion":
-        from ..sampling.thick_slices import reconstruct_thick_slices
-
         return reconstruct_thick_slices(thick, factor, thickness=thickness, reconstructor=reconstructor).volume.array
     if method == "cubic":
         return cubic_along(thick.array, axis, positions, targets)

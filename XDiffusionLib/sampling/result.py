@@ -69,7 +69,8 @@ def read_result(output: str | os.PathLike, uncertainty: str | os.PathLike) -> Re
 
 
 def _read(path: str | os.PathLike):
-    import SimpleITK as sitk  # as in write_result
+    # SimpleITK (io.images too), as in write_result
+    import SimpleITK as sitk
 
     from ..io.images import image_to_volume
 

@@ -101,7 +101,7 @@ class Validator:
         import matplotlib  # matplotlib: only when the plot is drawn; Agg before pyplot loads
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # after the backend is chosen
 
         series: dict[int, list[tuple[int, float]]] = {}
         with open(self.csv_path, newline="") as handle:

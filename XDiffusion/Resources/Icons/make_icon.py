@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.patches import Polygon
+from matplotlib.transforms import Affine2D
 
 
 def slice_image(size: int, phase: float) -> np.ndarray:
@@ -23,12 +27,7 @@ def slice_image(size: int, phase: float) -> np.ndarray:
 
 
 def main() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Polygon
-    from matplotlib.transforms import Affine2D
+    matplotlib.use("Agg")  # no display needed; allowed after pyplot's import while no figure exists
 
     figure = plt.figure(figsize=(1.28, 1.28), dpi=100)
     axes = figure.add_axes([0, 0, 1, 1])

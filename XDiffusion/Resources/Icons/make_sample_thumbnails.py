@@ -11,16 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from XDiffusionLib.data.samples import SAMPLES
+from XDiffusionLib.io import read_volume
+from XDiffusionLib.slicer.sample_data import SHOWN
+from XDiffusionLib.transforms.orientation import to_canonical
 
 
 def main() -> None:
-    from PIL import Image
-
-    from XDiffusionLib.data.samples import SAMPLES
-    from XDiffusionLib.io import read_volume
-    from XDiffusionLib.slicer.sample_data import SHOWN
-    from XDiffusionLib.transforms.orientation import to_canonical
-
     here = Path(__file__).resolve().parent
     for name, (_, node_name) in SHOWN.items():
         canonical = to_canonical(read_volume(SAMPLES[name].path))[0]  # RAS+: [x, y, z]

@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _case_key(plan, case) -> str:
     """Everything that changes this case's rows and figures (not the device, not the rank)."""
-    from ...evaluation import protocol  # scipy, as in run
+    # scipy, as in run
+    from ...evaluation import protocol
     from ...evaluation.cohort import digest, file_identity
 
     settings = plan.settings
@@ -191,7 +192,8 @@ def _check_own_files(out: Path, ours: set[str], overwrite: bool) -> None:
 
 def _run_cohort(plan, rank, progress: bool, fresh: bool, note, overwrite: bool = False):
     """Run this rank's cases (one at a time, each saved when done); rank 0 writes the tables."""
-    from ...evaluation.cohort import Case, Cohort, unique_file_names  # scipy, as in run
+    # scipy, as in run
+    from ...evaluation.cohort import Case, Cohort, unique_file_names
     from ...evaluation.runner import run_cases, write_tables
 
     names = unique_file_names([c.source.name for c in plan.cases])
