@@ -726,10 +726,9 @@ def _page_and_reports():
     """The page's typed state as a session holds it (a trame state of its own, no server), and the
     session's reports of it, each error shown also kept in ``errors``."""
     from trame_server.state import State
-    from trame_server.utils.typed_state import TypedState
 
     from XDiffusionLib.app.web.reports import Reports
-    from XDiffusionLib.app.web.state import PageState
+    from XDiffusionLib.app.web.state import typed_page
 
     class Recorded(Reports):
         def __init__(self, page):
@@ -740,7 +739,7 @@ def _page_and_reports():
             super().error(message, shown)
             self.errors.append(self.messages.error)
 
-    page = TypedState(State(), PageState)
+    page = typed_page(State())
     return page, Recorded(page)
 
 

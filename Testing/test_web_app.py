@@ -1379,6 +1379,30 @@ def test_zip_uploads_unpack_safely(tmp_path):
     assert not (tmp_path / "session" / "outside.nii.gz").exists()
 
 
+def test_the_typed_page_state_refuses_a_field_its_dataclasses_do_not_declare():
+    """Issue 23 item 5: trame-server's proxies took any attribute, so a misspelt field written through
+    the typed state (``page.data.running.progres = 5``) became a Python attribute the page never saw,
+    silently. The session's typed state (``state.typed_page``) refuses it, naming the dataclass."""
+    from trame_server.state import State
+
+    from XDiffusionLib.app.web.state import RunningState, typed_page
+
+    state = State()
+    page = typed_page(state)
+    page.data.running.progress = 50.0  # declared fields: written to the trame state as before
+    assert state[page.name.running.progress] == 50.0
+    page.data.running = RunningState(progress=75.0, running=True)  # a whole section at once
+    assert (page.data.running.progress, state[page.name.running.running]) == (75.0, True)
+
+    with pytest.raises(AttributeError, match=r"RunningState has no field 'progres' \(did you mean 'progress'\?\)"):
+        page.data.running.progres = 5
+    with pytest.raises(AttributeError, match="PageState has no field 'runing'"):
+        page.data.runing = RunningState()
+    with pytest.raises(AttributeError, match="SamplingState has no field 'view'"):
+        page.name.sampling.view = "views"
+    assert not hasattr(page.data.running, "progres") and page.data.running.progress == 75.0
+
+
 def test_the_page_settings_are_checked_by_the_one_check_of_sampling_settings():
     """Issue 22 (D): the page parses its fields, and the sampling settings' own check
     (``ReconstructionSettings.from_record``, what ``JobSettings.check`` runs) judges the values, in
@@ -1387,11 +1411,11 @@ def test_the_page_settings_are_checked_by_the_one_check_of_sampling_settings():
     from trame_server.utils.typed_state import TypedState
 
     from XDiffusionLib.app.web.running import options_from_page
-    from XDiffusionLib.app.web.state import PageState
+    from XDiffusionLib.app.web.state import typed_page
     from XDiffusionLib.errors import XDiffusionError
     from XDiffusionLib.settings import ReconstructionSettings
 
-    typed = TypedState(State(), PageState)
+    typed = typed_page(State())
 
     def page(**texts):
         """The sampling fields as the session reads them: the page's text through the typed state."""

@@ -61,7 +61,6 @@ class XDiffusionSession:
                  workdir: Path, worker_mode: str = "subprocess", data_roots: tuple[str, ...] = (),
                  session_key: str | None = None, local_only: bool = True):
         from trame_rca.encoders import RcaImageEncoder
-        from trame_server.utils.typed_state import TypedState
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
@@ -75,7 +74,7 @@ class XDiffusionSession:
         from .results import EXPORT_FORMAT_TITLES
         from .reports import Reports
         from .server_paths import DataRoots, ModelFolders
-        from .state import FAVICON, TITLE, PageState, initial_state
+        from .state import FAVICON, TITLE, initial_state, typed_page
         from .transfer import Transfers
         from .warm_worker import WarmLauncher
         from .workspace import Workspace
@@ -109,7 +108,7 @@ class XDiffusionSession:
 
         # The page's state, typed (``state.PageState``); without server paths the page shows the
         # model's name, not where it lies on the server.
-        self.page = TypedState(self.state, PageState)
+        self.page = typed_page(self.state)
         shown = (model_dir if self.allow_server_paths else Path(model_dir).name) if model_dir else ""
         self.state.update({"trame__title": TITLE, "trame__favicon": FAVICON})
         self.page.set_dataclass(initial_state(

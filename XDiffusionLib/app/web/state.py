@@ -4,7 +4,8 @@ trame mirrors one flat dictionary between the server and the page. trame-server'
 lays these dataclasses over it: the session and its features read and write typed attributes
 (``page.data.running.progress = 50.0``) and bind callbacks to their changes, and the page
 (``ui.py``) takes every key it names from the same mapping (``page.name.running.progress`` is the
-key ``PageState__running__RunningState__progress``); no key is spelled by hand. Each feature writes
+key ``PageState__running__RunningState__progress``); no key is spelled by hand, and a field the
+dataclasses do not declare cannot be written (``typed_page``). Each feature writes
 its own section and the status lines (``messages``), and reads any. Nothing here imports the
 features back. Sampling fields, their defaults, choices and limits derive from the one settings
 home, ``XDiffusionLib.settings``.
@@ -12,10 +13,16 @@ home, ``XDiffusionLib.settings``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import TYPE_CHECKING, get_type_hints
 
 from ...maps import DIFFERENCE_TITLE
 from ...settings import DEFAULTS, MAX_GUIDANCE, MAX_SAMPLES, MAX_STEPS, MAX_VIEWS, SAMPLERS
+
+if TYPE_CHECKING:
+    from trame_server.state import State
+    from trame_server.utils.typed_state import TypedState
 
 TITLE = "XDiffusion"
 FAVICON = "xdiffusion_static/favicon.svg"  # relative: under the hub's /s/<token>/ too
@@ -191,6 +198,42 @@ def initial_state(*, max_upload_bytes: int, allow_server_paths: bool, model_show
         settings=SettingsState(model_dir=model_shown),
         exporting=ExportingState(formats=[{"title": t, "value": k} for k, t in export_format_titles.items()]),
     )
+
+
+def typed_page(state: State) -> TypedState[PageState]:
+    """``PageState`` laid over the trame ``state``, as a session holds it. trame-server's proxies
+    take any attribute: a misspelt field (``page.data.running.progres = 5``) would become a Python
+    attribute the page never sees, silently; here writing a field its dataclass does not declare
+    raises AttributeError, in the data proxies and the name proxies alike."""
+    # trame-server: loaded by a session, not with the page's declarations (ui.py and the features import them)
+    from trame_server.utils.typed_state import TypedState
+
+    page = TypedState(state, PageState)
+    _declared_fields_only(page.data, PageState)
+    _declared_fields_only(page.name, PageState)
+    return page
+
+
+def _declared_fields_only(proxy, dataclass_type: type) -> None:
+    """Make ``proxy`` (a ``TypedState`` proxy of ``dataclass_type``) and its nested proxies refuse
+    an undeclared attribute. Each ``TypedState`` builds its own proxy classes, so only this page's change."""
+    declared = tuple(f.name for f in fields(dataclass_type))
+    proxy_class = type(proxy)
+    plain_setattr = proxy_class.__setattr__
+
+    def __setattr__(instance, name: str, value) -> None:
+        if name not in declared:
+            near = difflib.get_close_matches(name, declared, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise AttributeError(f"{dataclass_type.__name__} has no field {name!r}{hint}: the page state takes "
+                                 f"only the fields its dataclasses declare (app/web/state.py)")
+        plain_setattr(instance, name, value)
+
+    proxy_class.__setattr__ = __setattr__
+    types = get_type_hints(dataclass_type)
+    for name in declared:
+        if is_dataclass(types[name]):
+            _declared_fields_only(getattr(proxy, name), types[name])
 
 
 def sampling_names(names: PageState) -> tuple[str, ...]:
