@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import http.client
+import importlib.util
 import io
 import json
 import os
@@ -44,13 +45,18 @@ UPLOAD_LIMIT_MB = 1
 SLOW = 150_000  # ms: a session start or a reconstruction on a busy 2-core machine
 
 
+def _load_script(name: str):
+    """A module of scripts/ (a folder of tools, not a package), loaded from its file."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+app_process = _load_script("app_process")  # the app's start-up, shared with the tools that drive it
+
+
 # -- fixtures ------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=30) as answer:
@@ -69,24 +75,14 @@ def head_file(tmp_path_factory) -> Path:
 
 
 def start_app(model: Path, log_path: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    log = open(log_path, "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "XDiffusionLib.app.cli", "app", "--port", str(port), "--model", str(model),
-         "--max-upload-mb", str(UPLOAD_LIMIT_MB), "--session-timeout", "30", "--max-sessions", "8", *extra],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            get_json(url + "/status")
-            return process, url
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError(f"the app did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+    """The app with the tests' limits (``extra`` after them: a later --max-sessions wins), one
+    thread per process, started by the tools' start-up; AssertionError if it does not start."""
+    arguments = ["--model", str(model), "--max-upload-mb", str(UPLOAD_LIMIT_MB), "--session-timeout", "30",
+                 "--max-sessions", "8", *extra]
+    try:
+        return app_process.launch_app(arguments, log_path, env={"OMP_NUM_THREADS": "1"}, timeout_s=60, poll_s=0.3)
+    except app_process.AppDidNotStart as error:
+        raise AssertionError(str(error)) from None
 
 
 def stop_app(process: subprocess.Popen) -> int:
