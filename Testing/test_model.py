@@ -18,6 +18,7 @@ from XDiffusionLib.model.checkpoint import (
     default_model_dir,
     load_pretrained,
     read_config,
+    replace_config,
     save_pretrained,
 )
 from XDiffusionLib.model.conditioning import (
@@ -285,6 +286,30 @@ def test_save_pretrained_replaces_an_existing_folder(saved_model):
     cond = _cond(config)
     assert torch.equal(run_model(other, cond), run_model(loaded, cond))
     assert [p.name for p in directory.parent.iterdir()] == ["model"], "no temporary folders left behind"
+
+
+def test_replace_config_changes_an_inference_field_and_keeps_the_weights(tmp_path):
+    from dataclasses import replace
+
+    from XDiffusionLib.model.files import weights_checksum
+
+    torch.manual_seed(0)
+    config = tiny_config(target="residual", priors=("anchor", "linear", "distance"))
+    model = build_denoiser(config).eval()
+    directory = save_pretrained(model, config, tmp_path / "model")
+    (directory / "MODEL_CARD.md").write_text("card")
+    before = weights_checksum(directory)
+    replace_config(directory, replace(config, residual_gain={"1": 1.5}))
+    loaded, loaded_config = load_pretrained(directory)  # its checksums verified: the config is sealed
+    assert loaded_config.residual_gain == {"1": 1.5} and weights_checksum(directory) == before
+    assert (directory / "MODEL_CARD.md").read_text() == "card"
+    original = model.state_dict()
+    assert all(torch.equal(tensor, original[name]) for name, tensor in loaded.state_dict().items())
+    saved = (directory / CONFIG_NAME).read_bytes()
+    with pytest.raises(XDiffusionError, match="only residual_gain may change"):
+        replace_config(directory, replace(loaded_config, depth_frequencies=2))
+    assert (directory / CONFIG_NAME).read_bytes() == saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"], "no temporary folders left behind"
 
 
 def test_checkpoint_missing_folder_and_files(tmp_path, saved_model):

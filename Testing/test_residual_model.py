@@ -57,6 +57,17 @@ class ExactResidual(torch.nn.Module):
         return ab.sqrt() * eps - (1 - ab).sqrt() * x0
 
 
+class ViewDependentResidual(ExactResidual):
+    """``value`` plus a share of the noisy input: each view (its own noise) answers differently."""
+
+    def forward(self, x, t, cond):
+        self.seen += x.shape[0]
+        ab = self.alphas[t.long().cpu()].view(-1, 1, 1, 1).to(x)
+        x0 = self.value + 0.05 * x
+        eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+
 # ------------------------------------------------------------------ views
 
 
@@ -184,6 +195,43 @@ def test_a_constant_residual_is_added_in_the_inputs_units_inside_the_head():
     assert float(np.abs(out[0, 0, :] - anchor[0, 0, :]).max()) == 0.0
 
 
+def test_the_residual_gain_for_this_k_scales_the_residual_and_its_spread():
+    volume = head()
+    inputs = SliceInput.from_volume(volume, "axial", [10])
+    runs = {}
+    for gain in (None, 0.0, 2.0):
+        config = residual_config(residual_gain={} if gain is None else {"1": gain, "2": 3.0})
+        reconstructor = XDiffusionReconstructor(model=ViewDependentResidual(config, -0.05), config=config, views=2, steps=2,
+                                                device="cpu", calibrated=False, keep_features=True)
+        runs[gain] = reconstructor.reconstruct_with_uncertainty(inputs)
+    anchor = AnchorBaseline().reconstruct(inputs).array
+    added = {gain: runs[gain].volume.array[12, 14, 5] - anchor[12, 14, 5] for gain in runs}
+    assert added[None] != pytest.approx(0.0, abs=1e-3)  # no table: gain 1
+    assert added[0.0] == pytest.approx(0.0, abs=1e-5)  # K = 1 takes key "1", not "2"
+    assert added[2.0] == pytest.approx(2.0 * added[None], rel=1e-4)
+    assert float(runs[None].spread.array.max()) > 0.05  # the views disagree
+    assert np.allclose(runs[2.0].spread.array, 2.0 * runs[None].spread.array, rtol=1e-4, atol=1e-5)
+    assert np.array_equal(runs[0.0].volume.array[:, :, 10], volume.array[:, :, 10])  # the input slice exact
+    # The parts a gain is selected on rebuild the output at any gain.
+    anchor_part, residual, (low, high) = reconstructor.residual_parts(inputs)
+    rebuilt = inputs.paste_into(np.clip(anchor_part + 2.0 * residual, low, high))
+    assert np.allclose(rebuilt, runs[2.0].volume.array, atol=1e-4)
+
+
+def test_the_residual_gain_table_is_checked_and_read_by_k():
+    config = residual_config(residual_gain={5: 1.25, "1": 1.5})
+    assert config.residual_gain == {"1": 1.5, "5": 1.25}  # JSON's text keys, in K order
+    assert [config.residual_gain_for(k) for k in (1, 4, 5, 31)] == [1.5, 1.5, 1.25, 1.25]
+    assert residual_config(residual_gain={"3": 0.5}).residual_gain_for(2) == 1.0  # below the smallest key
+    assert XDiffusionConfig.from_dict(config.to_dict()).residual_gain == config.residual_gain
+    for table, message in (({"0": 1.0}, "whole number K >= 1"), ({"x": 1.0}, "whole number K >= 1"),
+                           ({"1": -0.5}, r"in \[0, 4\]"), ({"1": "2"}, r"in \[0, 4\]"), ([1.0], "must map K")):
+        with pytest.raises(XDiffusionError, match=message):
+            residual_config(residual_gain=table)
+    with pytest.raises(XDiffusionError, match="only a residual model"):
+        XDiffusionConfig(residual_gain={"1": 1.5})
+
+
 def test_sections_outside_the_head_cost_no_evaluation_and_stay_unchanged():
     config = residual_config()
     cube = torch.zeros(S, S, S)
@@ -255,3 +303,20 @@ def test_strength_starts_lower_down_the_schedule_and_refuses_noisier_starts_than
     assert float(out.cube[8, 8, 8]) == pytest.approx(0.2, abs=1e-4)
     with pytest.raises(XDiffusionError, match="strength 0.8 must lie in"):
         pipeline(sparse, ReconstructionSettings(views=2, steps=2, strength=0.8))
+
+
+def test_the_gain_selection_rule_takes_the_best_psnr_that_keeps_head_ssim():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "select_residual_gain.py"
+    spec = importlib.util.spec_from_file_location("select_residual_gain", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    # (PSNR, head SSIM, SSIM) per subject, two subjects, for each gain
+    scores = {1: {0.5: [(20.0, 0.50, 0.6)] * 2, 1.0: [(20.5, 0.50, 0.6)] * 2, 1.5: [(21.0, 0.499, 0.6)] * 2,
+                  2.0: [(21.5, 0.490, 0.6)] * 2},
+              5: {0.5: [(25.0, 0.60, 0.7)] * 2, 1.0: [(24.0, 0.60, 0.7)] * 2, 1.5: [(23.0, 0.61, 0.7)] * 2,
+                  2.0: [(22.0, 0.62, 0.7)] * 2}}
+    # K=1: 2.0 has the best PSNR but loses 0.01 head SSIM (more than the slack); K=5: 0.5 is simply best
+    assert script.select(scores, slack=0.002) == {1: 1.5, 5: 0.5}

@@ -99,6 +99,20 @@ def test_table_round_trips_and_every_corruption_is_refused(tmp_path):
         load_calibration(folder)
 
 
+def test_a_table_is_bound_to_the_configs_residual_gain(tmp_path):
+    from XDiffusionLib.model.config import XDiffusionConfig
+
+    folder = weights_folder(tmp_path)
+    config = XDiffusionConfig(target="residual", priors=("anchor", "linear", "distance"), residual_gain={"1": 1.5})
+    config.save_json(folder / "config.json")
+    save_calibration(small_table(), folder)
+    assert load_calibration(folder) is not None
+    XDiffusionConfig(target="residual", priors=("anchor", "linear", "distance"),
+                     residual_gain={"1": 1.25}).save_json(folder / "config.json")
+    with pytest.raises(XDiffusionError, match="calibrated for another residual_gain"):
+        load_calibration(folder)
+
+
 def test_malformed_table_fields_are_named():
     data = small_table().to_dict()
     data["quantiles"] = data["quantiles"][:2]

@@ -40,6 +40,8 @@ from .files import CONFIG_NAME, WEIGHTS_CHECKSUM, WEIGHTS_NAME, default_model_di
 
 # The other key of the checksums recorded in the weights file's metadata (besides WEIGHTS_CHECKSUM).
 CONFIG_CHECKSUM = "config_sha256"
+# Config fields read only at inference, after the network: ``replace_config`` may change them.
+INFERENCE_FIELDS = ("residual_gain",)
 
 
 def save_pretrained(model: nn.Module, config: XDiffusionConfig, directory: str | os.PathLike) -> Path:
@@ -56,6 +58,33 @@ def save_pretrained(model: nn.Module, config: XDiffusionConfig, directory: str |
         seal_safetensors(unsealed, tmp / WEIGHTS_NAME, {CONFIG_CHECKSUM: file_sha256(tmp / CONFIG_NAME)},
                          WEIGHTS_CHECKSUM)
         unsealed.unlink()
+        replace_directory(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def replace_config(directory: str | os.PathLike, config: XDiffusionConfig) -> Path:
+    """Give the model folder ``directory`` a new ``config.json`` (an inference-time field such as
+    ``residual_gain``; the architecture must stay the weights') and record its checksum in the weights
+    file, whose tensor bytes stay as they are. The folder is replaced as a whole (its other files
+    copied): never a new config beside weights sealed for the old one."""
+    directory = Path(directory)
+    verify_checksums(directory)
+    old = read_config(directory)
+    fixed = {key: value for key, value in old.to_dict().items() if key not in INFERENCE_FIELDS}
+    if fixed != {key: value for key, value in config.to_dict().items() if key not in INFERENCE_FIELDS}:
+        raise XDiffusionError(f"{directory / CONFIG_NAME}: only {', '.join(INFERENCE_FIELDS)} may change "
+                              "without new weights")
+    tmp = temporary_directory(directory)
+    try:
+        for item in directory.iterdir():
+            if item.is_file() and item.name not in (CONFIG_NAME, WEIGHTS_NAME):
+                shutil.copy2(item, tmp / item.name)
+        config.save_json(tmp / CONFIG_NAME)
+        seal_safetensors(directory / WEIGHTS_NAME, tmp / WEIGHTS_NAME, {CONFIG_CHECKSUM: file_sha256(tmp / CONFIG_NAME)},
+                         WEIGHTS_CHECKSUM)
         replace_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -42,6 +42,25 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 DROPOUT_KEYS = ("image", "pose", "all")
 
 
+_MAX_GAIN = 4.0  # a residual amplified further would be the network's noise, not a correction
+
+
+def _gain_table(table: Any) -> dict[str, float]:
+    """``residual_gain`` checked and in canonical form: keys are whole numbers K >= 1 (as text, the
+    JSON form), values gains in [0, _MAX_GAIN]."""
+    if not isinstance(table, dict):
+        raise XDiffusionError(f"config residual_gain {table!r} must map K (the smallest K of a range) to a gain")
+    checked: dict[str, float] = {}
+    for key, value in table.items():
+        text = str(key).strip()
+        if not text.isdigit() or int(text) < 1:
+            raise XDiffusionError(f"config residual_gain key {key!r} must be a whole number K >= 1")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= _MAX_GAIN:
+            raise XDiffusionError(f"config residual_gain[{key!r}] = {value!r} must be a number in [0, {_MAX_GAIN:g}]")
+        checked[str(int(text))] = float(value)
+    return dict(sorted(checked.items(), key=lambda item: int(item[0])))
+
+
 _MAX_SIDE, _MAX_LEVELS, _MAX_LAYERS, _MAX_SLICES, _MAX_CHANNELS = 4096, 8, 16, 4096, 8192
 
 
@@ -71,6 +90,11 @@ class XDiffusionConfig:
     # deterministic anchor (``baselines.anchor``), scaled by ``residual_scale`` into network range.
     target: str = "volume"
     residual_scale: float = 1.0
+    # The generated residual is multiplied by a gain that depends on the number of input slices K:
+    # {"1": 1.5, "5": 1.25} is 1.5 for K = 1-4 and 1.25 from K = 5 on (1 below the smallest key;
+    # empty: 1 everywhere). Averaging views and samples shrinks the residual toward zero; the
+    # shipped model's table was selected on synthetic validation (its model card).
+    residual_gain: dict[str, float] = field(default_factory=dict)
     anchor_decay_inside_mm: float = 6.0
     anchor_decay_outside_mm: float = 6.0
     # Sampling starts at this fraction of the noise schedule (1: pure noise; < 1: near the anchor),
@@ -92,6 +116,7 @@ class XDiffusionConfig:
         self.priors = tuple(str(p) for p in self.priors)
         self.cond_dropout = {str(k): float(v) for k, v in dict(self.cond_dropout).items()}
         self.context_sections = int(self.context_sections)
+        self.residual_gain = _gain_table(self.residual_gain)
         self.validate()
 
     def validate(self) -> None:
@@ -143,6 +168,8 @@ class XDiffusionConfig:
             raise XDiffusionError("config residual_scale and the anchor decays must be positive")
         if int(self.context_sections) != self.context_sections or self.context_sections < 0:
             raise XDiffusionError(f"config context_sections {self.context_sections!r} must be an integer >= 0")
+        if self.residual_gain and self.target != "residual":
+            raise XDiffusionError("config residual_gain: only a residual model has a residual to scale")
         if (self.target == "residual") != ("anchor" in self.priors):
             raise XDiffusionError("config: a residual model needs the 'anchor' prior, and only a residual model uses it")
         if self.max_slices < 1 or self.num_train_timesteps < 2:
@@ -153,6 +180,11 @@ class XDiffusionConfig:
                 f"config cond_dropout {self.cond_dropout}: keys from {', '.join(DROPOUT_KEYS)}, "
                 "probabilities in [0, 1] summing to at most 1"
             )
+
+    def residual_gain_for(self, k: int) -> float:
+        """The residual's gain with ``k`` input slices (``residual_gain``: the entry of the largest key <= k)."""
+        chosen = [int(key) for key in self.residual_gain if int(key) <= int(k)]
+        return float(self.residual_gain[str(max(chosen))]) if chosen else 1.0
 
     # Derived sizes shared by the conditioning and every profile.
     @property

@@ -18,7 +18,8 @@ both; ``progress`` belongs to the run.
 2. into model space, by the model's target (``config.target``):
    - ``volume``: the model generates the volume; an ``IntensityNormalizer`` fitted on the input
      slices only (leak-free) maps them to [0, 1] (and a template cube where the model takes one);
-   - ``residual``: the model generates the residual truth - anchor; the anchor
+   - ``residual``: the model generates the residual truth - anchor (applied times the config's
+     gain for this K, ``residual_gain``); the anchor
      (``baselines.anchor``) is computed on the input grid from the input slices alone, a zero-floor
      normaliser maps it to [0, 1], and where it shows the head (``pipeline.in_head``) is decided
      here, once, for the residual, the spread and the interval;
@@ -106,18 +107,25 @@ class _ResidualTarget:
         anchor_cube = np.asarray(self.normalizer.forward(self.space.to_cube(anchor, antialias=True)), dtype=np.float32)
         self.sparse = SparseCube.from_slice_input(inputs, self.space, self.normalizer, anchor=anchor_cube)
         self.scale = float(self.normalizer.high - self.normalizer.low)
+        # The model's residual, times the config's gain for this K: every view's output is
+        # anchor + gain x its residual, so the spread across views scales by the gain too.
+        self.gain = np.float32(config.residual_gain_for(len(inputs.indices)))
         # The residual never paints empty space: zero where the anchor shows no head (background is
         # 38-76% of a scan, and a faint residual there costs SSIM; chosen on synthetic validation).
         # Decided on the input grid (the cube's resampling blurs the head's edge into the background).
         self.head = in_head(np.asarray(self.normalizer.forward(anchor)))
         self.range = (float(np.min(inputs.slices)), float(np.max(inputs.slices)))
 
+    def residual(self, out: PipelineOutput) -> np.ndarray:
+        """The model's residual on the input grid in the inputs' units, before the gain."""
+        return self.space.to_grid(out.cube.numpy()) * np.float32(self.scale) * self.head
+
     def to_grid(self, out: PipelineOutput) -> tuple[np.ndarray, np.ndarray]:
         """(volume, spread) on the input grid in the inputs' intensity units, input slices not yet pasted in."""
-        residual = self.space.to_grid(out.cube.numpy()) * np.float32(self.scale) * self.head
         low, high = self.range
-        volume = np.clip(self.estimate.volume.array + residual, low, high).astype(np.float32)
-        spread = np.clip(self.space.to_grid(out.uncertainty.numpy()), 0.0, None) * np.float32(self.scale) * self.head
+        volume = np.clip(self.estimate.volume.array + self.gain * self.residual(out), low, high).astype(np.float32)
+        units = np.float32(self.scale) * self.gain * self.head
+        spread = np.clip(self.space.to_grid(out.uncertainty.numpy()), 0.0, None) * units
         return volume, spread
 
 
@@ -259,6 +267,17 @@ class XDiffusionReconstructor:
             return result
         _stage(progress, 1.0, "computing the uncertainty interval")
         return self._with_interval(result, inputs, target, calibration)
+
+    def residual_parts(self, inputs: SliceInput) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+        """(anchor, residual before the gain, the inputs' range) on ``inputs.grid``, input slices not
+        pasted in: a residual model's output is clip(anchor + gain x residual) to that range. What the
+        gain is selected on (``scripts/select_residual_gain.py``)."""
+        self.validate(inputs)
+        if self.config.target != "residual":
+            raise XDiffusionError("residual_parts: this model generates the volume itself, not a residual")
+        target = _ResidualTarget(inputs, self.config)
+        out = self.pipeline(target.sparse, self.settings, self.progress)
+        return target.estimate.volume.array, target.residual(out), target.range
 
     def _with_interval(self, result: ReconstructionResult, inputs: SliceInput, target: _ResidualTarget,
                        calibration: IntervalCalibration | None) -> ReconstructionResult:
