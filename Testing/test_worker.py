@@ -173,6 +173,36 @@ def test_the_worker_refuses_a_label_map(tiny_model, private_tmp):
     assert list(private_tmp.iterdir()) == []
 
 
+def test_a_thick_slice_runs_model_share_comes_back_from_the_worker(tmp_path, private_tmp):
+    """Issue 21: how much of a thick-slice result the model generated against interpolation along
+    the slice axis (chosen on the scan's own slices) was printed by the command line only; the
+    worker's files lost it, so the Slicer module and the web app could not say it. It now travels in
+    the reconstruction's header, and files written without it read back as before (no share)."""
+    from model_helpers import save_tiny_model
+
+    from XDiffusionLib.sampling.result import ModelShare, ReconstructionResult, read_result, write_result
+    from XDiffusionLib.sampling.thick_slices import reconstruct_thick_slices
+    from XDiffusionLib.slicer.thick_slices import job_settings
+    from XDiffusionLib.transforms.thick_slices import plan_thick_slices
+
+    model = save_tiny_model(tmp_path / "tiny8", max_slices=8)  # 7 acquired slices: enough to leave some out
+    volume = Volume.from_array(smooth_array((12, 10, 7)), (1.0, 1.2, 4.0), (-20.5, 13.25, 7.0))
+    plan = plan_thick_slices(volume.grid, slice_factor=2)
+    job = WorkerLauncher("inprocess").start(volume, job_settings(messages.JobSettings(model_dir=str(model),
+                                                                                      options=FAST), plan))
+    assert job.wait(120) == DONE, job.error
+    result = job.result()
+    library = reconstruct_thick_slices(volume, slice_factor=2, model_dir=model, **FAST)
+    assert library.share.checked and result.share == ModelShare(pytest.approx(library.model_weight, abs=1e-5), True)
+    assert result.share.label() == library.share.label()
+    # Written without a share (a run from chosen slices, or an older worker): none read back.
+    plain = ReconstructionResult(volume, volume.with_array(np.zeros(volume.shape, np.float32)))
+    assert read_result(*write_result(plain, tmp_path / "plain.nrrd", tmp_path / "plain_u.nrrd")).share is None
+    bad = ReconstructionResult(volume, plain.uncertainty, share=ModelShare(1.5, True))
+    with pytest.raises(XDiffusionError, match=r"bad\.nrrd: XDiffusion_model_share '1\.5' is not a share between 0 a"):
+        read_result(*write_result(bad, tmp_path / "bad.nrrd", tmp_path / "bad_u.nrrd"))
+
+
 @pytest.mark.slow
 def test_subprocess_bad_input_is_a_clear_error(tiny_model, private_tmp):
     array = smooth_array((12, 10, 8))

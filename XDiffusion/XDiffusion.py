@@ -334,23 +334,27 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.stop()
         self.ui.cancelButton.setEnabled(False)
         self.ui.progressBar.setVisible(False)
+        outcome = None
         try:
             if state == "done":
                 self._lastResult = self.logic.finishReconstruction(self._parameterNode)
-                self.ui.statusLabel.text = _("Done: {name}{uncertainty}").format(
-                    name=self._lastResult.reconstruction.GetName(), uncertainty=self.uncertaintyText())
+                outcome = _("Done: {name}{uncertainty}{share}").format(
+                    name=self._lastResult.reconstruction.GetName(), uncertainty=self.uncertaintyText(),
+                    share=self.shareText())
                 if self._parameterNode.showComparison:
                     self.logic.showComparison(self._lastResult.layout)
             elif state == "failed":
                 reason = self.logic.lastError() or _("unknown error")
-                self.ui.statusLabel.text = _("Failed: {reason}").format(reason=reason)
+                outcome = _("Failed: {reason}").format(reason=reason)
                 slicer.util.errorDisplay(_("Reconstruction failed: {reason}").format(reason=reason))
             else:
-                self.ui.statusLabel.text = _("Cancelled.")
+                outcome = _("Cancelled.")
         except Exception as error:  # noqa: BLE001 - shown to the user, logged with its traceback
             logging.exception("XDiffusion: adding the results failed")
             slicer.util.errorDisplay(_("Adding the results failed: {error}").format(error=error))
         self.updateGUIFromParameterNode()
+        if outcome is not None:  # after the refresh, whose "Ready" line would hide it, until the next change
+            self.ui.statusLabel.text = outcome
 
     def onCancel(self) -> None:
         self.ui.statusLabel.text = _("Cancelling...")
@@ -373,6 +377,12 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from XDiffusionLib.slicer.display import uncertainty_info_of
 
         return _("; uncertainty = {label}").format(label=uncertainty_info_of(node).label)
+
+    def shareText(self) -> str:
+        """A thick-slice run: how much of the result the model generated against interpolation along
+        the slice axis (the library's line, as the command line and the web app show it)."""
+        share = self._lastResult.share if self._lastResult is not None else None
+        return "" if share is None else _("; {share}").format(share=share.label())
 
     def onExport(self) -> None:
         self.exportVolume(uncertainty=False)

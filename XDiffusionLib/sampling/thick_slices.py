@@ -43,7 +43,7 @@ from ..inputs import check_intensity_volume
 from ..io.volume import Grid, Volume
 from ..transforms.thick_slices import (ThickSlicePlan, enforce_slab_averages, place_acquired, plan_thick_slices,
                                        slab_average)
-from .result import ReconstructionResult
+from .result import ModelShare, ReconstructionResult
 
 _MIN_FOR_CHECK = 5  # acquired slices needed to leave every other one out (3 kept, 2 left out)
 _WINDOW_OVERLAP = 4  # acquired slices shared by neighbouring windows of a scan longer than the model takes
@@ -55,7 +55,12 @@ class ThickSliceResult(ReconstructionResult):
     plan that made them."""
 
     plan: ThickSlicePlan | None = None
-    model_weight: float = 1.0  # w of step 3: the generated volume's share, the rest PCHIP
+
+    @property
+    def model_weight(self) -> float:
+        """w of step 3: the generated volume's share, the rest PCHIP (``share``, which the worker's
+        files carry to the Slicer module and the web app)."""
+        return 1.0 if self.share is None else self.share.weight
 
 
 def plan_for(volume: Volume, slice_factor: int | None = None, spacing: float | None = None,
@@ -88,7 +93,8 @@ def reconstruct_thick_slices(
     ``cross_validate``: step 3 (False: the generated volume alone, w = 1).
     A scan with more acquired slices than the model takes goes through steps 2-3 in windows of at
     most that many slices, neighbours sharing ``_WINDOW_OVERLAP`` slices and cross-faded over them;
-    step 4 then runs once on the whole. ``result.model_weight`` is the mean of the windows' weights.
+    step 4 then runs once on the whole. ``result.model_weight`` is the mean of the windows' weights;
+    ``result.share`` holds it, whether it was checked on the scan's slices, and the line to show.
     Every bad value raises one-line XDiffusionError before any model work; ``result.plan.describe()``
     is a line to show the user.
     """
@@ -120,8 +126,16 @@ def reconstruct_thick_slices(
     blended = (total / coverage.reshape(profile)).astype(np.float32)
     uncertainty = Volume((spread / coverage.reshape(profile)).astype(np.float32), plan.grid)
     consistent = enforce_slab_averages(blended, volume.array, plan)
+    # Said to be checked only when every window's weight was chosen on its own slices.
+    checked = cross_validate and all(_can_check(stop - start) for start, stop in windows)
     return ThickSliceResult(Volume(consistent, plan.grid), uncertainty, info=info, plan=plan,
-                            model_weight=float(np.mean(weights)))
+                            share=ModelShare(float(np.mean(weights)), checked))
+
+
+def _can_check(acquired: int) -> bool:
+    """Whether step 3 can leave every other one of ``acquired`` slices out (one rule for the weight
+    and for saying that it was checked)."""
+    return acquired >= _MIN_FOR_CHECK
 
 
 def slab_windows(acquired: int, limit: int, overlap: int | None = None) -> list[tuple[int, int]]:
@@ -196,9 +210,9 @@ def model_weight(volume: Volume, plan: ThickSlicePlan, reconstructor) -> float:
     docstring); 1 when the scan has too few slices to leave any out (fewer than ``_MIN_FOR_CHECK``)."""
     from .reconstructor import reconstruct_volume
 
-    pairs = (plan.acquired - 1) // 2  # the first 2 * pairs + 1 slices: kept ones at both ends
-    if 2 * pairs + 1 < _MIN_FOR_CHECK:
+    if not _can_check(plan.acquired):
         return 1.0
+    pairs = (plan.acquired - 1) // 2  # the first 2 * pairs + 1 slices: kept ones at both ends
     used = np.take(np.asarray(volume.array, dtype=np.float32), np.arange(2 * pairs + 1), axis=plan.axis)
     shape = list(used.shape)
     full_grid = Grid(tuple(shape), plan.source.spacing, plan.source.origin, plan.source.direction)

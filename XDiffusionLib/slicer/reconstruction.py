@@ -13,7 +13,10 @@ the job is done, adds the results as new nodes:
 With ``grid_spacing``, the input slices are all the acquired slices of a thick-slice scan (each
 averaging ``thickness`` mm; None: the slice spacing) and the results lie on a grid finer along the
 slice axis: the worker runs the library's thick-slice workflow (``thick_slices``,
-``sampling.thick_slices``); there is no difference map then.
+``sampling.thick_slices``); there is no difference map then. How much of that result the model
+generated against interpolation along the slice axis (``sampling.result.ModelShare``, read back
+from the worker's files) is ``ResultNodes.share``, the reconstruction node's description and a
+setting of its provenance (so DICOM exports record it too).
 A job that fails or is cancelled adds nothing; if creating the result nodes fails half-way, the
 ones already added are removed again.
 """
@@ -26,7 +29,7 @@ import numpy as np
 
 from .. import maps
 from ..errors import XDiffusionError
-from ..sampling.result import ReconstructionResult
+from ..sampling.result import ModelShare, ReconstructionResult
 from ..worker.launcher import CANCELLED, DONE, FAILED, RUNNING, WorkerJob, WorkerLauncher
 from ..worker.messages import JobSettings
 from . import display, segmentation as seg
@@ -47,6 +50,7 @@ class ResultNodes:
     segmentation_real: object | None = None
     segmentation_generated: object | None = None
     layout: ComparisonLayout | None = None
+    share: ModelShare | None = None  # a thick-slice run: the model's share against slice-axis interpolation
 
 
 class SceneReconstruction:
@@ -68,6 +72,7 @@ class SceneReconstruction:
         self.job: WorkerJob | None = None
         self.result: ResultNodes | None = None
         self.plan: AllSlicesPlan | None = None  # with grid_spacing: all acquired slices, finer grid
+        self.share: ModelShare | None = None  # the finished run's, from the worker's result
         overlay_node = None if overlay in (None, AUTOMATIC) else overlay
         if grid_spacing is None:
             check_request(input_node, settings, reference_node, overlay_node)
@@ -120,6 +125,9 @@ class SceneReconstruction:
         if self.plan is not None:  # the indices are those of the finer grid
             settings["all_acquired_slices_onto_grid_mm"] = self.plan.spacing
             settings["slice_thickness_mm"] = self.plan.thickness
+        if self.share is not None:  # known once the run is done
+            settings["model_share_against_slice_axis_interpolation"] = round(self.share.weight, 4)
+            settings["model_share_checked_on_this_scan"] = self.share.checked
         return Provenance(self.settings.plane, self.settings.indices, model, settings, self._input_name)
 
     def finish(self) -> ResultNodes:
@@ -151,9 +159,12 @@ class SceneReconstruction:
 
         reconstruction = add(outputs.volume.with_array(outputs.volume.array.astype(np.float32)), "reconstruction")
         display.show_like(reconstruction, like)
+        self.share = outputs.share
         for key, value in self.provenance().to_attributes().items():
             reconstruction.SetAttribute(key, value)
-        result = ResultNodes(reconstruction)
+        if outputs.share is not None:  # in words where Slicer shows a node's description (saved with the scene)
+            reconstruction.SetDescription(outputs.share.label())
+        result = ResultNodes(reconstruction, share=outputs.share)
         result.uncertainty = add(outputs.uncertainty, "uncertainty")
         # This run's own meaning, carried by the result (calibrated on this scan or on synthetic data
         # only), recorded on the node for every redisplay and export.

@@ -202,7 +202,6 @@ def _reconstruct_and_write(args, indices: list[int], output: Path, uncertainty: 
             bar.close()
 
     write_result(result, output, uncertainty)  # both files say what they are; the uncertainty its meaning
-    grid = (f": {plan.describe()}; the model's share against slice-axis interpolation {result.model_weight:.2f} "
-            f"(chosen on this scan's own slices)") if args.all_slices else ""
+    grid = f": {plan.describe()}; {result.share.label()}" if args.all_slices else ""
     print(f"wrote {output} and {uncertainty} ({result.info.label}){grid}")
     return 0

@@ -167,8 +167,10 @@ class Running:
                 reports.failure(error, "showing the result")
                 return
             titles = " | ".join(spec.title for spec in self.workspace.comparison.layout.views)
+            # A thick-slice run says how much of its result the model generated (the library's line).
+            share = f"; {result.share.label()}" if result.share is not None else ""
             self._send(running=False, progress=100.0, progress_message="finished",
-                       messages={"info": f"reconstruction finished in {self.mine.elapsed}: {titles}"})
+                       messages={"info": f"reconstruction finished in {self.mine.elapsed}: {titles}{share}"})
             await reports.guarded(self._measure_result)(run, result)
             self.result_ready.emit(run)  # the replaced result and the metrics' copies can go
         elif run.state == CANCELLED:

@@ -259,6 +259,8 @@ class Viewing:
             # In words beside the table: why a view or score is missing, why a score reads inf or n/a.
             short = ("no difference map or PSNR/SSIM: no truth between the acquired slices" if plan
                      else reasons_shown(shown))
+            if plan is not None and result.share is not None:  # first: what the result is made of
+                short = f"{result.share.label()}; {short}"
             with self.state:
                 mine.metrics, mine.metrics_note, mine.result_note = shown, note, short
 
