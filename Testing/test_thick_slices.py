@@ -125,6 +125,33 @@ def test_library_call_is_data_consistent_on_the_fine_grid(model_dir):
     assert np.all(np.isfinite(result.volume.array))
 
 
+def test_the_scans_own_check_reconstructs_the_volume_alone(monkeypatch):
+    """Design issue 23: step 3's reconstruction at twice the spacing keeps only its volume, yet its
+    calibrated interval (interval features, left-out folds) was computed too and thrown away; now
+    only the result's own reconstruction computes one."""
+    from test_residual_model import ExactResidual, residual_config
+    from test_uncertainty import small_table
+
+    from XDiffusionLib.sampling import reconstructor as module
+    from XDiffusionLib.sampling.thick_slices import reconstruct_thick_slices
+
+    computed = []  # K of every reconstruction that computed interval features
+    features = module.interval_features
+
+    def counting(*args):
+        computed.append(args[0])
+        return features(*args)
+
+    monkeypatch.setattr(module, "interval_features", counting)
+    config = residual_config()
+    method = module.XDiffusionReconstructor(model=ExactResidual(config, 0.05), config=config, calibration=small_table(),
+                                            **SETTINGS)
+    volume = thick_volume(shape=(14, 12, 7))
+    result = reconstruct_thick_slices(volume, slice_factor=2, thickness=3.0, reconstructor=method)
+    assert result.share.checked and result.info.calibrated
+    assert computed == [7]  # K = 7: the result's reconstruction; none for the 4 slices of the check
+
+
 # ---------------------------------------------------------------------------------- the command
 
 

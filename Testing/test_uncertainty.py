@@ -169,6 +169,40 @@ def test_reconstructor_reports_the_calibrated_halfwidth_or_the_spread():
         XDiffusionReconstructor(model=ExactResidual(config, 0.1), config=config, calibration=small_table(), level=0.42)
 
 
+def test_the_volume_alone_computes_no_interval_and_is_the_same_volume(monkeypatch):
+    """Design issue 23: ``reconstruct`` (a Volume) and the thick-slice check kept only the volume of a
+    full run, whose interval features and leave-one-slice-out folds were computed and thrown away."""
+    from test_residual_model import ViewDependentResidual, head, residual_config
+
+    from XDiffusionLib.inputs import SliceInput
+    from XDiffusionLib.sampling import reconstructor as module
+
+    volume = head(spacing=(8.0, 8.0, 10.0))
+    inputs = SliceInput.from_volume(volume, "axial", [6, 13])
+    config = residual_config()
+    # keep_features: the full run computes both the features and the folds
+    method = module.XDiffusionReconstructor(model=ViewDependentResidual(config, -0.05), config=config, views=2,
+                                            steps=2, device="cpu", calibration=small_table(), keep_features=True)
+    full = method.reconstruct_with_uncertainty(inputs)
+    assert full.interval is not None and full.features is not None and full.folds is not None
+    full_volume = module.reconstruct_volume(volume, "axial", [6, 13], reconstructor=method)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the volume alone computed the interval")
+
+    monkeypatch.setattr(module, "interval_features", refuse)
+    monkeypatch.setattr(module, "held_out_folds", refuse)
+    np.testing.assert_array_equal(method.reconstruct(inputs).array, full.volume.array)
+    stages = []
+    alone = module.reconstruct_volume(volume, "axial", [6, 13], reconstructor=method, interval=False,
+                                      progress=lambda fraction, message: stages.append(message))
+    np.testing.assert_array_equal(alone.volume.array, full_volume.volume.array)
+    assert "computing the uncertainty interval" not in stages
+    # What it carries is said truly: the view spread, uncalibrated; nothing kept for calibration.
+    assert alone.interval is None and alone.info == UNCALIBRATED and alone.folds is None
+    assert float(alone.spread.array.max()) > 0 and np.array_equal(alone.uncertainty.array, alone.spread.array)
+
+
 def test_coverage_counts_non_input_voxels_inside_the_head():
     truth = np.zeros((10, 10, 10), np.float32)
     truth[2:8, 2:8, 2:8] = 100.0

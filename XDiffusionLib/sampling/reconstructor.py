@@ -5,7 +5,8 @@ and ``reconstruct_volume``, the one door of a reconstruction for every front end
 1. refuses what is no MRI (a label map: ``inputs.check_intensity_volume``) before any work;
 2. reorients to canonical RAS+ (``to_canonical``; slice indices are canonical indices) and keeps
    only the chosen slices (``SliceInput.from_volume``: no method sees the rest of the volume);
-3. reconstructs them (``XDiffusionReconstructor.reconstruct_with_uncertainty``, below);
+3. reconstructs them (``XDiffusionReconstructor.reconstruct_with_uncertainty``, below; with
+   ``interval=False`` its volume alone, step 5 skipped);
 4. inverts the reorientation, so the output lies on exactly the input volume's grid.
 The model folder and the sampling settings go to the reconstructor, which checks them once
 (``settings.ReconstructionSettings``): pass them to ``reconstruct_volume`` or build the
@@ -38,7 +39,11 @@ both; ``progress`` belongs to the run.
    without a table the spread. Either is 0 on the input slices (known) and in the inputs'
    intensity units; ``ReconstructionResult.info`` says which it is (label, level, units, calibrated
    on this scan or on synthetic data only), and every front end and writer takes it from there
-   (``result.ReconstructionResult``).
+   (``result.ReconstructionResult``). ``interval=False`` skips this step (no interval features, no
+   left-out folds): the result's uncertainty is then the spread of step 4, as for a model without a
+   table, and its volume is the same to the bit. ``reconstruct`` (a ``Volume`` alone) runs so, and
+   so does a caller that keeps only the volume (the thick-slice workflow's check on the scan's own
+   slices).
 """
 
 from __future__ import annotations
@@ -240,12 +245,20 @@ class XDiffusionReconstructor:
         start_fraction(self.config, self.settings.strength)  # the strength against this model's range
 
     def reconstruct(self, inputs: SliceInput) -> Volume:
-        return self.reconstruct_with_uncertainty(inputs).volume
+        """The volume alone: the interval (step 5) would be computed only to be thrown away."""
+        return self.reconstruct_with_uncertainty(inputs, interval=False).volume
 
-    def reconstruct_with_uncertainty(self, inputs: SliceInput, progress: Progress | None = None) -> ReconstructionResult:
-        """The reconstruction of ``inputs``, its uncertainty and what that means (module docstring, steps 1-5)."""
+    def reconstruct_with_uncertainty(self, inputs: SliceInput, progress: Progress | None = None,
+                                     interval: bool = True) -> ReconstructionResult:
+        """The reconstruction of ``inputs``, its uncertainty and what that means (module docstring, steps 1-5).
+
+        ``interval=False``: steps 1-4 only, for a caller that keeps the volume alone; the uncertainty
+        is the view spread (``info`` says so) and ``features``/``folds`` stay None whatever
+        ``keep_features`` says."""
         progress = progress if progress is not None else self.progress
         # 1. checks, then the interval table and the model: a missing or broken one fails before any work
+        # (read even when step 5 is skipped: a volume-only run ahead of a full one, as the thick-slice
+        # check is, must not do its work and then meet a broken table)
         self.validate(inputs)
         residual = self.config.target == "residual"
         calibration = self.calibration if residual else None
@@ -262,8 +275,8 @@ class XDiffusionReconstructor:
         known = SliceInput(inputs.grid, inputs.plane, inputs.indices, np.zeros_like(inputs.slices))
         spread = Volume(known.paste_into(spread), inputs.grid)
         result = ReconstructionResult(Volume(inputs.paste_into(volume), inputs.grid), spread, spread=spread)
-        # 5. the calibrated interval in place of the spread, where there is a table
-        if not residual or (calibration is None and not self.keep_features):
+        # 5. the calibrated interval in place of the spread, where there is a table and it is wanted
+        if not interval or not residual or (calibration is None and not self.keep_features):
             return result
         _stage(progress, 1.0, "computing the uncertainty interval")
         return self._with_interval(result, inputs, target, calibration)
@@ -335,6 +348,7 @@ def reconstruct_volume(
     model_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
     reconstructor: XDiffusionReconstructor | None = None,
+    interval: bool = True,
     **settings,
 ) -> ReconstructionResult:
     """Reconstruct ``volume`` (any orientation) from its slices ``indices`` (canonical RAS+ indices) of ``plane``.
@@ -342,7 +356,9 @@ def reconstruct_volume(
     Only the chosen slices are read from ``volume``; the result and its uncertainty lie on exactly
     ``volume.grid``. ``model_dir`` and ``settings`` (``ReconstructionSettings``' fields) build the
     reconstructor, or ``reconstructor`` is one built before (not both); ``progress(fraction,
-    message)`` follows this run.
+    message)`` follows this run. ``interval=False``: for a caller that keeps only the volume (the
+    same volume, bit for bit): no calibrated interval is computed and the uncertainty is the view
+    spread (``reconstruct_with_uncertainty``).
     """
     reconstructor = reconstructor_for(reconstructor, model_dir, settings)
     # 1. refuse what is no MRI intensity volume, before any work
@@ -356,7 +372,7 @@ def reconstruct_volume(
         raise XDiffusionError(f"{len(indices)} input slices but the volume has only {depth} {plane} slices")
     inputs = SliceInput.from_volume(canonical, plane, indices)
     # 3. the reconstruction on the canonical grid
-    result = reconstructor.reconstruct_with_uncertainty(inputs, progress)
+    result = reconstructor.reconstruct_with_uncertainty(inputs, progress, interval=interval)
     # 4. back onto the input volume's grid
     return replace(
         result,

@@ -16,8 +16,8 @@
    along the slice axis that best predicts the left-out slabs (least squares, within [0, 1]) is
    the weight used for the result: w * generated + (1 - w) * PCHIP. This is model selection by
    cross-validation on the scan itself, no other data involved; it costs one more reconstruction
-   on half the slices. The weight is chosen at twice the spacing, where interpolation is worse, so
-   it leans towards the model;
+   on half the slices (its volume alone: no interval is computed for it). The weight is chosen at
+   twice the spacing, where interpolation is worse, so it leans towards the model;
 4. data consistency: the acquired slices' centres (where the reconstructor pasted the slabs in as
    thin slices) are taken from the fine slices beside them (``from_neighbours_at_slab_centres``),
    then a smooth correction (``enforce_slab_averages``) makes the output averaged over each acquired
@@ -222,8 +222,9 @@ def model_weight(volume: Volume, plan: ThickSlicePlan, reconstructor) -> float:
     kept_spacing[plan.axis] = 2 * plan.slice_spacing
     kept_grid = Grid(kept.shape, tuple(kept_spacing), plan.source.origin, plan.source.direction)
     half = plan_thick_slices(kept_grid, slice_factor=2 * plan.factor, thickness=plan.thickness)
+    # Only the volume is scored: its calibrated interval (interval features, left-out folds) is not computed.
     generated = reconstruct_volume(place_acquired(Volume(kept, kept_grid), half), half.plane, half.indices,
-                                   reconstructor=reconstructor).volume.array
+                                   reconstructor=reconstructor, interval=False).volume.array
     left_out = np.arange(1, used.shape[plan.axis], 2)
     at_slabs = lambda array: np.take(slab_average(array, full), left_out, axis=plan.axis).astype(np.float64)  # noqa: E731
     truth = np.take(used, left_out, axis=plan.axis).astype(np.float64)
