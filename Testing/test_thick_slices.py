@@ -231,3 +231,20 @@ def test_evaluate_thick_slice_scores_both_protocols(tmp_path, model_dir, capsys)
                                                             for m in ("xdiffusion", "cubic", "pchip", "smore")}
     assert all(np.isfinite(float(r["psnr"])) and -1 <= float(r["ssim"]) <= 1 for r in rows)
     assert "| smore |" in (out / "thick_slice_summary.md").read_text()
+
+
+def test_the_thick_slice_evaluation_scores_the_whole_volume_unless_cropped():
+    """Scans longer than the model takes go through the workflow's windows, so the protocols no
+    longer crop them to the model's slice limit; ``max_slabs`` still can, for a quick run."""
+    from XDiffusionLib.evaluation.thick_slice import leave_out_case, simulated_case
+
+    array = np.arange(8 * 8 * 41, dtype=np.float32).reshape(8, 8, 41)
+    volume = Volume.from_array(array, (1.0, 1.0, 1.0))
+    thick, plan, truth = simulated_case(volume, 2, 3, 1)
+    assert thick.shape[2] == 11 and truth.shape[2] == 41 and plan.factor == 4
+    thick, _, truth = simulated_case(volume, 2, 3, 1, max_slabs=4)
+    assert thick.shape[2] == 4 and truth.shape[2] == 13
+    kept, left_out, _ = leave_out_case(volume, 2)
+    assert kept.shape[2] == 21 and left_out.shape[2] == 20
+    kept, left_out, _ = leave_out_case(volume, 2, max_slabs=5)
+    assert kept.shape[2] == 5 and left_out.shape[2] == 4

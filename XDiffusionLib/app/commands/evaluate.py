@@ -78,6 +78,9 @@ def register(subparsers) -> None:
                         help="--thick-slice (a): simulated slab thickness in voxels (default 3)")
     parser.add_argument("--gap-voxels", type=int, default=1, metavar="N",
                         help="--thick-slice (a): simulated gap between slabs in voxels (default 1)")
+    parser.add_argument("--thick-max-slabs", type=int, default=None, metavar="N",
+                        help="--thick-slice: crop each case to its central N slabs (default: the whole volume, "
+                             "in the workflow's windows where it has more slabs than the model takes)")
     parser.add_argument("--smore-steps", type=int, default=300, metavar="N",
                         help="--thick-slice: training steps of the SMORE-style baseline (default 300)")
     parser.set_defaults(func=run)
@@ -237,6 +240,8 @@ def _run_thick_slice(args: argparse.Namespace) -> int:
         raise XDiffusionError("--thickness-voxels must be at least 1 and --gap-voxels at least 0")
     if args.thickness_voxels + args.gap_voxels < 2:
         raise XDiffusionError("--thickness-voxels + --gap-voxels must be at least 2 (the slab spacing in voxels)")
+    if args.thick_max_slabs is not None and args.thick_max_slabs < 2:
+        raise XDiffusionError(f"--thick-max-slabs {args.thick_max_slabs}: at least 2 slabs are needed")
     plane_axis(args.plane)
     reconstructor = None
     if "xdiffusion" in methods:
@@ -257,7 +262,9 @@ def _run_thick_slice(args: argparse.Namespace) -> int:
         raise XDiffusionError("no cases left to evaluate: every volume found was skipped")
     out = Path(args.out)
     rows = run_thick_slice(volumes, out, args.plane, methods, args.thickness_voxels, args.gap_voxels, reconstructor,
-                           SmoreSettings(steps=max(1, args.smore_steps)), note=lambda text: None if args.no_progress else print(text, file=sys.stderr))
+                           SmoreSettings(steps=max(1, args.smore_steps)),
+                           note=lambda text: None if args.no_progress else print(text, file=sys.stderr),
+                           max_slabs=args.thick_max_slabs)
     print(summary_table(rows), end="")
     print(f"wrote {out / 'thick_slice.csv'} and {out / 'thick_slice_summary.md'}")
     return 0
