@@ -4,7 +4,9 @@
 Calibration subjects are synthetic only (seed 13; seed 11 trained the model, seed 12 validated
 it; the real held-out volumes, Colin27 and pycortex's S1 are never used), drawn with the
 scanner-like artefact preset (``synth.artifacts.SCANNER_LIKE``: noise never absent, stronger bias
-field, thick slices more often, finer texture; issue 24). For each subject and each of its K values
+field, thick slices more often, finer texture; issue 24) and the varied anatomy the model was
+fine-tuned on (``anatomy="varied"``: head size and shape, ventricles, fine deformations, asymmetry;
+issue 24 item 2). For each subject and each of its K values
 the model reconstructs the subject from its protocol input slices with the default sampling
 settings; a seeded random subset of the non-input voxels inside the head
 (``metrics.coverage.head_mask``) gives (features, |error|) samples, and each input slice left out
@@ -15,8 +17,8 @@ the rest give the conformal quantiles (split conformal, ``uncertainty.intervals`
 ``uncertainty.scan_scale``). Every subject's reconstructions use its own scan scale lambda, as at
 inference.
 
-    OMP_NUM_THREADS=1 python scripts/calibrate_uncertainty.py --data synth-cal13-scanner --cache cal-cache-v2
-    # makes the subjects first (seed 13, artefacts "scanner") when the folder does not exist
+    OMP_NUM_THREADS=1 python scripts/calibrate_uncertainty.py --data synth-cal13-varied --cache cal-cache
+    # makes the subjects first (seed 13, artefacts "scanner", anatomy "varied") when the folder does not exist
 
 Subject i: axial inputs, except every fourth subject (i % 4 == 3), alternately sagittal and
 coronal; K in (1, 3, 5, 10, 31) for even i and (1, 2, 7, 15, 20) for odd i, so every K range
@@ -38,7 +40,7 @@ from XDiffusionLib.io import read_volume
 from XDiffusionLib.inputs import SliceInput
 from XDiffusionLib.metrics.coverage import scored_mask
 from XDiffusionLib.model.calibration import save_calibration
-from XDiffusionLib.model.checkpoint import default_model_dir
+from XDiffusionLib.model.checkpoint import default_model_dir, read_config
 from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
 from XDiffusionLib.settings import ReconstructionSettings
 from XDiffusionLib.synth.dataset import write_synthetic_dataset
@@ -48,6 +50,7 @@ from XDiffusionLib.uncertainty.scan_scale import HeldOutFold, fit_scan_reference
 
 SEED = 13
 ARTEFACTS = "scanner"
+ANATOMY = "varied"
 CACHE_VERSION = 2  # samples with leave-one-out folds (issue 24); older cache files are not read
 FOLD_VOXELS = 3000  # random head voxels kept per left-out slice
 KS_EVEN = (1, 3, 5, 10, 31)
@@ -67,11 +70,12 @@ def subject_ks(i: int) -> tuple[int, ...]:
 def ensure_subjects(data: Path, n: int) -> list[dict]:
     manifest = data / "manifest.json"
     if not manifest.is_file():
-        write_synthetic_dataset(data, n, seed=SEED, artefacts=ARTEFACTS)
+        write_synthetic_dataset(data, n, seed=SEED, artefacts=ARTEFACTS, anatomy=ANATOMY)
     entries = json.loads(manifest.read_text())
-    if int(entries.get("seed", -1)) != SEED or entries.get("artefacts", "default") != ARTEFACTS:
-        raise SystemExit(f"{data}: made with seed {entries.get('seed')} and artefacts {entries.get('artefacts', 'default')}, "
-                         f"calibration subjects use seed {SEED} and artefacts {ARTEFACTS!r}")
+    made = (int(entries.get("seed", -1)), entries.get("artefacts", "default"), entries.get("anatomy", "default"))
+    if made != (SEED, ARTEFACTS, ANATOMY):
+        raise SystemExit(f"{data}: made with seed {made[0]}, artefacts {made[1]!r} and anatomy {made[2]!r}; "
+                         f"calibration subjects use seed {SEED}, artefacts {ARTEFACTS!r} and anatomy {ANATOMY!r}")
     if len(entries["subjects"]) < n:
         raise SystemExit(f"{data}: {len(entries['subjects'])} subjects, {n} asked for")
     return entries["subjects"][:n]
@@ -170,8 +174,9 @@ def main() -> None:
     joined = {name: {key: np.concatenate([p[key] for p in chunks]) for key in voxel_keys}
               for name, chunks in parts.items()}
     info = {
-        "data": f"synth.dataset.write_synthetic_dataset n={args.subjects} seed {SEED}, artefacts {ARTEFACTS!r} "
-                f"(synthetic only; seed 11 trained, 12 validated)",
+        "data": f"synth.dataset.write_synthetic_dataset n={args.subjects} seed {SEED}, artefacts {ARTEFACTS!r}, "
+                f"anatomy {ANATOMY!r} (synthetic only; seed 11 trained, 12 validated)",
+        "residual_gain": read_config(model_dir).residual_gain,
         "fit_subjects": list(range(args.fit_subjects)),
         "calibration_subjects": list(range(args.fit_subjects, len(entries))),
         "planes": "axial, every 4th subject sagittal or coronal", "ks": {"even subjects": KS_EVEN, "odd": KS_ODD},
