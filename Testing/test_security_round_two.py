@@ -873,7 +873,7 @@ def test_a_failed_export_says_why_by_the_download_name_and_leaves_nothing(tmp_pa
     from XDiffusionLib.app.web.transfer import Transfers
     from XDiffusionLib.slicer.export import Provenance
 
-    monkeypatch.setattr("XDiffusionLib.slicer.nodes.volume_from_node", lambda node: volume)
+    monkeypatch.setattr("XDiffusionLib.app.web.exporting.volume_from_node", lambda node: volume)
     if export_format == "nifti":  # ITK's NIfTI writer on a full disk: the file cut short, no error
         _short_writes(monkeypatch)
     else:  # pydicom's writes raise, naming no file

@@ -34,6 +34,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..data.samples import sample_path
 from ..inputs import SliceInput
 from ..io.volume import Volume
 from .foreground import foreground_threshold
@@ -85,7 +86,7 @@ class HeadTemplate:
     def from_volume(cls, volume: Volume) -> "HeadTemplate":
         """A user's atlas without tissue labels: foreground split into three intensity classes
         (by terciles, as csf/gm/wm), so the per-class contrast fit still applies."""
-        from ..transforms.orientation import to_canonical
+        from ..transforms.orientation import to_canonical  # SimpleITK: stays out of this module's import
 
         canonical, _ = to_canonical(volume)
         t1 = np.asarray(canonical.array, dtype=np.float32)
@@ -101,7 +102,7 @@ class HeadTemplate:
 @lru_cache(maxsize=1)
 def shipped_head_template() -> HeadTemplate:
     """The shipped ICBM152 2009c head template and its tissue classes (read once per process)."""
-    from ..data.samples import sample_path
+    # SimpleITK: the readers and transforms load it, so it stays out of this module's import
     from ..io import read_volume
     from ..transforms.orientation import to_canonical
     from ..transforms.resample import resample_to_grid
@@ -239,7 +240,7 @@ def fit_bias(inputs: SliceInput, ratio: np.ndarray, usable: np.ndarray) -> BiasF
 
 def _image(array: np.ndarray, spacing, origin=(0.0, 0.0, 0.0)):
     """A SimpleITK image of a canonical (i, j, k) array in a frame with identity direction."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # the heavy dependency stays out of this module's import
 
     image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array, (2, 1, 0))))
     image.SetSpacing(tuple(float(s) for s in spacing))
@@ -248,7 +249,7 @@ def _image(array: np.ndarray, spacing, origin=(0.0, 0.0, 0.0)):
 
 
 def _array(image) -> np.ndarray:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # the heavy dependency stays out of this module's import
 
     return np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0)))
 
@@ -261,7 +262,7 @@ def _placed_images(template: HeadTemplate, fit: AxisFit):
 
 
 def _resample(image, reference, transform, nearest: bool, default: float = 0.0) -> np.ndarray:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # the heavy dependency stays out of this module's import
 
     interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
     return _array(sitk.Resample(image, reference, transform, interpolator, float(default)))
@@ -279,7 +280,7 @@ def _slice_correlation(prior: np.ndarray, inputs: SliceInput) -> float:
 def _deformation(inputs: SliceInput, moving: np.ndarray):
     """A B-spline transform (target mm -> target mm) bringing ``moving`` (the prior on the grid) onto
     the input slices, the metric measured on those slices only; None when it does not help."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # the heavy dependency stays out of this module's import
 
     spacing = np.asarray(inputs.grid.spacing, dtype=np.float64)
     fixed_array = np.zeros(inputs.grid.shape, np.float32)

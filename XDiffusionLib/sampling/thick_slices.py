@@ -38,6 +38,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.interpolate import PchipInterpolator
 
 from ..inputs import check_intensity_volume
 from ..io.volume import Grid, Volume
@@ -98,7 +99,7 @@ def reconstruct_thick_slices(
     Every bad value raises one-line XDiffusionError before any model work; ``result.plan.describe()``
     is a line to show the user.
     """
-    from .reconstructor import reconstructor_for
+    from .reconstructor import reconstructor_for  # torch: loaded when a run starts, not with this module
 
     reconstructor = reconstructor_for(reconstructor, model_dir, settings)
     check_intensity_volume(volume)  # before the plan, as reconstruct_volume does
@@ -180,7 +181,7 @@ def _part_progress(progress, number: int, parts: int):
 def _reconstruct_part(volume: Volume, plan: ThickSlicePlan, reconstructor, cross_validate: bool, progress):
     """Steps 2-3 (and the slab centres of step 4) for acquired slices the model takes at once:
     (blended fine array, uncertainty, its info, the weight w)."""
-    from .reconstructor import reconstruct_volume
+    from .reconstructor import reconstruct_volume  # torch: loaded when a run starts, not with this module
 
     if cross_validate and progress is not None:
         progress(0.0, "checking the model on this scan's own slices (every other one left out)")
@@ -197,8 +198,6 @@ def _reconstruct_part(volume: Volume, plan: ThickSlicePlan, reconstructor, cross
 
 def interpolate_along(acquired: np.ndarray, plan: ThickSlicePlan) -> np.ndarray:
     """PCHIP along the slice axis from the acquired slices' centres onto every fine slice of ``plan``."""
-    from scipy.interpolate import PchipInterpolator
-
     positions = np.arange(plan.acquired, dtype=np.float64) * plan.factor
     targets = np.arange(plan.grid.shape[plan.axis], dtype=np.float64)
     moved = np.moveaxis(np.asarray(acquired, dtype=np.float32), plan.axis, 0)
@@ -208,7 +207,7 @@ def interpolate_along(acquired: np.ndarray, plan: ThickSlicePlan) -> np.ndarray:
 def model_weight(volume: Volume, plan: ThickSlicePlan, reconstructor) -> float:
     """Step 3: the generated volume's weight against PCHIP, from this scan's slices left out (module
     docstring); 1 when the scan has too few slices to leave any out (fewer than ``_MIN_FOR_CHECK``)."""
-    from .reconstructor import reconstruct_volume
+    from .reconstructor import reconstruct_volume  # torch: loaded when a run starts, not with this module
 
     if not _can_check(plan.acquired):
         return 1.0

@@ -18,6 +18,9 @@ from __future__ import annotations
 import dataclasses
 
 from ...io.volume import Grid
+from ...slicer.layout import ORIENTATION, apply_to_scene
+from ...slicer.nodes import grid_from_node, remove_node
+from ...slicer.slices import canonical_depth, ras_point_of_slice, slice_index_from_view
 from . import views
 
 
@@ -55,9 +58,6 @@ class Comparison:
         (``indices``: canonical indices of ``plane`` on the result's grid). ``acquired``: a volume
         node on the result's grid that the real view shows instead of the input (titled
         ``acquired_title``); it goes with the result."""
-        from ...slicer.layout import apply_to_scene
-        from ...slicer.nodes import grid_from_node
-
         specs = list(result.layout.views)
         if result.difference is not None and result.uncertainty is not None:
             specs.append(dataclasses.replace(views.UNCERTAINTY_VIEW, background=result.uncertainty.GetID()))
@@ -95,8 +95,6 @@ class Comparison:
         return [node for node in (real, self.result.reconstruction) if node is not None]
 
     def set_plane(self, plane: str) -> None:
-        from ...slicer.layout import ORIENTATION, apply_to_scene
-
         if self.layout is None or plane not in ORIENTATION or plane == self.layout.plane:
             return
         self.layout = dataclasses.replace(self.layout, plane=plane)
@@ -114,8 +112,6 @@ class Comparison:
         result = self.result if result is None else result
         if result is None:
             return
-        from ...slicer.nodes import remove_node
-
         shown = result is self.result
         for node in (result.reconstruction, result.uncertainty, result.difference,
                      result.segmentation_real, result.segmentation_generated, self.acquired if shown else None):
@@ -153,14 +149,10 @@ class Comparison:
 
     def current_index(self) -> int:
         """The canonical index of the slice the comparison shows (its first view's, the others follow)."""
-        from ...slicer.slices import slice_index_from_view
-
         return slice_index_from_view(self.grid, self.layout.plane, views.slice_to_ras(self.views()[0]))
 
     def go_to_slice(self, index: int) -> None:
         """Show canonical slice ``index`` of the plane shown in every comparison view."""
-        from ...slicer.slices import canonical_depth, ras_point_of_slice
-
         plane, grid = self.layout.plane, self.grid
         point = ras_point_of_slice(grid, plane, min(max(int(index), 0), canonical_depth(grid, plane) - 1))
         shown = self.views()
@@ -180,8 +172,6 @@ class Comparison:
     def _fit(self) -> None:
         """Fit the views and open on the first input slice when the plane is the inputs' (a
         radiologist checks there first that the input came through), else the middle slice."""
-        from ...slicer.slices import canonical_depth
-
         inputs = self.plane_indices
         index = inputs[0] if inputs else canonical_depth(self.grid, self.layout.plane) // 2
         self.fit()

@@ -11,8 +11,12 @@ import asyncio
 import os
 from dataclasses import replace
 
-from .results import EXPORT_FORMAT_TITLES
+from ...model.files import default_model_dir
+from ...slicer.display import uncertainty_info_of
+from ...slicer.nodes import output_name, volume_from_node
+from .results import EXPORT_FORMAT_TITLES, export_result
 from .state import DICOM_WHATS, EXPORT_WHAT_TITLES, export_fields, take_form
+from .transfer import safe_filename
 
 
 class Exporting:
@@ -57,12 +61,6 @@ class Exporting:
 
     async def export(self, fields=None) -> dict | None:
         """Write the chosen output; returns ``{"url", "name"}`` for the page to download at once."""
-        from ...slicer.display import uncertainty_info_of
-        from ...slicer.nodes import output_name, volume_from_node
-        from ...model.files import default_model_dir
-        from .results import export_result
-        from .transfer import safe_filename
-
         reports, transfers = self.reports, self.transfers
         take_form(self.state, fields, export_fields(self.names))
         result = self.workspace.comparison.result

@@ -13,9 +13,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...data.samples import sample_path
 from ...errors import XDiffusionError
+from ...inputs import check_intensity_volume
+from ...io import read_volume
+from ...io.readers import MultiVolumeError, header_slice_thickness, volume_suffix
+from ...slicer.nodes import add_volume_node, remove_nodes_added_since
 from .signals import Signal
 from .state import take_form
+from .transfer import megabytes
+from .views import fit
 
 INPUT_VIEWS = ("Red", "Green", "Yellow")
 
@@ -46,8 +53,6 @@ class Loading:
         self._pending: _Pending4D | None = None
 
     def on_upload_started(self, name: str, size: int) -> None:
-        from .transfer import megabytes
-
         with self.state:
             messages = self.page.messages
             messages.busy, messages.upload_percent = f"uploading {name} ({megabytes(int(size))})", 0
@@ -104,8 +109,6 @@ class Loading:
         await self._load(path, display=text, within=root)
 
     async def load_sample(self, fields=None) -> None:
-        from ...data.samples import sample_path
-
         take_form(self.state, fields, (self.names.loading.sample,))
         name = str(self.mine.sample or "")
         try:
@@ -142,10 +145,6 @@ class Loading:
                     within: Path | None = None, upload: Path | None = None, volume_index: int | None = None) -> bool:
         """Read and show ``path``; True when the file is kept (a 4D file waiting for a pick).
         ``shown``: (server path, what the page calls it) pairs replaced in an error message, in order."""
-        from ...inputs import check_intensity_volume
-        from ...io import read_volume
-        from ...io.readers import MultiVolumeError, header_slice_thickness, volume_suffix
-
         reports, messages = self.reports, self.page.messages
         if self.page.running.running:
             reports.error("a reconstruction is running: cancel it or wait before loading another volume")
@@ -191,9 +190,6 @@ class Loading:
 
     def set_volume(self, volume, name: str, thickness: float | None = None) -> None:
         """Show ``volume`` in the input views; everything of the previous volume is removed."""
-        from ...slicer.nodes import add_volume_node
-        from .views import fit
-
         workspace = self.workspace
         self.clear_scene()
         workspace.volume = volume
@@ -211,8 +207,6 @@ class Loading:
         self.volume_loaded.emit(volume, thickness)
 
     def clear_scene(self) -> None:
-        from ...slicer.nodes import remove_nodes_added_since
-
         workspace = self.workspace
         for tag in INPUT_VIEWS:
             workspace.view(tag).set_background_volume_id(None)

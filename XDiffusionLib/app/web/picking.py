@@ -11,7 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import XDiffusionError
-from .views import VIEW_PLANE, slice_to_ras
+from ...inputs import plane_axis
+from ...slicer.nodes import grid_from_node
+from ...slicer.slices import (canonical_depth, quick_picks, ras_point_of_slice, slice_index_from_view,
+                              slice_line_in_view, slice_plane)
+from ...transforms.orientation import Reorientation, to_canonical
+from ...transforms.thick_slices import acquisition_plane
+from .views import COMPARE_VIEWS, VIEW_PLANE, on_modified, slice_to_ras, view_size
 
 _RAS = "RAS"
 
@@ -21,18 +27,12 @@ _AXIS_NAMES = {"R": "right", "A": "anterior", "S": "superior"}
 
 def position_label(grid, plane: str, index: int) -> str:
     """The slice's position in mm along the plane's scanner RAS axis, e.g. ``S 12.0 mm RAS``."""
-    from ...inputs import plane_axis
-    from ...slicer.slices import ras_point_of_slice
-
     axis = plane_axis(plane)
     return f"{_RAS[axis]} {float(ras_point_of_slice(grid, plane, index)[axis]):.1f} mm RAS"
 
 
 def position_note(grid, plane: str, index: int) -> str:
     """What ``position_label`` means, with the slice's offset from the volume's centre (hover text)."""
-    from ...inputs import plane_axis
-    from ...slicer.slices import canonical_depth, ras_point_of_slice
-
     axis = plane_axis(plane)
     letter = _RAS[axis]
     here = float(ras_point_of_slice(grid, plane, index)[axis])
@@ -44,9 +44,6 @@ def position_note(grid, plane: str, index: int) -> str:
 
 def input_lines(view, grid, plane: str, indices) -> list[dict]:
     """The input slices (``plane``, ``indices``) where they cross ``view``, in the page's pixels."""
-    from ...slicer.slices import slice_line_in_view, slice_plane
-    from .views import view_size
-
     matrix = view.get_view_node().GetXYToRAS()
     xy_to_ras = [[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]
     lines = []
@@ -85,8 +82,6 @@ class Picking:
 
     def connect_views(self) -> None:
         """Follow every view (input and comparison) as it moves (called once the views exist)."""
-        from .views import COMPARE_VIEWS, on_modified
-
         for tag in [*VIEW_PLANE, *(spec.name for spec in COMPARE_VIEWS)]:
             on_modified(self.workspace.view(tag), self.on_view_modified)
 
@@ -104,16 +99,12 @@ class Picking:
     def view_grid(self, view):
         """The grid whose indices ``view`` shows: the input's in the input views, the result's in the
         comparison (a finer one after a thick-slice run)."""
-        from ...slicer.nodes import grid_from_node
-
         comparison = self.workspace.comparison
         if view.get_singleton_tag() not in VIEW_PLANE and comparison.grid is not None:
             return comparison.grid
         return grid_from_node(self.workspace.input_node)
 
     def current_index(self, view) -> int:
-        from ...slicer.slices import slice_index_from_view
-
         return slice_index_from_view(self.view_grid(view), self.view_plane(view), slice_to_ras(view))
 
     def on_view_modified(self, view) -> None:
@@ -174,9 +165,6 @@ class Picking:
 
     def _slice_values(self, plane: str, index: int) -> np.ndarray:
         """The voxels of canonical ``plane`` slice ``index`` of the loaded volume."""
-        from ...inputs import plane_axis
-        from ...transforms.orientation import Reorientation
-
         volume = self.workspace.volume
         axis, original = Reorientation.for_grid(volume.grid).original_index(plane_axis(plane), index)
         return np.take(np.asarray(volume.array), original, axis=axis)
@@ -230,10 +218,6 @@ class Picking:
     def quick_pick(self, how: str, n=1, plane: str | None = None) -> None:
         """Replace the input slices by a quick pick (``slicer.slices.quick_picks``) in ``plane``:
         default the plane of the picks so far, else the plane the scan was acquired in."""
-        from ...slicer.slices import quick_picks
-        from ...transforms.orientation import to_canonical
-        from ...transforms.thick_slices import acquisition_plane
-
         if not self._can_pick():
             return
         try:

@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import XDiffusionError
+from ...io.atomic import temporary_file
 from ...io.volume import Volume
+from ...slicer.export import export_dicom_series, export_volume
+from ...transforms.thick_slices import slab_average
 from ...uncertainty.intervals import UncertaintyInfo
 
 EXPORT_FORMATS: dict[str, str] = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom": ".zip"}
@@ -83,6 +86,7 @@ METRIC_ROWS = (
 def compute_metrics(reference: Volume, reconstruction: Volume, plane: str, indices) -> list[MetricRow]:
     """The evaluation protocol's scores (``evaluation.protocol.score``, what ``xdiffusion evaluate``
     reports), in canonical RAS+ voxel order so that "axial" means the slices the views show."""
+    # scipy: loaded with the first metrics, not as the session starts
     from ...evaluation.protocol import canonical_case, score
 
     gt = canonical_case(reference).array
@@ -98,8 +102,6 @@ def slab_metrics(acquired: Volume, reconstruction: Volume, plan) -> list[MetricR
     """What a thick-slice result can be checked against: the acquired slices. The result averaged
     over each acquired slab (``transforms.thick_slices.slab_average``, the slice profile of the run)
     against the acquired slice, the largest difference relative to the acquired range."""
-    from ...transforms.thick_slices import slab_average
-
     if reconstruction.shape != plan.grid.shape:
         raise XDiffusionError(f"the reconstruction is {reconstruction.shape} voxels, not the finer grid's "
                               f"{plan.grid.shape}: cannot compare")
@@ -116,9 +118,6 @@ def export_result(volume: Volume, fmt: str, folder: Path, stem: str, provenance=
                   info: UncertaintyInfo | None = None) -> Path:
     """Write ``volume`` (the ``what`` of a run; ``info``: what its uncertainty means) as ``fmt``
     (see EXPORT_FORMATS) into ``folder``, saying inside the file what it is; returns the file to download."""
-    from ...io.atomic import temporary_file
-    from ...slicer.export import export_dicom_series, export_volume
-
     if fmt not in EXPORT_FORMATS:
         raise XDiffusionError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     target = Path(folder) / (stem + EXPORT_FORMATS[fmt])

@@ -13,8 +13,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+from trame_server.utils.asynchronous import create_task
+from trame_server.utils.typed_state import TypedState
+
 from ...errors import XDiffusionError
 from ...settings import LONG_RUN_EVALUATIONS, ReconstructionSettings, model_evaluations
+from ...slicer.reconstruction import AUTOMATIC, SceneReconstruction
+from ...worker.launcher import CANCELLED, DONE, RUNNING
+from ...worker.messages import JobSettings
 from .signals import Signal
 from .state import SAMPLING_FIELDS, SamplingState, reconstruct_fields, take_form
 
@@ -89,12 +95,6 @@ class Running:
     def reconstruct(self, fields=None, confirmed: bool = False, thick: bool = False) -> None:
         """Start a run from the picked input slices, or (``thick``) from every acquired slice of a
         thick-slice scan onto a finer grid (``thick_slices``); a long run asks the page first."""
-        from trame_server.utils.asynchronous import create_task
-        from trame_server.utils.typed_state import TypedState
-
-        from ...slicer.reconstruction import AUTOMATIC, SceneReconstruction
-        from ...worker.messages import JobSettings
-
         page, reports, workspace = self.page, self.reports, self.workspace
         take_form(self.state, fields, reconstruct_fields(self.names))
         if self.mine.running:
@@ -138,8 +138,6 @@ class Running:
         self.reconstruct(fields, confirmed, thick=True)
 
     async def _follow(self, run) -> None:
-        from ...worker.launcher import CANCELLED, DONE, RUNNING
-
         reports = self.reports
         started, reference = time.monotonic(), None
         while True:

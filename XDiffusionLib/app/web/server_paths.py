@@ -16,14 +16,13 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ...data.samples import SAMPLES_DIR
 from ...errors import XDiffusionError
 
 
 def default_data_roots() -> list[Path]:
     """Where the page may open server paths when no ``--data-root`` is given: the shipped samples
     and the current folder."""
-    from ...data.samples import SAMPLES_DIR
-
     return [SAMPLES_DIR.resolve(), Path.cwd().resolve()]
 
 

@@ -24,6 +24,9 @@ origin policy itself. On the way out a running reconstruction is cancelled
 and the session's files are removed. The worker (PyTorch and the model) is warmed when a tab
 connects, not before; a tab gone for ``TAB_GONE_S`` (no websocket: closed, not reloaded) has its
 run cancelled, and no worker is warmed for it.
+
+The hub imports this module (``READY_PREFIX``, ``FAVICON``) and stays light: trame, Slicer, numpy and
+SimpleITK, and the modules built on them, are imported inside the functions that run in the session.
 """
 
 from __future__ import annotations
@@ -41,7 +44,15 @@ import tempfile
 import threading
 from pathlib import Path
 
+from aiohttp import web
 from wslink.websocket import LinkProtocol
+
+from ...data.samples import samples_with_role
+from ...model.files import default_model_dir
+from .origins import SESSION_KEY_ENV, is_loopback, session_guard
+from .reports import Reports
+from .server_paths import DataRoots, ModelFolders, default_data_roots
+from .workspace import Workspace
 
 log = logging.getLogger("xdiffusion.web")
 
@@ -60,24 +71,20 @@ class XDiffusionSession:
     def __init__(self, server, *, model_dir: str | None, max_upload_bytes: int, allow_server_paths: bool,
                  workdir: Path, worker_mode: str = "subprocess", data_roots: tuple[str, ...] = (),
                  session_key: str | None = None, local_only: bool = True):
+        # trame, Slicer, numpy and SimpleITK: in the session process only (the hub imports this module)
         from trame_rca.encoders import RcaImageEncoder
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
 
-        from ...data.samples import samples_with_role
         from ...slicer.nodes import node_ids
-        from ...model.files import default_model_dir
         from ...worker.launcher import WorkerLauncher
         from . import ui, views
         from .comparison import Comparison
         from .results import EXPORT_FORMAT_TITLES
-        from .reports import Reports
-        from .server_paths import DataRoots, ModelFolders
         from .state import FAVICON, TITLE, initial_state, typed_page
         from .transfer import Transfers
         from .warm_worker import WarmLauncher
-        from .workspace import Workspace
 
         self.server = server
         self.state = server.state
@@ -147,6 +154,7 @@ class XDiffusionSession:
     def _make_features(self) -> None:
         """The features, each with the page's typed state and what it needs; they never hold each
         other: what one does that concerns another is a signal, connected here."""
+        # they load Slicer: in the session process only (the hub imports this module)
         from .exporting import Exporting
         from .loading import Loading
         from .picking import Picking
@@ -183,7 +191,7 @@ class XDiffusionSession:
     def _register_triggers(self):
         """Every function the page calls, registered under the name trame gives it (``ctrl.trigger_name``)
         and reporting its failures in the page."""
-        from .ui import Triggers
+        from .ui import Triggers  # trame and Slicer: not in the hub, which imports this module
 
         def name(function) -> str:
             return self.server.controller.trigger_name(self.reports.guarded(function))
@@ -211,10 +219,6 @@ class XDiffusionSession:
         )
 
     def _bind_routes(self, wslink_server) -> None:
-        from aiohttp import web
-
-        from .origins import session_guard
-
         # First of all middlewares: without the hub's key (or, started alone, from another site or
         # host name) nothing is served, the websocket and uploads included.
         wslink_server.app.middlewares.insert(0, session_guard(self._session_key, self._local_only))
@@ -225,7 +229,7 @@ class XDiffusionSession:
         router.add_routes([web.post("/paraview/", _session_manager_answer)])
 
     def _populate_view(self, server, view_id, view) -> None:
-        from . import ui
+        from . import ui  # trame and Slicer: not in the hub, which imports this module
 
         ui.view_overlay(server, view, self.page.name, self.triggers)
 
@@ -239,7 +243,7 @@ class XDiffusionSession:
             self.launcher.warm()  # a no-op while one is alive (a reload)
 
     def on_tab_gone(self) -> None:
-        from trame_server.utils.asynchronous import create_task
+        from trame_server.utils.asynchronous import create_task  # trame: not in the hub, which imports this module
 
         self.tab_open = False
         if self.running_now:
@@ -253,7 +257,7 @@ class XDiffusionSession:
             await self.running.cancel()
 
     def _watch_warm_worker(self, **_) -> None:
-        from trame_server.utils.asynchronous import create_task
+        from trame_server.utils.asynchronous import create_task  # trame: not in the hub, which imports this module
 
         async def watch():
             while True:
@@ -338,8 +342,6 @@ class _TabSockets(LinkProtocol):
 async def _session_manager_answer(request):
     """The launcher answer trame's client asks for: connect to this page's own ``ws`` (relative to
     the page, so it also holds behind the hub's ``/s/<token>/`` prefix)."""
-    from aiohttp import web
-
     prefix = request.headers.get("X-XDiffusion-Prefix", "/")
     scheme = "wss" if request.headers.get("X-Forwarded-Proto", request.scheme) == "https" else "ws"
     return web.json_response({"sessionURL": f"{scheme}://USE_HOST{prefix}ws"})
@@ -377,8 +379,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from .origins import SESSION_KEY_ENV, is_loopback
-
     # The hub's secret for this session; taken out of the environment so the worker processes
     # started from here do not inherit it.
     session_key = os.environ.pop(SESSION_KEY_ENV, None) or None
@@ -399,12 +399,10 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=_stop_when_stdin_closes, name="xdiffusion-parent-watch", daemon=True).start()
     # trame reads sys.argv for its own options: give it only what we decide here.
     sys.argv = [sys.argv[0], "--server"]
-    from trame.app import get_server
+    from trame.app import get_server  # trame: not in the hub, which imports this module
 
     server = get_server(client_type="vue3")
     if args.allow_server_paths and not args.data_roots:  # started alone: the app's defaults
-        from .server_paths import default_data_roots
-
         args.data_roots = [str(root) for root in default_data_roots()]
     session = XDiffusionSession(server, model_dir=args.model, max_upload_bytes=args.max_upload_bytes,
                                 allow_server_paths=args.allow_server_paths, workdir=workdir,

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from ...errors import XDiffusionError
 from ...io.volume import Volume
+from ...slicer.reconstruction import AUTOMATIC, SceneReconstruction
+from ...slicer.request_checks import check_model_dir
 from ...transforms.thick_slices import ThickSlicePlan, is_thick_slice, plan_thick_slices
 
 # The comparison's title for the acquired slices shown on the finer grid.
@@ -43,8 +45,6 @@ class ThickSlices:
 
     def plan(self, model_dir: str | None) -> ThickSlicePlan:
         """The finer grid for the loaded volume and the model in ``model_dir`` (one-line errors)."""
-        from ...slicer.request_checks import check_model_dir
-
         volume = self.workspace.volume
         if volume is None:
             raise XDiffusionError("load a volume first")
@@ -54,8 +54,6 @@ class ThickSlices:
 
     def offer(self, volume: Volume, thickness: float | None) -> None:
         """Offer the run for a thick-slice scan (or say why not); nothing for any other volume."""
-        from ...slicer.request_checks import check_model_dir
-
         self.thickness = thickness
         button = offer = note = ""
         if is_thick_slice(volume.grid):
@@ -81,8 +79,6 @@ class ThickSlices:
 
     def scene_run(self, settings):
         """The ``SceneReconstruction`` of every acquired slice onto the finer grid (not started)."""
-        from ...slicer.reconstruction import AUTOMATIC, SceneReconstruction
-
         plan = self.plan(settings.model_dir)
         # No reference: the real volume lies on another grid, so there is no difference to show.
         return SceneReconstruction(self.workspace.scene, self.workspace.input_node, settings, reference_node=None,

@@ -17,6 +17,7 @@ import lzma
 import re
 import secrets
 import shutil
+import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -200,8 +201,6 @@ class Transfers:
 
     @staticmethod
     def _new_folder(parent: Path) -> str:
-        import tempfile
-
         return tempfile.mkdtemp(dir=parent)
 
 

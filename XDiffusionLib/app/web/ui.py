@@ -19,6 +19,8 @@ from trame.ui.vuetify3 import VAppLayout
 from trame_client.widgets.core import HtmlElement
 from trame.widgets import html
 from trame.widgets import vuetify3 as v
+from trame_slicer.app.logic.slice_view_logic import connect_slice_view_slider_to_state
+from trame_slicer.app.ui.slider import Slider
 
 from .state import SAMPLING_FIELDS, PageState, export_fields, reconstruct_fields
 from .views import COMPARE_ROLES, COMPARE_TITLES, GENERATED_MARK, GENERATED_ROLES, VIEW_PLANE
@@ -365,9 +367,6 @@ class _Page:
 
 def view_overlay(server, view, names: PageState, triggers: Triggers) -> None:
     """Title, slice index and position, input badge, colour bar and slider over one slice view."""
-    from trame_slicer.app.logic.slice_view_logic import connect_slice_view_slider_to_state
-    from trame_slicer.app.ui.slider import Slider
-
     picking, viewing = names.picking, names.viewing
     tag = view.get_singleton_tag()
     role = COMPARE_ROLES.get(tag, "input")

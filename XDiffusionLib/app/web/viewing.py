@@ -18,10 +18,17 @@ from __future__ import annotations
 
 import asyncio
 
+from vtkmodules.vtkCommonCore import vtkCommand
+
 from ...errors import XDiffusionError
 from ...maps import DIFFERENCE_UNITS
+from ...slicer.display import show_difference, show_like, show_uncertainty, uncertainty_info_of
+from ...slicer.nodes import add_volume_node, grid_from_node, volume_from_node
+from ...transforms.thick_slices import as_acquired
 from . import views
+from .results import compute_metrics, reasons_shown, slab_metrics
 from .signals import Signal
+from .thick_slices import ACQUIRED_TITLE
 
 _COLORBAR_STOPS = 17  # every quarter of the window, where the colour anchors sit
 
@@ -38,8 +45,6 @@ class WindowLevelDrag:
     window, dragging up lowers the level (brighter), both by the volume's range per view size."""
 
     def __init__(self, view, on_change):
-        from vtkmodules.vtkCommonCore import vtkCommand
-
         self.view = view
         self.on_change = on_change
         self._start = None
@@ -99,8 +104,6 @@ class Viewing:
             self._drags.append(WindowLevelDrag(view, self.set_window_level))
 
     def _grid(self):
-        from ...slicer.nodes import grid_from_node
-
         return grid_from_node(self.workspace.input_node)
 
     def _refit(self, view) -> None:
@@ -138,8 +141,6 @@ class Viewing:
 
     def reset_views(self) -> None:
         """Back to the first look: fitted views, automatic window/level, the result's own colours."""
-        from ...slicer import display
-
         workspace = self.workspace
         input_node, comparison = workspace.input_node, workspace.comparison
         if input_node is None:
@@ -151,12 +152,12 @@ class Viewing:
         if result is not None:
             for node in comparison.grey_nodes():
                 if node is not input_node:
-                    display.show_like(node, input_node)
+                    show_like(node, input_node)
             # The run's own meaning (recorded on the node) and no Slicer legend: the page draws the bars.
             if result.difference is not None:
-                display.show_difference(result.difference, workspace.scene, legend=False)
+                show_difference(result.difference, workspace.scene, legend=False)
             if result.uncertainty is not None:
-                display.show_uncertainty(result.uncertainty, workspace.scene, legend=False)
+                show_uncertainty(result.uncertainty, workspace.scene, legend=False)
         for tag in views.VIEW_PLANE:
             views.fit(workspace.view(tag), self._grid())
         if comparison.shown:
@@ -210,25 +211,17 @@ class Viewing:
     def _acquired_on_result_grid(self, run, result):
         """A thick-slice run: the acquired slices as acquired on the result's finer grid (a node shown
         like the input) and the real view's title for it; otherwise (None, "")."""
-        from ...slicer import display
-        from ...slicer.nodes import add_volume_node
-        from ...transforms.thick_slices import as_acquired
-        from .thick_slices import ACQUIRED_TITLE
-
         workspace, plan = self.workspace, getattr(run, "plan", None)
         if plan is None or workspace.volume is None:
             return None, ""
         input_node = workspace.input_node
         node = add_volume_node(workspace.scene, as_acquired(workspace.volume, plan), f"{input_node.GetName()} as acquired",
                                like=input_node)
-        display.show_like(node, input_node)
+        show_like(node, input_node)
         return node, ACQUIRED_TITLE.format(spacing=plan.slice_spacing)
 
     async def compute_metrics(self, run, result) -> None:
         """Fill the metrics table (in a thread: SSIM over every slice of a large volume takes a while)."""
-        from ...slicer.nodes import volume_from_node
-        from .results import compute_metrics, reasons_shown, slab_metrics
-
         mine = self.mine
         plan = getattr(run, "plan", None)
         if result.difference is None and plan is None:
@@ -327,8 +320,6 @@ class Viewing:
 def uncertainty_label(node) -> str:
     """What a run's uncertainty node means, with its units: as the run recorded it on the node
     (``slicer.display.uncertainty_info_of``: calibrated on this scan or on synthetic data only)."""
-    from ...slicer.display import uncertainty_info_of
-
     if node is None:
         return ""
     info = uncertainty_info_of(node)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition, ViewProps, ViewType
+from vtkmodules.vtkCommonCore import vtkCommand
 
 from ...slicer.layout import ORIENTATION, VIEW_GROUP, ViewSpec, comparison_layout
 from ...slicer.slices import PLANE_VIEW
@@ -128,8 +130,6 @@ def on_modified(view, callback: Callable[[object], None]) -> None:
 
 def on_resized(view, callback: Callable[[object], None]) -> None:
     """Call ``callback(view)`` after the browser gave the view a new size."""
-    from vtkmodules.vtkCommonCore import vtkCommand
-
     # trame-slicer's RCA window announces a new size on the interactor (not on the render window);
     # a low priority runs this after trame-slicer has resized the slice node.
     view.interactor().AddObserver(vtkCommand.WindowResizeEvent, lambda *_: callback(view), -1.0)
@@ -138,8 +138,6 @@ def on_resized(view, callback: Callable[[object], None]) -> None:
 def _extent(view, grid):
     """The grid's extent (x, y mm) and centre (x, y) along the view's in-plane axes, and the view's
     slice-to-RAS axes and origin."""
-    import numpy as np
-
     shape = np.asarray(grid.shape, dtype=np.float64)
     corners = np.array([[i, j, k, 1.0] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
                         for k in (-0.5, shape[2] - 0.5)])
@@ -199,7 +197,5 @@ def fit(view, grid, scale: float | None = None, margins: tuple[int, int, int, in
 
 def slice_to_ras(view):
     """The view's slice-to-RAS matrix as a 4 x 4 numpy array."""
-    import numpy as np
-
     matrix = view.get_view_node().GetSliceToRAS()
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])

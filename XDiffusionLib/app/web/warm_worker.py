@@ -24,6 +24,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
+from ...io.volume import Volume
+from ...worker.__main__ import main as worker_main
 from ...worker.launcher import WorkerLauncher, kill_process_tree
 
 log = logging.getLogger("xdiffusion.web")
@@ -95,9 +99,7 @@ class WarmLauncher(WorkerLauncher):
 
 def _warm_up(model_dir: str | None) -> None:
     """One tiny reconstruction: imports, weights, template and kernels, all loaded once."""
-    import numpy as np
-
-    from ...io.volume import Volume
+    # torch: only this warm worker process loads it, not the session that imports this module
     from ...sampling.reconstructor import reconstruct_volume
 
     i, j, k = np.meshgrid(*[np.linspace(-1, 1, n) for n in (20, 20, 16)], indexing="ij")
@@ -129,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(protocol, 1)
     os.dup2(protocol, 2)
     os.close(protocol)
-    from ...worker.__main__ import main as worker_main
-
     return worker_main([line.strip()])
 
 
