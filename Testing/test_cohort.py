@@ -219,6 +219,7 @@ def test_batch_on_two_ranks_then_resume_after_an_interruption(cohort_dir, tiny_m
     assert all(stamps[name] != after[name] for name in stamps)
 
 
+@pytest.mark.slow  # two rank processes: several seconds on a 2-core CPU
 def test_evaluate_on_two_ranks_matches_one_process(cohort_dir, capsys, monkeypatch):
     common = ["--data", "data", "--method", "nearest", "linear", "--slices", "1", "3", "--no-figures", "--no-progress"]
     launch(accelerate(), ["evaluate", *common, "--out", "two"], cohort_dir)

@@ -8,6 +8,7 @@ from XDiffusionLib.app.cli import main
 from XDiffusionLib.data.samples import sample_path
 
 
+@pytest.mark.slow  # the whole demo, every method: several seconds on a 2-core CPU
 def test_demo_writes_outputs_on_the_input_grid_and_compares_every_method(tiny_model, tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--model", str(tiny_model), "--out", str(out), "--views", "1", "--steps", "1",

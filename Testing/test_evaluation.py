@@ -52,6 +52,7 @@ def read_csv(path):
     return rows[0], [dict(zip(rows[0], r)) for r in rows[1:]]
 
 
+@pytest.mark.slow  # every baseline with figures: several seconds on a 2-core CPU
 def test_evaluate_all_baselines_writes_tables_figures_and_protocol(data_dir, atlas, tmp_path, capsys):
     out = tmp_path / "eval"
     rc = main(["evaluate", "--data", str(data_dir / "case_a.nii.gz"), "--method", "nearest", "linear", "cubic", "template",

@@ -83,6 +83,7 @@ def test_the_prior_picks_the_head_or_the_brain_only_template_from_the_inputs(sku
     assert np.abs(prior[head] - truth[head]).mean() < 0.2 * truth[head].mean()
 
 
+@pytest.mark.slow  # head-prior fits on a real-size head: several seconds on a 2-core CPU
 def test_the_deformable_stage_never_lowers_the_fit_at_the_inputs():
     volume = _template_as_subject(False)
     inputs = SliceInput.from_volume(volume, "coronal", (40, 60))
@@ -91,6 +92,7 @@ def test_the_deformable_stage_never_lowers_the_fit_at_the_inputs():
     assert deformed.correlation >= rigid.correlation
 
 
+@pytest.mark.slow  # head-prior fits on a real-size head: several seconds on a 2-core CPU
 def test_below_the_templates_field_of_view_the_anchor_uses_the_inputs():
     # A long grid: the head template (with its neck cut at its field of view) covers only the top.
     volume = _template_as_subject(False)

@@ -350,6 +350,7 @@ def test_base_folder_that_does_not_fit_the_config_is_a_clear_error(tmp_path):
 # ------------------------------------------------------------------ sampling through the pipeline
 
 
+@pytest.mark.slow  # the paper-size pipeline: several seconds on a 2-core CPU
 def test_pipeline_samples_a_volume_with_the_paper_profile():
     model, config = tiny_model()
     pipeline = XDiffusionPipeline(model, config, device="cpu")

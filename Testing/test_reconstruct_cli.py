@@ -150,6 +150,7 @@ def _as_a_terminal_child(block_sigterm: bool):
 # signal then stayed pending until the run had finished.
 @pytest.mark.parametrize("signum, blocked", [(signal.SIGINT, False), (signal.SIGTERM, False),
                                              (signal.SIGTERM, True)])
+@pytest.mark.slow  # a CLI process interrupted mid-run: several seconds on a 2-core CPU
 def test_interrupt_leaves_no_output(tmp_path, volume_file, model_dir, signum, blocked):
     out_dir = tmp_path / "out"
     out_dir.mkdir()

@@ -544,6 +544,7 @@ def test_worker_4d_error_does_not_name_an_option_it_lacks(tmp_path, oblique_volu
     assert "is 4D with 3 volumes" in message and "--volume" not in message and "volume_index" not in message
 
 
+@pytest.mark.slow  # a CLI process: several seconds on a 2-core CPU
 def test_empty_input_folder_is_one_line_without_itk_warnings(tmp_path, tiny_model):
     empty = tmp_path / "empty"
     empty.mkdir()

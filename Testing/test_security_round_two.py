@@ -334,6 +334,7 @@ def test_a_real_failed_write_leaves_no_file_and_names_the_output(tmp_path, disk)
     assert (tmp_path / "small.nii.gz").is_file()
 
 
+@pytest.mark.slow  # a CLI reconstruction up to the size limit: several seconds on a 2-core CPU
 def test_reconstruct_past_the_file_size_limit_is_one_line_and_leaves_nothing(tiny_model, tmp_path):
     """The command line's output path with SimpleITK's real writers: the result and its uncertainty
     are written together or not at all."""
@@ -600,6 +601,7 @@ def test_a_full_disk_during_reconstruct_batch_is_one_line(tiny_model, tmp_path, 
     assert code == 1 and "no space left on device" in err and str(tmp_path / "out") in err
 
 
+@pytest.mark.slow  # a training run until the disk fills: several seconds on a 2-core CPU
 def test_a_full_disk_during_train_is_one_line(tmp_path, monkeypatch, capsys):
     import safetensors.torch
 

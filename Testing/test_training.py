@@ -408,6 +408,7 @@ def test_two_processes_train_data_parallel_with_identical_weights(tmp_path, tiny
     assert {"rng.rank0.torch", "rng.rank1.torch"} <= set(_tensors(out / "checkpoints" / "step-000002" / checkpoints.STATE_TENSORS))
 
 
+@pytest.mark.slow  # a short training run: several seconds on a 2-core CPU
 def test_checkpoint_ema_exports_as_a_loadable_model(tmp_path, tiny_data):
     from XDiffusionLib.model.checkpoint import load_pretrained
 
@@ -438,6 +439,7 @@ def test_init_starts_a_new_run_from_a_model_folders_weights(tmp_path, tiny_data)
     assert json.loads((tuned / "final" / "config.json").read_text())["anchor_decay_inside_mm"] == 5.0
 
 
+@pytest.mark.slow  # a short training run: several seconds on a 2-core CPU
 def test_init_refuses_a_changed_network(tmp_path, tiny_data, capsys):
     base = tmp_path / "base"
     assert _cli(train_args(tiny_data, base, "--steps", "1")) == 0

@@ -275,6 +275,7 @@ def test_result_info_is_exposed_for_the_web_app():
     assert metadata["XDiffusion_uncertainty_level"] == "0.9" and len(metadata["descrip"]) <= 80
 
 
+@pytest.mark.slow  # a calibrated evaluation run: several seconds on a 2-core CPU
 def test_evaluate_reports_coverage_for_a_calibrated_model(tmp_path):
     import csv
 
