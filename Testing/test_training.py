@@ -425,8 +425,14 @@ def test_checkpoint_ema_exports_as_a_loadable_model(tmp_path, tiny_data):
 def test_init_starts_a_new_run_from_a_model_folders_weights(tmp_path, tiny_data):
     # Fine-tuning: --init takes a trained folder's weights and config (a --config key such as the
     # anchor's decays may change); the new run's first checkpoint moved away from them, not from noise.
+    from dataclasses import replace
+
+    from XDiffusionLib.model.checkpoint import read_config, replace_config
+
     base = tmp_path / "base"
     assert _cli(train_args(tiny_data, base, "--steps", "2")) == 0
+    # A gain chosen for the base model's residual does not carry over to the new run's residual.
+    replace_config(base / "final", replace(read_config(base / "final"), residual_gain={"1": 1.5}))
     tuned = tmp_path / "tuned"
     argv = ["train", "--init", str(base / "final"), "--data", str(tiny_data), "--out", str(tuned), "--steps", "1",
             "--batch-size", "3", "--checkpoint-every", "1", "--validate-every", "0", "--no-progress",
@@ -436,7 +442,8 @@ def test_init_starts_a_new_run_from_a_model_folders_weights(tmp_path, tiny_data)
     after = _tensors(tuned / "checkpoints" / "step-000001" / "model.safetensors")
     assert set(start) == set(after)
     assert max(float((start[k] - after[k]).abs().max()) for k in start) < 1e-4  # lr 1e-9: one tiny step
-    assert json.loads((tuned / "final" / "config.json").read_text())["anchor_decay_inside_mm"] == 5.0
+    tuned_config = json.loads((tuned / "final" / "config.json").read_text())
+    assert tuned_config["anchor_decay_inside_mm"] == 5.0 and tuned_config["residual_gain"] == {}
 
 
 @pytest.mark.slow  # a short training run: several seconds on a 2-core CPU

@@ -92,8 +92,8 @@ class XDiffusionConfig:
     residual_scale: float = 1.0
     # The generated residual is multiplied by a gain that depends on the number of input slices K:
     # {"1": 1.5, "5": 1.25} is 1.5 for K = 1-4 and 1.25 from K = 5 on (1 below the smallest key;
-    # empty: 1 everywhere). Averaging views and samples shrinks the residual toward zero; the
-    # shipped model's table was selected on synthetic validation (its model card).
+    # empty: 1 everywhere). Averaging views and samples shrinks the residual toward zero; a table is
+    # selected on synthetic subjects (scripts/select_residual_gain.py). The shipped model has none.
     residual_gain: dict[str, float] = field(default_factory=dict)
     anchor_decay_inside_mm: float = 6.0
     anchor_decay_outside_mm: float = 6.0

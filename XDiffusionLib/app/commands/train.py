@@ -143,12 +143,15 @@ def prepare_run(args):
                        progress=not args.no_progress)
 
     if getattr(args, "init", None):
-        from ...model.checkpoint import check_model_folder  # torch, as above
+        from ...model.checkpoint import INFERENCE_FIELDS, check_model_folder  # torch, as above
 
         if not args.data:
             raise XDiffusionError("--data is required: volume files or folders to train on")
         base = check_model_folder(args.init)
-        model_config = type(base).from_dict({**base.to_dict(), **model_over})
+        # The inference-only fields (the residual's gain) were chosen for the old residual: the new
+        # run starts without them, unless --config sets them.
+        kept = {key: value for key, value in base.to_dict().items() if key not in INFERENCE_FIELDS}
+        model_config = type(base).from_dict({**kept, **model_over})
         if model_config.profile != base.profile or model_config.side != base.side:
             raise XDiffusionError(f"--init {args.init}: --config may not change the network's profile or side")
         base_train = train_profile(model_config.profile)
