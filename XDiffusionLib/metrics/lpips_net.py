@@ -12,6 +12,13 @@ architecture is read off the keys: ``features.28.weight`` present -> VGG16, else
 Distance: images in [-1, 1] (N, 3, H, W) -> scaling layer -> features after the ReLU of each
 stage -> unit-normalise over channels -> squared difference -> 1x1 linear head -> spatial mean
 -> sum over the 5 stages.
+
+Why not the ``lpips`` package (design issue 23 item 6): it builds its backbone with torchvision,
+whose wheels are made for one exact torch build (here a local CPU torch; a mismatched torchvision
+pulls another torch of several GB), and by default it fetches the backbone's ImageNet weights at
+first use, which this tool never does at run time. The few lines here read the same two weight
+layouts (torchvision's backbone keys, the package's ``lin*`` heads) from one local file, so a
+user's weights made for the package load unchanged.
 """
 
 from __future__ import annotations
