@@ -210,6 +210,18 @@ def test_batch_all_slices(tmp_path, thick_file, model_dir, capsys):
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 
+def test_batch_all_slices_takes_a_scan_longer_than_the_model_in_windows(tmp_path, model_dir, capsys):
+    """Six acquired slices, a model of four: ``reconstruct --all-slices`` runs it in windows, and so
+    must the batch (its check before any work refused it with the model's slice limit)."""
+    source = write_volume(thick_volume(shape=(14, 12, 6)), tmp_path / "in" / "long.nii.gz")
+    out = tmp_path / "batch"
+    code = main(["reconstruct-batch", "--inputs", str(source.parent), "--all-slices", "--slice-factor", "2",
+                 "--out", str(out), "--model", str(model_dir), "--views", "1", "--steps", "2", "--device", "cpu",
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert read_volume(out / "long_xdiffusion.nii.gz").shape == (14, 12, 11)
+
+
 # ------------------------------------------------------------------------------- the evaluation
 
 

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         raise XDiffusionError(f"--inputs {args.inputs}: no such folder or manifest file")
 
     if args.all_slices:
-        _check_thick_slice_plans(batch, args, reconstructor)
+        _check_thick_slice_plans(batch, args)
     names = unique_file_names([case_name(Path(b.output)) for b in batch])
     by_name = dict(zip(names, batch))
     key_base = _key_base(args, reconstructor)
@@ -143,19 +143,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_thick_slice_plans(batch, args, reconstructor) -> None:
+def _check_thick_slice_plans(batch, args) -> None:
     """Every volume's finer grid from its header, before any work (a DICOM series: when it runs)."""
     # scipy and SimpleITK, as in run
     from ...evaluation.manifest import header_grid
     from ...transforms.thick_slices import plan_thick_slices
 
-    max_slices = reconstructor.config.max_slices
+    # No slice limit: scans longer than the model takes run in windows (sampling.thick_slices).
     for case in batch:
         grid = header_grid(case.path, args.volume)
         if grid is None:
             continue
         try:
-            plan_thick_slices(grid, args.slice_factor, args.spacing, thick_slice_thickness(args, case.path), max_slices)
+            plan_thick_slices(grid, args.slice_factor, args.spacing, thick_slice_thickness(args, case.path))
         except XDiffusionError as error:
             raise XDiffusionError(f"{case.row}: {error}") from None
 
