@@ -306,7 +306,7 @@ def test_replace_config_changes_an_inference_field_and_keeps_the_weights(tmp_pat
     original = model.state_dict()
     assert all(torch.equal(tensor, original[name]) for name, tensor in loaded.state_dict().items())
     saved = (directory / CONFIG_NAME).read_bytes()
-    with pytest.raises(XDiffusionError, match="only residual_gain may change"):
+    with pytest.raises(XDiffusionError, match="only residual_gain, anchor_weight may change"):
         replace_config(directory, replace(loaded_config, depth_frequencies=2))
     assert (directory / CONFIG_NAME).read_bytes() == saved
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"], "no temporary folders left behind"

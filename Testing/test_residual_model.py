@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ from XDiffusionLib.model.conditioning import ConditionBuilder, SparseCube
 from XDiffusionLib.model.config import XDiffusionConfig
 from XDiffusionLib.sampling.pipeline import XDiffusionPipeline
 from XDiffusionLib.settings import ReconstructionSettings
-from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
+from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor, _ResidualTarget
 from XDiffusionLib.sampling.schedulers import make_scheduler
 from XDiffusionLib.training.config import COMPACT_MODEL
 from XDiffusionLib.transforms.intensity import IntensityNormalizer
@@ -109,10 +110,49 @@ def test_anchor_is_exact_on_inputs_and_trusts_the_template_far_from_them():
 
 def test_anchor_decays_longer_between_inputs_than_beyond_them():
     inputs = SliceInput.from_volume(head(), "axial", [4, 14])
-    weight = interpolation_weight(inputs, decay_inside_mm=20.0, decay_outside_mm=5.0)
+    weight = interpolation_weight(inputs, decay_inside_mm=20.0, decay_outside_mm=5.0, rule="nearest")
     assert weight[9] == pytest.approx(math.exp(-25.0 / 20.0))  # 5 slices of 5 mm between the inputs
     assert weight[19] == pytest.approx(math.exp(-25.0 / 5.0))  # 5 slices beyond the last input
     assert weight[4] == weight[14] == 1.0
+
+
+def test_the_union_weight_has_no_cusp_at_the_midpoint_between_inputs():
+    # The nearest input's weight bends sharply at each midpoint: a line across coronal and sagittal
+    # views there. Either neighbour vouching (w_l + w_r - w_l w_r) is smooth: its bend is smallest there.
+    inputs = SliceInput.from_volume(head(), "axial", [4, 14])
+    weight = interpolation_weight(inputs, decay_inside_mm=20.0, decay_outside_mm=5.0)
+    near = math.exp(-25.0 / 20.0)
+    assert weight[9] == pytest.approx(2 * near - near * near)
+    assert weight[19] == pytest.approx(math.exp(-25.0 / 5.0)) and weight[4] == weight[14] == 1.0
+    between = weight[4:15].astype(np.float64)
+    bend = between[:-2] - 2 * between[1:-1] + between[2:]  # second difference at slices 5..13
+    assert int(np.argmin(bend)) + 5 == 9
+    nearest = interpolation_weight(inputs, 20.0, 5.0, rule="nearest")[4:15].astype(np.float64)
+    assert int(np.argmax(nearest[:-2] - 2 * nearest[1:-1] + nearest[2:])) + 5 == 9  # the cusp it replaces
+    with pytest.raises(XDiffusionError, match="anchor weight rule 'farthest'"):
+        interpolation_weight(inputs, rule="farthest")
+
+
+def test_a_config_file_from_before_the_anchor_weight_means_the_nearest_rule(tmp_path):
+    # Models trained before the rule existed saw the nearest input's weight: their files keep it.
+    config = residual_config()
+    assert config.anchor_weight == "union"
+    data = config.to_dict()
+    del data["anchor_weight"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert XDiffusionConfig.load_json(tmp_path / "old.json").anchor_weight == "nearest"
+    config.save_json(tmp_path / "new.json")
+    assert XDiffusionConfig.load_json(tmp_path / "new.json") == config
+    with pytest.raises(XDiffusionError, match="config anchor_weight 'cusp': choose one of union, nearest"):
+        residual_config(anchor_weight="cusp")
+
+
+def test_the_reconstructor_blends_its_anchor_with_the_configs_rule():
+    inputs = SliceInput.from_volume(head(), "axial", [4, 14])
+    for rule in ("union", "nearest"):
+        config = residual_config(anchor_weight=rule)
+        target = _ResidualTarget(inputs, config)
+        assert np.allclose(target.estimate.weight, interpolation_weight(inputs, 6.0, 6.0, rule))
 
 
 def test_anchor_method_is_registered_for_ablation():

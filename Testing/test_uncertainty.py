@@ -113,6 +113,33 @@ def test_a_table_is_bound_to_the_configs_residual_gain(tmp_path):
         load_calibration(folder)
 
 
+def test_a_table_is_bound_to_the_configs_anchor_weight(tmp_path):
+    # The anchor rule changes the output the interval is fitted around; a table from before the rule
+    # was made with the nearest-input weight, and holds only for a model that still uses it.
+    import json
+
+    from XDiffusionLib.model.calibration import CALIBRATION_NAME, content_sha256
+    from XDiffusionLib.model.config import XDiffusionConfig
+
+    folder = weights_folder(tmp_path)
+    residual = dict(target="residual", priors=("anchor", "linear", "distance"))
+    XDiffusionConfig(**residual, anchor_weight="union").save_json(folder / "config.json")
+    save_calibration(small_table(), folder)
+    assert json.loads((folder / CALIBRATION_NAME).read_text())["anchor_weight"] == "union"
+    assert load_calibration(folder) is not None
+    XDiffusionConfig(**residual, anchor_weight="nearest").save_json(folder / "config.json")
+    with pytest.raises(XDiffusionError, match="calibrated for another anchor_weight"):
+        load_calibration(folder)
+    old = json.loads((folder / CALIBRATION_NAME).read_text())
+    del old["anchor_weight"]
+    old["sha256"] = content_sha256(old)
+    (folder / CALIBRATION_NAME).write_text(json.dumps(old))
+    assert load_calibration(folder) is not None  # a table from before the rule: the nearest rule's
+    XDiffusionConfig(**residual, anchor_weight="union").save_json(folder / "config.json")
+    with pytest.raises(XDiffusionError, match="calibrated for another anchor_weight"):
+        load_calibration(folder)
+
+
 def test_malformed_table_fields_are_named():
     data = small_table().to_dict()
     data["quantiles"] = data["quantiles"][:2]

@@ -24,6 +24,9 @@ DEVICES = ("auto", "cpu", "cuda")
 # How the network runs on a CPU: "auto" = ONNX Runtime where installed (same numbers, faster;
 # model/onnx_runtime.py), "torch" = torch eager, "onnx" = ONNX Runtime or an error.
 RUNTIMES = ("auto", "torch", "onnx")
+# The anchor's interpolation weight between two inputs (baselines.anchor), fixed per model by its
+# config's ``anchor_weight``; the default first.
+ANCHOR_WEIGHT_RULES = ("union", "nearest")
 MAX_VIEWS = 64
 MAX_STEPS = 1000
 MAX_SAMPLES = 16

@@ -19,7 +19,7 @@ import numpy as np
 from ..inputs import SliceInput
 from ..uncertainty.intervals import interval_features
 from ..uncertainty.scan_scale import HeldOutFold
-from .anchor import AnchorEstimate, inside_inputs, interpolation_weight, slice_distance_mm
+from .anchor import DEFAULT_WEIGHT_RULE, AnchorEstimate, inside_inputs, interpolation_weight, slice_distance_mm
 from .foreground import foreground_threshold, head_mask
 from .interpolation import cubic_at
 
@@ -31,9 +31,10 @@ def _stack(array: np.ndarray, axis: int, positions: np.ndarray) -> np.ndarray:
 
 def held_out_folds(inputs: SliceInput, estimate: AnchorEstimate, value_range: float,
                    decay_inside_mm: float, decay_outside_mm: float,
-                   max_voxels: int | None = None, seed: int = 0) -> list[HeldOutFold]:
+                   max_voxels: int | None = None, seed: int = 0,
+                   weight_rule: str = DEFAULT_WEIGHT_RULE) -> list[HeldOutFold]:
     """One fold per input slice (none for K = 1 or an estimate without its prior fit), with the
-    anchor's decays of the reconstruction. ``value_range``: the intensity range the features are
+    anchor's decays and weight rule of the reconstruction. ``value_range``: the intensity range the features are
     in units of (the reconstructor's normaliser ``high - low``). ``max_voxels``: keep a seeded
     random subset of each fold's head voxels (the calibration script's samples)."""
     prior = estimate.prior
@@ -52,7 +53,7 @@ def held_out_folds(inputs: SliceInput, estimate: AnchorEstimate, value_range: fl
         fitted = _stack(prior.prior, axis, positions).astype(np.float32)
         # The anchor's blend at these slices (as anchor.voxel_weight and anchor.blend do on the whole
         # grid): 1 between the remaining inputs where the template has no field of view.
-        weight = interpolation_weight(others, decay_inside_mm, decay_outside_mm)[positions][:, None, None]
+        weight = interpolation_weight(others, decay_inside_mm, decay_outside_mm, weight_rule)[positions][:, None, None]
         outside_template = ~_stack(prior.coverage, axis, positions) & inside_inputs(others)[positions][:, None, None]
         weight = np.where(outside_template, np.float32(1.0), weight).astype(np.float32)
         interpolated_known = interpolated.copy()

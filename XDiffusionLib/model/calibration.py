@@ -2,8 +2,8 @@
 
 The table (``uncertainty.intervals``) belongs to one set of weights and one set of sampling
 settings: it records the weights' SHA-256 (``weights_sha256`` of ``model.safetensors``, as
-``checkpoint.verify_checksums`` checks them), the config's ``residual_gain`` (it changes the output
-the interval was fitted around) and the SHA-256 of its own content, so an edited, truncated or
+``checkpoint.verify_checksums`` checks them), the config's inference fields (``residual_gain``,
+``anchor_weight``: they change the output the interval was fitted around) and the SHA-256 of its own content, so an edited, truncated or
 foreign table is refused at load with a one-line error naming the file. Torch-free.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import XDiffusionError
 from ..io.atomic import write_text_atomic
-from .config import XDiffusionConfig
+from .config import INFERENCE_FIELDS, XDiffusionConfig
 from .files import CONFIG_NAME, WEIGHTS_NAME, weights_checksum
 from ..uncertainty.intervals import DEFAULT_LEVEL, UNCALIBRATED, IntervalCalibration, UncertaintyInfo, calibrated_info
 from ..uncertainty.scan_scale import scan_reference_of
@@ -31,18 +31,22 @@ def content_sha256(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
-def _residual_gain(directory: Path) -> dict[str, float]:
-    """The folder's config's residual gain table (empty without a config)."""
+def _inference_fields(directory: Path) -> dict[str, Any]:
+    """The folder's config's inference fields (``config.INFERENCE_FIELDS``; without a config, their
+    values from before each field existed)."""
     path = directory / CONFIG_NAME
-    return XDiffusionConfig.load_json(path).residual_gain if path.is_file() else {}
+    if not path.is_file():
+        return dict(INFERENCE_FIELDS)
+    config = XDiffusionConfig.load_json(path).to_dict()
+    return {key: config[key] for key in INFERENCE_FIELDS}
 
 
 def save_calibration(table: IntervalCalibration, directory: str | os.PathLike) -> Path:
-    """Write the table (bound to the folder's weights and residual gain, with its own checksum) atomically."""
+    """Write the table (bound to the folder's weights and inference fields, with its own checksum) atomically."""
     directory = Path(directory)
     data = table.to_dict()
     data["weights_sha256"] = weights_checksum(directory)
-    data["residual_gain"] = _residual_gain(directory)
+    data.update(_inference_fields(directory))
     data["sha256"] = content_sha256(data)
     return write_text_atomic(directory / CALIBRATION_NAME, json.dumps(data, indent=1) + "\n")
 
@@ -70,9 +74,10 @@ def load_calibration(directory: str | os.PathLike, required: bool = False) -> In
     weights = Path(directory) / WEIGHTS_NAME
     if weights.is_file() and data.get("weights_sha256") != weights_checksum(directory):
         raise XDiffusionError(f"{path}: calibrated for other weights than {weights}; {regenerate}")
-    if data.get("residual_gain", {}) != _residual_gain(Path(directory)):  # tables before the gain: none
-        raise XDiffusionError(f"{path}: calibrated for another residual_gain than {Path(directory) / CONFIG_NAME}'s; "
-                              f"{regenerate}")
+    for key, value in _inference_fields(Path(directory)).items():  # a table from before a field: its old value
+        if data.get(key, INFERENCE_FIELDS[key]) != value:
+            raise XDiffusionError(f"{path}: calibrated for another {key} than {Path(directory) / CONFIG_NAME}'s; "
+                                  f"{regenerate}")
     table = IntervalCalibration.from_dict(data, str(path))
     scan_reference_of(table.scan_reference, str(path))  # a malformed scan reference fails here, not mid-run
     return table

@@ -33,15 +33,13 @@ from ..io.checksums import (
     seal_safetensors,
     tensor_data_sha256,
 )
-from .config import XDiffusionConfig
+from .config import INFERENCE_FIELDS, XDiffusionConfig
 from .factory import build_denoiser
 # Their one home is model/files.py (torch-free).
 from .files import CONFIG_NAME, WEIGHTS_CHECKSUM, WEIGHTS_NAME, default_model_dir, weights_checksum  # noqa: F401
 
 # The other key of the checksums recorded in the weights file's metadata (besides WEIGHTS_CHECKSUM).
 CONFIG_CHECKSUM = "config_sha256"
-# Config fields read only at inference, after the network: ``replace_config`` may change them.
-INFERENCE_FIELDS = ("residual_gain",)
 
 
 def save_pretrained(model: nn.Module, config: XDiffusionConfig, directory: str | os.PathLike) -> Path:

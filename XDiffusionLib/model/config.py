@@ -32,6 +32,7 @@ from typing import Any
 from ..errors import XDiffusionError
 from ..io.atomic import write_json_atomic
 from ..records import check_record
+from ..settings import ANCHOR_WEIGHT_RULES
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 MULTISLICE_MODES = ("product", "attention", "none")
@@ -40,6 +41,11 @@ TARGETS = ("volume", "residual")
 VIEW_AXES = ("vertical", "input_normal")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 DROPOUT_KEYS = ("image", "pose", "all")
+# Fields that change what the trained network is given or how its output is used, not the weights:
+# ``checkpoint.replace_config`` may change them, ``train --init`` does not carry them over and an
+# interval calibration table records them. Each with what a config file or table written before the
+# field existed meant (such a model saw exactly that).
+INFERENCE_FIELDS: dict[str, Any] = {"residual_gain": {}, "anchor_weight": "nearest"}
 
 
 _MAX_GAIN = 4.0  # a residual amplified further would be the network's noise, not a correction
@@ -97,6 +103,9 @@ class XDiffusionConfig:
     residual_gain: dict[str, float] = field(default_factory=dict)
     anchor_decay_inside_mm: float = 6.0
     anchor_decay_outside_mm: float = 6.0
+    # How the anchor weighs interpolation between two inputs: "union" (smooth at the midpoints) or
+    # "nearest" (the nearest input only: a cusp, i.e. a line, at every midpoint; models before v4).
+    anchor_weight: str = ANCHOR_WEIGHT_RULES[0]
     # Sampling starts at this fraction of the noise schedule (1: pure noise; < 1: near the anchor),
     # and training draws timesteps from the same range.
     start_fraction: float = 1.0
@@ -160,6 +169,8 @@ class XDiffusionConfig:
             raise XDiffusionError(f"config priors {list(self.priors)}: each once, from {', '.join(PRIOR_NAMES)}")
         if self.target not in TARGETS:
             raise XDiffusionError(f"config target {self.target!r}: choose one of {', '.join(TARGETS)}")
+        if self.anchor_weight not in ANCHOR_WEIGHT_RULES:
+            raise XDiffusionError(f"config anchor_weight {self.anchor_weight!r}: choose one of {', '.join(ANCHOR_WEIGHT_RULES)}")
         if self.views_about not in VIEW_AXES:
             raise XDiffusionError(f"config views_about {self.views_about!r}: choose one of {', '.join(VIEW_AXES)}")
         if not 0.0 < self.start_fraction <= 1.0 or not 0.0 <= self.noise_sharing < 1.0:
@@ -237,4 +248,6 @@ class XDiffusionConfig:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise XDiffusionError(f"{path}: invalid JSON ({error})") from None
+        if isinstance(data, dict):  # a file from before a field: what it meant then
+            data = {**{key: value for key, value in INFERENCE_FIELDS.items() if key not in data}, **data}
         return cls.from_dict(data, source=str(path))

@@ -105,7 +105,8 @@ class _ResidualTarget:
     (model space, upsampled), inside the head only."""
 
     def __init__(self, inputs: SliceInput, config: XDiffusionConfig) -> None:
-        self.estimate = anchor_estimate(inputs, config.anchor_decay_inside_mm, config.anchor_decay_outside_mm)
+        self.estimate = anchor_estimate(inputs, config.anchor_decay_inside_mm, config.anchor_decay_outside_mm,
+                                        weight_rule=config.anchor_weight)
         anchor = self.estimate.volume.array
         self.normalizer = IntensityNormalizer(zero_floor=True).fit(inputs.slices)
         self.space = ModelSpace.for_grid(inputs.grid, config.side)
@@ -301,7 +302,7 @@ class XDiffusionReconstructor:
         folds = None
         if self.keep_features or (reference is not None and k >= 2):
             folds = tuple(held_out_folds(inputs, target.estimate, target.scale, config.anchor_decay_inside_mm,
-                                         config.anchor_decay_outside_mm))
+                                         config.anchor_decay_outside_mm, weight_rule=config.anchor_weight))
         if calibration is None:
             return replace(result, features=kept, folds=folds)
         scan = SYNTHETIC_ONLY if folds is None else scan_scale(reference, k, list(folds),

@@ -175,7 +175,8 @@ def make_entry(volume, config, rng: np.random.Generator, template=None):
     cube = normalizer.forward(cube)
     cube_grid = Grid(cube.shape, (space.cube_spacing,) * 3, (0.0, 0.0, 0.0), np.eye(3))
     inputs = SliceInput(cube_grid, plane, tuple(positions), np.stack([np.take(cube, p, axis=axis) for p in positions]))
-    parts = anchor_estimate(inputs, config.anchor_decay_inside_mm, config.anchor_decay_outside_mm, template)
+    parts = anchor_estimate(inputs, config.anchor_decay_inside_mm, config.anchor_decay_outside_mm, template,
+                            config.anchor_weight)
     fitted = parts.template
     if rng.random() < 0.6:
         fitted = _warp(fitted, rng, amplitude=float(rng.uniform(0.5, 2.5)))
