@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.interpolate import PchipInterpolator
 
 from ..baselines.through_plane_sr import SmoreSettings, cubic_along, through_plane_sr
 from ..inputs import plane_axis
@@ -32,7 +31,7 @@ from ..io.atomic import write_text_atomic
 from ..io.volume import Grid, Volume
 from ..metrics.psnr import psnr_paper
 from ..metrics.ssim import ssim_per_plane, ssim_slices
-from ..sampling.thick_slices import reconstruct_thick_slices
+from ..sampling.thick_slices import interpolate_along, reconstruct_thick_slices
 from ..transforms.thick_slices import as_acquired, plan_thick_slices, slab_average
 from .figures import thick_slice_figure
 
@@ -59,9 +58,8 @@ def _predict(method: str, thick: Volume, factor: int, thickness: float, axis: in
         return reconstruct_thick_slices(thick, factor, thickness=thickness, reconstructor=reconstructor).volume.array
     if method == "cubic":
         return cubic_along(thick.array, axis, positions, targets)
-    if method == "pchip":
-        return np.moveaxis(PchipInterpolator(positions, np.moveaxis(thick.array, axis, 0), axis=0)(targets),
-                           0, axis).astype(np.float32)
+    if method == "pchip":  # the workflow's own interpolation along the slice axis
+        return interpolate_along(thick.array, plan_thick_slices(thick.grid, slice_factor=factor, thickness=thickness))
     if method == "smore":
         pixel = float(min(s for a, s in enumerate(thick.spacing) if a != axis))
         return through_plane_sr(thick.array, axis, pixel, spacing, thickness, targets, smore)

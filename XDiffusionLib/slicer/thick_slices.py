@@ -22,10 +22,10 @@ from ..worker.messages import JobSettings
 AllSlicesPlan = ThickSlicePlan  # the name the panel's code used
 
 
-def plan_all_slices(grid: Grid, spacing: float, max_slices: int | None = None,
-                    thickness: float | None = None) -> ThickSlicePlan:
-    """All acquired slices of the scan on ``grid`` onto ``spacing`` mm slices (one-line errors)."""
-    return plan_thick_slices(grid, spacing=spacing, thickness=thickness, max_slices=max_slices)
+def plan_all_slices(grid: Grid, spacing: float, thickness: float | None = None) -> ThickSlicePlan:
+    """All acquired slices of the scan on ``grid`` onto ``spacing`` mm slices (one-line errors; a scan
+    longer than the model takes goes through in windows, ``sampling.thick_slices``)."""
+    return plan_thick_slices(grid, spacing=spacing, thickness=thickness)
 
 
 SLICE_THICKNESS_TAG = "0018,0050"  # DICOM SliceThickness, as Slicer's DICOM database names tags

@@ -132,12 +132,13 @@ def _factor(slice_spacing: float, in_plane: float, plane: str, factor, spacing) 
 
 
 def plan_thick_slices(grid: Grid, slice_factor: int | None = None, spacing: float | None = None,
-                      thickness: float | None = None, max_slices: int | None = None) -> ThickSlicePlan:
+                      thickness: float | None = None) -> ThickSlicePlan:
     """The finer grid for the scan on ``grid`` (module docstring); every bad value is one line.
 
     ``slice_factor`` N or ``spacing`` mm (dividing the slice spacing; default: the in-plane
     spacing, rounded to the nearest divisor); ``thickness``: the slab each acquired slice averages
-    (default: the slice spacing, no gap); ``max_slices``: the model's limit on input slices.
+    (default: the slice spacing, no gap). Any number of acquired slices: a scan longer than the model
+    takes goes through in windows (``sampling.thick_slices``).
     """
     axis = slice_axis(grid)
     plane = acquisition_plane(grid)
@@ -151,9 +152,6 @@ def plan_thick_slices(grid: Grid, slice_factor: int | None = None, spacing: floa
     if thickness > 2 * slice_spacing:  # slabs overlapping more than half: the averages barely constrain slices
         raise XDiffusionError(f"slice thickness {thickness:g} mm is more than twice the {slice_spacing:g} mm "
                               "between the slices: check the value")
-    if max_slices is not None and depth > max_slices:
-        raise XDiffusionError(f"the volume has {depth} acquired {plane} slices but the model takes at most "
-                              f"{max_slices}: crop the volume or pick the input slices")
     shape = list(grid.shape)
     shape[axis] = (depth - 1) * factor + 1
     voxels = int(np.prod(shape, dtype=np.int64))
