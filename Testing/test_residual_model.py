@@ -316,6 +316,38 @@ def test_bank_entries_are_reproducible_and_normalised(tmp_path):
                                np.take(bank.cubes[e], p, axis=int(bank.axes[e])), atol=2e-3)
 
 
+def test_a_cached_bank_made_with_other_anchor_settings_is_rebuilt(tmp_path):
+    # --resume reuses the run's bank; one made with another anchor weight (or a bank from before the
+    # banks recorded it: the nearest rule) must not be trained on as this config's.
+    from XDiffusionLib.training.anchor_bank import AnchorBank, load_or_build, merge_banks
+    from XDiffusionLib.io.writers import write_volume
+
+    path = tmp_path / "head.nii.gz"
+    write_volume(head(), path)
+    run = tmp_path / "run"
+    union = load_or_build(run, [path], residual_config(), per_volume=1, seed=4, progress=False)
+    assert AnchorBank.load(run / "anchor_bank.npz").anchor == {
+        "anchor_decay_inside_mm": 6.0, "anchor_decay_outside_mm": 6.0, "anchor_weight": "union"}
+    marked = AnchorBank.load(run / "anchor_bank.npz")
+    marked.anchors[:] = 0  # a mark: a reused bank still has it, a rebuilt one does not
+    marked.save(run / "anchor_bank.npz")
+    assert not load_or_build(run, [path], residual_config(), per_volume=1, seed=4, progress=False).anchors.any()
+    nearest = load_or_build(run, [path], residual_config(anchor_weight="nearest"), per_volume=1, seed=4,
+                            progress=False)
+    assert nearest.anchors.any() and nearest.anchor["anchor_weight"] == "nearest"
+    assert AnchorBank.load(run / "anchor_bank.npz").anchor["anchor_weight"] == "nearest"
+    longer = load_or_build(run, [path], residual_config(anchor_weight="nearest", anchor_decay_inside_mm=9.0),
+                           per_volume=1, seed=4, progress=False)
+    assert longer.anchor["anchor_decay_inside_mm"] == 9.0
+    old = dict(np.load(run / "anchor_bank.npz"))
+    del old["anchor_settings"]
+    np.savez(run / "anchor_bank.npz", **old)
+    assert AnchorBank.load(run / "anchor_bank.npz").matches(residual_config(anchor_weight="nearest"))
+    assert not AnchorBank.load(run / "anchor_bank.npz").matches(residual_config())
+    with pytest.raises(XDiffusionError, match="different anchor settings"):
+        merge_banks([union, longer])
+
+
 def test_residual_batches_target_truth_minus_anchor():
     from XDiffusionLib.training.anchor_bank import AnchorBank
     from XDiffusionLib.training.examples import sample_residual_batch

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from XDiffusionLib.errors import XDiffusionError
 from XDiffusionLib.model.checkpoint import check_model_folder
-from XDiffusionLib.training.anchor_bank import BANK_FILE, AnchorBank, build_bank, merge_banks
+from XDiffusionLib.training.anchor_bank import BANK_FILE, AnchorBank, anchor_settings, build_bank, merge_banks
 from XDiffusionLib.training.data import find_volume_sources
 
 
@@ -48,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.reuse:
         old = AnchorBank.load(Path(args.reuse))
         prefix = [str(s) for s in sources[: len(old.sources)]]
-        if old.sources != prefix or old.side != config.side or len(old) != len(old.sources) * args.per_volume:
+        if (old.sources != prefix or old.side != config.side or len(old) != len(old.sources) * args.per_volume
+                or not old.matches(config)):
             raise XDiffusionError(f"{args.reuse}: not a bank of the first {len(old.sources)} sources with "
-                                  f"{args.per_volume} entries each at side {config.side}")
+                                  f"{args.per_volume} entries each at side {config.side} and anchor settings "
+                                  f"{anchor_settings(config)} (it has {old.anchor})")
         done, start = [old], len(old.sources)
     remaining = list(range(start, len(sources)))
     chunks = [remaining[i:: args.processes] for i in range(args.processes)]
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, source in enumerate(shard.sources):
             lo, hi = k * args.per_volume, (k + 1) * args.per_volume
             by_source[source] = AnchorBank(shard.cubes[lo:hi], shard.anchors[lo:hi], shard.axes[lo:hi],
-                                           shard.positions[lo:hi], shard.points[lo:hi], [source])
+                                           shard.positions[lo:hi], shard.points[lo:hi], [source], shard.anchor)
     ordered = [by_source[str(sources[i])] for i in remaining]
     bank = merge_banks(done + ordered)
     out = Path(args.out)

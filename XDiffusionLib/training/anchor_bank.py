@@ -19,15 +19,18 @@ input slices, and the training loop draws sections (R, d) from these entries:
    a random smooth warp and gamma, so the template is no more accurate here than on a real head
    (training subjects are warps of the very template the anchor fits).
 
-The bank is cached in the run folder (``anchor_bank.npz``), so ``--resume`` reuses it.
+The bank is cached in the run folder (``anchor_bank.npz``), so ``--resume`` reuses it, and records
+the anchor settings it was made with (the config's decays and ``anchor_weight``): a cached bank made
+with others is rebuilt, never trained on as if it were this config's.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -41,6 +44,15 @@ ANISOTROPY_PROBABILITY = 0.35
 AXIS_WEIGHTS = (0.25, 0.25, 0.5)  # sagittal, coronal, axial input slices
 PROTOCOL_KS = (1, 1, 2, 3, 5, 5, 10, 10, 15, 20, 31, 31)
 _POINTS = 2048
+ANCHOR_KEYS = ("anchor_decay_inside_mm", "anchor_decay_outside_mm", "anchor_weight")
+# A bank saved before it recorded its anchor settings: made with the nearest-input weight (its decays
+# were not recorded, so they are not compared).
+_LEGACY_ANCHOR = {"anchor_weight": "nearest"}
+
+
+def anchor_settings(config) -> dict[str, Any]:
+    """The config's fields that shape the anchor of an entry (``ANCHOR_KEYS``)."""
+    return {key: getattr(config, key) for key in ANCHOR_KEYS}
 
 
 @dataclass
@@ -53,6 +65,12 @@ class AnchorBank:
     positions: list[list[int]]  # per entry: sorted cube indices along its axis
     points: list[np.ndarray]  # per entry: (P, 3) foreground points, normalised cube coordinates
     sources: list[str]
+    anchor: dict[str, Any] = field(default_factory=dict)  # the anchor settings it was made with
+
+    def matches(self, config) -> bool:
+        """Whether its anchors were made with ``config``'s anchor settings."""
+        wanted = anchor_settings(config)
+        return all(wanted[key] == value for key, value in self.anchor.items()) and bool(self.anchor)
 
     def __len__(self) -> int:
         return int(self.cubes.shape[0])
@@ -67,7 +85,8 @@ class AnchorBank:
         with atomic_file(path, suffix=".npz") as tmp:
             np.savez(tmp, cubes=self.cubes, anchors=self.anchors, axes=self.axes, counts=counts,
                      positions=np.concatenate([np.asarray(p) for p in self.positions]),
-                     points=np.stack(self.points), sources=np.array(self.sources))
+                     points=np.stack(self.points), sources=np.array(self.sources),
+                     anchor_settings=np.array(json.dumps(self.anchor, sort_keys=True)))
 
     @classmethod
     def load(cls, path: Path) -> "AnchorBank":
@@ -77,8 +96,9 @@ class AnchorBank:
             flat = data["positions"].tolist()
             splits = np.cumsum(counts)[:-1]
             positions = [list(map(int, p)) for p in np.split(np.asarray(flat), splits)]
+            anchor = json.loads(str(data["anchor_settings"])) if "anchor_settings" in data else dict(_LEGACY_ANCHOR)
             return cls(data["cubes"], data["anchors"], data["axes"], positions, list(data["points"]),
-                       [str(s) for s in data["sources"]])
+                       [str(s) for s in data["sources"]], anchor)
         except (OSError, KeyError, ValueError) as error:
             raise XDiffusionError(f"{path}: unreadable anchor bank ({error}): delete it to rebuild") from None
 
@@ -224,23 +244,26 @@ def build_bank(sources: Sequence[Path], config, per_volume: int, seed: int, prog
             positions.append(pos)
             points.append(pts)
     return AnchorBank(np.stack(cubes), np.stack(anchors), np.asarray(axes), positions, points,
-                      [str(sources[i]) for i in chosen])
+                      [str(sources[i]) for i in chosen], anchor_settings(config))
 
 
 def merge_banks(banks: Sequence[AnchorBank]) -> AnchorBank:
-    """Shards joined in the given order."""
+    """Shards joined in the given order (all made with the same anchor settings)."""
+    if any(b.anchor != banks[0].anchor for b in banks):
+        raise XDiffusionError(f"anchor banks made with different anchor settings: {[b.anchor for b in banks]}")
     return AnchorBank(np.concatenate([b.cubes for b in banks]), np.concatenate([b.anchors for b in banks]),
                       np.concatenate([b.axes for b in banks]), [p for b in banks for p in b.positions],
-                      [p for b in banks for p in b.points], [s for b in banks for s in b.sources])
+                      [p for b in banks for p in b.points], [s for b in banks for s in b.sources], banks[0].anchor)
 
 
 def load_or_build(run_dir: Path, sources: Sequence[Path], config, per_volume: int, seed: int,
                   progress: bool = True) -> AnchorBank:
-    """The run's cached bank when its sources match, else a new one (cached once the run folder exists)."""
+    """The run's cached bank when its sources, side and anchor settings match, else a new one (cached
+    once the run folder exists)."""
     path = Path(run_dir) / BANK_FILE
     if path.is_file():
         bank = AnchorBank.load(path)
-        if bank.sources == [str(s) for s in sources] and bank.side == config.side:
+        if bank.sources == [str(s) for s in sources] and bank.side == config.side and bank.matches(config):
             return bank
     bank = build_bank(sources, config, per_volume, seed, progress)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
