@@ -38,6 +38,7 @@ from ..errors import XDiffusionError
 from ..inputs import SliceInput
 from ..io.atomic import atomic_file
 from ..io.volume import Grid
+from ..model.config import INFERENCE_FIELDS
 
 BANK_FILE = "anchor_bank.npz"
 ANISOTROPY_PROBABILITY = 0.35
@@ -45,9 +46,9 @@ AXIS_WEIGHTS = (0.25, 0.25, 0.5)  # sagittal, coronal, axial input slices
 PROTOCOL_KS = (1, 1, 2, 3, 5, 5, 10, 10, 15, 20, 31, 31)
 _POINTS = 2048
 ANCHOR_KEYS = ("anchor_decay_inside_mm", "anchor_decay_outside_mm", "anchor_weight")
-# A bank saved before it recorded its anchor settings: made with the nearest-input weight (its decays
-# were not recorded, so they are not compared).
-_LEGACY_ANCHOR = {"anchor_weight": "nearest"}
+# A bank saved before it recorded its anchor settings: made with the anchor weight a config of that
+# time meant (its decays were not recorded, so they are not compared).
+_LEGACY_ANCHOR = {"anchor_weight": INFERENCE_FIELDS["anchor_weight"]}
 
 
 def anchor_settings(config) -> dict[str, Any]:
