@@ -40,7 +40,7 @@ from XDiffusionLib.io import read_volume
 from XDiffusionLib.inputs import SliceInput
 from XDiffusionLib.metrics.coverage import scored_mask
 from XDiffusionLib.model.calibration import save_calibration
-from XDiffusionLib.model.checkpoint import default_model_dir, read_config
+from XDiffusionLib.model.checkpoint import default_model_dir
 from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
 from XDiffusionLib.settings import ReconstructionSettings
 from XDiffusionLib.synth.dataset import write_synthetic_dataset
@@ -176,7 +176,6 @@ def main() -> None:
     info = {
         "data": f"synth.dataset.write_synthetic_dataset n={args.subjects} seed {SEED}, artefacts {ARTEFACTS!r}, "
                 f"anatomy {ANATOMY!r} (synthetic only; seed 11 trained, 12 validated)",
-        "residual_gain": read_config(model_dir).residual_gain,
         "fit_subjects": list(range(args.fit_subjects)),
         "calibration_subjects": list(range(args.fit_subjects, len(entries))),
         "planes": "axial, every 4th subject sagittal or coronal", "ks": {"even subjects": KS_EVEN, "odd": KS_ODD},

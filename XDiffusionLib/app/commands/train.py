@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ...errors import XDiffusionError
-from ...model.config import XDiffusionConfig
+from ...model.config import INFERENCE_FIELDS, XDiffusionConfig
 from ...training.anchor_bank import BANK_FILE
 from ...training.config import TrainConfig, model_profile, train_profile
 
@@ -143,13 +143,13 @@ def prepare_run(args):
                        progress=not args.no_progress)
 
     if getattr(args, "init", None):
-        from ...model.checkpoint import INFERENCE_FIELDS, check_model_folder  # torch, as above
+        from ...model.checkpoint import check_model_folder  # torch, as above
 
         if not args.data:
             raise XDiffusionError("--data is required: volume files or folders to train on")
         base = check_model_folder(args.init)
-        # The inference-only fields (the residual's gain) were chosen for the old residual: the new
-        # run starts without them, unless --config sets them.
+        # The inference fields (the residual's gain, the anchor's weight rule) were chosen for the old
+        # residual: the new run starts from their defaults, unless --config sets them.
         kept = {key: value for key, value in base.to_dict().items() if key not in INFERENCE_FIELDS}
         model_config = type(base).from_dict({**kept, **model_over})
         if model_config.profile != base.profile or model_config.side != base.side:
