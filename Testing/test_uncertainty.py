@@ -61,9 +61,31 @@ def test_fitted_table_covers_fresh_samples_at_every_level_and_width_follows_the_
     assert rank_correlation(scale, test["abs_error"]) > 0.3
 
 
+def test_features_see_where_the_volume_bends_along_the_input_axis_and_beside_edges():
+    from XDiffusionLib.uncertainty.intervals import interval_features
+
+    z = np.arange(24, dtype=np.float32)
+    ramp = np.broadcast_to(2.0 * z, (12, 12, 24)).copy()  # straight along the input axis (2)
+    bent = np.broadcast_to(np.where(z < 12, 0.0, 3.0 * (z - 12)), (12, 12, 24)).astype(np.float32)  # a kink at 12
+    parts = dict(distance_mm=np.zeros(24), known=np.zeros(24, bool), spread=np.zeros_like(ramp))
+
+    def features(volume, axis=2):
+        return interval_features(5, axis, interpolation=volume, template=volume, anchor=volume, value_range=10.0, **parts)
+
+    assert np.abs(features(ramp).curvature[:, :, 2:-2]).max() < 1e-5  # interpolation follows a straight line
+    bends = features(bent).curvature[6, 6]
+    assert bends[11:14].min() > 0.05 and bends[:8].max() < 1e-3 and bends[17:].max() < 1e-3
+    # Along another axis the same volume is flat: the curvature is the input axis's.
+    assert np.abs(features(bent, axis=0).curvature).max() < 1e-5
+    step = np.zeros((24, 12, 12), np.float32)
+    step[12:] = 10.0
+    edge = features(step, axis=1).edge[:, 6, 6]
+    assert edge[10] > 0.05 and edge[14] > 0.05 and edge[2] < 1e-3  # misplaced by a voxel or two: still near
+
+
 def small_table() -> IntervalCalibration:
     n_k, n_d = len(K_EDGES), len(DISTANCE_EDGES_MM) + 1
-    coefficients = np.tile([0.01, 1.0, 0.5, 0.0, 0.0], (n_k, 1))
+    coefficients = np.tile([0.01, 1.0, 0.5] + [0.0] * (len(FEATURES) - 2), (n_k, 1))
     quantiles = np.tile(np.linspace(1.0, 2.0, len(LEVELS)), (n_k, n_d, 1)) * np.arange(1, n_d + 1)[None, :, None]
     return IntervalCalibration(coefficients, quantiles, np.full((n_k, n_d), 500), info={"data": "test"})
 
@@ -367,7 +389,7 @@ def cylinder_folds(noise: float, seed: int):
 def test_leave_one_out_scale_recovers_a_known_error_inflation():
     from XDiffusionLib.uncertainty.scan_scale import SHRINK, fit_scan_reference, fold_statistic, scan_scale
 
-    coefficients = np.array([1.0, 0.0, 0.0, 0.0, 0.0])  # s(x) = 1: the statistic is the error itself
+    coefficients = np.array([1.0] + [0.0] * len(FEATURES))  # s(x) = 1: the statistic is the error itself
     reference_folds = [fold for seed in range(6) for fold in cylinder_folds(2.0, seed)]  # "synthetic" scans
     assert len(reference_folds) == 30 and all(f.abs_error.size > 200 for f in reference_folds)
     assert {f.distance_mm for f in reference_folds} == {12.0}  # 6 slices of 2 mm to the nearest other input
@@ -409,7 +431,7 @@ def test_interval_width_varies_continuously_with_distance():
     table = small_table()  # quantiles 1x, 2x, ... 6x from one distance bin to the next: steps before issue 24
     distance = np.arange(0.0, 80.0, 0.05)
     zeros = np.zeros((1, 1, distance.size), np.float32)
-    features = IntervalFeatures(3, distance, 2, zeros, zeros, zeros, zeros, 1.0, np.zeros(distance.size, bool))
+    features = IntervalFeatures(3, distance, 2, zeros, zeros, zeros, zeros, zeros, 1.0, np.zeros(distance.size, bool))
     width = table.estimate(features).halfwidth(0.9)[0, 0]
     q = table.quantiles[k_range(3), :, LEVELS.index(0.9)] * 0.01  # s(x) = the intercept 0.01
     steepest = np.max(np.abs(np.diff(q)) / np.diff(KNOTS_MM))
@@ -466,11 +488,13 @@ def test_one_input_slice_falls_back_to_the_synthetic_table_and_the_metadata_say_
     assert plain.reconstruct_with_uncertainty(SliceInput.from_volume(volume, "axial", [4, 10, 16])).info == calibrated_info(0.9)
 
 
-def test_tables_of_format_one_are_read_and_a_bad_scan_reference_is_named(tmp_path):
+def test_tables_of_earlier_formats_are_refused_and_a_bad_scan_reference_is_named(tmp_path):
     data = small_table().to_dict()
-    old = {key: value for key, value in data.items() if key not in ("knots_mm", "scan_reference")}
-    old["version"] = 1
-    assert IntervalCalibration.from_dict(old).scan_reference is None
+    for version in (1, 2):  # fitted to other features: their coefficients would scale the wrong columns
+        old = dict(data, version=version)
+        with pytest.raises(XDiffusionError, match=f"format version {version}: this code reads version 3 only.*"
+                                                  f"calibrate_uncertainty"):
+            IntervalCalibration.from_dict(old)
     data["scan_reference"] = {"intercept": [0.0], "slope": [0.0], "folds": [1]}
     folder = weights_folder(tmp_path)
     from dataclasses import replace

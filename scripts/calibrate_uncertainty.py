@@ -51,7 +51,7 @@ from XDiffusionLib.uncertainty.scan_scale import HeldOutFold, fit_scan_reference
 SEED = 13
 ARTEFACTS = "scanner"
 ANATOMY = "varied"
-CACHE_VERSION = 2  # samples with leave-one-out folds (issue 24); older cache files are not read
+CACHE_VERSION = 3  # 2: leave-one-out folds; 3: interval features of format 3. Older cache files are not read
 FOLD_VOXELS = 3000  # random head voxels kept per left-out slice
 KS_EVEN = (1, 3, 5, 10, 31)
 KS_ODD = (1, 2, 7, 15, 20)
@@ -197,7 +197,7 @@ def main() -> None:
     cal = joined["calibrate"]
     ranges = np.array([k_range(k) for k in cal["k"]])
     scale = np.maximum(np.einsum("ij,ij->i", cal["design"], table.coefficients[ranges]), MIN_SCALE)
-    print("coefficients [1, spread, disagreement, gradient, intensity] per K range:")
+    print(f"coefficients [1, {', '.join(FEATURES)}] per K range:")
     for row in table.coefficients:
         print("  ", " ".join(f"{v:.4f}" for v in row))
     print(f"90% quantile per K range at the knots {KNOTS_MM} mm:")
