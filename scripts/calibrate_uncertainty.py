@@ -44,14 +44,16 @@ from XDiffusionLib.model.checkpoint import default_model_dir
 from XDiffusionLib.sampling.reconstructor import XDiffusionReconstructor
 from XDiffusionLib.settings import ReconstructionSettings
 from XDiffusionLib.synth.dataset import write_synthetic_dataset
-from XDiffusionLib.uncertainty.intervals import (FEATURES, KNOTS_MM, LEVELS, MIN_SCALE, fit_calibration, fit_scale_coefficients,
+from XDiffusionLib.uncertainty.intervals import (FEATURES, FORMAT_VERSION, KNOTS_MM, LEVELS, MIN_SCALE, fit_calibration, fit_scale_coefficients,
                                                  k_range, profile_at)
 from XDiffusionLib.uncertainty.scan_scale import HeldOutFold, fit_scan_reference, fold_statistic, scan_scale
 
 SEED = 13
 ARTEFACTS = "scanner"
 ANATOMY = "varied"
-CACHE_VERSION = 3  # 2: leave-one-out folds; 3: interval features of format 3. Older cache files are not read
+# Layout of a cached sample (2: with leave-one-out folds); a file's name also carries the table format
+# whose features it holds, so a cache made for other features is never read.
+CACHE_VERSION = 2
 FOLD_VOXELS = 3000  # random head voxels kept per left-out slice
 KS_EVEN = (1, 3, 5, 10, 31)
 KS_ODD = (1, 2, 7, 15, 20)
@@ -140,7 +142,7 @@ def main() -> None:
         volume = None
         plane = subject_plane(i)
         for k in subject_ks(i):
-            path = args.cache / f"subject{i:03d}_{plane}_k{k}.v{CACHE_VERSION}.npz"
+            path = args.cache / f"subject{i:03d}_{plane}_k{k}.v{CACHE_VERSION}.f{FORMAT_VERSION}.npz"
             if not path.is_file():
                 if volume is None:
                     volume = protocol.canonical_case(read_volume(args.data / entry["image"]))
