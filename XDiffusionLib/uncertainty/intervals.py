@@ -240,12 +240,9 @@ def interval_features(k: int, axis: int, distance_mm: np.ndarray, known: np.ndar
         raise XDiffusionError(f"intensity range {value_range} of the inputs must be positive")
     inv = np.float32(1.0 / value_range)
     anchor = np.asarray(anchor, dtype=np.float32)
-    edge = np.sqrt(sum(g * g for g in np.gradient(anchor)))
+    edge = np.sqrt(sum(g * g for g in np.gradient(anchor)))  # needs 2 slices along every axis, as below
     disagreement = np.abs(np.asarray(interpolation, np.float32) - np.asarray(template, np.float32))
-    if anchor.shape[axis] >= 2:
-        curvature = np.abs(np.gradient(np.gradient(anchor, axis=axis), axis=axis))
-    else:
-        curvature = np.zeros_like(anchor)
+    curvature = np.abs(np.gradient(np.gradient(anchor, axis=axis), axis=axis))
     return IntervalFeatures(
         k=int(k), distance_mm=np.asarray(distance_mm, dtype=np.float64), axis=int(axis),
         spread=np.asarray(spread, dtype=np.float32) * inv,
